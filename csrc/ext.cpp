@@ -1,0 +1,59 @@
+// The one registration file of nerfx._C: op schemas, CPU and CUDA implementations, build facts.
+#include <Python.h>
+#include <torch/library.h>
+
+#include <string>
+
+#include "hashgrid/hashgrid.h"
+
+#ifndef NERFX_CUDA_ARCHS
+#define NERFX_CUDA_ARCHS ""
+#endif
+
+namespace {
+
+// What this build holds, as JSON, for `python -m nerfx.info`.
+std::string build_info() {
+  std::string info = "{\"cuda\": ";
+#ifdef NERFX_WITH_CUDA
+  info += "true";
+#else
+  info += "false";
+#endif
+  info += ", \"cuda_archs\": \"" NERFX_CUDA_ARCHS "\", \"openmp\": ";
+#ifdef _OPENMP
+  info += "true";
+#else
+  info += "false";
+#endif
+  info += "}";
+  return info;
+}
+
+}  // namespace
+
+TORCH_LIBRARY(nerfx, m) {
+  m.def("build_info() -> str", &build_info);
+  m.def("hash_encode(Tensor x, Tensor params, int[] offsets, int[] resolutions, int n_features) "
+        "-> Tensor");
+  m.def("hash_encode_backward(Tensor grad_out, Tensor x, Tensor params, int[] offsets, "
+        "int[] resolutions, int n_features, bool needs_x_grad) -> (Tensor, Tensor)");
+}
+
+TORCH_LIBRARY_IMPL(nerfx, CPU, m) {
+  m.impl("hash_encode", &nerfx::hashgrid::forward);
+  m.impl("hash_encode_backward", &nerfx::hashgrid::backward);
+}
+
+#ifdef NERFX_WITH_CUDA
+TORCH_LIBRARY_IMPL(nerfx, CUDA, m) {
+  m.impl("hash_encode", &nerfx::hashgrid::forward);
+  m.impl("hash_encode_backward", &nerfx::hashgrid::backward);
+}
+#endif
+
+// nerfx._C is imported for its side effect: loading it registers the ops above with torch.
+extern "C" PyMODINIT_FUNC PyInit__C(void) {
+  static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  return PyModule_Create(&module);
+}

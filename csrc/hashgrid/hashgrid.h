@@ -1,0 +1,79 @@
+// Hash-grid encoding: launcher declarations and the compile-time dispatch both launchers share.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+#include "nerfx/hashgrid.h"
+
+namespace nerfx::hashgrid {
+
+// Builds the per-level geometry from the layout the Python side computed.
+Levels make_levels(const std::vector<int64_t>& offsets, const std::vector<int64_t>& resolutions,
+                   int64_t n_dims);
+
+// x:       [N, D]       compute type (float or double), contiguous
+// params:  [n_rows * F] float, double or half, contiguous
+// out:     [N, L * F]   compute type
+void forward_cpu(const at::Tensor& x, const at::Tensor& params, const Levels& levels, int64_t F,
+                 at::Tensor& out);
+// grad_out:    [N, L * F] compute type
+// grad_params: [n_rows * F] accumulation type (float for float/half params, double for double)
+// grad_x:      [N, D] compute type, or undefined when x needs no gradient
+void backward_cpu(const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& params,
+                  const Levels& levels, int64_t F, at::Tensor& grad_params, at::Tensor& grad_x);
+
+#ifdef NERFX_WITH_CUDA
+void forward_cuda(const at::Tensor& x, const at::Tensor& params, const Levels& levels, int64_t F,
+                  at::Tensor& out);
+void backward_cuda(const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& params,
+                   const Levels& levels, int64_t F, at::Tensor& grad_params, at::Tensor& grad_x);
+#endif
+
+template <typename T>
+struct Type {
+  using type = T;
+};
+
+// Calls fn(Type<scalar_t>, Type<param_t>, int_constant<D>, int_constant<F>) for the supported
+// combinations: (float, float), (float, half), (double, double); D in {2, 3}; F in {1, 2, 4, 8}.
+template <typename Fn>
+void dispatch(at::ScalarType compute, at::ScalarType stored, int64_t D, int64_t F, Fn&& fn) {
+  auto with_dims = [&](auto scalar, auto param) {
+    auto with_features = [&](auto dims) {
+      switch (F) {
+        case 1: return fn(scalar, param, dims, std::integral_constant<int, 1>{});
+        case 2: return fn(scalar, param, dims, std::integral_constant<int, 2>{});
+        case 4: return fn(scalar, param, dims, std::integral_constant<int, 4>{});
+        case 8: return fn(scalar, param, dims, std::integral_constant<int, 8>{});
+        default: TORCH_CHECK(false, "hash_encode: n_features_per_level must be 1, 2, 4 or 8, got ", F);
+      }
+    };
+    if (D == 2) return with_features(std::integral_constant<int, 2>{});
+    TORCH_CHECK(D == 3, "hash_encode: x must have 2 or 3 input dimensions, got ", D);
+    return with_features(std::integral_constant<int, 3>{});
+  };
+  if (compute == at::kFloat && stored == at::kFloat) return with_dims(Type<float>{}, Type<float>{});
+  if (compute == at::kFloat && stored == at::kHalf) return with_dims(Type<float>{}, Type<c10::Half>{});
+  if (compute == at::kDouble && stored == at::kDouble) return with_dims(Type<double>{}, Type<double>{});
+  TORCH_CHECK(false, "hash_encode: unsupported dtypes x=", compute, " params=", stored,
+              " (supported: float32 x with float32 or float16 params, float64 with float64)");
+}
+
+}  // namespace nerfx::hashgrid
+
+namespace nerfx::hashgrid {
+
+// The registered ops (hashgrid.cpp). x: [N, D], params: [n_rows * F] -> [N, L * F]
+at::Tensor forward(const at::Tensor& x, const at::Tensor& params, c10::IntArrayRef offsets,
+                   c10::IntArrayRef resolutions, int64_t F);
+// -> (grad_params [n_rows * F], grad_x [N, D], or [0] when needs_x_grad is false)
+std::tuple<at::Tensor, at::Tensor> backward(const at::Tensor& grad_out, const at::Tensor& x,
+                                            const at::Tensor& params, c10::IntArrayRef offsets,
+                                            c10::IntArrayRef resolutions, int64_t F,
+                                            bool needs_x_grad);
+
+}  // namespace nerfx::hashgrid

@@ -1,0 +1,29 @@
+// Shared definitions for the header-only math used by both the CPU and the CUDA kernels.
+#pragma once
+
+#if defined(__CUDACC__) || defined(__HIPCC__)
+#define NERFX_HD __host__ __device__
+#else
+#define NERFX_HD
+#endif
+
+#include <cmath>
+#include <cstdint>
+
+namespace nerfx {
+
+template <typename T>
+NERFX_HD inline T floor_of(T v) {
+#ifdef __CUDA_ARCH__
+  return ::floor(v);
+#else
+  return std::floor(v);
+#endif
+}
+
+template <typename T>
+NERFX_HD inline T clamp_unit(T v) {
+  return v < T(0) ? T(0) : (v > T(1) ? T(1) : v);
+}
+
+}  // namespace nerfx

@@ -1,0 +1,1 @@
+"""Triton kernels of nerfx, installed as nerfx.kernels. Importing a submodule needs triton."""

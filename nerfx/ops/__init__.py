@@ -1,0 +1,6 @@
+"""Public differentiable ops, each with backends chosen in nerfx.ops._dispatch."""
+
+from nerfx.ops._dispatch import BackendError
+from nerfx.ops.hashgrid import HashGridEncoding, hash_encode
+
+__all__ = ["BackendError", "HashGridEncoding", "hash_encode"]

@@ -1,0 +1,121 @@
+"""Backend choice, in one place, as data.
+
+Each op lists its backends; each backend says which devices and dtypes it serves and, through
+`unavailable`, why it cannot run here. `backend="auto"` walks AUTO_ORDER for the tensors' device
+and takes the first that can serve; an explicit backend that cannot serve raises one error with
+all its reasons. The environment variable NERFX_BACKEND replaces "auto" for a whole run.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from nerfx import _ext
+
+BACKENDS = ("cuda", "cpu", "triton", "torch")
+# Fastest first. Triton runs on CPU tensors only in the interpreter, so auto never picks it there.
+AUTO_ORDER = {"cuda": ("cuda", "triton", "torch"), "cpu": ("cpu", "torch")}
+ENV_VAR = "NERFX_BACKEND"
+
+
+class BackendError(RuntimeError):
+    """The requested backend cannot serve this call."""
+
+
+def _no_reason(device: torch.device) -> str | None:
+    return None
+
+
+@dataclass(frozen=True)
+class Backend:
+    name: str
+    devices: tuple[str, ...]  # device types served
+    dtypes: tuple[torch.dtype, ...]  # tensor dtypes served
+    run: Callable
+    unavailable: Callable[[torch.device], str | None] = field(default=_no_reason)
+
+    def reasons(self, device: torch.device, dtypes: tuple[torch.dtype, ...]) -> list[str]:
+        found = []
+        if device.type not in self.devices:
+            found.append(f"runs on {'/'.join(self.devices)} tensors, not {device.type}")
+        bad = sorted({str(d).removeprefix("torch.") for d in dtypes if d not in self.dtypes})
+        if bad:
+            found.append(f"does not support dtype {', '.join(bad)}")
+        if not found:
+            why = self.unavailable(device)
+            if why:
+                found.append(why)
+        return found
+
+
+def extension_kernel(op: str) -> Callable[[torch.device], str | None]:
+    """Availability check of a compiled backend: the extension loads and has the device's kernel."""
+
+    def unavailable(device: torch.device) -> str | None:
+        why = _ext.unavailable_reason()
+        if why:
+            return why
+        key = "CUDA" if device.type == "cuda" else "CPU"
+        if not _ext.has_kernel(op, key):
+            return f"nerfx._C was built without {key} kernels; {_ext.BUILD_HINT}"
+        return None
+
+    return unavailable
+
+
+def triton_available(device: torch.device) -> str | None:
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return "triton is not installed (pip install triton)"
+    if device.type == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
+        return "triton runs on CPU tensors only with TRITON_INTERPRET=1 set before import"
+    return None
+
+
+class OpBackends:
+    """The backends of one op and the choice among them."""
+
+    def __init__(self, op: str, backends: list[Backend]):
+        self.op = op
+        self.backends = {b.name: b for b in backends}
+
+    def select(self, requested: str, device: torch.device,
+               dtypes: tuple[torch.dtype, ...]) -> Backend:
+        if requested == "auto":
+            requested = os.environ.get(ENV_VAR, "auto") or "auto"
+        if requested == "auto":
+            for name in AUTO_ORDER.get(device.type, ("torch",)):
+                backend = self.backends.get(name)
+                if backend is not None and not backend.reasons(device, dtypes):
+                    return backend
+            raise BackendError(f"{self.op}: no backend serves {device.type} tensors of "
+                               f"{[str(d) for d in dtypes]}")
+        if requested not in self.backends:
+            raise BackendError(f"{self.op}: unknown backend {requested!r}; "
+                               f"choose from {['auto', *self.backends]}")
+        backend = self.backends[requested]
+        reasons = backend.reasons(device, dtypes)
+        if reasons:
+            raise BackendError(f"{self.op}: backend {requested!r} cannot serve this call: "
+                               + "; ".join(reasons))
+        return backend
+
+    def describe(self, device: torch.device, dtypes: tuple[torch.dtype, ...]) -> str:
+        """Which backend auto picks for these tensors, for `python -m nerfx.info`."""
+        try:
+            return self.select("auto", device, dtypes).name
+        except BackendError as exc:
+            return f"none ({exc})"
+
+
+REGISTRY: dict[str, OpBackends] = {}
+
+
+def register(op: OpBackends) -> OpBackends:
+    REGISTRY[op.op] = op
+    return op

@@ -1,0 +1,117 @@
+"""Reference multiresolution hash-grid encoding (Instant-NGP, Mueller et al. 2022), in PyTorch.
+
+Level l has N_l = floor(base_resolution * per_level_scale**l) cells per axis and N_l + 1 vertices.
+Its rows of the flat table are `offsets[l]:offsets[l+1]`; a level whose vertices fit in
+2**log2_hashmap_size rows gets one row per vertex (dense), the others exactly 2**log2_hashmap_size
+rows indexed by the spatial hash XOR_d(v_d * prime_d) mod T with primes 1, 2654435761, 805459861.
+Inputs are clamped to [0, 1] (no gradient flows through the clamp outside it).
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+from dataclasses import dataclass
+
+import torch
+
+PRIMES = (1, 2654435761, 805459861)
+
+
+@dataclass(frozen=True)
+class GridLayout:
+    """Where each level lives in the flat parameter table."""
+
+    n_input_dims: int
+    n_features_per_level: int
+    resolutions: tuple[int, ...]  # cells per axis, one per level
+    offsets: tuple[int, ...]  # first row of each level, then the total row count
+    dense: tuple[bool, ...]  # one row per vertex (no hashing) at this level
+
+    @property
+    def n_levels(self) -> int:
+        return len(self.resolutions)
+
+    @property
+    def n_params(self) -> int:
+        return self.offsets[-1] * self.n_features_per_level
+
+
+@functools.lru_cache(maxsize=64)
+def grid_layout(n_input_dims: int, n_levels: int, n_features_per_level: int,
+                log2_hashmap_size: int, base_resolution: int,
+                per_level_scale: float) -> GridLayout:
+    """The table layout of a hash grid; the one definition every backend uses."""
+    if n_input_dims not in (2, 3):
+        raise ValueError(f"n_input_dims must be 2 or 3, got {n_input_dims}")
+    if not 1 <= n_levels <= 32:
+        raise ValueError(f"n_levels must be in [1, 32], got {n_levels}")
+    if n_features_per_level not in (1, 2, 4, 8):
+        raise ValueError(f"n_features_per_level must be 1, 2, 4 or 8, got {n_features_per_level}")
+    if not 4 <= log2_hashmap_size <= 30:
+        raise ValueError(f"log2_hashmap_size must be in [4, 30], got {log2_hashmap_size}")
+    if base_resolution < 1 or per_level_scale < 1.0:
+        raise ValueError("base_resolution must be >= 1 and per_level_scale >= 1")
+    table_rows = 2**log2_hashmap_size
+    resolutions, offsets, dense = [], [0], []
+    for level in range(n_levels):
+        # The tiny epsilon keeps N_min * b**l from flooring below an integer it should equal.
+        res = int(base_resolution * per_level_scale**level + 1e-6)
+        vertices = (res + 1) ** n_input_dims
+        fits = vertices <= table_rows
+        rows = min(-(-vertices // 8) * 8, table_rows) if fits else table_rows
+        resolutions.append(res)
+        offsets.append(offsets[-1] + rows)
+        dense.append(fits)
+    return GridLayout(n_input_dims, n_features_per_level, tuple(resolutions), tuple(offsets),
+                      tuple(dense))
+
+
+def compute_dtype(x_dtype: torch.dtype, params_dtype: torch.dtype) -> torch.dtype:
+    """float64 when either input is float64, else float32 (half parameters compute in float32)."""
+    return torch.float64 if torch.float64 in (x_dtype, params_dtype) else torch.float32
+
+
+def vertex_rows(vertex: torch.Tensor, res: int, n_rows: int, dense: bool) -> torch.Tensor:
+    """Table rows of integer grid vertices. vertex: [N, D] int64 -> [N] int64."""
+    if dense:
+        strides = (res + 1) ** torch.arange(vertex.shape[-1], device=vertex.device)
+        return (vertex * strides).sum(-1)
+    hashed = torch.zeros_like(vertex[:, 0])
+    for d in range(vertex.shape[-1]):
+        hashed = hashed ^ (vertex[:, d] * PRIMES[d])
+    return hashed & (n_rows - 1)  # low bits of the int64 products equal uint32 arithmetic
+
+
+def encode_with_layout(x: torch.Tensor, params: torch.Tensor, layout: GridLayout) -> torch.Tensor:
+    """x: [N, D] in the compute dtype, params: [n_params] -> [N, n_levels * F]."""
+    n_features = layout.n_features_per_level
+    x = x.clamp(0.0, 1.0)
+    features = []
+    for level, res in enumerate(layout.resolutions):
+        start, stop = layout.offsets[level], layout.offsets[level + 1]
+        table = params[start * n_features:stop * n_features].view(stop - start, n_features)
+        pos = x * res  # [N, D]
+        cell = pos.detach().floor().clamp(max=res - 1)  # x = 1 lies in the last cell
+        frac = pos - cell  # [N, D]
+        level_out = x.new_zeros(x.shape[0], n_features)
+        for corner in itertools.product((0, 1), repeat=x.shape[-1]):
+            upper = torch.tensor(corner, device=x.device, dtype=torch.bool)  # [D]
+            weight = torch.where(upper, frac, 1 - frac).prod(-1)  # [N]
+            rows = vertex_rows(cell.long() + upper.long(), res, stop - start, layout.dense[level])
+            level_out = level_out + weight[:, None] * table[rows]
+        features.append(level_out)
+    return torch.cat(features, dim=-1)
+
+
+def hash_encode(x: torch.Tensor, params: torch.Tensor, *, n_levels: int, n_features_per_level: int,
+                log2_hashmap_size: int, base_resolution: int,
+                per_level_scale: float) -> torch.Tensor:
+    """Hash-grid encoding of x: [..., D] in [0, 1] -> [..., n_levels * n_features_per_level]."""
+    layout = grid_layout(x.shape[-1], n_levels, n_features_per_level, log2_hashmap_size,
+                         base_resolution, float(per_level_scale))
+    dtype = compute_dtype(x.dtype, params.dtype)
+    flat = x.reshape(-1, x.shape[-1]).to(dtype)
+    out = encode_with_layout(flat, params.to(dtype), layout)
+    out = out.to(torch.promote_types(x.dtype, params.dtype))
+    return out.reshape(*x.shape[:-1], out.shape[-1])
