@@ -28,7 +28,8 @@ def want_cuda(torch_cuda: str | None, cuda_home: str | None) -> bool:
     forced = os.environ.get("NERFX_BUILD_CUDA")
     if forced is not None:
         if forced == "1" and (torch_cuda is None or cuda_home is None):
-            sys.exit("NERFX_BUILD_CUDA=1 needs a CUDA build of torch and a CUDA toolkit (CUDA_HOME)")
+            sys.exit("NERFX_BUILD_CUDA=1 needs a CUDA build of torch and a CUDA toolkit "
+                     "(CUDA_HOME)")
         return forced == "1"
     return torch_cuda is not None and cuda_home is not None
 

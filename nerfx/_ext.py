@@ -39,6 +39,8 @@ def on_load(hook: Callable[[], None]) -> None:
 def load() -> ModuleType:
     """The extension module; raises ExtensionUnavailable with the reason and the fix."""
     global _module, _error
+    if _module is not None:
+        return _module
     with _lock:
         if _module is None and _error is None:
             try:

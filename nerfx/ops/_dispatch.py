@@ -86,24 +86,28 @@ class OpBackends:
 
     def select(self, requested: str, device: torch.device,
                dtypes: tuple[torch.dtype, ...]) -> Backend:
+        """The backend that serves these tensors; raises BackendError with the reasons if none."""
+        return self.backends[_choose(self.op, requested, device.type, tuple(dtypes))]
+
+    def choose(self, requested: str, device_type: str, dtypes: tuple[torch.dtype, ...]) -> str:
         if requested == "auto":
             requested = os.environ.get(ENV_VAR, "auto") or "auto"
+        device = torch.device(device_type)
         if requested == "auto":
             for name in AUTO_ORDER.get(device.type, ("torch",)):
                 backend = self.backends.get(name)
                 if backend is not None and not backend.reasons(device, dtypes):
-                    return backend
+                    return name
             raise BackendError(f"{self.op}: no backend serves {device.type} tensors of "
                                f"{[str(d) for d in dtypes]}")
         if requested not in self.backends:
             raise BackendError(f"{self.op}: unknown backend {requested!r}; "
                                f"choose from {['auto', *self.backends]}")
-        backend = self.backends[requested]
-        reasons = backend.reasons(device, dtypes)
+        reasons = self.backends[requested].reasons(device, dtypes)
         if reasons:
             raise BackendError(f"{self.op}: backend {requested!r} cannot serve this call: "
                                + "; ".join(reasons))
-        return backend
+        return requested
 
     def describe(self, device: torch.device, dtypes: tuple[torch.dtype, ...]) -> str:
         """Which backend auto picks for these tensors, for `python -m nerfx.info`."""
@@ -114,6 +118,12 @@ class OpBackends:
 
 
 REGISTRY: dict[str, OpBackends] = {}
+
+
+@torch._dynamo.assume_constant_result
+def _choose(op: str, requested: str, device_type: str, dtypes: tuple[torch.dtype, ...]) -> str:
+    # Evaluated eagerly when torch.compile traces an op: the choice is a constant of the graph.
+    return REGISTRY[op].choose(requested, device_type, dtypes)
 
 
 def register(op: OpBackends) -> OpBackends:

@@ -69,7 +69,7 @@ _ext.on_load(_register_library)
 
 
 def _run_compiled(x: torch.Tensor, params: torch.Tensor, layout: GridLayout) -> torch.Tensor:
-    _ext.load()
+    # Selecting the cpu or cuda backend has loaded the extension.
     return torch.ops.nerfx.hash_encode(x, params, list(layout.offsets), list(layout.resolutions),
                                        layout.n_features_per_level)
 
@@ -110,15 +110,22 @@ BACKENDS = register(OpBackends("hash_encode", [
 
 # --- the public op -------------------------------------------------------------------------
 
-def _check(x: torch.Tensor, params: torch.Tensor, layout: GridLayout) -> None:
-    if not isinstance(x, torch.Tensor) or not isinstance(params, torch.Tensor):
-        raise TypeError("hash_encode: x and params must be torch.Tensors")
+def _check_x(x: torch.Tensor) -> None:
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"hash_encode: x must be a torch.Tensor, got {type(x).__name__}")
     if x.dim() < 1 or x.shape[-1] not in (2, 3):
         raise ValueError(f"hash_encode: x must have shape [..., 2] or [..., 3], got "
                          f"{tuple(x.shape)}")
-    for name, t in (("x", x), ("params", params)):
-        if not t.is_floating_point():
-            raise TypeError(f"hash_encode: {name} must be a floating-point tensor, got {t.dtype}")
+    if not x.is_floating_point():
+        raise TypeError(f"hash_encode: x must be a floating-point tensor, got {x.dtype}")
+
+
+def _check_params(x: torch.Tensor, params: torch.Tensor, layout: GridLayout) -> None:
+    if not isinstance(params, torch.Tensor):
+        raise TypeError(f"hash_encode: params must be a torch.Tensor, got {type(params).__name__}")
+    if not params.is_floating_point():
+        raise TypeError(f"hash_encode: params must be a floating-point tensor, got "
+                        f"{params.dtype}")
     if params.dim() != 1 or params.numel() != layout.n_params:
         raise ValueError(f"hash_encode: params must be 1-D with {layout.n_params} entries for "
                          f"this grid, got shape {tuple(params.shape)}")
@@ -136,11 +143,10 @@ def hash_encode(x: torch.Tensor, params: torch.Tensor, *, n_levels: int,
     promote_types(x.dtype, params.dtype). Half parameters are read as float32 and their gradient
     is accumulated in float32.
     """
-    if not isinstance(x, torch.Tensor) or x.dim() < 1:
-        raise ValueError("hash_encode: x must be a tensor of shape [..., 2] or [..., 3]")
+    _check_x(x)
     layout = grid_layout(x.shape[-1], n_levels, n_features_per_level, log2_hashmap_size,
                          base_resolution, float(per_level_scale))
-    _check(x, params, layout)
+    _check_params(x, params, layout)
     dtype = compute_dtype(x.dtype, params.dtype)
     keeps_half = dtype == torch.float32 and params.dtype == torch.float16
     stored = params if keeps_half else params.to(dtype)

@@ -4,7 +4,7 @@ Level l has N_l = floor(base_resolution * per_level_scale**l) cells per axis and
 Its rows of the flat table are `offsets[l]:offsets[l+1]`; a level whose vertices fit in
 2**log2_hashmap_size rows gets one row per vertex (dense), the others exactly 2**log2_hashmap_size
 rows indexed by the spatial hash XOR_d(v_d * prime_d) mod T with primes 1, 2654435761, 805459861.
-Inputs are clamped to [0, 1] (no gradient flows through the clamp outside it).
+Inputs are clamped to [0, 1]; coordinates outside it get no gradient, those on 0 and 1 do.
 """
 
 from __future__ import annotations
@@ -84,9 +84,12 @@ def vertex_rows(vertex: torch.Tensor, res: int, n_rows: int, dense: bool) -> tor
 
 
 def encode_with_layout(x: torch.Tensor, params: torch.Tensor, layout: GridLayout) -> torch.Tensor:
-    """x: [N, D] in the compute dtype, params: [n_params] -> [N, n_levels * F]."""
+    """x: [N, D] in the compute dtype, params: [n_params] any float dtype -> [N, n_levels * F]."""
     n_features = layout.n_features_per_level
-    x = x.clamp(0.0, 1.0)
+    params = params.to(x.dtype)  # half tables compute, and accumulate gradients, in float32
+    # Clamp to [0, 1]; the gradient passes on the closed interval and is zero outside it.
+    inside = (x >= 0) & (x <= 1)
+    x = torch.where(inside, x, x.detach().clamp(0.0, 1.0))
     features = []
     for level, res in enumerate(layout.resolutions):
         start, stop = layout.offsets[level], layout.offsets[level + 1]

@@ -1,0 +1,44 @@
+"""Shared fixtures: which backends can run here, and how to compare with a reference."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+HAS_CUDA = torch.cuda.is_available()
+TRITON_ON_CPU = os.environ.get("TRITON_INTERPRET") == "1"
+
+requires_cuda = pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU; runs in "
+                                   "benches/gpu_check.sh")
+
+
+def _has_triton() -> bool:
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+# (backend, device) pairs every op test runs over. CUDA pairs skip without a GPU and run in
+# benches/gpu_check.sh; triton on CPU needs TRITON_INTERPRET=1, which .ci/run sets.
+BACKEND_DEVICES = [
+    pytest.param("torch", "cpu", id="torch-cpu"),
+    pytest.param("cpu", "cpu", id="cpu"),
+    pytest.param("triton", "cpu", id="triton-interp",
+                 marks=pytest.mark.skipif(not (TRITON_ON_CPU and _has_triton()),
+                                          reason="set TRITON_INTERPRET=1 (CI does)")),
+    pytest.param("cuda", "cuda", id="cuda", marks=[requires_cuda, pytest.mark.cuda]),
+    pytest.param("triton", "cuda", id="triton-cuda", marks=[requires_cuda, pytest.mark.cuda]),
+    pytest.param("torch", "cuda", id="torch-cuda", marks=[requires_cuda, pytest.mark.cuda]),
+]
+
+
+def assert_lowprec_close(out: torch.Tensor, lowprec_ref: torch.Tensor, ref64: torch.Tensor,
+                         k: float = 2.0, atol: float = 1e-6) -> None:
+    """flash-attention's rule: |out - ref64| <= k * |lowprec_ref - ref64| + atol, in the max."""
+    err = (out.double() - ref64).abs().max().item()
+    torch_err = (lowprec_ref.double() - ref64).abs().max().item()
+    assert err <= k * torch_err + atol, f"error {err:.3g} vs torch's {torch_err:.3g}"

@@ -1,0 +1,244 @@
+"""Hash-grid encoding: every backend against the reference (nerfx.ref.hashgrid)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from nerfx import ref
+from nerfx.ops import BackendError, HashGridEncoding, hash_encode
+from nerfx.ref.hashgrid import grid_layout
+from tests.conftest import BACKEND_DEVICES, TRITON_ON_CPU, assert_lowprec_close
+
+# Small grids with both dense and hashed levels (T = 2^10 rows; levels past 9 cells hash in 3-D).
+SMALL = dict(n_levels=5, log2_hashmap_size=10, base_resolution=3, per_level_scale=1.7)
+
+
+def config(n_features: int = 2, **overrides) -> dict:
+    return {**SMALL, "n_features_per_level": n_features, **overrides}
+
+
+def make_inputs(n: int, dims: int, cfg: dict, dtype=torch.float32, params_dtype=None,
+                device="cpu", seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    layout = grid_layout(dims, cfg["n_levels"], cfg["n_features_per_level"],
+                         cfg["log2_hashmap_size"], cfg["base_resolution"],
+                         cfg["per_level_scale"])
+    x = torch.rand(n, dims, generator=gen, dtype=torch.float64)
+    params = torch.randn(layout.n_params, generator=gen, dtype=torch.float64)
+    x = x.to(device=device, dtype=dtype).requires_grad_()
+    params = params.to(device=device, dtype=params_dtype or dtype).requires_grad_()
+    return x, params
+
+
+def run_both(backend: str, x, params, cfg, grad_out_seed=1):
+    """Forward and gradients of the backend and of the reference, on the same inputs."""
+    results = []
+    for fn in (lambda a, b: hash_encode(a, b, backend=backend, **cfg),
+               lambda a, b: ref.hash_encode(a, b, **cfg)):
+        out = fn(x, params)
+        gen = torch.Generator().manual_seed(grad_out_seed)
+        grad_out = torch.randn(out.shape, generator=gen, dtype=torch.float64).to(out)
+        grads = torch.autograd.grad(out, (x, params), grad_out, allow_unused=True)
+        results.append((out, *grads))
+    return results
+
+
+def assert_results_close(got, want, rtol, atol):
+    for name, a, b in zip(("out", "grad_x", "grad_params"), got, want, strict=True):
+        torch.testing.assert_close(a, b, rtol=rtol, atol=atol, msg=lambda m, n=name: f"{n}: {m}")
+
+
+def sizes_for(backend: str, device: str) -> list[int]:
+    # The Triton interpreter costs ~1 ms per program, so it gets fewer points.
+    return [0, 1, 7, 200] if (backend == "triton" and device == "cpu") else [0, 1, 7, 1000]
+
+
+@pytest.mark.parametrize("backend,device", BACKEND_DEVICES)
+@pytest.mark.parametrize("dims", [2, 3])
+@pytest.mark.parametrize("n_features", [1, 2, 4, 8])
+def test_matches_reference_fp32(backend, device, dims, n_features):
+    cfg = config(n_features)
+    for n in sizes_for(backend, device):
+        x, params = make_inputs(n, dims, cfg, device=device, seed=n)
+        got, want = run_both(backend, x, params, cfg)
+        assert got[0].shape == (n, cfg["n_levels"] * n_features)
+        assert_results_close(got, want, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("backend,device", BACKEND_DEVICES)
+@pytest.mark.parametrize("n_levels", [1, 3, 8])
+def test_level_counts_fp64(backend, device, n_levels):
+    cfg = config(2, n_levels=n_levels)
+    x, params = make_inputs(77, 3, cfg, dtype=torch.float64, device=device)
+    got, want = run_both(backend, x, params, cfg)
+    assert_results_close(got, want, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("backend,device", BACKEND_DEVICES)
+@pytest.mark.parametrize("dims", [2, 3])
+def test_points_on_edges_and_cell_boundaries(backend, device, dims):
+    """0, 1, points outside [0, 1] (clamped) and exact cell boundaries of every level."""
+    cfg = config(2)
+    layout = grid_layout(dims, 5, 2, 10, 3, 1.7)
+    coords = [0.0, 1.0, -0.25, 1.5, 0.5]
+    coords += [k / res for res in layout.resolutions for k in (1, res - 1)]
+    values = torch.tensor(coords, dtype=torch.float64)
+    x = torch.stack([values.roll(d) for d in range(dims)], dim=-1).to(device).requires_grad_()
+    _, params = make_inputs(1, dims, cfg, dtype=torch.float64, device=device)
+    got, want = run_both(backend, x, params, cfg)
+    assert_results_close(got, want, rtol=1e-10, atol=1e-10)
+    clamped = hash_encode(x.detach().clamp(0, 1), params, backend=backend, **cfg)
+    torch.testing.assert_close(got[0], clamped)
+    outside = (x.detach() < 0) | (x.detach() > 1)
+    assert (got[1][outside] == 0).all(), "no gradient flows through the clamp"
+
+
+@pytest.mark.parametrize("backend,device", BACKEND_DEVICES)
+@pytest.mark.parametrize("dims", [2, 3])
+def test_gradcheck_fp64(backend, device, dims):
+    # Two levels, one dense and one hashed, of at most 64 rows: few parameters to perturb.
+    cfg = config(2, n_levels=2, log2_hashmap_size=6, base_resolution=2, per_level_scale=2.0)
+    x, params = make_inputs(4, dims, cfg, dtype=torch.float64, device=device)
+    x = (x.detach() * 0.9 + 0.05).requires_grad_()  # away from the clamp's kinks
+    # The Triton interpreter takes ~0.1 s a launch: it gets gradcheck's random-projection mode.
+    interpreted = backend == "triton" and device == "cpu"
+    assert torch.autograd.gradcheck(lambda a, b: hash_encode(a, b, backend=backend, **cfg),
+                                    (x, params), eps=1e-6, atol=1e-6, fast_mode=interpreted)
+
+
+@pytest.mark.parametrize("backend,device", BACKEND_DEVICES)
+@pytest.mark.parametrize("dims", [2, 3])
+def test_half_params_within_torch_error(backend, device, dims):
+    """fp16 tables: the error against fp64 stays within twice that of the reference in fp16."""
+    cfg = config(4)
+    n = sizes_for(backend, device)[-1]
+    x, params = make_inputs(n, dims, cfg, params_dtype=torch.float16, device=device)
+    got, lowprec = run_both(backend, x, params, cfg)
+    x64 = x.detach().double().requires_grad_()
+    p64 = params.detach().double().requires_grad_()
+    (out64, gx64, gp64), = [r for r in run_both("torch", x64, p64, cfg)[:1]]
+    assert got[0].dtype == torch.float32 and got[2].dtype == torch.float16
+    assert_lowprec_close(got[0], lowprec[0], out64)
+    assert_lowprec_close(got[1], lowprec[1], gx64, atol=1e-4)
+    assert_lowprec_close(got[2], lowprec[2], gp64, atol=1e-3)
+
+
+@pytest.mark.parametrize("backend,device", BACKEND_DEVICES)
+def test_batch_shape_and_non_contiguous_input(backend, device):
+    cfg = config(2)
+    x, params = make_inputs(60, 3, cfg, device=device)
+    x_t = x.detach().t().contiguous().t()  # same values, transposed strides
+    x_batched = x.detach().reshape(3, 4, 5, 3)
+    assert not x_t.is_contiguous()
+    out = hash_encode(x.detach(), params, backend=backend, **cfg)
+    torch.testing.assert_close(hash_encode(x_t, params, backend=backend, **cfg), out)
+    batched = hash_encode(x_batched, params, backend=backend, **cfg)
+    assert batched.shape == (3, 4, 5, out.shape[-1])
+    torch.testing.assert_close(batched.reshape(60, -1), out)
+
+
+@pytest.mark.parametrize("backend,device", BACKEND_DEVICES)
+def test_module_paper_config(backend, device):
+    enc = HashGridEncoding(backend=backend).to(device)
+    assert enc.output_dim == 32
+    assert enc.layout.resolutions[0] == 16 and enc.layout.resolutions[-1] == 2048
+    assert enc.layout.dense[0] and not enc.layout.dense[-1]
+    assert enc.layout.offsets[-1] - enc.layout.offsets[-2] == 2**19
+    assert enc.params.abs().max() <= 1e-4
+    x = torch.rand(2, 50, 3, device=device)
+    out = enc(x)
+    assert out.shape == (2, 50, 32)
+    out.square().sum().backward()
+    assert enc.params.grad is not None and enc.params.grad.abs().sum() > 0
+
+
+def test_module_half_and_2d():
+    enc = HashGridEncoding(n_input_dims=2, n_levels=4, log2_hashmap_size=12, dtype=torch.float16)
+    out = enc(torch.rand(10, 2))
+    assert out.dtype == torch.float32 and out.shape == (10, 8)
+    assert math.isclose(enc.config["per_level_scale"], (2048 / 16) ** (1 / 3))
+    with pytest.raises(ValueError, match=r"\[\.\.\., 2\]"):
+        enc(torch.rand(10, 3))
+
+
+# --- errors and backend choice ---------------------------------------------------------------
+
+@pytest.mark.parametrize("x,params_size,exc,match", [
+    (torch.rand(5, 4), None, ValueError, r"\[\.\.\., 2\] or \[\.\.\., 3\]"),
+    (torch.rand(5), None, ValueError, r"\[\.\.\., 2\] or \[\.\.\., 3\]"),
+    (torch.randint(0, 2, (5, 3)), None, TypeError, "x must be a floating-point"),
+    (torch.rand(5, 3, dtype=torch.complex64), None, TypeError, "x must be a floating-point"),
+    (torch.rand(5, 3), 11, ValueError, "params must be 1-D with"),
+])
+def test_bad_input_names_the_argument(x, params_size, exc, match):
+    cfg = config(2)
+    layout = grid_layout(3, 5, 2, 10, 3, 1.7)
+    params = torch.zeros(params_size or layout.n_params)
+    with pytest.raises(exc, match=match):
+        hash_encode(x, params, backend="cpu", **cfg)
+
+
+def test_integer_params_and_device_mismatch():
+    cfg = config(2)
+    n = grid_layout(3, 5, 2, 10, 3, 1.7).n_params
+    with pytest.raises(TypeError, match="params must be a floating-point"):
+        hash_encode(torch.rand(4, 3), torch.zeros(n, dtype=torch.int32), **cfg)
+    with pytest.raises(ValueError, match="x is on cpu but params is on meta"):
+        hash_encode(torch.rand(4, 3), torch.zeros(n, device="meta"), **cfg)
+
+
+def test_explicit_backend_that_cannot_serve_says_why(monkeypatch):
+    cfg = config(2)
+    x, params = make_inputs(3, 3, cfg)
+    with pytest.raises(BackendError, match="'cuda' cannot serve.*runs on cuda tensors, not cpu"):
+        hash_encode(x, params, backend="cuda", **cfg)
+    with pytest.raises(BackendError, match="unknown backend 'fast'"):
+        hash_encode(x, params, backend="fast", **cfg)
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    with pytest.raises(BackendError, match="TRITON_INTERPRET=1"):
+        hash_encode(x, params, backend="triton", **cfg)
+
+
+def test_auto_and_environment_override(monkeypatch):
+    from nerfx.ops.hashgrid import BACKENDS
+
+    assert BACKENDS.select("auto", torch.device("cpu"), (torch.float32,)).name == "cpu"
+    monkeypatch.setenv("NERFX_BACKEND", "torch")
+    assert BACKENDS.select("auto", torch.device("cpu"), (torch.float32,)).name == "torch"
+    assert BACKENDS.select("cpu", torch.device("cpu"), (torch.float32,)).name == "cpu"
+
+
+def test_second_order_gradient_is_refused_clearly():
+    cfg = config(2)
+    x, params = make_inputs(5, 3, cfg)
+    out = hash_encode(x, params, backend="cpu", **cfg)
+    (gx,) = torch.autograd.grad(out.sum(), x, create_graph=True)
+    with pytest.raises(NotImplementedError, match="second-order gradients"):
+        gx.sum().backward()
+
+
+# --- torch.compile -----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("backend", ["cpu", "torch"])
+def test_torch_compile_fullgraph(backend):
+    torch._dynamo.reset()
+    enc = HashGridEncoding(n_levels=4, log2_hashmap_size=10, backend=backend)
+    x = torch.rand(33, 3, requires_grad=True)
+    compiled = torch.compile(enc, fullgraph=True)
+    got = compiled(x)
+    want = enc(x)
+    torch.testing.assert_close(got, want)
+    (gx,) = torch.autograd.grad(got.sum(), x)
+    (gx_want,) = torch.autograd.grad(want.sum(), x)
+    torch.testing.assert_close(gx, gx_want)
+
+
+def test_triton_is_tested_in_ci():
+    """CI sets TRITON_INTERPRET=1 so the triton backend's tests above cannot silently skip."""
+    import os
+
+    if os.environ.get("CI") == "true":
+        assert TRITON_ON_CPU, ".ci/run must set TRITON_INTERPRET=1"
