@@ -17,13 +17,14 @@ void forward_cpu(const at::Tensor& x, const at::Tensor& params, const Levels& le
              const param_t* table = params.data_ptr<param_t>();
              scalar_t* outs = out.data_ptr<scalar_t>();
              const int L = levels.n_levels;
-             at::parallel_for(0, n_points, 512, [&](int64_t begin, int64_t end) {
-               for (int64_t i = begin; i < end; ++i) {
-                 for (int l = 0; l < L; ++l) {
+             // Level by level, so one level's table stays in cache while every point reads it.
+             for (int l = 0; l < L; ++l) {
+               at::parallel_for(0, n_points, 1024, [&](int64_t begin, int64_t end) {
+                 for (int64_t i = begin; i < end; ++i) {
                    encode_level<D, NF>(xs + i * D, table, levels, l, outs + (i * L + l) * NF);
                  }
-               }
-             });
+               });
+             }
            });
 }
 
@@ -59,14 +60,14 @@ void backward_cpu(const at::Tensor& grad_out, const at::Tensor& x, const at::Ten
              }
              if (grad_x.defined()) {
                scalar_t* gx = grad_x.data_ptr<scalar_t>();
-               at::parallel_for(0, n_points, 512, [&](int64_t begin, int64_t end) {
-                 for (int64_t i = begin; i < end; ++i) {
-                   for (int l = 0; l < L; ++l) {
-                     input_grad_level<D, NF>(xs + i * D, table, levels, l, gout + (i * L + l) * NF,
-                                             gx + i * D);
+               for (int l = 0; l < L; ++l) {
+                 at::parallel_for(0, n_points, 1024, [&](int64_t begin, int64_t end) {
+                   for (int64_t i = begin; i < end; ++i) {
+                     input_grad_level<D, NF>(xs + i * D, table, levels, l,
+                                             gout + (i * L + l) * NF, gx + i * D);
                    }
-                 }
-               });
+                 });
+               }
              }
            });
 }

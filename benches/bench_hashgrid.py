@@ -1,0 +1,60 @@
+"""Hash-grid encoding, paper config (L=16, F=2, T=2^19): every backend beside the reference,
+torch.compile of the reference and tiny-cuda-nn where importable. Forward and forward+backward.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from benches.conftest import devices, run_benchmark
+from nerfx import ref
+from nerfx.ops import BackendError, HashGridEncoding
+from nerfx.ops.hashgrid import BACKENDS
+
+SIZES = {"cpu": [2**16], "cuda": [2**18, 2**20]}
+IMPLS = ["torch", "torch-compile", "cpu", "cuda", "triton", "tcnn"]
+
+
+def make_impl(impl: str, device: str):
+    """A callable x -> features for this implementation, or a pytest skip with the reason."""
+    enc = HashGridEncoding().to(device)
+    if impl == "torch-compile":
+        return enc, torch.compile(lambda x: ref.hash_encode(x, enc.params, **enc.config))
+    if impl == "tcnn":
+        tcnn = pytest.importorskip("tinycudann")
+        if device != "cuda":
+            pytest.skip("tiny-cuda-nn runs on CUDA only")
+        cfg = {"otype": "HashGrid", **enc.config}
+        module = tcnn.Encoding(3, cfg, dtype=torch.float32).to(device)
+        return module, module
+    try:
+        BACKENDS.select(impl, torch.device(device), (torch.float32,))
+    except BackendError as exc:
+        pytest.skip(str(exc))
+    enc.backend = impl
+    return enc, enc
+
+
+@pytest.mark.parametrize("device", devices())
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("mode", ["fwd", "fwd+bwd"])
+@pytest.mark.parametrize("log2_n", [16, 18, 20])
+def test_hash_encode(benchmark, device, impl, mode, log2_n):
+    n = 2**log2_n
+    if n not in SIZES[device]:
+        pytest.skip(f"N=2^{log2_n} is not benchmarked on {device}")
+    module, fn = make_impl(impl, device)
+    x = torch.rand(n, 3, device=device)
+    params = list(module.parameters())
+
+    def forward():
+        with torch.no_grad():
+            fn(x)
+
+    def forward_backward():
+        out = fn(x)
+        torch.autograd.grad(out.float().square().sum(), params)
+
+    run_benchmark(benchmark, forward if mode == "fwd" else forward_backward, device,
+                  group=f"hash_encode {mode} {device} N=2^{log2_n}", items=n, unit="points")

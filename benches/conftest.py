@@ -1,0 +1,77 @@
+"""Benchmark helpers: the devices and peers available here, and one side-by-side table per group.
+
+Each benchmark sets `benchmark.group` (what is compared) and `extra_info["items"]` (points, rays
+or samples per call). At the end of a run the groups are printed as markdown with items per
+second and the speed relative to the group's reference (`torch`), and written to the file named
+by NERFX_BENCH_MD when set.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+REFERENCE = "torch"
+
+
+def devices() -> list[str]:
+    return ["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"]
+
+
+def synchronize(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def run_benchmark(benchmark, fn, device: str, group: str, items: int, unit: str) -> None:
+    """Times fn (synchronising the GPU) and records what the summary table needs."""
+    benchmark.group = group
+    benchmark.extra_info.update(items=items, unit=unit, device=device)
+
+    def timed():
+        fn()
+        synchronize(device)
+
+    timed()  # warm-up: compilation, autotuning, allocator
+    benchmark.pedantic(timed, rounds=5 if device == "cpu" else 20, iterations=1,
+                       warmup_rounds=1)
+
+
+def _markdown(benchmarks) -> str:
+    groups: dict[str, list] = {}
+    for bench in benchmarks:
+        if bench.stats is not None and bench.stats.rounds:
+            groups.setdefault(bench.group or "", []).append(bench)
+    out = []
+    for group, members in sorted(groups.items()):
+        ref = next((b for b in members if b.params and b.params.get("impl") == REFERENCE), None)
+        out += [f"\n### {group}\n", "| impl | mean (ms) | items/s | vs reference |",
+                "| --- | ---: | ---: | ---: |"]
+        for bench in sorted(members, key=lambda b: b.stats.mean):
+            mean = bench.stats.mean
+            items = bench.extra_info.get("items", 0)
+            unit = bench.extra_info.get("unit", "items")
+            ratio = f"{ref.stats.mean / mean:.2f}x" if ref is not None else "n/a"
+            impl = (bench.params or {}).get("impl", bench.name)
+            out.append(f"| {impl} | {mean * 1e3:.3f} | {items / mean:.3e} {unit}/s | {ratio} |")
+    return "\n".join(out) + "\n"
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    session = getattr(config, "_benchmarksession", None)
+    if session is None or session.disabled or not session.benchmarks:
+        return
+    table = _markdown(session.benchmarks)
+    terminalreporter.write_sep("=", "nerfx side-by-side (speed relative to the torch reference)")
+    terminalreporter.write_line(table)
+    path = os.environ.get("NERFX_BENCH_MD")
+    if path:
+        with open(path, "w") as f:
+            f.write(table)
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)

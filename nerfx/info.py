@@ -1,0 +1,60 @@
+"""`python -m nerfx.info`: what this nerfx build holds and which backend each op would pick."""
+
+from __future__ import annotations
+
+import importlib
+import os
+import platform
+
+import torch
+
+import nerfx
+from nerfx import _ext
+from nerfx.ops._dispatch import ENV_VAR, REGISTRY
+
+# Importing the op modules fills the registry.
+OP_MODULES = ("nerfx.ops.hashgrid",)
+DTYPE_BY_OP = {"hash_encode": torch.float32}
+
+
+def report() -> str:
+    for module in OP_MODULES:
+        importlib.import_module(module)
+    lines = [f"nerfx {nerfx.__version__}  (python {platform.python_version()}, torch "
+             f"{torch.__version__}, CUDA runtime {torch.version.cuda or 'none'})"]
+    why = _ext.unavailable_reason()
+    if why:
+        lines.append(f"extension:  not available: {why}")
+    else:
+        info = _ext.build_info()
+        cuda = f"yes, architectures {info['cuda_archs']}" if info["cuda"] else "no"
+        lines.append(f"extension:  nerfx._C with CPU kernels (OpenMP: "
+                     f"{'yes' if info['openmp'] else 'no'}); CUDA kernels: {cuda}")
+    lines.append(f"threads:    {torch.get_num_threads()} (torch.get_num_threads)")
+    try:
+        import triton
+
+        interp = "on" if os.environ.get("TRITON_INTERPRET") == "1" else "off"
+        lines.append(f"triton:     {triton.__version__} (interpreter {interp})")
+    except ImportError:
+        lines.append("triton:     not installed")
+    devices = ["cpu"]
+    if torch.cuda.is_available():
+        for i in range(torch.cuda.device_count()):
+            props = torch.cuda.get_device_properties(i)
+            devices.append(f"cuda:{i} {props.name} (sm_{props.major}{props.minor})")
+    else:
+        lines.append("GPU:        none visible")
+    lines.append("devices:    " + "; ".join(devices))
+    if os.environ.get(ENV_VAR):
+        lines.append(f"{ENV_VAR}={os.environ[ENV_VAR]} overrides backend='auto'")
+    lines.append("backend chosen by backend='auto':")
+    for name, op in sorted(REGISTRY.items()):
+        dtype = DTYPE_BY_OP.get(name, torch.float32)
+        picks = [f"{dev} -> {op.describe(torch.device(dev), (dtype,))}" for dev in ("cpu", "cuda")]
+        lines.append(f"  {name:<14} " + ", ".join(picks))
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(report())
