@@ -4,6 +4,7 @@
 
 #include <string>
 
+#include "composite/composite.h"
 #include "hashgrid/hashgrid.h"
 
 #ifndef NERFX_CUDA_ARCHS
@@ -38,18 +39,25 @@ TORCH_LIBRARY(nerfx, m) {
         "-> Tensor");
   m.def("hash_encode_backward(Tensor grad_out, Tensor x, Tensor params, int[] offsets, "
         "int[] resolutions, int n_features, bool needs_x_grad) -> (Tensor, Tensor)");
+  m.def("composite_rays(Tensor sigmas, Tensor rgbs, Tensor t_start, Tensor t_end, "
+        "Tensor offsets, float threshold) -> (Tensor, Tensor, Tensor, Tensor)");
+  m.def("composite_rays_backward(Tensor grad_color, Tensor grad_opacity, Tensor grad_depth, "
+        "Tensor grad_weights, Tensor sigmas, Tensor rgbs, Tensor t_start, Tensor t_end, "
+        "Tensor offsets, Tensor color, Tensor opacity, Tensor depth, Tensor weights, "
+        "float threshold) -> (Tensor, Tensor)");
 }
 
-TORCH_LIBRARY_IMPL(nerfx, CPU, m) {
-  m.impl("hash_encode", &nerfx::hashgrid::forward);
-  m.impl("hash_encode_backward", &nerfx::hashgrid::backward);
-}
+// The same implementations serve both devices: each op switches to its CUDA launcher inside.
+#define NERFX_IMPLS(m)                                                          \
+  m.impl("hash_encode", &nerfx::hashgrid::forward);                            \
+  m.impl("hash_encode_backward", &nerfx::hashgrid::backward);                  \
+  m.impl("composite_rays", &nerfx::composite::forward);                        \
+  m.impl("composite_rays_backward", &nerfx::composite::backward)
+
+TORCH_LIBRARY_IMPL(nerfx, CPU, m) { NERFX_IMPLS(m); }
 
 #ifdef NERFX_WITH_CUDA
-TORCH_LIBRARY_IMPL(nerfx, CUDA, m) {
-  m.impl("hash_encode", &nerfx::hashgrid::forward);
-  m.impl("hash_encode_backward", &nerfx::hashgrid::backward);
-}
+TORCH_LIBRARY_IMPL(nerfx, CUDA, m) { NERFX_IMPLS(m); }
 #endif
 
 // nerfx._C is imported for its side effect: loading it registers the ops above with torch.

@@ -22,6 +22,15 @@ NERFX_HD inline T floor_of(T v) {
 }
 
 template <typename T>
+NERFX_HD inline T exp_of(T v) {
+#ifdef __CUDA_ARCH__
+  return ::exp(v);
+#else
+  return std::exp(v);
+#endif
+}
+
+template <typename T>
 NERFX_HD inline T clamp_unit(T v) {
   return v < T(0) ? T(0) : (v > T(1) ? T(1) : v);
 }

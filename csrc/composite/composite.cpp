@@ -1,0 +1,77 @@
+// Volume compositing: argument checks, allocation and the device switch, shared by CPU and CUDA.
+#include "composite/composite.h"
+
+namespace nerfx::composite {
+namespace {
+
+Packed checked(const at::Tensor& sigmas, const at::Tensor& rgbs, const at::Tensor& t_start,
+               const at::Tensor& t_end, const at::Tensor& offsets) {
+  const int64_t S = sigmas.numel();
+  TORCH_CHECK(sigmas.dim() == 1, "composite_rays: sigmas must be [S], got ", sigmas.sizes());
+  TORCH_CHECK(rgbs.dim() == 2 && rgbs.size(0) == S && rgbs.size(1) == 3,
+              "composite_rays: rgbs must be [S, 3] with S = ", S, ", got ", rgbs.sizes());
+  TORCH_CHECK(t_start.sizes() == sigmas.sizes() && t_end.sizes() == sigmas.sizes(),
+              "composite_rays: t_start and t_end must be [S]");
+  TORCH_CHECK(offsets.dim() == 1 && offsets.numel() >= 1 && offsets.scalar_type() == at::kLong,
+              "composite_rays: offsets must be int64 [n_rays + 1]");
+  for (const at::Tensor* t : {&rgbs, &t_start, &t_end}) {
+    TORCH_CHECK(t->scalar_type() == sigmas.scalar_type(),
+                "composite_rays: sigmas, rgbs, t_start and t_end must share a dtype");
+  }
+  for (const at::Tensor* t : {&rgbs, &t_start, &t_end, &offsets}) {
+    TORCH_CHECK(t->device() == sigmas.device(), "composite_rays: all tensors must be on ",
+                sigmas.device());
+  }
+  return {sigmas.contiguous(), rgbs.contiguous(), t_start.contiguous(), t_end.contiguous(),
+          offsets.contiguous()};
+}
+
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> forward(
+    const at::Tensor& sigmas, const at::Tensor& rgbs, const at::Tensor& t_start,
+    const at::Tensor& t_end, const at::Tensor& offsets, double threshold) {
+  const Packed in = checked(sigmas, rgbs, t_start, t_end, offsets);
+  const int64_t n_rays = offsets.numel() - 1;
+  Outputs out{at::zeros({n_rays, 3}, sigmas.options()), at::zeros({n_rays}, sigmas.options()),
+              at::zeros({n_rays}, sigmas.options()), at::zeros_like(in.sigmas)};
+  if (n_rays > 0) {
+#ifdef NERFX_WITH_CUDA
+    if (sigmas.is_cuda()) {
+      forward_cuda(in, threshold, out);
+    } else
+#endif
+    {
+      forward_cpu(in, threshold, out);
+    }
+  }
+  return {out.color, out.opacity, out.depth, out.weights};
+}
+
+std::tuple<at::Tensor, at::Tensor> backward(
+    const at::Tensor& grad_color, const at::Tensor& grad_opacity, const at::Tensor& grad_depth,
+    const at::Tensor& grad_weights, const at::Tensor& sigmas, const at::Tensor& rgbs,
+    const at::Tensor& t_start, const at::Tensor& t_end, const at::Tensor& offsets,
+    const at::Tensor& color, const at::Tensor& opacity, const at::Tensor& depth,
+    const at::Tensor& weights, double threshold) {
+  const Packed in = checked(sigmas, rgbs, t_start, t_end, offsets);
+  const Outputs saved{color.contiguous(), opacity.contiguous(), depth.contiguous(),
+                      weights.contiguous()};
+  const Outputs grads{grad_color.contiguous(), grad_opacity.contiguous(), grad_depth.contiguous(),
+                      grad_weights.numel() == 0 ? at::Tensor() : grad_weights.contiguous()};
+  at::Tensor grad_sigmas = at::zeros_like(in.sigmas);
+  at::Tensor grad_rgbs = at::zeros_like(in.rgbs);
+  if (offsets.numel() > 1) {
+#ifdef NERFX_WITH_CUDA
+    if (sigmas.is_cuda()) {
+      backward_cuda(in, threshold, saved, grads, grad_sigmas, grad_rgbs);
+    } else
+#endif
+    {
+      backward_cpu(in, threshold, saved, grads, grad_sigmas, grad_rgbs);
+    }
+  }
+  return {grad_sigmas, grad_rgbs};
+}
+
+}  // namespace nerfx::composite

@@ -1,0 +1,58 @@
+// Volume compositing on the CPU: one ray per iteration, rays in parallel.
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+
+#include "composite/composite.h"
+
+namespace nerfx::composite {
+
+void forward_cpu(const Packed& in, double threshold, Outputs& out) {
+  const int64_t n_rays = in.offsets.numel() - 1;
+  const int64_t* offsets = in.offsets.data_ptr<int64_t>();
+  AT_DISPATCH_FLOATING_TYPES(in.sigmas.scalar_type(), "composite_rays_cpu", [&] {
+    const scalar_t *sigmas = in.sigmas.data_ptr<scalar_t>(), *rgbs = in.rgbs.data_ptr<scalar_t>();
+    const scalar_t *t0 = in.t_start.data_ptr<scalar_t>(), *t1 = in.t_end.data_ptr<scalar_t>();
+    scalar_t* color = out.color.data_ptr<scalar_t>();
+    scalar_t* opacity = out.opacity.data_ptr<scalar_t>();
+    scalar_t* depth = out.depth.data_ptr<scalar_t>();
+    scalar_t* weights = out.weights.data_ptr<scalar_t>();
+    at::parallel_for(0, n_rays, 256, [&](int64_t begin, int64_t end) {
+      for (int64_t r = begin; r < end; ++r) {
+        const RayTotals<scalar_t> ray = composite_ray(offsets[r], offsets[r + 1], sigmas, rgbs,
+                                                      t0, t1, scalar_t(threshold), weights);
+        store_totals(r, ray, color, opacity, depth);
+      }
+    });
+  });
+}
+
+void backward_cpu(const Packed& in, double threshold, const Outputs& saved, const Outputs& grads,
+                  at::Tensor& grad_sigmas, at::Tensor& grad_rgbs) {
+  const int64_t n_rays = in.offsets.numel() - 1;
+  const int64_t* offsets = in.offsets.data_ptr<int64_t>();
+  AT_DISPATCH_FLOATING_TYPES(in.sigmas.scalar_type(), "composite_rays_backward_cpu", [&] {
+    const scalar_t *sigmas = in.sigmas.data_ptr<scalar_t>(), *rgbs = in.rgbs.data_ptr<scalar_t>();
+    const scalar_t *t0 = in.t_start.data_ptr<scalar_t>(), *t1 = in.t_end.data_ptr<scalar_t>();
+    const scalar_t* weights = saved.weights.data_ptr<scalar_t>();
+    const scalar_t *color = saved.color.data_ptr<scalar_t>(),
+                   *opacity = saved.opacity.data_ptr<scalar_t>(),
+                   *depth = saved.depth.data_ptr<scalar_t>();
+    const scalar_t *g_color = grads.color.data_ptr<scalar_t>(),
+                   *g_opacity = grads.opacity.data_ptr<scalar_t>(),
+                   *g_depth = grads.depth.data_ptr<scalar_t>();
+    const scalar_t* grad_w = grads.weights.defined() ? grads.weights.data_ptr<scalar_t>() : nullptr;
+    scalar_t* g_sigmas = grad_sigmas.data_ptr<scalar_t>();
+    scalar_t* g_rgbs = grad_rgbs.data_ptr<scalar_t>();
+    at::parallel_for(0, n_rays, 256, [&](int64_t begin, int64_t end) {
+      for (int64_t r = begin; r < end; ++r) {
+        const RayTotals<scalar_t> totals = load_totals(r, color, opacity, depth);
+        const RayTotals<scalar_t> grad = load_totals(r, g_color, g_opacity, g_depth);
+        composite_ray_backward(offsets[r], offsets[r + 1], sigmas, rgbs, t0, t1,
+                               scalar_t(threshold), weights, totals, grad, grad_w,
+                               g_sigmas, g_rgbs);
+      }
+    });
+  });
+}
+
+}  // namespace nerfx::composite

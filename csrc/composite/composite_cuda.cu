@@ -1,0 +1,86 @@
+// Volume compositing on CUDA: one thread per ray, looping over the shared math.
+#include <ATen/Dispatch.h>
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+
+#include "composite/composite.h"
+
+namespace nerfx::composite {
+namespace {
+
+constexpr int kThreads = 256;
+
+template <typename scalar_t>
+__global__ void forward_kernel(int64_t n_rays, const int64_t* __restrict__ offsets,
+                               const scalar_t* __restrict__ sigmas,
+                               const scalar_t* __restrict__ rgbs,
+                               const scalar_t* __restrict__ t_start,
+                               const scalar_t* __restrict__ t_end, scalar_t threshold,
+                               scalar_t* color, scalar_t* opacity, scalar_t* depth,
+                               scalar_t* weights) {
+  const int64_t r = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (r >= n_rays) return;
+  const RayTotals<scalar_t> ray = composite_ray(offsets[r], offsets[r + 1], sigmas, rgbs, t_start,
+                                                t_end, threshold, weights);
+  store_totals(r, ray, color, opacity, depth);
+}
+
+template <typename scalar_t>
+__global__ void backward_kernel(int64_t n_rays, const int64_t* __restrict__ offsets,
+                                const scalar_t* __restrict__ sigmas,
+                                const scalar_t* __restrict__ rgbs,
+                                const scalar_t* __restrict__ t_start,
+                                const scalar_t* __restrict__ t_end, scalar_t threshold,
+                                const scalar_t* color, const scalar_t* opacity,
+                                const scalar_t* depth, const scalar_t* weights,
+                                const scalar_t* g_color, const scalar_t* g_opacity,
+                                const scalar_t* g_depth, const scalar_t* g_weights,
+                                scalar_t* grad_sigmas, scalar_t* grad_rgbs) {
+  const int64_t r = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (r >= n_rays) return;
+  composite_ray_backward(offsets[r], offsets[r + 1], sigmas, rgbs, t_start, t_end, threshold,
+                         weights, load_totals(r, color, opacity, depth),
+                         load_totals(r, g_color, g_opacity, g_depth), g_weights, grad_sigmas,
+                         grad_rgbs);
+}
+
+}  // namespace
+
+void forward_cuda(const Packed& in, double threshold, Outputs& out) {
+  const c10::cuda::CUDAGuard device_guard(in.sigmas.device());
+  const int64_t n_rays = in.offsets.numel() - 1;
+  const unsigned blocks = unsigned((n_rays + kThreads - 1) / kThreads);
+  auto stream = at::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES(in.sigmas.scalar_type(), "composite_rays_cuda", [&] {
+    forward_kernel<scalar_t><<<blocks, kThreads, 0, stream>>>(
+        n_rays, in.offsets.data_ptr<int64_t>(), in.sigmas.data_ptr<scalar_t>(),
+        in.rgbs.data_ptr<scalar_t>(), in.t_start.data_ptr<scalar_t>(),
+        in.t_end.data_ptr<scalar_t>(), scalar_t(threshold), out.color.data_ptr<scalar_t>(),
+        out.opacity.data_ptr<scalar_t>(), out.depth.data_ptr<scalar_t>(),
+        out.weights.data_ptr<scalar_t>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+}
+
+void backward_cuda(const Packed& in, double threshold, const Outputs& saved, const Outputs& grads,
+                   at::Tensor& grad_sigmas, at::Tensor& grad_rgbs) {
+  const c10::cuda::CUDAGuard device_guard(in.sigmas.device());
+  const int64_t n_rays = in.offsets.numel() - 1;
+  const unsigned blocks = unsigned((n_rays + kThreads - 1) / kThreads);
+  auto stream = at::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES(in.sigmas.scalar_type(), "composite_rays_backward_cuda", [&] {
+    backward_kernel<scalar_t><<<blocks, kThreads, 0, stream>>>(
+        n_rays, in.offsets.data_ptr<int64_t>(), in.sigmas.data_ptr<scalar_t>(),
+        in.rgbs.data_ptr<scalar_t>(), in.t_start.data_ptr<scalar_t>(),
+        in.t_end.data_ptr<scalar_t>(), scalar_t(threshold), saved.color.data_ptr<scalar_t>(),
+        saved.opacity.data_ptr<scalar_t>(), saved.depth.data_ptr<scalar_t>(),
+        saved.weights.data_ptr<scalar_t>(), grads.color.data_ptr<scalar_t>(),
+        grads.opacity.data_ptr<scalar_t>(), grads.depth.data_ptr<scalar_t>(),
+        grads.weights.defined() ? grads.weights.data_ptr<scalar_t>() : nullptr,
+        grad_sigmas.data_ptr<scalar_t>(), grad_rgbs.data_ptr<scalar_t>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+}
+
+}  // namespace nerfx::composite

@@ -1,0 +1,100 @@
+// Volume compositing (NeRF's quadrature, Max 1995) of one ray's packed samples, shared by the CPU
+// and CUDA launchers. A sample i covers [t_start_i, t_end_i] with density sigma_i and colour c_i:
+//   alpha_i = 1 - exp(-sigma_i * delta_i),  w_i = T_i * alpha_i,  T_{i+1} = T_i * (1 - alpha_i)
+// Marching stops before a sample whose incoming transmittance T_i is below the threshold; such
+// samples get zero weight and zero gradient, identically in the forward and backward passes.
+#pragma once
+
+#include "nerfx/common.h"
+
+namespace nerfx::composite {
+
+template <typename scalar_t>
+struct RayTotals {
+  scalar_t color[3];
+  scalar_t opacity;  // sum of weights = 1 - final transmittance
+  scalar_t depth;    // sum of weights * sample midpoints
+};
+
+// The per-ray outputs (or their gradients) of ray r, from [n_rays, 3] and [n_rays] arrays.
+template <typename scalar_t>
+NERFX_HD inline RayTotals<scalar_t> load_totals(int64_t r, const scalar_t* color,
+                                                const scalar_t* opacity, const scalar_t* depth) {
+  return {{color[r * 3], color[r * 3 + 1], color[r * 3 + 2]}, opacity[r], depth[r]};
+}
+
+template <typename scalar_t>
+NERFX_HD inline void store_totals(int64_t r, const RayTotals<scalar_t>& ray, scalar_t* color,
+                                  scalar_t* opacity, scalar_t* depth) {
+  for (int k = 0; k < 3; ++k) color[r * 3 + k] = ray.color[k];
+  opacity[r] = ray.opacity;
+  depth[r] = ray.depth;
+}
+
+// Forward over one ray's samples [begin, end). sigmas: [S], rgbs: [S, 3], t_*: [S]; weights: [S]
+template <typename scalar_t>
+NERFX_HD inline RayTotals<scalar_t> composite_ray(int64_t begin, int64_t end,
+                                                  const scalar_t* sigmas, const scalar_t* rgbs,
+                                                  const scalar_t* t_start, const scalar_t* t_end,
+                                                  scalar_t threshold, scalar_t* weights) {
+  RayTotals<scalar_t> out{{0, 0, 0}, 0, 0};
+  scalar_t transmittance = 1;
+  for (int64_t i = begin; i < end; ++i) {
+    if (transmittance < threshold) {
+      weights[i] = 0;
+      continue;
+    }
+    const scalar_t delta = t_end[i] - t_start[i];
+    const scalar_t alpha = 1 - exp_of(-sigmas[i] * delta);
+    const scalar_t w = transmittance * alpha;
+    weights[i] = w;
+    for (int k = 0; k < 3; ++k) out.color[k] += w * rgbs[i * 3 + k];
+    out.opacity += w;
+    out.depth += w * scalar_t(0.5) * (t_start[i] + t_end[i]);
+    transmittance *= 1 - alpha;
+  }
+  return out;
+}
+
+// Backward over one ray, O(samples), from the saved forward outputs. Every output is a weighted
+// sum L = sum_k w_k v_k of a per-sample value v_k (grad_color . c_k + grad_opacity +
+// grad_depth * t_mid_k + grad_weight_k); with the suffix sum R_i = sum_{k>i} w_k v_k:
+//   dL/dc_i = w_i * grad_color,   dL/dsigma_i = delta_i * (T_{i+1} v_i - R_i)
+// totals: the ray's saved outputs; grads: their gradients; grad_weights: [S] or nullptr.
+template <typename scalar_t>
+NERFX_HD inline void composite_ray_backward(
+    int64_t begin, int64_t end, const scalar_t* sigmas, const scalar_t* rgbs,
+    const scalar_t* t_start, const scalar_t* t_end, scalar_t threshold, const scalar_t* weights,
+    const RayTotals<scalar_t>& totals, const RayTotals<scalar_t>& grads,
+    const scalar_t* grad_weights,
+    scalar_t* grad_sigmas, scalar_t* grad_rgbs) {
+  // Total of the weighted values, from the saved outputs (plus the weights' own gradient).
+  scalar_t total = grads.opacity * totals.opacity + grads.depth * totals.depth;
+  for (int k = 0; k < 3; ++k) total += grads.color[k] * totals.color[k];
+  if (grad_weights != nullptr) {
+    for (int64_t i = begin; i < end; ++i) total += weights[i] * grad_weights[i];
+  }
+  scalar_t prefix = 0;  // sum_{k<=i} w_k v_k
+  scalar_t transmittance = 1;
+  for (int64_t i = begin; i < end; ++i) {
+    if (transmittance < threshold) {
+      grad_sigmas[i] = 0;
+      for (int k = 0; k < 3; ++k) grad_rgbs[i * 3 + k] = 0;
+      continue;
+    }
+    const scalar_t delta = t_end[i] - t_start[i];
+    const scalar_t alpha = 1 - exp_of(-sigmas[i] * delta);
+    const scalar_t w = transmittance * alpha;
+    scalar_t value = grads.opacity + grads.depth * scalar_t(0.5) * (t_start[i] + t_end[i]);
+    for (int k = 0; k < 3; ++k) {
+      value += grads.color[k] * rgbs[i * 3 + k];
+      grad_rgbs[i * 3 + k] = w * grads.color[k];
+    }
+    if (grad_weights != nullptr) value += grad_weights[i];
+    transmittance *= 1 - alpha;
+    prefix += w * value;
+    grad_sigmas[i] = delta * (transmittance * value - (total - prefix));
+  }
+}
+
+}  // namespace nerfx::composite

@@ -1,0 +1,129 @@
+"""Volume compositing of packed samples: the public op and its backends.
+
+    out = composite_rays(sigmas, rgbs, t_start, t_end, offsets, background=white)
+    out.color [n_rays, 3], out.opacity [n_rays], out.depth [n_rays], out.weights [n_samples]
+
+Backends: `cuda` and `cpu` (nerfx._C; the backward is O(samples), from suffix sums of the saved
+outputs) and `torch` (nerfx.ref.composite). Differentiable w.r.t. sigmas, rgbs and background.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from nerfx import _ext
+from nerfx.ops._dispatch import Backend, OpBackends, extension_kernel, register
+from nerfx.ref import composite as ref
+from nerfx.ref.composite import Composited, with_background
+
+FLOATS = (torch.float32, torch.float64)
+
+
+def _setup_context(ctx, inputs, output) -> None:
+    sigmas, rgbs, t_start, t_end, offsets, threshold = inputs
+    ctx.save_for_backward(sigmas, rgbs, t_start, t_end, offsets, *output)
+    ctx.threshold = threshold
+
+
+def _backward(ctx, grad_color, grad_opacity, grad_depth, grad_weights):
+    sigmas, rgbs, t_start, t_end, offsets, color, opacity, depth, weights = ctx.saved_tensors
+    grad_color = torch.zeros_like(color) if grad_color is None else grad_color
+    grad_opacity = torch.zeros_like(opacity) if grad_opacity is None else grad_opacity
+    grad_depth = torch.zeros_like(depth) if grad_depth is None else grad_depth
+    grad_weights = sigmas.new_empty(0) if grad_weights is None else grad_weights
+    grad_sigmas, grad_rgbs = torch.ops.nerfx.composite_rays_backward(
+        grad_color, grad_opacity, grad_depth, grad_weights, sigmas, rgbs, t_start, t_end,
+        offsets, color, opacity, depth, weights, ctx.threshold)
+    return grad_sigmas, grad_rgbs, None, None, None, None
+
+
+def _no_double_backward(ctx, *grads):
+    raise NotImplementedError("composite_rays: second-order gradients are not implemented by the "
+                              "cpu and cuda backends; use backend='torch' for them")
+
+
+def _register_library() -> None:
+    @torch.library.register_fake("nerfx::composite_rays")
+    def _(sigmas, rgbs, t_start, t_end, offsets, threshold):
+        n_rays = offsets.shape[0] - 1
+        return (sigmas.new_empty(n_rays, 3), sigmas.new_empty(n_rays), sigmas.new_empty(n_rays),
+                sigmas.new_empty(sigmas.shape))
+
+    @torch.library.register_fake("nerfx::composite_rays_backward")
+    def _(grad_color, grad_opacity, grad_depth, grad_weights, sigmas, rgbs, *rest):
+        return sigmas.new_empty(sigmas.shape), rgbs.new_empty(rgbs.shape)
+
+    torch.library.register_autograd("nerfx::composite_rays", _backward,
+                                    setup_context=_setup_context)
+    torch.library.register_autograd("nerfx::composite_rays_backward", _no_double_backward,
+                                    setup_context=lambda ctx, inputs, output: None)
+
+
+_ext.on_load(_register_library)
+
+
+def _run_compiled(sigmas, rgbs, t_start, t_end, offsets, threshold) -> Composited:
+    # Selecting the cpu or cuda backend has loaded the extension.
+    return Composited(*torch.ops.nerfx.composite_rays(sigmas, rgbs, t_start, t_end, offsets,
+                                                      threshold))
+
+
+def _run_reference(sigmas, rgbs, t_start, t_end, offsets, threshold) -> Composited:
+    return ref.composite_rays(sigmas, rgbs, t_start, t_end, offsets,
+                              transmittance_threshold=threshold)
+
+
+BACKENDS = register(OpBackends("composite_rays", [
+    Backend("cuda", ("cuda",), FLOATS, _run_compiled, extension_kernel("composite_rays")),
+    Backend("cpu", ("cpu",), FLOATS, _run_compiled, extension_kernel("composite_rays")),
+    Backend("torch", ("cuda", "cpu", "mps", "xpu"), FLOATS + (torch.float16, torch.bfloat16),
+            _run_reference),
+]))
+
+
+def _check(sigmas, rgbs, t_start, t_end, offsets) -> None:
+    named = {"sigmas": sigmas, "rgbs": rgbs, "t_start": t_start, "t_end": t_end,
+             "offsets": offsets}
+    for name, t in named.items():
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"composite_rays: {name} must be a torch.Tensor")
+        if t.device != sigmas.device:
+            raise ValueError(f"composite_rays: {name} is on {t.device}, sigmas on {sigmas.device}")
+    n = sigmas.shape[0] if sigmas.dim() == 1 else -1
+    if sigmas.dim() != 1 or not sigmas.is_floating_point():
+        raise ValueError(f"composite_rays: sigmas must be a float [S] tensor, got "
+                         f"{tuple(sigmas.shape)} {sigmas.dtype}")
+    if rgbs.shape != (n, 3):
+        raise ValueError(f"composite_rays: rgbs must be [S, 3] = [{n}, 3], got {tuple(rgbs.shape)}")
+    for name in ("t_start", "t_end"):
+        if named[name].shape != (n,):
+            raise ValueError(f"composite_rays: {name} must be [S] = [{n}], got "
+                             f"{tuple(named[name].shape)}")
+    for name in ("rgbs", "t_start", "t_end"):
+        if named[name].dtype != sigmas.dtype:
+            raise TypeError(f"composite_rays: {name} is {named[name].dtype}, sigmas "
+                            f"{sigmas.dtype}; they must match")
+    if offsets.dim() != 1 or offsets.numel() < 1 or offsets.dtype != torch.int64:
+        raise ValueError(f"composite_rays: offsets must be int64 [n_rays + 1], got "
+                         f"{tuple(offsets.shape)} {offsets.dtype}")
+    # Cheap on the CPU; on a GPU it would cost a synchronisation, and a compiled graph cannot
+    # branch on values.
+    if offsets.device.type == "cpu" and not torch.compiler.is_compiling():
+        if offsets[0] != 0 or offsets[-1] != n or bool((offsets.diff() < 0).any()):
+            raise ValueError(f"composite_rays: offsets must rise from 0 to S = {n}")
+
+
+def composite_rays(sigmas: torch.Tensor, rgbs: torch.Tensor, t_start: torch.Tensor,
+                   t_end: torch.Tensor, offsets: torch.Tensor, *,
+                   background: torch.Tensor | None = None,
+                   transmittance_threshold: float = 1e-4, backend: str = "auto") -> Composited:
+    """Composites packed samples front to back along each ray.
+
+    sigmas, t_start, t_end: [S]; rgbs: [S, 3]; offsets: [n_rays + 1] int64, ray r owning samples
+    offsets[r]:offsets[r+1] in order of increasing t. background: None, [3] or [n_rays, 3].
+    Returns Composited(color [n_rays, 3], opacity [n_rays], depth [n_rays], weights [S]).
+    """
+    _check(sigmas, rgbs, t_start, t_end, offsets)
+    chosen = BACKENDS.select(backend, sigmas.device, (sigmas.dtype,))
+    out = chosen.run(sigmas, rgbs, t_start, t_end, offsets, float(transmittance_threshold))
+    return with_background(out, background)

@@ -1,0 +1,76 @@
+"""Reference volume compositing (NeRF's quadrature), packed and padded, in PyTorch.
+
+alpha_i = 1 - exp(-sigma_i (t_end_i - t_start_i)), T_i = prod_{j<i} (1 - alpha_j), w_i = T_i alpha_i.
+A sample whose incoming transmittance T_i is below `transmittance_threshold` gets zero weight
+(the ray has terminated). Depth is the weighted sum of sample midpoints; opacity the sum of weights.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+
+
+class Composited(NamedTuple):
+    color: torch.Tensor  # [n_rays, 3]
+    opacity: torch.Tensor  # [n_rays]
+    depth: torch.Tensor  # [n_rays]
+    weights: torch.Tensor  # [n_samples] (packed) or [n_rays, n_samples] (padded)
+
+
+def ray_indices(offsets: torch.Tensor, n_samples: int) -> torch.Tensor:
+    """The ray of each packed sample. offsets: [n_rays + 1] -> [n_samples] int64."""
+    counts = offsets[1:] - offsets[:-1]
+    rays = torch.arange(counts.numel(), device=offsets.device)
+    return torch.repeat_interleave(rays, counts, output_size=n_samples)
+
+
+def with_background(out: Composited, background: torch.Tensor | None) -> Composited:
+    """Blends a background colour ([3] or [n_rays, 3]) behind what the rays did not cover."""
+    if background is None:
+        return out
+    color = out.color + (1 - out.opacity)[:, None] * background.to(out.color)
+    return out._replace(color=color)
+
+
+def composite_rays(sigmas: torch.Tensor, rgbs: torch.Tensor, t_start: torch.Tensor,
+                   t_end: torch.Tensor, offsets: torch.Tensor, *,
+                   background: torch.Tensor | None = None,
+                   transmittance_threshold: float = 1e-4) -> Composited:
+    """Packed samples: sigmas, t_start, t_end [S], rgbs [S, 3], offsets [n_rays + 1] (CSR)."""
+    n_rays = offsets.numel() - 1
+    rays = ray_indices(offsets, sigmas.numel())  # [S]
+    tau = sigmas * (t_end - t_start)  # optical depth of each sample, [S]
+    # Exclusive per-ray prefix sums of tau, accumulated in float64 across the packed array.
+    inclusive = torch.cumsum(tau.double(), 0)
+    before_ray = torch.nn.functional.pad(inclusive, (1, 0))[offsets[:-1]]  # [n_rays]
+    exclusive = (inclusive - tau.double() - before_ray[rays]).to(tau.dtype)
+    transmittance = torch.exp(-exclusive)  # T_i, [S]
+    alive = transmittance >= transmittance_threshold
+    weights = torch.where(alive, transmittance * (1 - torch.exp(-tau)), torch.zeros_like(tau))
+    midpoints = 0.5 * (t_start + t_end)
+    zeros = sigmas.new_zeros(n_rays)
+    color = sigmas.new_zeros(n_rays, 3).index_add(0, rays, weights[:, None] * rgbs)
+    out = Composited(color, zeros.index_add(0, rays, weights),
+                     zeros.index_add(0, rays, weights * midpoints), weights)
+    return with_background(out, background)
+
+
+def composite_rays_padded(sigmas: torch.Tensor, rgbs: torch.Tensor, t_start: torch.Tensor,
+                          t_end: torch.Tensor, mask: torch.Tensor, *,
+                          background: torch.Tensor | None = None,
+                          transmittance_threshold: float = 1e-4) -> Composited:
+    """Padded samples: sigmas, t_start, t_end, mask [n_rays, K], rgbs [n_rays, K, 3].
+
+    Entries where mask is False are padding and contribute nothing.
+    """
+    tau = torch.where(mask, sigmas * (t_end - t_start), torch.zeros_like(sigmas))
+    survive = torch.exp(-tau)  # 1 - alpha, [n_rays, K]
+    transmittance = torch.cumprod(
+        torch.cat([torch.ones_like(survive[:, :1]), survive[:, :-1]], dim=1), dim=1)
+    alive = mask & (transmittance >= transmittance_threshold)
+    weights = torch.where(alive, transmittance * (1 - survive), torch.zeros_like(tau))
+    out = Composited((weights[..., None] * rgbs).sum(1), weights.sum(1),
+                     (weights * 0.5 * (t_start + t_end)).sum(1), weights)
+    return with_background(out, background)

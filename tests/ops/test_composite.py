@@ -1,0 +1,171 @@
+"""Volume compositing: hand-computed cases, every backend against the reference, packed = padded."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from nerfx.ops import BackendError, composite_rays
+from nerfx.ref import composite as ref
+from tests.conftest import BACKEND_DEVICES
+
+# Compositing has no triton backend: drop those pairs.
+BACKENDS = [p for p in BACKEND_DEVICES if "triton" not in p.id]
+
+
+def packed(counts: list[int], dtype=torch.float64, device="cpu", seed=0, density=3.0):
+    """Random rays with the given sample counts: sorted, non-overlapping intervals per ray."""
+    gen = torch.Generator().manual_seed(seed)
+    n = sum(counts)
+    offsets = torch.zeros(len(counts) + 1, dtype=torch.int64)
+    offsets[1:] = torch.tensor(counts, dtype=torch.int64).cumsum(0)
+    sigmas = torch.rand(n, generator=gen, dtype=torch.float64) * density
+    rgbs = torch.rand(n, 3, generator=gen, dtype=torch.float64)
+    deltas = torch.rand(n, generator=gen, dtype=torch.float64) * 0.2 + 0.01
+    t_end = torch.zeros(n, dtype=torch.float64)
+    for r in range(len(counts)):
+        a, b = offsets[r].item(), offsets[r + 1].item()
+        t_end[a:b] = 2.0 + deltas[a:b].cumsum(0)
+    t_start = t_end - deltas
+    to = dict(dtype=dtype, device=device)
+    return (sigmas.to(**to), rgbs.to(**to), t_start.to(**to), t_end.to(**to),
+            offsets.to(device))
+
+
+# --- hand-computed cases ----------------------------------------------------------------------
+
+@pytest.mark.parametrize("backend,device", BACKENDS)
+def test_hand_computed_rays(backend, device):
+    """Five rays: one sample; two samples; an opaque first sample; no samples; a faint one."""
+    sigmas = torch.tensor([1.0, 2.0, 0.5, 1e4, 1.0, 0.1], dtype=torch.float64)
+    rgbs = torch.tensor([[1, 0, 0], [0, 1, 0], [0, 0, 1], [1, 1, 1], [1, 0, 0], [0.5, 0.5, 0.5]],
+                        dtype=torch.float64)
+    t_start = torch.tensor([1.0, 1.0, 1.5, 2.0, 2.5, 0.0], dtype=torch.float64)
+    t_end = torch.tensor([1.5, 1.5, 2.5, 2.5, 3.0, 1.0], dtype=torch.float64)
+    offsets = torch.tensor([0, 1, 3, 5, 5, 6])
+    out = composite_rays(*(t.to(device) for t in (sigmas, rgbs, t_start, t_end, offsets)),
+                         backend=backend)
+    # Ray 0: T = 1, alpha = 1 - e^-0.5.
+    a0 = 1 - math.exp(-0.5)
+    # Ray 1: alpha1 = 1 - e^-1 (sigma 2, delta 0.5); T2 = e^-1; alpha2 = 1 - e^-0.5.
+    a1, t2, a2 = 1 - math.exp(-1.0), math.exp(-1.0), 1 - math.exp(-0.5)
+    # Ray 2: first sample alpha = 1 - e^-5000 = 1, so T2 = 0 < 1e-4 and the second is skipped.
+    # Ray 4: alpha = 1 - e^-0.1.
+    a4 = 1 - math.exp(-0.1)
+    want_weights = [a0, a1, t2 * a2, 1.0, 0.0, a4]
+    want_color = [[a0, 0, 0], [0, a1, t2 * a2], [1, 1, 1], [0, 0, 0], [0.5 * a4] * 3]
+    want_depth = [1.25 * a0, 1.25 * a1 + 2.0 * t2 * a2, 2.25, 0.0, 0.5 * a4]
+    torch.testing.assert_close(out.weights.cpu(), torch.tensor(want_weights, dtype=torch.float64))
+    torch.testing.assert_close(out.color.cpu(), torch.tensor(want_color, dtype=torch.float64))
+    torch.testing.assert_close(out.depth.cpu(), torch.tensor(want_depth, dtype=torch.float64))
+    want_opacity = [a0, a1 + t2 * a2, 1.0, 0.0, a4]
+    torch.testing.assert_close(out.opacity.cpu(), torch.tensor(want_opacity, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS)
+def test_background_blends_behind_uncovered_light(backend, device):
+    sigmas, rgbs, t0, t1, offsets = packed([3, 0, 5], device=device)
+    white = torch.ones(3, dtype=torch.float64, device=device)
+    plain = composite_rays(sigmas, rgbs, t0, t1, offsets, backend=backend)
+    blended = composite_rays(sigmas, rgbs, t0, t1, offsets, background=white, backend=backend)
+    torch.testing.assert_close(blended.color, plain.color + (1 - plain.opacity)[:, None])
+    assert torch.equal(blended.color[1], white)  # a ray with no samples shows the background
+
+
+# --- every backend against the reference ------------------------------------------------------
+
+def run_with_grads(fn, sigmas, rgbs, t0, t1, offsets, seed=3):
+    sigmas = sigmas.detach().requires_grad_()
+    rgbs = rgbs.detach().requires_grad_()
+    out = fn(sigmas, rgbs, t0, t1, offsets)
+    gen = torch.Generator().manual_seed(seed)
+    loss = sum((torch.randn(t.shape, generator=gen, dtype=torch.float64).to(t) * t).sum()
+               for t in out)
+    return (*out, *torch.autograd.grad(loss, (sigmas, rgbs)))
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("n_rays", [0, 1, 1023])
+def test_matches_reference(backend, device, dtype, n_rays):
+    gen = torch.Generator().manual_seed(n_rays)
+    counts = torch.randint(0, 70, (n_rays,), generator=gen).tolist()
+    inputs = packed(counts, dtype=dtype, device=device, seed=n_rays)
+    got = run_with_grads(lambda *a: composite_rays(*a, backend=backend), *inputs)
+    want = run_with_grads(lambda *a: ref.composite_rays(*a), *inputs)
+    tol = 1e-5 if dtype == torch.float32 else 1e-10
+    names = ("color", "opacity", "depth", "weights", "grad_sigmas", "grad_rgbs")
+    for name, a, b in zip(names, got, want, strict=True):
+        torch.testing.assert_close(a, b, rtol=tol, atol=tol, msg=lambda m, n=name: f"{n}: {m}")
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS)
+def test_gradcheck_fp64(backend, device):
+    sigmas, rgbs, t0, t1, offsets = packed([3, 0, 1, 4], device=device, density=1.0)
+    sigmas.requires_grad_()
+    rgbs.requires_grad_()
+    white = torch.ones(3, dtype=torch.float64, device=device, requires_grad=True)
+    assert torch.autograd.gradcheck(
+        lambda s, c, bg: tuple(composite_rays(s, c, t0, t1, offsets, background=bg,
+                                              backend=backend)),
+        (sigmas, rgbs, white))
+
+
+def test_packed_equals_padded():
+    counts = [5, 0, 1, 9, 3]
+    sigmas, rgbs, t0, t1, offsets = packed(counts, seed=7, density=20.0)
+    k = max(counts)
+    mask = torch.arange(k)[None, :] < torch.tensor(counts)[:, None]  # [n_rays, K]
+
+    def pad(t):
+        out = torch.zeros((len(counts), k) + t.shape[1:], dtype=t.dtype)
+        out[mask] = t
+        return out
+
+    sig = sigmas.clone().requires_grad_()
+    col = rgbs.clone().requires_grad_()
+    a = ref.composite_rays(sig, col, t0, t1, offsets)
+    sig_p = pad(sigmas).requires_grad_()
+    col_p = pad(rgbs).requires_grad_()
+    b = ref.composite_rays_padded(sig_p, col_p, pad(t0), pad(t1), mask)
+    for x, y in zip(a[:3], b[:3], strict=True):
+        torch.testing.assert_close(x, y)
+    torch.testing.assert_close(a.weights, b.weights[mask])
+    (a.color.sum() + a.depth.sum()).backward()
+    (b.color.sum() + b.depth.sum()).backward()
+    torch.testing.assert_close(sig.grad, sig_p.grad[mask])
+    torch.testing.assert_close(col.grad, col_p.grad[mask])
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS)
+def test_early_termination_gives_no_gradient_past_it(backend, device):
+    sigmas, rgbs, t0, t1, offsets = packed([40], device=device, density=200.0)
+    got = run_with_grads(lambda *a: composite_rays(*a, backend=backend), sigmas, rgbs, t0, t1,
+                         offsets)
+    weights, grad_sigmas = got[3], got[4]
+    dead = weights == 0
+    assert dead.any(), "the ray should terminate early"
+    assert (grad_sigmas[dead] == 0).all()
+
+
+def test_bad_input_is_named():
+    sigmas, rgbs, t0, t1, offsets = packed([2, 3])
+    with pytest.raises(ValueError, match="rgbs must be"):
+        composite_rays(sigmas, rgbs[:, :2], t0, t1, offsets)
+    with pytest.raises(ValueError, match="offsets must be int64"):
+        composite_rays(sigmas, rgbs, t0, t1, offsets.int())
+    with pytest.raises(ValueError, match="offsets must rise"):
+        composite_rays(sigmas, rgbs, t0, t1, torch.tensor([0, 4, 3]))
+    with pytest.raises(TypeError, match="t_end is torch.float32"):
+        composite_rays(sigmas, rgbs, t0, t1.float(), offsets)
+    with pytest.raises(BackendError, match="'cuda' cannot serve"):
+        composite_rays(sigmas, rgbs, t0, t1, offsets, backend="cuda")
+
+
+def test_torch_compile_fullgraph():
+    torch._dynamo.reset()
+    inputs = packed([4, 0, 7], dtype=torch.float32)
+    fn = torch.compile(lambda *a: composite_rays(*a, backend="cpu").color, fullgraph=True)
+    torch.testing.assert_close(fn(*inputs), composite_rays(*inputs, backend="cpu").color)
