@@ -6,6 +6,7 @@
 
 #include "composite/composite.h"
 #include "hashgrid/hashgrid.h"
+#include "raymarch/raymarch.h"
 
 #ifndef NERFX_CUDA_ARCHS
 #define NERFX_CUDA_ARCHS ""
@@ -45,6 +46,10 @@ TORCH_LIBRARY(nerfx, m) {
         "Tensor grad_weights, Tensor sigmas, Tensor rgbs, Tensor t_start, Tensor t_end, "
         "Tensor offsets, Tensor color, Tensor opacity, Tensor depth, Tensor weights, "
         "float threshold) -> (Tensor, Tensor)");
+  m.def("march_rays(Tensor origins, Tensor directions, Tensor near, Tensor far, Tensor jitter, "
+        "Tensor bitfield, float[] center, float[] half_size, int resolution, int cascades, "
+        "float step_size, float cone_angle, int max_samples) "
+        "-> (Tensor, Tensor, Tensor, Tensor, Tensor)");
 }
 
 // The same implementations serve both devices: each op switches to its CUDA launcher inside.
@@ -52,7 +57,8 @@ TORCH_LIBRARY(nerfx, m) {
   m.impl("hash_encode", &nerfx::hashgrid::forward);                            \
   m.impl("hash_encode_backward", &nerfx::hashgrid::backward);                  \
   m.impl("composite_rays", &nerfx::composite::forward);                        \
-  m.impl("composite_rays_backward", &nerfx::composite::backward)
+  m.impl("composite_rays_backward", &nerfx::composite::backward);              \
+  m.impl("march_rays", &nerfx::raymarch::march)
 
 TORCH_LIBRARY_IMPL(nerfx, CPU, m) { NERFX_IMPLS(m); }
 

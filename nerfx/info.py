@@ -13,7 +13,7 @@ from nerfx import _ext
 from nerfx.ops._dispatch import ENV_VAR, REGISTRY
 
 # Importing the op modules fills the registry.
-OP_MODULES = ("nerfx.ops.hashgrid", "nerfx.ops.composite")
+OP_MODULES = ("nerfx.ops.hashgrid", "nerfx.ops.composite", "nerfx.ops.raymarch")
 DTYPE_BY_OP = {"hash_encode": torch.float32}
 
 

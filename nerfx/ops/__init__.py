@@ -3,5 +3,7 @@
 from nerfx.ops._dispatch import BackendError
 from nerfx.ops.composite import Composited, composite_rays
 from nerfx.ops.hashgrid import HashGridEncoding, hash_encode
+from nerfx.ops.raymarch import RaySamples, march_rays
 
-__all__ = ["BackendError", "Composited", "HashGridEncoding", "composite_rays", "hash_encode"]
+__all__ = ["BackendError", "Composited", "HashGridEncoding", "RaySamples", "composite_rays",
+           "hash_encode", "march_rays"]

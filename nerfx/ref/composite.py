@@ -1,6 +1,7 @@
 """Reference volume compositing (NeRF's quadrature), packed and padded, in PyTorch.
 
-alpha_i = 1 - exp(-sigma_i (t_end_i - t_start_i)), T_i = prod_{j<i} (1 - alpha_j), w_i = T_i alpha_i.
+alpha_i = 1 - exp(-sigma_i (t_end_i - t_start_i)), T_i = prod_{j<i} (1 - alpha_j),
+w_i = T_i alpha_i.
 A sample whose incoming transmittance T_i is below `transmittance_threshold` gets zero weight
 (the ray has terminated). Depth is the weighted sum of sample midpoints; opacity the sum of weights.
 """

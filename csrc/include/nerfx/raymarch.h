@@ -1,0 +1,182 @@
+// Occupancy-grid ray marching (Instant-NGP): ray-box clipping, cascade and cell lookup, the
+// bitfield test and the DDA skip over empty cells, shared by the CPU and CUDA launchers.
+//
+// Grid: cascade c covers center +- half_size * 2^c with resolution^3 cells, cell (x, y, z) at
+// flat index c * R^3 + (x * R + y) * R + z, one bit each (bit i % 8 of byte i / 8).
+// Samples: with cone_angle = 0 the k-th candidate covers [t0 + (k + jitter) dt, ... + dt] on a
+// fixed lattice (t0 = the ray's entry into the grid, or `near` if later); with cone_angle > 0 the
+// step grows as dt = clamp(t * cone_angle, step_size, cell size). A candidate is emitted when its
+// midpoint lies in an occupied cell; from an empty cell the march jumps to the cell's exit.
+#pragma once
+
+#include "nerfx/common.h"
+
+namespace nerfx::raymarch {
+
+struct GridGeometry {
+  float center[3];
+  float half_size[3];  // half extent of cascade 0
+  int resolution;
+  int cascades;
+};
+
+// a * b + c without contraction into an FMA, so CPU, CUDA and the PyTorch reference agree exactly.
+NERFX_HD inline float mul_add(float a, float b, float c) {
+#ifdef __CUDA_ARCH__
+  return __fadd_rn(__fmul_rn(a, b), c);
+#else
+  return a * b + c;
+#endif
+}
+
+// Entry and exit of the ray o + t d through the box lo..hi; false when it misses. Axis-parallel
+// rays are handled without dividing by zero.
+NERFX_HD inline bool clip_to_box(const float* o, const float* d, const float* lo, const float* hi,
+                                 float& t_enter, float& t_exit) {
+  t_enter = -INFINITY;
+  t_exit = INFINITY;
+  for (int a = 0; a < 3; ++a) {
+    if (d[a] == 0.0f) {
+      if (o[a] < lo[a] || o[a] > hi[a]) return false;
+      continue;
+    }
+    const float t1 = (lo[a] - o[a]) / d[a];
+    const float t2 = (hi[a] - o[a]) / d[a];
+    t_enter = fmaxf(t_enter, fminf(t1, t2));
+    t_exit = fminf(t_exit, fmaxf(t1, t2));
+  }
+  return t_enter <= t_exit;
+}
+
+// The outermost cascade's box.
+NERFX_HD inline void grid_box(const GridGeometry& g, float* lo, float* hi) {
+  const float scale = float(1 << (g.cascades - 1));
+  for (int a = 0; a < 3; ++a) {
+    lo[a] = g.center[a] - g.half_size[a] * scale;
+    hi[a] = g.center[a] + g.half_size[a] * scale;
+  }
+}
+
+struct CellRef {
+  int cascade;
+  int cell[3];
+  int64_t index;  // flat index into the bitfield's bits
+};
+
+// Smallest cascade holding p, and p's cell in it.
+NERFX_HD inline CellRef locate(const GridGeometry& g, const float* p) {
+  float u[3];
+  float extent = 0.0f;
+  for (int a = 0; a < 3; ++a) {
+    u[a] = (p[a] - g.center[a]) / g.half_size[a];
+    extent = fmaxf(extent, fabsf(u[a]));
+  }
+  int cascade = 0;
+  if (extent >= 1.0f) {
+    int exponent;
+    frexpf(extent, &exponent);  // extent = f * 2^exponent with f in [0.5, 1)
+    cascade = exponent < g.cascades - 1 ? exponent : g.cascades - 1;
+  }
+  const float inv_scale = 1.0f / float(1 << cascade);
+  CellRef ref{cascade, {0, 0, 0}, 0};
+  int64_t index = cascade;
+  for (int a = 0; a < 3; ++a) {
+    const float cell = floorf((u[a] * inv_scale + 1.0f) * 0.5f * float(g.resolution));
+    const int c = int(fminf(fmaxf(cell, 0.0f), float(g.resolution - 1)));
+    ref.cell[a] = c;
+    index = index * g.resolution + c;
+  }
+  ref.index = index;
+  return ref;
+}
+
+NERFX_HD inline bool occupied(const uint8_t* bitfield, int64_t index) {
+  return (bitfield[index >> 3] >> (index & 7)) & 1;
+}
+
+// Where the ray leaves a cell (the smallest exit distance over the axes it moves along).
+NERFX_HD inline float cell_exit(const GridGeometry& g, const CellRef& ref, const float* o,
+                                const float* d) {
+  const float scale = float(1 << ref.cascade);
+  float t = INFINITY;
+  for (int a = 0; a < 3; ++a) {
+    if (d[a] == 0.0f) continue;
+    const int face = d[a] > 0.0f ? ref.cell[a] + 1 : ref.cell[a];
+    const float u = (float(face) / float(g.resolution) * 2.0f - 1.0f) * scale;
+    t = fminf(t, (mul_add(u, g.half_size[a], g.center[a]) - o[a]) / d[a]);
+  }
+  return t;
+}
+
+// One ray's march: call next() until it returns false.
+struct RayMarcher {
+  const GridGeometry* grid;
+  const uint8_t* bitfield;
+  float o[3], d[3];
+  float t0, t_far, jitter, step, cone_angle;
+  int64_t k;  // lattice index of the next candidate (cone_angle = 0)
+  float t;    // start of the next candidate (cone_angle > 0)
+  bool alive;
+
+  NERFX_HD RayMarcher(const GridGeometry& g, const uint8_t* bits, const float* origin,
+                      const float* dir, float near, float far, float jitter_, float step_,
+                      float cone_angle_)
+      : grid(&g), bitfield(bits), jitter(jitter_), step(step_), cone_angle(cone_angle_), k(0) {
+    float lo[3], hi[3], t_enter, t_exit;
+    grid_box(g, lo, hi);
+    for (int a = 0; a < 3; ++a) {
+      o[a] = origin[a];
+      d[a] = dir[a];
+    }
+    const bool zero_dir = d[0] == 0.0f && d[1] == 0.0f && d[2] == 0.0f;
+    alive = !zero_dir && clip_to_box(o, d, lo, hi, t_enter, t_exit);
+    t0 = alive ? fmaxf(near, t_enter) : 0.0f;
+    t_far = alive ? fminf(far, t_exit) : 0.0f;
+    alive = alive && t0 < t_far;
+    t = mul_add(jitter, step, t0);
+  }
+
+  // The next sample [t_start, t_end] in an occupied cell and its midpoint's position [3] (the
+  // point whose cell was tested); false once the ray has left the grid.
+  NERFX_HD bool next(float& t_start, float& t_end, float* position) {
+    while (alive) {
+      float dt = step;
+      if (cone_angle > 0.0f) {
+        const float cell = 2.0f * grid->half_size[0] * float(1 << (grid->cascades - 1)) /
+                           float(grid->resolution);
+        dt = fminf(fmaxf(t * cone_angle, step), fmaxf(cell, step));
+        t_start = t;
+      } else {
+        t_start = mul_add(float(k) + jitter, step, t0);
+      }
+      t_end = t_start + dt;
+      const float mid = mul_add(0.5f, dt, t_start);
+      if (!(mid < t_far)) break;
+      for (int a = 0; a < 3; ++a) position[a] = mul_add(mid, d[a], o[a]);
+      const CellRef ref = locate(*grid, position);
+      if (occupied(bitfield, ref.index)) {
+        k += 1;
+        t = t_end;
+        return true;
+      }
+      // Empty: jump to the first candidate whose midpoint lies past this cell.
+      const float exit = cell_exit(*grid, ref, o, d);
+      if (cone_angle > 0.0f) {
+        t = fmaxf(t_end, exit - 0.5f * dt);
+      } else {
+        const float skip = ceilf((exit - t0) / step - jitter - 0.5f - 1e-3f);
+        k = skip > float(k + 1) ? int64_t(skip) : k + 1;
+      }
+    }
+    alive = false;
+    return false;
+  }
+
+  // Where a resumed march would start: the next candidate, or +inf once the ray is done.
+  NERFX_HD float resume_at() const {
+    if (!alive) return INFINITY;
+    return cone_angle > 0.0f ? t : mul_add(float(k) + jitter, step, t0);
+  }
+};
+
+}  // namespace nerfx::raymarch

@@ -1,0 +1,119 @@
+"""Occupancy-grid ray marching: packed samples in occupied cells only.
+
+    samples = march_rays(rays_o, rays_d, grid, near=0.0, far=1e10)
+    samples.positions [S, 3], samples.t_start / t_end [S], samples.offsets [n_rays + 1]
+
+Backends: `cuda` and `cpu` (nerfx._C: DDA over the bitfield, two passes: count, scan, fill) and
+`torch` (nerfx.ref.raymarch.march_rays_dense: every lattice candidate, constant steps only).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+
+from nerfx import _ext
+from nerfx.ops._dispatch import Backend, OpBackends, extension_kernel, register
+from nerfx.ref.raymarch import GridGeometry, march_rays_dense
+from nerfx.render.occupancy import OccupancyGrid
+
+
+class RaySamples(NamedTuple):
+    positions: torch.Tensor  # [S, 3] sample midpoints
+    directions: torch.Tensor  # [S, 3] the ray direction of each sample
+    t_start: torch.Tensor  # [S]
+    t_end: torch.Tensor  # [S]
+    offsets: torch.Tensor  # [n_rays + 1] int64: ray r owns samples offsets[r]:offsets[r + 1]
+    ray_indices: torch.Tensor  # [S] int64
+    resume: torch.Tensor  # [n_rays] where a capped ray's march continues; +inf once done
+
+
+def _register_library() -> None:
+    @torch.library.register_fake("nerfx::march_rays")
+    def _(origins, directions, near, far, jitter, bitfield, center, half_size, resolution,
+          cascades, step_size, cone_angle, max_samples):
+        n_samples = torch.library.get_ctx().new_dynamic_size()
+        n = origins.shape[0]
+        return (origins.new_empty(n + 1, dtype=torch.int64), origins.new_empty(n_samples),
+                origins.new_empty(n_samples), origins.new_empty(n_samples, 3),
+                origins.new_empty(n))
+
+
+_ext.on_load(_register_library)
+
+
+def _run_compiled(o, d, near, far, jitter, bitfield, g: GridGeometry, step, cone, max_samples):
+    return torch.ops.nerfx.march_rays(o, d, near, far, jitter, bitfield, list(g.center),
+                                      list(g.half_size), g.resolution, g.cascades, step, cone,
+                                      max_samples)
+
+
+def _run_reference(o, d, near, far, jitter, bitfield, g: GridGeometry, step, cone, max_samples):
+    if cone > 0:
+        raise NotImplementedError("march_rays: the torch backend marches constant steps only "
+                                  "(cone_angle = 0); use backend='cpu' or 'cuda'")
+    return march_rays_dense(o, d, near, far, jitter, bitfield, g, step, max_samples)
+
+
+F32 = (torch.float32,)
+BACKENDS = register(OpBackends("march_rays", [
+    Backend("cuda", ("cuda",), F32, _run_compiled, extension_kernel("march_rays")),
+    Backend("cpu", ("cpu",), F32, _run_compiled, extension_kernel("march_rays")),
+    Backend("torch", ("cuda", "cpu", "mps", "xpu"), F32, _run_reference),
+]))
+
+
+def default_step_size(grid: OccupancyGrid) -> float:
+    """Instant-NGP's step: sqrt(3) / 1024 of the cascade-0 box's largest side."""
+    return math.sqrt(3) / 1024 * 2 * max(grid.geometry.half_size)
+
+
+def _per_ray(value: float | torch.Tensor, n: int, like: torch.Tensor, name: str) -> torch.Tensor:
+    if isinstance(value, torch.Tensor):
+        if value.shape not in ((n,), ()):
+            raise ValueError(f"march_rays: {name} must be a float or [n_rays], got "
+                             f"{tuple(value.shape)}")
+        return value.to(like).expand(n).contiguous()
+    return torch.full((n,), float(value), dtype=like.dtype, device=like.device)
+
+
+def march_rays(rays_o: torch.Tensor, rays_d: torch.Tensor, grid: OccupancyGrid, *,
+               near: float | torch.Tensor = 0.0, far: float | torch.Tensor = 1e10,
+               step_size: float | None = None, max_samples: int = 1024,
+               cone_angle: float = 0.0, perturb: bool = False,
+               generator: torch.Generator | None = None, backend: str = "auto") -> RaySamples:
+    """Marches rays [n_rays, 3] through the grid's occupied cells.
+
+    Samples lie on a lattice of constant step (cone_angle = 0; default step sqrt(3)/1024 of the
+    box) or grow as t * cone_angle; only candidates whose midpoint is in an occupied cell inside
+    the grid are kept, at most max_samples per ray. perturb jitters each ray's lattice by a
+    random fraction of a step. near/far may be per ray ([n_rays]); a capped ray continues with
+    near=samples.resume (and perturb off).
+    """
+    for name, t in (("rays_o", rays_o), ("rays_d", rays_d)):
+        if not isinstance(t, torch.Tensor) or t.dim() != 2 or t.shape[-1] != 3:
+            raise ValueError(f"march_rays: {name} must be [n_rays, 3], got "
+                             f"{getattr(t, 'shape', type(t))}")
+        if not t.is_floating_point():
+            raise TypeError(f"march_rays: {name} must be floating point, got {t.dtype}")
+    if rays_o.shape != rays_d.shape or rays_o.device != rays_d.device:
+        raise ValueError("march_rays: rays_o and rays_d must match in shape and device")
+    if grid.bitfield.device != rays_o.device:
+        raise ValueError(f"march_rays: the grid is on {grid.bitfield.device}, the rays on "
+                         f"{rays_o.device}")
+    n = rays_o.shape[0]
+    o = rays_o.float().contiguous()
+    d = rays_d.float().contiguous()
+    step = float(step_size) if step_size is not None else default_step_size(grid)
+    jitter = (torch.rand(n, generator=generator, device=o.device) if perturb
+              else torch.zeros(n, device=o.device))
+    chosen = BACKENDS.select(backend, o.device, (torch.float32,))
+    offsets, t_start, t_end, positions, resume = chosen.run(
+        o, d, _per_ray(near, n, o, "near"), _per_ray(far, n, o, "far"), jitter, grid.bitfield,
+        grid.geometry, step, float(cone_angle), int(max_samples))
+    counts = offsets[1:] - offsets[:-1]
+    rays = torch.repeat_interleave(torch.arange(n, device=o.device), counts,
+                                   output_size=t_start.shape[0])
+    return RaySamples(positions, d[rays], t_start, t_end, offsets, rays, resume)

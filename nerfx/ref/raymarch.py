@@ -1,0 +1,109 @@
+"""Reference occupancy-grid lookup and dense ray marching, in PyTorch.
+
+The same float32 operations, in the same order, as csrc/include/nerfx/raymarch.h, so that the
+kernels' samples can be compared exactly. The dense march visits every lattice candidate of every
+ray and keeps those whose midpoint lies in an occupied cell: it skips nothing, and it is slow.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class GridGeometry:
+    center: tuple[float, float, float]
+    half_size: tuple[float, float, float]  # half extent of cascade 0
+    resolution: int
+    cascades: int
+
+    def box(self, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The outermost cascade's corners, float32 [3] each."""
+        scale = float(2 ** (self.cascades - 1))
+        center = torch.tensor(self.center, dtype=torch.float32, device=device)
+        half = torch.tensor(self.half_size, dtype=torch.float32, device=device)
+        return center - half * scale, center + half * scale
+
+
+def locate(points: torch.Tensor, g: GridGeometry) -> torch.Tensor:
+    """Flat cell index (cascade-major) of the smallest cascade holding each point. [M, 3] -> [M]"""
+    center = torch.tensor(g.center, dtype=torch.float32, device=points.device)
+    half = torch.tensor(g.half_size, dtype=torch.float32, device=points.device)
+    u = (points - center) / half  # [M, 3]
+    extent = u.abs().amax(-1)  # [M]
+    _, exponent = torch.frexp(extent)
+    cascade = torch.where(extent >= 1.0, exponent.clamp(max=g.cascades - 1),
+                          torch.zeros_like(exponent)).long()
+    inv_scale = 1.0 / (2.0 ** cascade.float())  # [M]
+    cell = torch.floor((u * inv_scale[:, None] + 1.0) * 0.5 * float(g.resolution))
+    cell = cell.clamp(0, g.resolution - 1).long()  # [M, 3]
+    r = g.resolution
+    return ((cascade * r + cell[:, 0]) * r + cell[:, 1]) * r + cell[:, 2]
+
+
+def occupied(bitfield: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """The bits of a packed [n_bits / 8] uint8 bitfield at flat indices. -> bool"""
+    return ((bitfield[index >> 3].long() >> (index & 7)) & 1).bool()
+
+
+def clip_to_box(o: torch.Tensor, d: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor):
+    """Entry, exit and hit flag of rays o + t d through the box. [N, 3] -> [N], [N], [N] bool"""
+    moving = d != 0
+    safe_d = torch.where(moving, d, torch.ones_like(d))
+    t1 = (lo - o) / safe_d
+    t2 = (hi - o) / safe_d
+    inf = torch.full_like(t1, float("inf"))
+    t_enter = torch.where(moving, torch.minimum(t1, t2), -inf).amax(-1)
+    t_exit = torch.where(moving, torch.maximum(t1, t2), inf).amin(-1)
+    inside_slabs = (moving | ((o >= lo) & (o <= hi))).all(-1)
+    return t_enter, t_exit, inside_slabs & (t_enter <= t_exit)
+
+
+def march_rays_dense(rays_o: torch.Tensor, rays_d: torch.Tensor, near: torch.Tensor,
+                     far: torch.Tensor, jitter: torch.Tensor, bitfield: torch.Tensor,
+                     g: GridGeometry, step_size: float, max_samples: int,
+                     chunk: int = 4096) -> tuple[torch.Tensor, ...]:
+    """Constant-step dense march. -> (offsets [N+1], t_start, t_end, positions, resume [N])."""
+    lo, hi = g.box(rays_o.device)
+    step = torch.tensor(step_size, dtype=torch.float32, device=rays_o.device)
+    t_enter, t_exit, hit = clip_to_box(rays_o, rays_d, lo, hi)
+    hit = hit & (rays_d != 0).any(-1)
+    t0 = torch.where(hit, torch.maximum(near, t_enter), torch.zeros_like(near))
+    t_far = torch.where(hit, torch.minimum(far, t_exit), torch.zeros_like(far))
+    alive = hit & (t0 < t_far)
+    starts, ends, counts, resume = [], [], [], []
+    for a in range(0, rays_o.shape[0], chunk):
+        b = min(a + chunk, rays_o.shape[0])
+        span = torch.where(alive[a:b], (t_far[a:b] - t0[a:b]) / step, torch.zeros_like(t0[a:b]))
+        n_candidates = int(span.max().item()) + 2 if b > a else 0
+        k = torch.arange(n_candidates, dtype=torch.float32, device=rays_o.device)
+        t_start = (k[None, :] + jitter[a:b, None]) * step + t0[a:b, None]  # [n, K]
+        t_end = t_start + step
+        mid = 0.5 * step + t_start
+        valid = alive[a:b, None] & (mid < t_far[a:b, None])
+        points = mid[..., None] * rays_d[a:b, None, :] + rays_o[a:b, None, :]  # [n, K, 3]
+        keep = valid & occupied(bitfield, locate(points.reshape(-1, 3), g)).view(valid.shape)
+        rank = keep.long().cumsum(1)  # 1-based rank of each kept sample
+        capped = keep & (rank <= max_samples)
+        count = capped.sum(1)
+        # After a cap, marching resumes at the candidate following the last kept sample.
+        last = torch.where(capped, k[None, :], torch.full_like(t_start, -1.0)).amax(1)
+        resumed = (last + 1 + jitter[a:b]) * step + t0[a:b]
+        more = count == max_samples  # a capped ray may have more samples ahead
+        resume.append(torch.where(more, resumed, torch.full_like(resumed, float("inf"))))
+        starts.append(t_start[capped])
+        ends.append(t_end[capped])
+        counts.append(count)
+    counts_all = torch.cat(counts) if counts else torch.zeros(0, dtype=torch.long)
+    offsets = torch.zeros(rays_o.shape[0] + 1, dtype=torch.long, device=rays_o.device)
+    offsets[1:] = counts_all.cumsum(0)
+    t_start = torch.cat(starts) if starts else rays_o.new_zeros(0)
+    t_end = torch.cat(ends) if ends else rays_o.new_zeros(0)
+    rays = torch.repeat_interleave(torch.arange(rays_o.shape[0], device=rays_o.device),
+                                   counts_all)
+    mid = 0.5 * step + t_start  # the point whose cell was tested
+    positions = mid[:, None] * rays_d[rays] + rays_o[rays]
+    resume_all = torch.cat(resume) if resume else rays_o.new_zeros(0)
+    return offsets, t_start, t_end, positions, resume_all
