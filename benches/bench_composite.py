@@ -1,0 +1,74 @@
+"""Compositing 2^18 rays x 64 packed samples (GPU; 2^14 rays on the CPU), forward and
+forward+backward: every backend, the padded PyTorch reference, and nerfacc when importable.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from benches.conftest import devices, run_benchmark
+from nerfx.ops import BackendError, composite_rays
+from nerfx.ops.composite import BACKENDS
+from nerfx.ref.composite import composite_rays_padded
+
+RAYS = {"cpu": 2**14, "cuda": 2**18}
+SAMPLES = 64
+IMPLS = ["torch", "torch-padded", "cpu", "cuda", "nerfacc"]
+
+
+def make_samples(n_rays: int, device: str):
+    gen = torch.Generator().manual_seed(0)
+    n = n_rays * SAMPLES
+    sigmas = (torch.rand(n, generator=gen) * 2).to(device).requires_grad_()
+    rgbs = torch.rand(n, 3, generator=gen).to(device).requires_grad_()
+    t = torch.linspace(2.0, 6.0, SAMPLES + 1)
+    t_start = t[:-1].repeat(n_rays).to(device)
+    t_end = t[1:].repeat(n_rays).to(device)
+    offsets = torch.arange(0, n + 1, SAMPLES, device=device)
+    return sigmas, rgbs, t_start, t_end, offsets
+
+
+def implementation(impl: str, device: str, n_rays: int):
+    if impl == "torch-padded":
+        mask = torch.ones(n_rays, SAMPLES, dtype=torch.bool, device=device)
+        return lambda s, c, t0, t1, off: composite_rays_padded(
+            s.view(n_rays, SAMPLES), c.view(n_rays, SAMPLES, 3), t0.view(n_rays, SAMPLES),
+            t1.view(n_rays, SAMPLES), mask)
+    if impl == "nerfacc":
+        nerfacc = pytest.importorskip("nerfacc")
+        if device != "cuda":
+            pytest.skip("nerfacc's packed rendering is benchmarked on CUDA only")
+        rays = torch.arange(n_rays, device=device).repeat_interleave(SAMPLES)
+
+        def run(s, c, t0, t1, off):
+            weights, _, _ = nerfacc.render_weight_from_density(t0, t1, s, ray_indices=rays,
+                                                               n_rays=n_rays)
+            return (nerfacc.accumulate_along_rays(weights, c, ray_indices=rays, n_rays=n_rays),)
+        return run
+    try:
+        BACKENDS.select(impl, torch.device(device), (torch.float32,))
+    except BackendError as exc:
+        pytest.skip(str(exc))
+    return lambda *a: composite_rays(*a, backend=impl)
+
+
+@pytest.mark.parametrize("device", devices())
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("mode", ["fwd", "fwd+bwd"])
+def test_composite_rays(benchmark, device, impl, mode):
+    n_rays = RAYS[device]
+    inputs = make_samples(n_rays, device)
+    fn = implementation(impl, device, n_rays)
+
+    def forward():
+        with torch.no_grad():
+            fn(*inputs)
+
+    def forward_backward():
+        color = fn(*inputs)[0]
+        torch.autograd.grad(color.sum(), inputs[:2])
+
+    run_benchmark(benchmark, forward if mode == "fwd" else forward_backward, device,
+                  group=f"composite_rays {mode} {device} {n_rays}x{SAMPLES}",
+                  items=n_rays * SAMPLES, unit="samples")
