@@ -59,7 +59,8 @@ def _weight(f, bit: tl.constexpr):
 
 @triton.jit
 def _forward_kernel(x_ptr, params_ptr, offsets_ptr, resolutions_ptr, out_ptr, n_points, n_levels,
-                    D: tl.constexpr, F: tl.constexpr, BLOCK: tl.constexpr):
+                    D: tl.constexpr, CORNERS: tl.constexpr, F: tl.constexpr,
+                    BLOCK: tl.constexpr):
     level = tl.program_id(1)
     points = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     mask = points < n_points
@@ -69,7 +70,7 @@ def _forward_kernel(x_ptr, params_ptr, offsets_ptr, resolutions_ptr, out_ptr, n_
     c2, f2, _ = _axis(x_ptr, points, mask, D - 1, D, res)
     feats = tl.arange(0, F)
     acc = tl.zeros((BLOCK, F), dtype=f0.dtype)
-    for c in tl.static_range(2**D):
+    for c in tl.static_range(CORNERS):
         b0: tl.constexpr = c & 1
         b1: tl.constexpr = (c >> 1) & 1
         b2: tl.constexpr = (c >> 2) & 1
@@ -86,7 +87,8 @@ def _forward_kernel(x_ptr, params_ptr, offsets_ptr, resolutions_ptr, out_ptr, n_
 @triton.jit
 def _backward_kernel(x_ptr, params_ptr, offsets_ptr, resolutions_ptr, grad_out_ptr,
                      grad_params_ptr, grad_x_ptr, n_points, n_levels, NEEDS_X: tl.constexpr,
-                     D: tl.constexpr, F: tl.constexpr, BLOCK: tl.constexpr):
+                     D: tl.constexpr, CORNERS: tl.constexpr, F: tl.constexpr,
+                     BLOCK: tl.constexpr):
     level = tl.program_id(1)
     points = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     mask = points < n_points
@@ -100,7 +102,7 @@ def _backward_kernel(x_ptr, params_ptr, offsets_ptr, resolutions_ptr, grad_out_p
     gx0 = tl.zeros((BLOCK,), dtype=f0.dtype)
     gx1 = tl.zeros((BLOCK,), dtype=f0.dtype)
     gx2 = tl.zeros((BLOCK,), dtype=f0.dtype)
-    for c in tl.static_range(2**D):
+    for c in tl.static_range(CORNERS):
         b0: tl.constexpr = c & 1
         b1: tl.constexpr = (c >> 1) & 1
         b2: tl.constexpr = (c >> 2) & 1
@@ -142,7 +144,7 @@ def forward(x: torch.Tensor, params: torch.Tensor, layout: GridLayout) -> torch.
     offsets, resolutions = _geometry(layout, x.device)
     grid = (triton.cdiv(n, BLOCK), layout.n_levels)
     _forward_kernel[grid](x, params, offsets, resolutions, out, n, layout.n_levels,
-                          D=d, F=f, BLOCK=BLOCK)
+                          D=d, CORNERS=2**d, F=f, BLOCK=BLOCK)
     return out
 
 
@@ -156,6 +158,6 @@ def backward(grad_out: torch.Tensor, x: torch.Tensor, params: torch.Tensor, layo
         offsets, resolutions = _geometry(layout, x.device)
         grid = (triton.cdiv(n, BLOCK), layout.n_levels)
         _backward_kernel[grid](x, params, offsets, resolutions, grad_out, grad_params, grad_x, n,
-                               layout.n_levels, NEEDS_X=needs_x_grad, D=d,
+                               layout.n_levels, NEEDS_X=needs_x_grad, D=d, CORNERS=2**d,
                                F=layout.n_features_per_level, BLOCK=BLOCK)
     return grad_params.to(params.dtype), (grad_x if needs_x_grad else None)
