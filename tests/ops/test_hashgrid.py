@@ -242,3 +242,18 @@ def test_triton_is_tested_in_ci():
 
     if os.environ.get("CI") == "true":
         assert TRITON_ON_CPU, ".ci/run must set TRITON_INTERPRET=1"
+
+
+def test_missing_extension_is_reported_with_the_fix(monkeypatch):
+    """A broken build: the compiled backends say why and how to fix it; torch still serves."""
+    from nerfx import _ext
+
+    monkeypatch.setattr(_ext, "_module", None)
+    monkeypatch.setattr(_ext, "_error", "ImportError: libfoo.so: cannot open shared object file")
+    cfg = config(2)
+    x, params = make_inputs(3, 3, cfg)
+    with pytest.raises(BackendError, match=r"nerfx._C is unavailable \(ImportError: libfoo.*"
+                                           r"pip install --no-build-isolation -e \."):
+        hash_encode(x, params, backend="cpu", **cfg)
+    out = hash_encode(x, params, backend="auto", **cfg)  # falls back to the reference
+    torch.testing.assert_close(out, ref.hash_encode(x, params, **cfg))
