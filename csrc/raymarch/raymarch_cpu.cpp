@@ -21,10 +21,7 @@ void count_cpu(const Rays& rays, const MarchParams& p, at::Tensor& counts, at::T
   at::parallel_for(0, counts.numel(), 64, [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r) {
       RayMarcher m = marcher_of(rays, p, r);
-      float t0, t1, position[3];
-      int64_t n = 0;
-      while (n < p.max_samples && m.next(t0, t1, position)) ++n;
-      count[r] = n;
+      count[r] = count_samples(m, p.max_samples);
       resume_at[r] = m.resume_at();
     }
   });

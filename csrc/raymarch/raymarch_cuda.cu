@@ -29,10 +29,7 @@ __global__ void count_kernel(int64_t n_rays, RayPtrs rays, MarchParams p, int64_
   const int64_t r = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (r >= n_rays) return;
   RayMarcher m = marcher_of(rays, p, r);
-  float t0, t1, position[3];
-  int64_t n = 0;
-  while (n < p.max_samples && m.next(t0, t1, position)) ++n;
-  counts[r] = n;
+  counts[r] = count_samples(m, p.max_samples);
   resume[r] = m.resume_at();
 }
 

@@ -179,4 +179,13 @@ struct RayMarcher {
   }
 };
 
+// The count pass: a ray's samples, at most max_samples; the marcher is left where a resumed
+// march would start.
+NERFX_HD inline int64_t count_samples(RayMarcher& m, int64_t max_samples) {
+  float t_start, t_end, position[3];
+  int64_t n = 0;
+  while (n < max_samples && m.next(t_start, t_end, position)) ++n;
+  return n;
+}
+
 }  // namespace nerfx::raymarch
