@@ -72,7 +72,10 @@ std::tuple<at::Tensor, at::Tensor> backward(const at::Tensor& grad_out_in, const
   TORCH_CHECK(grad_out.sizes() == at::IntArrayRef({x.size(0), levels.n_levels * F}),
               "hash_encode backward: grad_out has shape ", grad_out.sizes());
   // Gradients accumulate in the compute type (float for half parameters), rounded once at the end.
-  at::Tensor grad_accum = at::zeros({params.numel()}, x.options());
+  // The CPU launcher zeroes each level's rows in the thread that fills them.
+  const bool cpu_fills = !x.is_cuda() && x.size(0) > 0;
+  at::Tensor grad_accum = cpu_fills ? at::empty({params.numel()}, x.options())
+                                    : at::zeros({params.numel()}, x.options());
   at::Tensor grad_x = needs_x_grad ? at::zeros_like(x) : at::Tensor();
   if (x.size(0) > 0) {
 #ifdef NERFX_WITH_CUDA

@@ -1,6 +1,8 @@
 // Hash-grid encoding on the CPU: loops over the shared math, parallel with at::parallel_for.
 #include <ATen/Parallel.h>
 
+#include <algorithm>
+
 #include "hashgrid/hashgrid.h"
 
 namespace nerfx::hashgrid {
@@ -41,11 +43,13 @@ void backward_cpu(const at::Tensor& grad_out, const at::Tensor& x, const at::Ten
              const param_t* table = params.data_ptr<param_t>();
              const int L = levels.n_levels;
              if (grad_params.defined()) {
-               // Levels own disjoint rows, so one thread per level scatters without atomics.
+               // Levels own disjoint rows, so one thread per level scatters without atomics;
+               // it also zeroes those rows (grad_params arrives uninitialised).
                scalar_t* gparams = grad_params.data_ptr<scalar_t>();
                at::parallel_for(0, L, 1, [&](int64_t level_begin, int64_t level_end) {
                  for (int l = int(level_begin); l < int(level_end); ++l) {
                    scalar_t* gtable = gparams + levels.offsets[l] * NF;
+                   std::fill(gtable, gparams + levels.offsets[l + 1] * NF, scalar_t(0));
                    for (int64_t i = 0; i < n_points; ++i) {
                      Cell<D, scalar_t> cell;
                      locate_cell<D>(xs + i * D, levels, l, cell);

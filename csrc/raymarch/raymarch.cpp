@@ -42,30 +42,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> march(
   const Rays rays{origins.contiguous(), directions.contiguous(), near.contiguous(),
                   far.contiguous(), jitter.contiguous()};
 
-  const auto f32 = origins.options();
-  at::Tensor counts = at::zeros({n}, f32.dtype(at::kLong));
-  at::Tensor resume = at::empty({n}, f32);
-  at::Tensor offsets = at::zeros({n + 1}, f32.dtype(at::kLong));
-  if (n > 0) {
+  Marched out;
 #ifdef NERFX_WITH_CUDA
-    if (origins.is_cuda()) count_cuda(rays, p, counts, resume);
-    else
+  if (origins.is_cuda()) {
+    out = march_cuda(rays, p);
+  } else
 #endif
-      count_cpu(rays, p, counts, resume);
-    offsets.slice(0, 1).copy_(counts.cumsum(0));
+  {
+    out = march_cpu(rays, p);
   }
-  const int64_t total = offsets[n].item<int64_t>();
-  at::Tensor t_start = at::empty({total}, f32);
-  at::Tensor t_end = at::empty({total}, f32);
-  at::Tensor positions = at::empty({total, 3}, f32);
-  if (total > 0) {
-#ifdef NERFX_WITH_CUDA
-    if (origins.is_cuda()) fill_cuda(rays, p, offsets, t_start, t_end, positions);
-    else
-#endif
-      fill_cpu(rays, p, offsets, t_start, t_end, positions);
-  }
-  return {offsets, t_start, t_end, positions, resume};
+  return {out.offsets, out.t_start, out.t_end, out.positions, out.resume};
 }
 
 }  // namespace nerfx::raymarch

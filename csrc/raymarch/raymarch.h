@@ -21,19 +21,21 @@ struct MarchParams {
   int64_t max_samples;
 };
 
-// counts [N] int64 (at most max_samples), resume [N] float32 (next candidate, +inf when done)
-void count_cpu(const Rays& rays, const MarchParams& p, at::Tensor& counts, at::Tensor& resume);
-// offsets [N + 1] int64 -> t_start [S], t_end [S], positions [S, 3] (sample midpoints)
-void fill_cpu(const Rays& rays, const MarchParams& p, const at::Tensor& offsets,
-              at::Tensor& t_start, at::Tensor& t_end, at::Tensor& positions);
+// offsets [N + 1] int64 (CSR, at most max_samples per ray), t_start [S], t_end [S],
+// positions [S, 3] (the tested midpoints), resume [N] (next candidate, +inf when done)
+struct Marched {
+  at::Tensor offsets, t_start, t_end, positions, resume;
+};
+
+// CPU: one pass; each chunk of rays marches into its own buffer, then the buffers are copied
+// to their scanned offsets.
+Marched march_cpu(const Rays& rays, const MarchParams& p);
 #ifdef NERFX_WITH_CUDA
-void count_cuda(const Rays& rays, const MarchParams& p, at::Tensor& counts, at::Tensor& resume);
-void fill_cuda(const Rays& rays, const MarchParams& p, const at::Tensor& offsets,
-               at::Tensor& t_start, at::Tensor& t_end, at::Tensor& positions);
+// CUDA: count, scan, then fill: the same march twice, so nothing is written past the buffer.
+Marched march_cuda(const Rays& rays, const MarchParams& p);
 #endif
 
-// Marches every ray twice (count, then fill at the scanned offsets), so nothing is written
-// past the buffer. -> (offsets [N + 1], t_start [S], t_end [S], positions [S, 3], resume [N])
+// The registered op. -> (offsets [N + 1], t_start [S], t_end [S], positions [S, 3], resume [N])
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> march(
     const at::Tensor& origins, const at::Tensor& directions, const at::Tensor& near,
     const at::Tensor& far, const at::Tensor& jitter, const at::Tensor& bitfield,

@@ -1,10 +1,15 @@
-// Ray marching on the CPU: one ray per iteration, rays in parallel.
+// Ray marching on the CPU: chunks of rays in parallel, each marching once into its own buffer.
 #include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <vector>
 
 #include "raymarch/raymarch.h"
 
 namespace nerfx::raymarch {
 namespace {
+
+constexpr int kFloatsPerSample = 5;  // t_start, t_end, position x, y, z
 
 RayMarcher marcher_of(const Rays& rays, const MarchParams& p, int64_t r) {
   return RayMarcher(p.grid, p.bitfield, rays.origins.data_ptr<float>() + r * 3,
@@ -15,30 +20,55 @@ RayMarcher marcher_of(const Rays& rays, const MarchParams& p, int64_t r) {
 
 }  // namespace
 
-void count_cpu(const Rays& rays, const MarchParams& p, at::Tensor& counts, at::Tensor& resume) {
+Marched march_cpu(const Rays& rays, const MarchParams& p) {
+  const int64_t n = rays.origins.size(0);
+  const auto f32 = rays.origins.options();
+  at::Tensor counts = at::zeros({n}, f32.dtype(at::kLong));
+  at::Tensor resume = at::empty({n}, f32);
   int64_t* count = counts.data_ptr<int64_t>();
   float* resume_at = resume.data_ptr<float>();
-  at::parallel_for(0, counts.numel(), 64, [&](int64_t begin, int64_t end) {
-    for (int64_t r = begin; r < end; ++r) {
-      RayMarcher m = marcher_of(rays, p, r);
-      count[r] = count_samples(m, p.max_samples);
-      resume_at[r] = m.resume_at();
-    }
-  });
-}
 
-void fill_cpu(const Rays& rays, const MarchParams& p, const at::Tensor& offsets,
-              at::Tensor& t_start, at::Tensor& t_end, at::Tensor& positions) {
-  const int64_t* offs = offsets.data_ptr<int64_t>();
-  float *ts = t_start.data_ptr<float>(), *te = t_end.data_ptr<float>();
-  float* pos = positions.data_ptr<float>();
-  at::parallel_for(0, offsets.numel() - 1, 64, [&](int64_t begin, int64_t end) {
-    for (int64_t r = begin; r < end; ++r) {
-      RayMarcher m = marcher_of(rays, p, r);
-      for (int64_t i = offs[r]; i < offs[r + 1] && m.next(ts[i], te[i], pos + i * 3); ++i) {
+  const int64_t rays_per_chunk = 256;
+  const int64_t n_chunks = (n + rays_per_chunk - 1) / rays_per_chunk;
+  std::vector<std::vector<float>> buffers(n_chunks);  // [samples * kFloatsPerSample] each
+  at::parallel_for(0, n_chunks, 1, [&](int64_t chunk_begin, int64_t chunk_end) {
+    for (int64_t c = chunk_begin; c < chunk_end; ++c) {
+      std::vector<float>& buffer = buffers[c];
+      for (int64_t r = c * rays_per_chunk; r < std::min(n, (c + 1) * rays_per_chunk); ++r) {
+        RayMarcher m = marcher_of(rays, p, r);
+        float sample[kFloatsPerSample];
+        int64_t k = 0;
+        while (k < p.max_samples && m.next(sample[0], sample[1], sample + 2)) {
+          buffer.insert(buffer.end(), sample, sample + kFloatsPerSample);
+          ++k;
+        }
+        count[r] = k;
+        resume_at[r] = m.resume_at();
       }
     }
   });
+
+  at::Tensor offsets = at::zeros({n + 1}, f32.dtype(at::kLong));
+  offsets.slice(0, 1).copy_(counts.cumsum(0));
+  const int64_t total = offsets[n].item<int64_t>();
+  Marched out{offsets, at::empty({total}, f32), at::empty({total}, f32),
+              at::empty({total, 3}, f32), resume};
+  const int64_t* offs = offsets.data_ptr<int64_t>();
+  float *t_start = out.t_start.data_ptr<float>(), *t_end = out.t_end.data_ptr<float>();
+  float* positions = out.positions.data_ptr<float>();
+  at::parallel_for(0, n_chunks, 1, [&](int64_t chunk_begin, int64_t chunk_end) {
+    for (int64_t c = chunk_begin; c < chunk_end; ++c) {
+      const std::vector<float>& buffer = buffers[c];
+      const int64_t first = offs[c * rays_per_chunk];
+      for (size_t j = 0; j < buffer.size() / kFloatsPerSample; ++j) {
+        const float* sample = buffer.data() + j * kFloatsPerSample;
+        t_start[first + j] = sample[0];
+        t_end[first + j] = sample[1];
+        for (int a = 0; a < 3; ++a) positions[(first + j) * 3 + a] = sample[2 + a];
+      }
+    }
+  });
+  return out;
 }
 
 }  // namespace nerfx::raymarch

@@ -1,4 +1,4 @@
-// Ray marching on CUDA: one thread per ray, looping over the shared math.
+// Ray marching on CUDA: one thread per ray, looping over the shared math; count, scan, fill.
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -46,25 +46,31 @@ __global__ void fill_kernel(int64_t n_rays, RayPtrs rays, MarchParams p,
 
 }  // namespace
 
-void count_cuda(const Rays& rays, const MarchParams& p, at::Tensor& counts, at::Tensor& resume) {
+Marched march_cuda(const Rays& rays, const MarchParams& p) {
   const c10::cuda::CUDAGuard device_guard(rays.origins.device());
-  const int64_t n = counts.numel();
-  count_kernel<<<unsigned((n + kThreads - 1) / kThreads), kThreads, 0,
-                 at::cuda::getCurrentCUDAStream()>>>(n, ptrs_of(rays), p,
-                                                     counts.data_ptr<int64_t>(),
-                                                     resume.data_ptr<float>());
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
-}
-
-void fill_cuda(const Rays& rays, const MarchParams& p, const at::Tensor& offsets,
-               at::Tensor& t_start, at::Tensor& t_end, at::Tensor& positions) {
-  const c10::cuda::CUDAGuard device_guard(rays.origins.device());
-  const int64_t n = offsets.numel() - 1;
-  fill_kernel<<<unsigned((n + kThreads - 1) / kThreads), kThreads, 0,
-                at::cuda::getCurrentCUDAStream()>>>(
-      n, ptrs_of(rays), p, offsets.data_ptr<int64_t>(), t_start.data_ptr<float>(),
-      t_end.data_ptr<float>(), positions.data_ptr<float>());
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  const int64_t n = rays.origins.size(0);
+  const auto f32 = rays.origins.options();
+  const unsigned blocks = unsigned((n + kThreads - 1) / kThreads);
+  auto stream = at::cuda::getCurrentCUDAStream();
+  at::Tensor counts = at::zeros({n}, f32.dtype(at::kLong));
+  at::Tensor resume = at::empty({n}, f32);
+  at::Tensor offsets = at::zeros({n + 1}, f32.dtype(at::kLong));
+  if (n > 0) {
+    count_kernel<<<blocks, kThreads, 0, stream>>>(n, ptrs_of(rays), p, counts.data_ptr<int64_t>(),
+                                                  resume.data_ptr<float>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    offsets.slice(0, 1).copy_(counts.cumsum(0));
+  }
+  const int64_t total = offsets[n].item<int64_t>();
+  Marched out{offsets, at::empty({total}, f32), at::empty({total}, f32),
+              at::empty({total, 3}, f32), resume};
+  if (total > 0) {
+    fill_kernel<<<blocks, kThreads, 0, stream>>>(
+        n, ptrs_of(rays), p, offsets.data_ptr<int64_t>(), out.t_start.data_ptr<float>(),
+        out.t_end.data_ptr<float>(), out.positions.data_ptr<float>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
+  return out;
 }
 
 }  // namespace nerfx::raymarch

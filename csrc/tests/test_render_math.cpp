@@ -1,0 +1,93 @@
+// ctest: the shared ray-marching and compositing math, checked without torch.
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+
+#include "nerfx/composite.h"
+#include "nerfx/raymarch.h"
+
+using namespace nerfx;
+
+static int failures = 0;
+#define EXPECT(cond)                                                \
+  do {                                                              \
+    if (!(cond)) {                                                  \
+      std::printf("FAILED %s:%d: %s\n", __FILE__, __LINE__, #cond); \
+      ++failures;                                                   \
+    }                                                               \
+  } while (0)
+
+static void clipping_handles_axis_parallel_and_missing_rays() {
+  const float lo[3] = {0, 0, 0}, hi[3] = {1, 1, 1};
+  float t0, t1;
+  const float o[3] = {-1.0f, 0.5f, 0.5f}, d[3] = {1.0f, 0.0f, 0.0f};
+  EXPECT(raymarch::clip_to_box(o, d, lo, hi, t0, t1) && t0 == 1.0f && t1 == 2.0f);
+  const float outside[3] = {-1.0f, 2.0f, 0.5f};
+  EXPECT(!raymarch::clip_to_box(outside, d, lo, hi, t0, t1));
+  const float inside[3] = {0.5f, 0.5f, 0.5f}, up[3] = {0.0f, 0.0f, 2.0f};
+  EXPECT(raymarch::clip_to_box(inside, up, lo, hi, t0, t1) && t0 < 0 && t1 == 0.25f);
+}
+
+// With every cell occupied the march emits exactly the lattice inside the box.
+static void full_grid_marches_the_whole_lattice() {
+  raymarch::GridGeometry g{{0.5f, 0.5f, 0.5f}, {0.5f, 0.5f, 0.5f}, 8, 1};
+  unsigned char bits[64];
+  for (unsigned char& b : bits) b = 0xff;
+  const float o[3] = {0.5f, 0.5f, -1.0f}, d[3] = {0.0f, 0.0f, 1.0f};
+  raymarch::RayMarcher m(g, bits, o, d, 0.0f, 100.0f, 0.0f, 0.1f, 0.0f);
+  float ts, te, p[3];
+  int n = 0;
+  while (m.next(ts, te, p)) {
+    EXPECT(std::fabs(ts - (1.0f + 0.1f * n)) < 1e-5f && p[2] >= 0.0f && p[2] <= 1.0f);
+    ++n;
+  }
+  EXPECT(n == 10);
+  EXPECT(std::isinf(m.resume_at()));
+}
+
+// An empty grid emits nothing, however long the ray.
+static void empty_grid_is_skipped() {
+  raymarch::GridGeometry g{{0, 0, 0}, {1, 1, 1}, 16, 2};
+  unsigned char bits[2 * 16 * 16 * 16 / 8] = {0};
+  const float o[3] = {-5.0f, 0.1f, 0.2f}, d[3] = {1.0f, 0.01f, 0.0f};
+  raymarch::RayMarcher m(g, bits, o, d, 0.0f, 1e9f, 0.0f, 0.001f, 0.0f);
+  float ts, te, p[3];
+  EXPECT(!m.next(ts, te, p));
+}
+
+// Compositing: the backward equals central differences of the forward's colour sum.
+static void composite_gradient_matches_finite_differences() {
+  double sigmas[4] = {0.5, 2.0, 1.0, 3.0}, rgbs[12], t0[4], t1[4], w[4];
+  for (int i = 0; i < 12; ++i) rgbs[i] = (i % 5) / 5.0;
+  for (int i = 0; i < 4; ++i) {
+    t0[i] = 1.0 + 0.3 * i;
+    t1[i] = t0[i] + 0.3;
+  }
+  const composite::RayTotals<double> totals =
+      composite::composite_ray<double>(0, 4, sigmas, rgbs, t0, t1, 1e-4, w);
+  const composite::RayTotals<double> grads{{1.0, 1.0, 1.0}, 0.5, 0.25};
+  double g_sigma[4], g_rgb[12];
+  composite::composite_ray_backward<double>(0, 4, sigmas, rgbs, t0, t1, 1e-4, w, totals, grads,
+                                            nullptr, g_sigma, g_rgb);
+  auto loss = [&](const double* s) {
+    double ww[4];
+    const auto r = composite::composite_ray<double>(0, 4, s, rgbs, t0, t1, 1e-4, ww);
+    return r.color[0] + r.color[1] + r.color[2] + 0.5 * r.opacity + 0.25 * r.depth;
+  };
+  for (int i = 0; i < 4; ++i) {
+    double plus[4], minus[4];
+    for (int j = 0; j < 4; ++j) plus[j] = minus[j] = sigmas[j];
+    plus[i] += 1e-6;
+    minus[i] -= 1e-6;
+    EXPECT(std::fabs((loss(plus) - loss(minus)) / 2e-6 - g_sigma[i]) < 1e-6);
+  }
+}
+
+int main() {
+  clipping_handles_axis_parallel_and_missing_rays();
+  full_grid_marches_the_whole_lattice();
+  empty_grid_is_skipped();
+  composite_gradient_matches_finite_differences();
+  if (failures == 0) std::printf("render math: all checks passed\n");
+  return failures == 0 ? 0 : 1;
+}
