@@ -3,18 +3,12 @@
 #include <cstdio>
 #include <cstdlib>
 
+#include "expect.h"
+
 #include "nerfx/hashgrid.h"
 
 using namespace nerfx::hashgrid;
 
-static int failures = 0;
-#define EXPECT(cond)                                              \
-  do {                                                            \
-    if (!(cond)) {                                                \
-      std::printf("FAILED %s:%d: %s\n", __FILE__, __LINE__, #cond); \
-      ++failures;                                                 \
-    }                                                             \
-  } while (0)
 
 // One dense level (4 cells, 125 rows) and one hashed level (8 cells, 256 rows).
 static Levels two_levels() {

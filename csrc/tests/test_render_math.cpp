@@ -3,19 +3,13 @@
 #include <cstdio>
 #include <cstdlib>
 
+#include "expect.h"
+
 #include "nerfx/composite.h"
 #include "nerfx/raymarch.h"
 
 using namespace nerfx;
 
-static int failures = 0;
-#define EXPECT(cond)                                                \
-  do {                                                              \
-    if (!(cond)) {                                                  \
-      std::printf("FAILED %s:%d: %s\n", __FILE__, __LINE__, #cond); \
-      ++failures;                                                   \
-    }                                                               \
-  } while (0)
 
 static void clipping_handles_axis_parallel_and_missing_rays() {
   const float lo[3] = {0, 0, 0}, hi[3] = {1, 1, 1};

@@ -1,0 +1,68 @@
+"""The built-in lego scene: deterministic, cameras aimed at the toy, depth from the ray caster."""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import torch
+
+from nerfx.data import lego
+from nerfx.data.scenes import load_scene
+
+
+def digest(folder) -> str:
+    h = hashlib.sha256()
+    for path in sorted(folder.rglob("*")):
+        if path.is_file():
+            h.update(path.relative_to(folder).as_posix().encode())
+            h.update(path.read_bytes())
+    return h.hexdigest()
+
+
+def test_generated_twice_byte_for_byte_and_loadable(tmp_path):
+    a = lego.generate(12, root=tmp_path / "a", progress=False)
+    b = lego.generate(12, root=tmp_path / "b", progress=False)
+    assert digest(a) == digest(b)
+    assert lego.generate(12, root=tmp_path / "a", progress=False) == a  # cached, not redone
+    for split, n in lego.SPLIT_SIZES.items():
+        scene = load_scene(a, split)
+        assert len(scene) == n and scene.images.shape[1:] == (12, 12, 4)
+    test = load_scene(a, "test")
+    assert (test.images[..., 3] > 0).any() and (test.images[..., 3] == 0).any()
+
+
+def test_cameras_look_at_the_toy_from_the_upper_hemisphere():
+    for split in lego.SPLIT_SIZES:
+        for pose in lego.camera_poses(split):
+            position, forward = pose[:3, 3], -pose[:3, 2]
+            assert abs(np.linalg.norm(position) - lego.RADIUS) < 1e-9
+            assert position[2] > 0
+            np.testing.assert_allclose(forward, -position / np.linalg.norm(position), atol=1e-9)
+
+
+def test_depth_agrees_with_the_ray_caster():
+    prims = lego.build_vehicle()
+    pose = lego.camera_poses("val")[5]
+    image, depth = lego.render_view(pose, 32, prims)
+    hit = depth > 0
+    assert hit.any()
+    assert np.array_equal(hit, image[..., 3] == 255)
+    # The hit point lies on the surface: just before it is empty space, just after is not.
+    focal = 0.5 * 32 / np.tan(0.5 * lego.CAMERA_ANGLE_X)
+    j, i = np.nonzero(hit)
+    dirs = np.stack([(i + 0.5 - 16) / focal, -(j + 0.5 - 16) / focal, -np.ones_like(i)], -1)
+    dirs = dirs @ pose[:3, :3].T
+    dirs /= np.linalg.norm(dirs, axis=-1, keepdims=True)
+    origins = np.broadcast_to(pose[:3, 3], dirs.shape)
+    t = depth[hit]
+    before = torch.from_numpy(origins + (t - 1e-3)[:, None] * dirs).float()
+    _, alpha, t_again = lego.cast_rays(before, torch.from_numpy(dirs).float(), prims)
+    assert (alpha == 1).all() and (t_again < 2e-3).all()
+
+
+def test_shading_and_colours():
+    prims = lego.build_vehicle()
+    image, _ = lego.render_view(lego.camera_poses("test")[0], 48, prims)
+    colours = {tuple(px // 32) for px in image[image[..., 3] == 255][:, :3]}
+    assert len(colours) >= 5, "several brick colours and shades are visible"
