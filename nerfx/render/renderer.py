@@ -1,0 +1,45 @@
+"""Volume rendering of a radiance field through the occupancy grid: march, query, composite."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from nerfx.ops.composite import composite_rays
+from nerfx.ops.raymarch import march_rays
+from nerfx.ref.composite import Composited
+from nerfx.render.occupancy import OccupancyGrid
+
+# field(positions [S, 3], directions [S, 3]) -> (sigmas [S], rgbs [S, 3])
+Field = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+
+
+def render_rays(field: Field, grid: OccupancyGrid, rays_o: torch.Tensor, rays_d: torch.Tensor,
+                *, near: float = 0.0, far: float = 1e10, step_size: float | None = None,
+                max_samples: int = 1024, background: torch.Tensor | None = None,
+                perturb: bool = False, generator: torch.Generator | None = None,
+                backend: str = "auto") -> tuple[Composited, int]:
+    """Differentiable render of rays [n, 3] -> (Composited, number of samples taken)."""
+    with torch.no_grad():
+        samples = march_rays(rays_o, rays_d, grid, near=near, far=far, step_size=step_size,
+                             max_samples=max_samples, perturb=perturb, generator=generator,
+                             backend=backend)
+    sigmas, rgbs = field(samples.positions, samples.directions)
+    out = composite_rays(sigmas.float(), rgbs.float(), samples.t_start, samples.t_end,
+                         samples.offsets, background=background, backend=backend)
+    return out, int(samples.t_start.numel())
+
+
+def camera_rays(pose: torch.Tensor, intrinsics: torch.Tensor, pixels_u: torch.Tensor,
+                pixels_v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rays through pixel centres (OpenGL camera: looks down -z, +y up).
+
+    pose: [n, 4, 4] camera-to-world, intrinsics: [n, 4] (fx, fy, cx, cy), pixels: [n] column and
+    row indices -> (origins [n, 3], unit directions [n, 3]).
+    """
+    fx, fy, cx, cy = intrinsics.unbind(-1)
+    d_cam = torch.stack([(pixels_u + 0.5 - cx) / fx, -(pixels_v + 0.5 - cy) / fy,
+                         -torch.ones_like(fx)], -1)  # [n, 3]
+    d = torch.nn.functional.normalize((pose[:, :3, :3] @ d_cam[..., None])[..., 0], dim=-1)
+    return pose[:, :3, 3].expand_as(d).contiguous(), d
