@@ -87,6 +87,14 @@ def find_scene(args: argparse.Namespace, downscale: int) -> tuple[Path, int, boo
     return lego.generate(size), 1, True
 
 
+def training_state(model, grid, optimizer, step: int, elapsed: float,
+                   clock_psnr: dict[int, float]) -> dict:
+    """What a checkpoint holds: tensors and plain values only (loads with weights_only=True)."""
+    return {"model": model.state_dict(), "grid": grid.state_dict(),
+            "optimizer": optimizer.state_dict(), "step": step, "elapsed": elapsed,
+            "clock_psnr": json.dumps(clock_psnr)}
+
+
 def save_checkpoint(path: Path, payload: dict) -> None:
     """Writes atomically: a killed run leaves the previous checkpoint intact."""
     tmp = path.with_suffix(".tmp")
@@ -211,13 +219,10 @@ def train(args: argparse.Namespace) -> dict:
         bar.set_postfix(loss=f"{loss.item():.4f}", psnr=f"{-10 * math.log10(loss.item()):.2f}",
                         spr=f"{n_samples / cfg['batch_rays']:.0f}", t=f"{elapsed:.0f}s")
         if step % 250 == 0:
-            save_checkpoint(checkpoint, {"model": model.state_dict(), "grid": grid.state_dict(),
-                                         "optimizer": optimizer.state_dict(), "step": step,
-                                         "elapsed": elapsed, "clock_psnr": json.dumps(clock_psnr)})
+            save_checkpoint(checkpoint, training_state(model, grid, optimizer, step, elapsed,
+                                                       clock_psnr))
     bar.close()
-    save_checkpoint(checkpoint, {"model": model.state_dict(), "grid": grid.state_dict(),
-                                 "optimizer": optimizer.state_dict(), "step": step,
-                                 "elapsed": elapsed, "clock_psnr": json.dumps(clock_psnr)})
+    save_checkpoint(checkpoint, training_state(model, grid, optimizer, step, elapsed, clock_psnr))
     test_psnr, test_ssim = evaluate(model, grid, test_set, views, step_size, args.backend,
                                     out / "renders")
     metrics = {

@@ -25,7 +25,6 @@ from nerfx.ops._dispatch import (
 )
 from nerfx.ref.hashgrid import GridLayout, compute_dtype, encode_with_layout, grid_layout
 
-FLOATS = (torch.float32, torch.float64)
 PARAM_DTYPES = (torch.float32, torch.float64, torch.float16)
 
 

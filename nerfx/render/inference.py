@@ -5,17 +5,13 @@ below the threshold, or out of the grid), so late rounds work on few rays.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 
 from nerfx.ops.composite import composite_rays
 from nerfx.ops.raymarch import march_rays
 from nerfx.ref.composite import Composited, with_background
 from nerfx.render.occupancy import OccupancyGrid
-
-# field(positions [S, 3], directions [S, 3]) -> (sigmas [S], rgbs [S, 3])
-Field = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+from nerfx.render.renderer import Field
 
 
 @torch.no_grad()
