@@ -1,30 +1,85 @@
-"""End to end on the CPU at a tiny size: train, evaluate, write every output, resume."""
+"""End to end on the CPU at a tiny size: train, evaluate, write every output, resume, render."""
 
 from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 from PIL import Image
 
 from nerfx import train
+from nerfx.render import __main__ as render_cli
+from nerfx.runs import RunError, load_pipeline
+
+TINY = ["--scene", "lego", "--fast", "--downscale", "100", "--eval-views", "2",
+        "--video-frames", "3", "--device", "cpu"]
 
 
-def test_train_writes_outputs_and_resumes(tmp_path, monkeypatch):
+@pytest.fixture
+def data(tmp_path, monkeypatch):
     monkeypatch.setenv("NERFX_DATA", str(tmp_path / "data"))
+
+
+def test_train_writes_outputs_and_resumes(tmp_path, data):
     run = tmp_path / "run"
-    args = ["--scene", "lego", "--fast", "--downscale", "100", "--steps", "12",
-            "--batch-rays", "256", "--eval-views", "2", "--out", str(run), "--device", "cpu"]
-    metrics = train.main(args)
+    metrics = train.main(TINY + ["--steps", "12", "--batch-rays", "256", "--out", str(run)])
     assert metrics["steps"] == 12 and metrics["builtin_scene"]
     saved = json.loads((run / "metrics.json").read_text())
     assert saved["test_psnr"] == metrics["test_psnr"] and saved["test_psnr"] > 5
     assert saved["backends"]["hash_encode"] == "cpu"
-    for name in ("test_000.png", "depth_000.png"):
-        with Image.open(run / "renders" / name) as img:
-            assert img.size[0] > 0
+    for name in ("renders/test_000.png", "renders/depth_000.png", saved["video"]):
+        assert (run / name).stat().st_size > 0
+    with Image.open(run / "renders" / "test_000.png") as img:
+        assert img.size == (16, 8)  # prediction beside the truth
     state = torch.load(run / "checkpoint.pt", weights_only=True)
     assert state["step"] == 12
     resumed = train.main(["--resume", str(run), "--steps", "15"])
     assert resumed["steps"] == 15
     assert resumed["train_seconds"] >= metrics["train_seconds"]
+
+
+def test_resume_continues_the_same_run(tmp_path, data):
+    """12 steps straight and 6 + 6 with a resume draw the same rays and reach the same model."""
+    common = TINY + ["--batch-rays", "64", "--video-frames", "0"]
+    train.main(common + ["--steps", "12", "--out", str(tmp_path / "straight")])
+    train.main(common + ["--steps", "6", "--out", str(tmp_path / "split")])
+    train.main(["--resume", str(tmp_path / "split"), "--steps", "12"])
+    a = torch.load(tmp_path / "straight" / "checkpoint.pt", weights_only=True)
+    b = torch.load(tmp_path / "split" / "checkpoint.pt", weights_only=True)
+    assert torch.equal(a["rng"], b["rng"])
+    for key, value in a["pipeline"].items():
+        torch.testing.assert_close(b["pipeline"][key], value, atol=1e-4, rtol=1e-4, msg=key)
+
+
+def test_nerf_model_trains_and_renders(tmp_path, data):
+    run = tmp_path / "nerf"
+    metrics = train.main(TINY + ["--model", "nerf", "--steps", "20", "--batch-rays", "128",
+                                 "--out", str(run)])
+    assert metrics["model"] == "nerf" and metrics["steps"] == 20 and metrics["test_psnr"] > 5
+    pipeline, config = load_pipeline(run)
+    assert config["model"]["name"] == "nerf" and config["model"]["n_fine"] == 64
+    written = render_cli.main([str(run), "--views", "0,1"])
+    assert [p.name for p in written] == ["rgb_000.png", "rgb_001.png"]
+    for name in ("depth_000.png", "vs_gt_001.png"):
+        assert (run / "render" / name).is_file()
+    (video,) = render_cli.main([str(run), "--video", "--frames", "2"])
+    assert video.stem == "turntable" and video.stat().st_size > 0
+
+
+def test_bad_run_folders_are_named(tmp_path):
+    with pytest.raises(RunError, match="not a nerfx run folder"):
+        load_pipeline(tmp_path)
+    (tmp_path / "config.json").write_text("{oops")
+    with pytest.raises(RunError, match="malformed JSON"):
+        load_pipeline(tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps(
+        {"model": {"name": "ngp", "aabb": [-1, -1, -1, 1, 1, 1]}, "camera": {},
+         "turntable": {}}))
+    with pytest.raises(RunError, match="no checkpoint"):
+        load_pipeline(tmp_path)
+    (tmp_path / "checkpoint.pt").write_bytes(b"truncated")
+    with pytest.raises(RunError, match="unreadable checkpoint"):
+        load_pipeline(tmp_path)
+    with pytest.raises(SystemExit, match="not a nerfx run folder"):
+        render_cli.main([str(tmp_path / "missing")])

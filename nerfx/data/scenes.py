@@ -37,6 +37,9 @@ class Scene:
     aabb_scale: int = 1  # Instant-NGP's scene extent: cascades cover 2^k times the unit cube
     scale: float = 1.0  # Instant-NGP's pose scale and offset (applied to poses already)
     offset: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    # The box the scene lives in (cascade 0): NeRF-synthetic's [-1.5, 1.5]^3, or Instant-NGP's
+    # unit cube after its scale and offset.
+    aabb: tuple[float, ...] = (-1.5, -1.5, -1.5, 1.5, 1.5, 1.5)
 
     @property
     def height(self) -> int:
@@ -201,6 +204,9 @@ def load_scene(root: str | Path, split: str = "train", *, downscale: int = 1,
         else held_out
     scene = _read_frames(root, source, meta, chosen, downscale, f"{split} images")
     scene.aabb_scale = int(meta.get("aabb_scale", 1))
+    if scene.aabb_scale < 1 or scene.aabb_scale & (scene.aabb_scale - 1):
+        raise SceneError(f"{source}: aabb_scale must be a power of two, got {scene.aabb_scale}")
+    scene.aabb = (0.0, 0.0, 0.0, 1.0, 1.0, 1.0)
     scene.scale = float(meta.get("scale", 0.33))
     scene.offset = tuple(float(v) for v in meta.get("offset", (0.5, 0.5, 0.5)))
     scene.poses[:, :3, 3] = scene.poses[:, :3, 3] * scene.scale + torch.tensor(scene.offset)

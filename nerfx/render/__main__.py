@@ -1,0 +1,87 @@
+"""`python -m nerfx.render RUN [--video]`: render a trained run from its checkpoint.
+
+Without --video: the scene's test views (or --views 0,5,9), each as rgb, depth and rgb beside
+the ground truth, in RUN/render/. With --video: a turntable around the scene at the training
+cameras' distance, RUN/turntable.mp4 (or .gif without imageio-ffmpeg).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+from PIL import Image
+from tqdm import tqdm
+
+from nerfx.data.scenes import SceneError, composite_on, load_scene
+from nerfx.metrics import psnr
+from nerfx.render.views import depth_picture, render_turntable, render_view, to_uint8
+from nerfx.runs import RunError, load_pipeline
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m nerfx.render", description=__doc__.split("\n")[0])
+    p.add_argument("run", type=Path, help="run folder written by python -m nerfx.train")
+    p.add_argument("--video", action="store_true", help="render a turntable video")
+    p.add_argument("--frames", type=int, default=120, help="turntable frames")
+    p.add_argument("--elevation", type=float, help="turntable elevation in degrees")
+    p.add_argument("--views", help="test views to render, e.g. 0,5,9 (default: all)")
+    p.add_argument("--out", type=Path, help="output folder (default: the run folder)")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    return p.parse_args(argv)
+
+
+def render_test_views(pipeline, config: dict, views: str | None, out: Path) -> list[Path]:
+    scene = load_scene(config["scene"], "test", downscale=config.get("load_downscale", 1))
+    try:
+        chosen = range(len(scene)) if views is None else [int(v) for v in views.split(",")]
+    except ValueError:
+        raise SystemExit(f"--views: expected indices like 0,5,9, got {views!r}") from None
+    bad = [v for v in chosen if not 0 <= v < len(scene)]
+    if bad:
+        raise SystemExit(f"--views: {bad} out of range; the test split has {len(scene)} views")
+    device = next(pipeline.parameters()).device
+    white = torch.ones(3, device=device)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for view in tqdm(chosen, desc="views", unit="view"):
+        rgb, depth, opacity = render_view(pipeline, scene.poses[view].to(device),
+                                          scene.intrinsics[view].to(device), scene.width,
+                                          scene.height, white)
+        truth = composite_on(scene.images[view], torch.ones(3))
+        Image.fromarray(to_uint8(rgb)).save(out / f"rgb_{view:03d}.png")
+        Image.fromarray(depth_picture(depth, opacity)).save(out / f"depth_{view:03d}.png")
+        Image.fromarray(to_uint8(torch.cat([rgb, truth], 1))).save(out / f"vs_gt_{view:03d}.png")
+        tqdm.write(f"view {view}: PSNR {psnr(rgb, truth):.2f} dB")
+        written.append(out / f"rgb_{view:03d}.png")
+    return written
+
+
+def main(argv: list[str] | None = None) -> list[Path]:
+    args = parse_args(argv)
+    try:
+        pipeline, config = load_pipeline(args.run, args.device)
+    except RunError as exc:
+        raise SystemExit(f"nerfx.render: {exc}") from None
+    out = args.out or args.run
+    if args.video:
+        turntable = dict(config["turntable"])
+        if args.elevation is not None:
+            turntable["elevation_deg"] = args.elevation
+        out.mkdir(parents=True, exist_ok=True)
+        path = render_turntable(pipeline, config["camera"], turntable, args.frames,
+                                out / "turntable")
+        print(f"nerfx.render: {args.frames} frames -> {path}")
+        return [path]
+    try:
+        written = render_test_views(pipeline, config, args.views, out / "render")
+    except SceneError as exc:
+        raise SystemExit(f"nerfx.render: the run's scene cannot be read: {exc}") from None
+    print(f"nerfx.render: {len(written)} views -> {out / 'render'}")
+    return written
+
+
+if __name__ == "__main__":
+    sys.exit(main() and 0)

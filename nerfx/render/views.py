@@ -1,0 +1,121 @@
+"""Whole images from a trained pipeline: views rendered in chunks of rays, turntable cameras,
+depth pictures and videos (mp4 when imageio-ffmpeg is installed, else an animated GIF).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm import tqdm
+
+from nerfx.data.lego import look_at
+from nerfx.ref.composite import Composited
+from nerfx.render.renderer import camera_rays
+
+
+class Renderable(Protocol):
+    def render(self, rays_o: torch.Tensor, rays_d: torch.Tensor,
+               background: torch.Tensor | None = None) -> Composited: ...
+
+
+@torch.no_grad()
+def render_view(pipeline: Renderable, pose: torch.Tensor, intrinsics: torch.Tensor, width: int,
+                height: int, background: torch.Tensor | None = None,
+                chunk: int = 2**14) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """pose [4, 4] camera-to-world, intrinsics [4] (fx, fy, cx, cy) ->
+    (rgb [H, W, 3] in [0, 1], depth [H, W], opacity [H, W]), all on the CPU.
+
+    Rays go through the pipeline `chunk` at a time, so memory stays bounded at any resolution.
+    """
+    device = pose.device
+    rgbs, depths, opacities = [], [], []
+    for start in range(0, height * width, chunk):
+        pixel = torch.arange(start, min(start + chunk, height * width), device=device)
+        n = pixel.numel()
+        o, d = camera_rays(pose.expand(n, 4, 4), intrinsics.expand(n, 4),
+                           (pixel % width).float(), (pixel // width).float())
+        out = pipeline.render(o, d, background)
+        rgbs.append(out.color.float().clamp(0, 1).cpu())
+        depths.append(out.depth.float().cpu())
+        opacities.append(out.opacity.float().cpu())
+    return (torch.cat(rgbs).reshape(height, width, 3), torch.cat(depths).reshape(height, width),
+            torch.cat(opacities).reshape(height, width))
+
+
+def to_uint8(rgb: torch.Tensor) -> np.ndarray:
+    """[H, W, 3] in [0, 1] -> uint8 array."""
+    return (rgb.clamp(0, 1).numpy() * 255 + 0.5).astype(np.uint8)
+
+
+def depth_picture(depth: torch.Tensor, opacity: torch.Tensor) -> np.ndarray:
+    """Expected depth [H, W] -> grey uint8 [H, W], near bright, far dark, empty pixels black.
+
+    Depth is normalised over the pixels the model covers (opacity > 0.5), so the object fills
+    the grey range whatever the scene's scale.
+    """
+    covered = opacity > 0.5
+    if not bool(covered.any()):
+        return np.zeros(depth.shape, dtype=np.uint8)
+    surface = depth / opacity.clamp(min=1e-6)  # depth of the surface rather than expected depth
+    lo, hi = surface[covered].min(), surface[covered].max()
+    shade = 1 - (surface - lo) / (hi - lo).clamp(min=1e-6)
+    shade = torch.where(covered, 0.2 + 0.8 * shade.clamp(0, 1), torch.zeros_like(shade))
+    return (shade.numpy() * 255 + 0.5).astype(np.uint8)
+
+
+def turntable_poses(n_frames: int, radius: float, elevation_deg: float = 30.0,
+                    center: tuple[float, float, float] = (0.0, 0.0, 0.0)) -> torch.Tensor:
+    """n_frames cameras on a circle about the world z axis, looking at center. -> [n, 4, 4]"""
+    if n_frames < 1 or radius <= 0:
+        raise ValueError(f"turntable: need n_frames >= 1 and radius > 0, got {n_frames}, {radius}")
+    target = np.asarray(center, dtype=np.float64)
+    elevation = np.radians(elevation_deg)
+    poses = [look_at(target + radius * np.array([np.cos(a) * np.cos(elevation),
+                                                 np.sin(a) * np.cos(elevation),
+                                                 np.sin(elevation)]), target)
+             for a in np.linspace(0, 2 * np.pi, n_frames, endpoint=False)]
+    return torch.tensor(np.stack(poses), dtype=torch.float32)
+
+
+def write_video(frames: list[np.ndarray], stem: Path, fps: int = 30) -> Path:
+    """uint8 frames [H, W, 3] -> stem.mp4 (imageio-ffmpeg) or stem.gif (Pillow). Returns it."""
+    if not frames:
+        raise ValueError("write_video: no frames")
+    try:
+        import imageio.v2 as imageio
+        import imageio_ffmpeg  # noqa: F401  (the mp4 writer imageio needs)
+    except ImportError:
+        path = stem.with_suffix(".gif")
+        tmp = path.with_name(path.name + ".tmp")
+        images = [Image.fromarray(frame) for frame in frames]
+        images[0].save(tmp, format="GIF", save_all=True, append_images=images[1:],
+                       duration=round(1000 / fps), loop=0)
+    else:
+        path = stem.with_suffix(".mp4")
+        tmp = path.with_name(path.stem + ".tmp.mp4")
+        # libx264 (yuv420p) needs even sizes: repeat the last row or column where one is odd.
+        h, w = frames[0].shape[:2]
+        even = [np.pad(f, ((0, h % 2), (0, w % 2), (0, 0)), mode="edge") for f in frames]
+        imageio.mimwrite(tmp, even, fps=fps, macro_block_size=1)
+    tmp.replace(path)  # written whole or not at all
+    return path
+
+
+def render_turntable(pipeline, camera: dict, turntable: dict, n_frames: int, stem: Path,
+                     progress: bool = True) -> Path:
+    """Renders n_frames around the scene on white and writes stem.mp4 (or .gif)."""
+    device = next(pipeline.parameters()).device
+    white = torch.ones(3, device=device)
+    intrinsics = torch.tensor(camera["intrinsics"], device=device)
+    frames = []
+    poses = turntable_poses(n_frames, turntable["radius"], turntable["elevation_deg"],
+                            tuple(turntable["center"]))
+    for pose in tqdm(poses, desc="turntable", unit="frame", disable=not progress, leave=False):
+        rgb = render_view(pipeline, pose.to(device), intrinsics, camera["width"],
+                          camera["height"], white)[0]
+        frames.append(to_uint8(rgb))
+    return write_video(frames, stem)

@@ -1,0 +1,62 @@
+"""Run folders: config.json, atomic checkpoints, and loading a trained pipeline back.
+
+A checkpoint holds tensors and plain values only, so it loads with weights_only=True; it is
+written to a temporary file and renamed over the last one, so a run killed at any moment leaves
+a loadable checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+
+from nerfx.models.pipelines import build_pipeline
+
+CHECKPOINT = "checkpoint.pt"
+CONFIG = "config.json"
+
+
+class RunError(ValueError):
+    """A run folder that cannot be used; the message names the file and the problem."""
+
+
+def save_checkpoint(path: Path, payload: dict) -> None:
+    """Writes atomically: a killed run leaves the previous checkpoint intact."""
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(payload, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> dict:
+    if not path.is_file():
+        raise RunError(f"{path}: no checkpoint (the run saved none yet?)")
+    try:
+        return torch.load(path, map_location=device, weights_only=True)
+    except Exception as exc:  # torch raises many kinds for truncated or foreign files
+        raise RunError(f"{path}: unreadable checkpoint ({exc})") from None
+
+
+def read_config(run: Path) -> dict:
+    path = run / CONFIG
+    if not path.is_file():
+        raise RunError(f"{run}: not a nerfx run folder ({CONFIG} missing)")
+    try:
+        config = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise RunError(f"{path}: malformed JSON ({exc})") from None
+    for key in ("model", "camera", "turntable"):
+        if key not in config:
+            raise RunError(f"{path}: no {key!r} entry (written by an older nerfx?)")
+    return config
+
+
+def load_pipeline(run: Path, device: torch.device | str = "cpu"):
+    """-> (the trained pipeline in eval mode, the run's config dict)."""
+    config = read_config(run)
+    state = load_checkpoint(run / CHECKPOINT, device)
+    pipeline = build_pipeline(config["model"]).to(device)
+    pipeline.load_state_dict(state["pipeline"])
+    return pipeline.eval(), config
