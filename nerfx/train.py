@@ -132,6 +132,46 @@ def camera_config(train_set: Scene, test_set: Scene) -> tuple[dict, dict]:
             {"radius": radius, "center": center.tolist(), "elevation_deg": 30.0})
 
 
+class TrainingRays:
+    """The training images on the device, drawn from as random pixels over all views."""
+
+    def __init__(self, scene: Scene, device: torch.device):
+        self.images = scene.images.to(device)  # [n, H, W, C] uint8
+        self.poses = scene.poses.to(device)  # [n, 4, 4]
+        self.intrinsics = scene.intrinsics.to(device)  # [n, 4]
+        self.n, self.h, self.w = len(scene), scene.height, scene.width
+
+    def sample(self, n_rays: int, generator: torch.Generator) -> tuple[torch.Tensor, ...]:
+        """-> (origins [n, 3], directions [n, 3], random backgrounds [n, 3], targets [n, 3]):
+        each pixel's colour composited on its own random background, as Instant-NGP trains."""
+        device = self.images.device
+        pick = torch.randint(0, self.n * self.h * self.w, (n_rays,), device=device,
+                             generator=generator)
+        cam, pix = pick // (self.h * self.w), pick % (self.h * self.w)
+        row, col = pix // self.w, pix % self.w
+        o, d = camera_rays(self.poses[cam], self.intrinsics[cam], col.float(), row.float())
+        background = torch.rand(n_rays, 3, device=device, generator=generator)
+        return o, d, background, composite_on(self.images[cam, row, col], background)
+
+
+def optimize_step(pipeline, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
+                  batch: tuple[torch.Tensor, ...], step: int, generator: torch.Generator,
+                  autocast_dtype: torch.dtype | None = None):
+    """One step: the schedule's learning rate, forward (autocast when a dtype is given), scaled
+    backward, Adam. -> the pipeline's TrainOutput."""
+    for group in optimizer.param_groups:
+        group["lr"] = pipeline.lr * pipeline.lr_factor(step)
+    device_type = batch[0].device.type
+    with torch.autocast(device_type, dtype=autocast_dtype or torch.float32,
+                        enabled=autocast_dtype is not None):
+        result = pipeline.train_forward(*batch, step, generator)
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(result.loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
+    return result
+
+
 @torch.no_grad()
 def evaluate(pipeline, scene: Scene, views: list[int], out_dir: Path | None = None
              ) -> tuple[float, float]:
@@ -215,28 +255,15 @@ def train(args: argparse.Namespace) -> dict:
                 "clock_psnr": json.dumps(clock_psnr)}
 
     pipeline.prepare(train_set.poses, train_set.intrinsics, train_set.width, train_set.height)
-    images = train_set.images.to(device)
-    poses, intrinsics = train_set.poses.to(device), train_set.intrinsics.to(device)
-    n, h, w = len(train_set), train_set.height, train_set.width
+    rays = TrainingRays(train_set, device)
     views = list(range(0, len(test_set), max(len(test_set) // cfg["eval_views"], 1)))
     views = views[:cfg["eval_views"]]
     samples_total, seconds_this_run = 0, 0.0
     bar = tqdm(total=cfg["steps"], initial=step, desc=f"train {args.model}", unit="step")
     while step < cfg["steps"] and elapsed < cfg["max_seconds"]:
         tick = time.perf_counter()
-        pick = torch.randint(0, n * h * w, (batch_rays,), device=device, generator=gen)
-        cam, pix = pick // (h * w), pick % (h * w)
-        o, d = camera_rays(poses[cam], intrinsics[cam], (pix % w).float(), (pix // w).float())
-        background = torch.rand(batch_rays, 3, device=device, generator=gen)
-        target = composite_on(images[cam, pix // w, pix % w], background)
-        for group in optimizer.param_groups:
-            group["lr"] = pipeline.lr * pipeline.lr_factor(step)
-        with torch.autocast(device.type, dtype=amp_dtype, enabled=mixed):
-            result = pipeline.train_forward(o, d, background, target, step, gen)
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(result.loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
+        result = optimize_step(pipeline, optimizer, scaler, rays.sample(batch_rays, gen), step,
+                               gen, amp_dtype if mixed else None)
         step += 1
         samples_total += result.n_samples
         if cfg["batch_samples"] is not None and args.model == "ngp":
@@ -254,7 +281,7 @@ def train(args: argparse.Namespace) -> dict:
         mse = result.mse.item()
         bar.update(1)
         bar.set_postfix(loss=f"{mse:.4f}", psnr=f"{-10 * math.log10(max(mse, 1e-10)):.2f}",
-                        rays=batch_rays, spr=f"{result.n_samples / o.shape[0]:.0f}",
+                        rays=batch_rays, spr=f"{result.n_samples / batch_rays:.0f}",
                         t=f"{elapsed:.0f}s")
         if step % SAVE_EVERY == 0:
             save_checkpoint(checkpoint, state_now())

@@ -33,11 +33,8 @@ __global__ void params_grad_kernel(int64_t n_points, const scalar_t* __restrict_
   locate_cell<D>(x + i * D, levels, level, cell);
   scalar_t g[F];
   for (int f = 0; f < F; ++f) g[f] = grad_out[(i * levels.n_levels + level) * F + f];
-  scalar_t* table = grad_params + levels.offsets[level] * F;
-  for (int c = 0; c < Cell<D, scalar_t>::kCorners; ++c) {
-    scalar_t* row = table + int64_t(cell.rows[c]) * F;
-    for (int f = 0; f < F; ++f) atomicAdd(row + f, cell.weights[c] * g[f]);
-  }
+  scatter_cell<D, F>(cell, g, grad_params + levels.offsets[level] * F,
+                     [](scalar_t* to, scalar_t value) { atomicAdd(to, value); });
 }
 
 // One thread per point sums the input gradient over all levels.

@@ -86,13 +86,11 @@ NERFX_HD inline void locate_cell(const scalar_t* x, const Levels& levels, int le
   }
 }
 
-// Forward: out[f] = sum over corners of weight * feature.  x: [D], out: [F]
+// Forward of a located cell: out[f] = sum over corners of weight * feature.
+// table: the level's rows [n_rows, F], out: [F]
 template <int D, int F, typename scalar_t, typename param_t>
-NERFX_HD inline void encode_level(const scalar_t* x, const param_t* params, const Levels& levels,
-                                  int level, scalar_t* out) {
-  Cell<D, scalar_t> cell;
-  locate_cell<D>(x, levels, level, cell);
-  const param_t* table = params + levels.offsets[level] * F;
+NERFX_HD inline void gather_cell(const Cell<D, scalar_t>& cell, const param_t* table,
+                                 scalar_t* out) {
   scalar_t acc[F];
   for (int f = 0; f < F; ++f) acc[f] = scalar_t(0);
   for (int c = 0; c < Cell<D, scalar_t>::kCorners; ++c) {
@@ -102,16 +100,35 @@ NERFX_HD inline void encode_level(const scalar_t* x, const param_t* params, cons
   for (int f = 0; f < F; ++f) out[f] = acc[f];
 }
 
-// Input gradient of one level, added to grad_x.  x: [D], grad_out: [F], grad_x: [D]
-// d weight / d frac_d = +-(product of the other factors); d frac_d / d x_d = resolution.
+// Forward of one point at one level.  x: [D], params: the whole table, out: [F]
 template <int D, int F, typename scalar_t, typename param_t>
-NERFX_HD inline void input_grad_level(const scalar_t* x, const param_t* params,
-                                      const Levels& levels, int level, const scalar_t* grad_out,
-                                      scalar_t* grad_x) {
+NERFX_HD inline void encode_level(const scalar_t* x, const param_t* params, const Levels& levels,
+                                  int level, scalar_t* out) {
   Cell<D, scalar_t> cell;
   locate_cell<D>(x, levels, level, cell);
-  const param_t* table = params + levels.offsets[level] * F;
-  const scalar_t res = scalar_t(levels.resolutions[level]);
+  gather_cell<D, F>(cell, params + levels.offsets[level] * F, out);
+}
+
+// Parameter gradient of a located cell: adds weight * grad_out to each corner's row, with
+// add(pointer, value) (a plain += where rows are owned, an atomic add where they are shared).
+// table: the level's gradient rows [n_rows, F], grad_out: [F]
+template <int D, int F, typename scalar_t, typename Add>
+NERFX_HD inline void scatter_cell(const Cell<D, scalar_t>& cell, const scalar_t* grad_out,
+                                  scalar_t* table, Add add) {
+  for (int c = 0; c < Cell<D, scalar_t>::kCorners; ++c) {
+    scalar_t* row = table + int64_t(cell.rows[c]) * F;
+    for (int f = 0; f < F; ++f) add(row + f, cell.weights[c] * grad_out[f]);
+  }
+}
+
+// Input gradient of a located cell, added to grad_x.  table: the level's rows [n_rows, F],
+// grad_out: [F], grad_x: [D]
+// d weight / d frac_d = +-(product of the other factors); d frac_d / d x_d = resolution.
+template <int D, int F, typename scalar_t, typename param_t>
+NERFX_HD inline void input_grad_cell(const Cell<D, scalar_t>& cell, const param_t* table,
+                                     uint32_t resolution, const scalar_t* grad_out,
+                                     scalar_t* grad_x) {
+  const scalar_t res = scalar_t(resolution);
   for (int c = 0; c < Cell<D, scalar_t>::kCorners; ++c) {
     const param_t* feature = table + int64_t(cell.rows[c]) * F;
     scalar_t dot = scalar_t(0);  // grad_out . feature of this corner
@@ -126,6 +143,17 @@ NERFX_HD inline void input_grad_level(const scalar_t* x, const param_t* params,
       grad_x[d] += dw * res * dot;
     }
   }
+}
+
+// Input gradient of one point at one level.  x: [D], grad_out: [F], grad_x: [D]
+template <int D, int F, typename scalar_t, typename param_t>
+NERFX_HD inline void input_grad_level(const scalar_t* x, const param_t* params,
+                                      const Levels& levels, int level, const scalar_t* grad_out,
+                                      scalar_t* grad_x) {
+  Cell<D, scalar_t> cell;
+  locate_cell<D>(x, levels, level, cell);
+  input_grad_cell<D, F>(cell, params + levels.offsets[level] * F, levels.resolutions[level],
+                        grad_out, grad_x);
 }
 
 }  // namespace nerfx::hashgrid
