@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # One call on a GPU machine: build nerfx for the visible GPU, run the whole test suite (the CUDA
 # tests included), run the benchmarks, and write the results to OUT_DIR:
-#   info.txt (card, build, backends), build.log, tests.log, bench.json, bench.md (side by side).
-# usage: benches/gpu_check.sh OUT_DIR        (about 5 minutes on an H100/H200)
+#   info.txt (card, build, backends), build.log, tests.log, bench.json, bench.md (side by side),
+#   and from `python -m nerfx.train --scene lego --fast` on the GPU: train.log, metrics.json,
+#   a few test renders and the turntable.
+# usage: benches/gpu_check.sh OUT_DIR        (about 8 minutes on an H100/H200)
 set -uo pipefail
 out=$(realpath -m "${1:?usage: benches/gpu_check.sh OUT_DIR}")
 mkdir -p "$out"
@@ -30,5 +32,16 @@ NERFX_BENCH_MD="$out/bench.md" python3 -m pytest benches --benchmark-only -q -p 
   --benchmark-json="$out/bench.json" >"$out/bench.log" 2>&1
 bench_rc=$?
 cat "$out/bench.md" 2>/dev/null || tail -30 "$out/bench.log"
-echo "benchmarks: rc=$bench_rc, total $((SECONDS - start)) s"
-exit $(( tests_rc || bench_rc ))
+echo "benchmarks: rc=$bench_rc, $((SECONDS - start)) s"
+
+# The main job on the GPU (the checkpoint stays behind: it is too big to bring back).
+run=$(mktemp -d)/lego-fast
+NERFX_DATA=${NERFX_DATA:-$(mktemp -d)} timeout 420 python3 -m nerfx.train --scene lego --fast \
+  --out "$run" --video-frames 24 >"$out/train.log" 2>&1
+train_rc=$?
+tr '\r' '\n' <"$out/train.log" | grep -v '%|' | tail -8
+mkdir -p "$out/run"
+cp "$run/metrics.json" "$run/config.json" "$run"/turntable.* "$out/run/" 2>/dev/null
+cp $(ls "$run"/renders/test_*.png 2>/dev/null | head -3) "$out/run/" 2>/dev/null
+echo "train: rc=$train_rc, total $((SECONDS - start)) s"
+exit $(( tests_rc || bench_rc || train_rc ))

@@ -83,7 +83,7 @@ def recipe(args: argparse.Namespace) -> dict:
         if args.fast:
             preset.update(max_seconds=60.0, eval_views=20, downscale=2, video_frames=60)
     else:
-        preset = dict(steps=1000, max_seconds=420.0, batch_samples=None, batch_rays=256,
+        preset = dict(steps=1000, max_seconds=300.0, batch_samples=None, batch_rays=256,
                       downscale=16, eval_views=4, video_frames=12, n_coarse=32, n_fine=64)
         if not args.fast:
             preset.update(steps=20000, max_seconds=3600.0, downscale=8, eval_views=20)

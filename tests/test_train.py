@@ -83,3 +83,16 @@ def test_bad_run_folders_are_named(tmp_path):
         load_pipeline(tmp_path)
     with pytest.raises(SystemExit, match="not a nerfx run folder"):
         render_cli.main([str(tmp_path / "missing")])
+
+
+def test_mixed_precision_and_samples_per_step(tmp_path, data):
+    """--precision mixed (bf16 autocast on a CPU) trains; --batch-samples sets the ray count."""
+    run = tmp_path / "mixed"
+    metrics = train.main(TINY + ["--steps", "2", "--precision", "mixed", "--batch-rays", "512",
+                                 "--batch-samples", "20000", "--video-frames", "0",
+                                 "--out", str(run)])
+    assert metrics["precision"] == "mixed" and metrics["test_psnr"] > 0
+    state = torch.load(run / "checkpoint.pt", weights_only=True)
+    # A fresh grid gives about 140 samples per ray: 20000 samples want about 128 rays.
+    assert 128 <= state["batch_rays"] <= 256
+    assert all(torch.isfinite(v).all() for v in state["pipeline"].values() if v.is_floating_point())

@@ -1,16 +1,32 @@
-// Volume compositing on the CPU: one ray per iteration, rays in parallel.
+// Volume compositing on the CPU: one ray per iteration, rays in parallel. Every sample's
+// survival exp(-sigma * delta) is computed first, as one vectorised ATen op, so the per-ray loops
+// (sequential along the ray) do no exp of their own.
 #include <ATen/Dispatch.h>
+#include <ATen/Functions.h>
 #include <ATen/Parallel.h>
 
 #include "composite/composite.h"
 
 namespace nerfx::composite {
+namespace {
+
+// survival() of every sample, [S]: exp(-sigma * (t_end - t_start)), computed as
+// exp((t_start - t_end) * sigma), which is the same float, in place in one temporary.
+at::Tensor survival_of_samples(const Packed& in) {
+  at::Tensor survivals = in.t_start - in.t_end;
+  survivals.mul_(in.sigmas);
+  return survivals.exp_();
+}
+
+}  // namespace
 
 void forward_cpu(const Packed& in, double threshold, Outputs& out) {
   const int64_t n_rays = in.offsets.numel() - 1;
   const int64_t* offsets = in.offsets.data_ptr<int64_t>();
+  const at::Tensor survivals = survival_of_samples(in);
   AT_DISPATCH_FLOATING_TYPES(in.sigmas.scalar_type(), "composite_rays_cpu", [&] {
-    const scalar_t *sigmas = in.sigmas.data_ptr<scalar_t>(), *rgbs = in.rgbs.data_ptr<scalar_t>();
+    const SurvivalFrom<scalar_t> survive{survivals.data_ptr<scalar_t>()};
+    const scalar_t* rgbs = in.rgbs.data_ptr<scalar_t>();
     const scalar_t *t0 = in.t_start.data_ptr<scalar_t>(), *t1 = in.t_end.data_ptr<scalar_t>();
     scalar_t* color = out.color.data_ptr<scalar_t>();
     scalar_t* opacity = out.opacity.data_ptr<scalar_t>();
@@ -18,7 +34,7 @@ void forward_cpu(const Packed& in, double threshold, Outputs& out) {
     scalar_t* weights = out.weights.data_ptr<scalar_t>();
     at::parallel_for(0, n_rays, 256, [&](int64_t begin, int64_t end) {
       for (int64_t r = begin; r < end; ++r) {
-        const RayTotals<scalar_t> ray = composite_ray(offsets[r], offsets[r + 1], sigmas, rgbs,
+        const RayTotals<scalar_t> ray = composite_ray(offsets[r], offsets[r + 1], survive, rgbs,
                                                       t0, t1, scalar_t(threshold), weights);
         store_totals(r, ray, color, opacity, depth);
       }
@@ -30,8 +46,10 @@ void backward_cpu(const Packed& in, double threshold, const Outputs& saved, cons
                   at::Tensor& grad_sigmas, at::Tensor& grad_rgbs) {
   const int64_t n_rays = in.offsets.numel() - 1;
   const int64_t* offsets = in.offsets.data_ptr<int64_t>();
+  const at::Tensor survivals = survival_of_samples(in);
   AT_DISPATCH_FLOATING_TYPES(in.sigmas.scalar_type(), "composite_rays_backward_cpu", [&] {
-    const scalar_t *sigmas = in.sigmas.data_ptr<scalar_t>(), *rgbs = in.rgbs.data_ptr<scalar_t>();
+    const SurvivalFrom<scalar_t> survive{survivals.data_ptr<scalar_t>()};
+    const scalar_t* rgbs = in.rgbs.data_ptr<scalar_t>();
     const scalar_t *t0 = in.t_start.data_ptr<scalar_t>(), *t1 = in.t_end.data_ptr<scalar_t>();
     const scalar_t* weights = saved.weights.data_ptr<scalar_t>();
     const scalar_t *color = saved.color.data_ptr<scalar_t>(),
@@ -47,7 +65,7 @@ void backward_cpu(const Packed& in, double threshold, const Outputs& saved, cons
       for (int64_t r = begin; r < end; ++r) {
         const RayTotals<scalar_t> totals = load_totals(r, color, opacity, depth);
         const RayTotals<scalar_t> grad = load_totals(r, g_color, g_opacity, g_depth);
-        composite_ray_backward(offsets[r], offsets[r + 1], sigmas, rgbs, t0, t1,
+        composite_ray_backward(offsets[r], offsets[r + 1], survive, rgbs, t0, t1,
                                scalar_t(threshold), weights, totals, grad, grad_w,
                                g_sigmas, g_rgbs);
       }

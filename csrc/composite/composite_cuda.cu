@@ -21,7 +21,8 @@ __global__ void forward_kernel(int64_t n_rays, const int64_t* __restrict__ offse
                                scalar_t* weights) {
   const int64_t r = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (r >= n_rays) return;
-  const RayTotals<scalar_t> ray = composite_ray(offsets[r], offsets[r + 1], sigmas, rgbs, t_start,
+  const SurvivalOf<scalar_t> survive{sigmas, t_start, t_end};
+  const RayTotals<scalar_t> ray = composite_ray(offsets[r], offsets[r + 1], survive, rgbs, t_start,
                                                 t_end, threshold, weights);
   store_totals(r, ray, color, opacity, depth);
 }
@@ -39,7 +40,8 @@ __global__ void backward_kernel(int64_t n_rays, const int64_t* __restrict__ offs
                                 scalar_t* grad_sigmas, scalar_t* grad_rgbs) {
   const int64_t r = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (r >= n_rays) return;
-  composite_ray_backward(offsets[r], offsets[r + 1], sigmas, rgbs, t_start, t_end, threshold,
+  const SurvivalOf<scalar_t> survive{sigmas, t_start, t_end};
+  composite_ray_backward(offsets[r], offsets[r + 1], survive, rgbs, t_start, t_end, threshold,
                          weights, load_totals(r, color, opacity, depth),
                          load_totals(r, g_color, g_opacity, g_depth), g_weights, grad_sigmas,
                          grad_rgbs);

@@ -29,12 +29,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> march(
 
   const at::Tensor bits = bitfield.contiguous();
   MarchParams p{};
-  for (int a = 0; a < 3; ++a) {
-    p.grid.center[a] = float(center[a]);
-    p.grid.half_size[a] = float(half_size[a]);
-  }
-  p.grid.resolution = int(resolution);
-  p.grid.cascades = int(cascades);
+  const float center_f[3] = {float(center[0]), float(center[1]), float(center[2])};
+  const float half_f[3] = {float(half_size[0]), float(half_size[1]), float(half_size[2])};
+  p.grid = make_grid_geometry(center_f, half_f, int(resolution), int(cascades));
   p.bitfield = bits.data_ptr<uint8_t>();
   p.step_size = float(step_size);
   p.cone_angle = float(cone_angle);

@@ -30,7 +30,12 @@ Marched march_cpu(const Rays& rays, const MarchParams& p) {
 
   const int64_t rays_per_chunk = 256;
   const int64_t n_chunks = (n + rays_per_chunk - 1) / rays_per_chunk;
-  std::vector<std::vector<float>> buffers(n_chunks);  // [samples * kFloatsPerSample] each
+  // [samples * kFloatsPerSample] per chunk. Kept (emptied) between calls of the calling thread,
+  // so repeated marches reuse their memory instead of faulting in fresh pages every time.
+  thread_local std::vector<std::vector<float>> pool;
+  std::vector<std::vector<float>>& buffers = pool;  // the caller's pool, for the workers too
+  if (int64_t(buffers.size()) < n_chunks) buffers.resize(n_chunks);
+  for (int64_t c = 0; c < n_chunks; ++c) buffers[c].clear();
   at::parallel_for(0, n_chunks, 1, [&](int64_t chunk_begin, int64_t chunk_end) {
     for (int64_t c = chunk_begin; c < chunk_end; ++c) {
       std::vector<float>& buffer = buffers[c];

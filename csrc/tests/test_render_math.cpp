@@ -24,7 +24,8 @@ static void clipping_handles_axis_parallel_and_missing_rays() {
 
 // With every cell occupied the march emits exactly the lattice inside the box.
 static void full_grid_marches_the_whole_lattice() {
-  raymarch::GridGeometry g{{0.5f, 0.5f, 0.5f}, {0.5f, 0.5f, 0.5f}, 8, 1};
+  const float center[3] = {0.5f, 0.5f, 0.5f}, half[3] = {0.5f, 0.5f, 0.5f};
+  const raymarch::GridGeometry g = raymarch::make_grid_geometry(center, half, 8, 1);
   unsigned char bits[64];
   for (unsigned char& b : bits) b = 0xff;
   const float o[3] = {0.5f, 0.5f, -1.0f}, d[3] = {0.0f, 0.0f, 1.0f};
@@ -41,7 +42,8 @@ static void full_grid_marches_the_whole_lattice() {
 
 // An empty grid emits nothing, however long the ray.
 static void empty_grid_is_skipped() {
-  raymarch::GridGeometry g{{0, 0, 0}, {1, 1, 1}, 16, 2};
+  const float center[3] = {0, 0, 0}, half[3] = {1, 1, 1};
+  const raymarch::GridGeometry g = raymarch::make_grid_geometry(center, half, 16, 2);
   unsigned char bits[2 * 16 * 16 * 16 / 8] = {0};
   const float o[3] = {-5.0f, 0.1f, 0.2f}, d[3] = {1.0f, 0.01f, 0.0f};
   raymarch::RayMarcher m(g, bits, o, d, 0.0f, 1e9f, 0.0f, 0.001f, 0.0f);
@@ -57,15 +59,18 @@ static void composite_gradient_matches_finite_differences() {
     t0[i] = 1.0 + 0.3 * i;
     t1[i] = t0[i] + 0.3;
   }
+  const composite::SurvivalOf<double> survive{sigmas, t0, t1};
   const composite::RayTotals<double> totals =
-      composite::composite_ray<double>(0, 4, sigmas, rgbs, t0, t1, 1e-4, w);
+      composite::composite_ray<double>(0, 4, survive, rgbs, t0, t1, 1e-4, w);
   const composite::RayTotals<double> grads{{1.0, 1.0, 1.0}, 0.5, 0.25};
   double g_sigma[4], g_rgb[12];
-  composite::composite_ray_backward<double>(0, 4, sigmas, rgbs, t0, t1, 1e-4, w, totals, grads,
+  composite::composite_ray_backward<double>(0, 4, survive, rgbs, t0, t1, 1e-4, w, totals, grads,
                                             nullptr, g_sigma, g_rgb);
   auto loss = [&](const double* s) {
-    double ww[4];
-    const auto r = composite::composite_ray<double>(0, 4, s, rgbs, t0, t1, 1e-4, ww);
+    double ww[4], kept[4];  // the survivals precomputed, as the CPU launcher does
+    for (int j = 0; j < 4; ++j) kept[j] = composite::survival(s[j], t0[j], t1[j]);
+    const composite::SurvivalFrom<double> from{kept};
+    const auto r = composite::composite_ray<double>(0, 4, from, rgbs, t0, t1, 1e-4, ww);
     return r.color[0] + r.color[1] + r.color[2] + 0.5 * r.opacity + 0.25 * r.depth;
   };
   for (int i = 0; i < 4; ++i) {

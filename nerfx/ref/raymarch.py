@@ -31,7 +31,7 @@ def locate(points: torch.Tensor, g: GridGeometry) -> torch.Tensor:
     """Flat cell index (cascade-major) of the smallest cascade holding each point. [M, 3] -> [M]"""
     center = torch.tensor(g.center, dtype=torch.float32, device=points.device)
     half = torch.tensor(g.half_size, dtype=torch.float32, device=points.device)
-    u = (points - center) / half  # [M, 3]
+    u = (points - center) * (1.0 / half)  # [M, 3], multiplied by the reciprocal as the kernel is
     extent = u.abs().amax(-1)  # [M]
     _, exponent = torch.frexp(extent)
     cascade = torch.where(extent >= 1.0, exponent.clamp(max=g.cascades - 1),

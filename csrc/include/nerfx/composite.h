@@ -31,12 +31,35 @@ NERFX_HD inline void store_totals(int64_t r, const RayTotals<scalar_t>& ray, sca
   depth[r] = ray.depth;
 }
 
-// Forward over one ray's samples [begin, end). sigmas: [S], rgbs: [S, 3], t_*: [S]; weights: [S]
+// The fraction of light that passes a sample: exp(-sigma * delta) = 1 - alpha.
 template <typename scalar_t>
-NERFX_HD inline RayTotals<scalar_t> composite_ray(int64_t begin, int64_t end,
-                                                  const scalar_t* sigmas, const scalar_t* rgbs,
-                                                  const scalar_t* t_start, const scalar_t* t_end,
-                                                  scalar_t threshold, scalar_t* weights) {
+NERFX_HD inline scalar_t survival(scalar_t sigma, scalar_t t_start, scalar_t t_end) {
+  return exp_of(-sigma * (t_end - t_start));
+}
+
+// Where the compositing loops get sample i's survival: computed on the fly (CUDA) ...
+template <typename scalar_t>
+struct SurvivalOf {
+  const scalar_t *sigmas, *t_start, *t_end;  // [S] each
+  NERFX_HD scalar_t operator()(int64_t i) const {
+    return survival(sigmas[i], t_start[i], t_end[i]);
+  }
+};
+
+// ... or read from an array of survival() values computed beforehand with a vectorised exp (CPU).
+template <typename scalar_t>
+struct SurvivalFrom {
+  const scalar_t* values;  // [S]
+  NERFX_HD scalar_t operator()(int64_t i) const { return values[i]; }
+};
+
+// Forward over one ray's samples [begin, end). survive: sample -> survival (see above),
+// rgbs: [S, 3], t_*: [S]; weights: [S] (written)
+template <typename scalar_t, typename Survival>
+NERFX_HD inline RayTotals<scalar_t> composite_ray(int64_t begin, int64_t end, Survival survive,
+                                                  const scalar_t* rgbs, const scalar_t* t_start,
+                                                  const scalar_t* t_end, scalar_t threshold,
+                                                  scalar_t* weights) {
   RayTotals<scalar_t> out{{0, 0, 0}, 0, 0};
   scalar_t transmittance = 1;
   for (int64_t i = begin; i < end; ++i) {
@@ -44,14 +67,13 @@ NERFX_HD inline RayTotals<scalar_t> composite_ray(int64_t begin, int64_t end,
       weights[i] = 0;
       continue;
     }
-    const scalar_t delta = t_end[i] - t_start[i];
-    const scalar_t alpha = 1 - exp_of(-sigmas[i] * delta);
-    const scalar_t w = transmittance * alpha;
+    const scalar_t keep = survive(i);
+    const scalar_t w = transmittance * (1 - keep);
     weights[i] = w;
     for (int k = 0; k < 3; ++k) out.color[k] += w * rgbs[i * 3 + k];
     out.opacity += w;
     out.depth += w * scalar_t(0.5) * (t_start[i] + t_end[i]);
-    transmittance *= 1 - alpha;
+    transmittance *= keep;
   }
   return out;
 }
@@ -61,9 +83,9 @@ NERFX_HD inline RayTotals<scalar_t> composite_ray(int64_t begin, int64_t end,
 // grad_depth * t_mid_k + grad_weight_k); with the suffix sum R_i = sum_{k>i} w_k v_k:
 //   dL/dc_i = w_i * grad_color,   dL/dsigma_i = delta_i * (T_{i+1} v_i - R_i)
 // totals: the ray's saved outputs; grads: their gradients; grad_weights: [S] or nullptr.
-template <typename scalar_t>
+template <typename scalar_t, typename Survival>
 NERFX_HD inline void composite_ray_backward(
-    int64_t begin, int64_t end, const scalar_t* sigmas, const scalar_t* rgbs,
+    int64_t begin, int64_t end, Survival survive, const scalar_t* rgbs,
     const scalar_t* t_start, const scalar_t* t_end, scalar_t threshold, const scalar_t* weights,
     const RayTotals<scalar_t>& totals, const RayTotals<scalar_t>& grads,
     const scalar_t* grad_weights,
@@ -83,15 +105,15 @@ NERFX_HD inline void composite_ray_backward(
       continue;
     }
     const scalar_t delta = t_end[i] - t_start[i];
-    const scalar_t alpha = 1 - exp_of(-sigmas[i] * delta);
-    const scalar_t w = transmittance * alpha;
+    const scalar_t keep = survive(i);
+    const scalar_t w = transmittance * (1 - keep);
     scalar_t value = grads.opacity + grads.depth * scalar_t(0.5) * (t_start[i] + t_end[i]);
     for (int k = 0; k < 3; ++k) {
       value += grads.color[k] * rgbs[i * 3 + k];
       grad_rgbs[i * 3 + k] = w * grads.color[k];
     }
     if (grad_weights != nullptr) value += grad_weights[i];
-    transmittance *= 1 - alpha;
+    transmittance *= keep;
     prefix += w * value;
     grad_sigmas[i] = delta * (transmittance * value - (total - prefix));
   }

@@ -15,10 +15,24 @@ namespace nerfx::raymarch {
 
 struct GridGeometry {
   float center[3];
-  float half_size[3];  // half extent of cascade 0
+  float half_size[3];      // half extent of cascade 0
+  float inv_half_size[3];  // 1 / half_size: lookups multiply rather than divide
   int resolution;
   int cascades;
 };
+
+NERFX_HD inline GridGeometry make_grid_geometry(const float* center, const float* half_size,
+                                                int resolution, int cascades) {
+  GridGeometry g;
+  for (int a = 0; a < 3; ++a) {
+    g.center[a] = center[a];
+    g.half_size[a] = half_size[a];
+    g.inv_half_size[a] = 1.0f / half_size[a];
+  }
+  g.resolution = resolution;
+  g.cascades = cascades;
+  return g;
+}
 
 // a * b + c without contraction into an FMA, so CPU, CUDA and the PyTorch reference agree exactly.
 NERFX_HD inline float mul_add(float a, float b, float c) {
@@ -68,7 +82,7 @@ NERFX_HD inline CellRef locate(const GridGeometry& g, const float* p) {
   float u[3];
   float extent = 0.0f;
   for (int a = 0; a < 3; ++a) {
-    u[a] = (p[a] - g.center[a]) / g.half_size[a];
+    u[a] = (p[a] - g.center[a]) * g.inv_half_size[a];
     extent = fmaxf(extent, fabsf(u[a]));
   }
   int cascade = 0;
@@ -95,15 +109,16 @@ NERFX_HD inline bool occupied(const uint8_t* bitfield, int64_t index) {
 }
 
 // Where the ray leaves a cell (the smallest exit distance over the axes it moves along).
+// inv_d: 1 / d per axis (unused where d is 0).
 NERFX_HD inline float cell_exit(const GridGeometry& g, const CellRef& ref, const float* o,
-                                const float* d) {
+                                const float* d, const float* inv_d) {
   const float scale = float(1 << ref.cascade);
   float t = INFINITY;
   for (int a = 0; a < 3; ++a) {
     if (d[a] == 0.0f) continue;
     const int face = d[a] > 0.0f ? ref.cell[a] + 1 : ref.cell[a];
     const float u = (float(face) / float(g.resolution) * 2.0f - 1.0f) * scale;
-    t = fminf(t, (mul_add(u, g.half_size[a], g.center[a]) - o[a]) / d[a]);
+    t = fminf(t, (mul_add(u, g.half_size[a], g.center[a]) - o[a]) * inv_d[a]);
   }
   return t;
 }
@@ -112,8 +127,8 @@ NERFX_HD inline float cell_exit(const GridGeometry& g, const CellRef& ref, const
 struct RayMarcher {
   const GridGeometry* grid;
   const uint8_t* bitfield;
-  float o[3], d[3];
-  float t0, t_far, jitter, step, cone_angle;
+  float o[3], d[3], inv_d[3];
+  float t0, t_far, jitter, step, inv_step, cone_angle;
   int64_t k;  // lattice index of the next candidate (cone_angle = 0)
   float t;    // start of the next candidate (cone_angle > 0)
   bool alive;
@@ -121,12 +136,14 @@ struct RayMarcher {
   NERFX_HD RayMarcher(const GridGeometry& g, const uint8_t* bits, const float* origin,
                       const float* dir, float near, float far, float jitter_, float step_,
                       float cone_angle_)
-      : grid(&g), bitfield(bits), jitter(jitter_), step(step_), cone_angle(cone_angle_), k(0) {
+      : grid(&g), bitfield(bits), jitter(jitter_), step(step_), inv_step(1.0f / step_),
+        cone_angle(cone_angle_), k(0) {
     float lo[3], hi[3], t_enter, t_exit;
     grid_box(g, lo, hi);
     for (int a = 0; a < 3; ++a) {
       o[a] = origin[a];
       d[a] = dir[a];
+      inv_d[a] = d[a] != 0.0f ? 1.0f / d[a] : 0.0f;
     }
     const bool zero_dir = d[0] == 0.0f && d[1] == 0.0f && d[2] == 0.0f;
     alive = !zero_dir && clip_to_box(o, d, lo, hi, t_enter, t_exit);
@@ -160,11 +177,12 @@ struct RayMarcher {
         return true;
       }
       // Empty: jump to the first candidate whose midpoint lies past this cell.
-      const float exit = cell_exit(*grid, ref, o, d);
+      const float exit = cell_exit(*grid, ref, o, d, inv_d);
       if (cone_angle > 0.0f) {
         t = fmaxf(t_end, exit - 0.5f * dt);
       } else {
-        const float skip = ceilf((exit - t0) / step - jitter - 0.5f - 1e-3f);
+        // The 1e-3 step margin also covers the rounding of the reciprocals.
+        const float skip = ceilf((exit - t0) * inv_step - jitter - 0.5f - 1e-3f);
         k = skip > float(k + 1) ? int64_t(skip) : k + 1;
       }
     }
