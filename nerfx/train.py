@@ -23,13 +23,13 @@ from PIL import Image
 from tqdm import tqdm
 
 from nerfx.data import lego
-from nerfx.data.scenes import Scene, composite_on, load_scene
+from nerfx.data.scenes import Scene, SceneError, composite_on, load_scene
 from nerfx.metrics import psnr, ssim
 from nerfx.models.pipelines import MODELS, build_pipeline
 from nerfx.ops import _dispatch
 from nerfx.render.renderer import camera_rays
 from nerfx.render.views import depth_picture, render_turntable, render_view, to_uint8
-from nerfx.runs import CHECKPOINT, CONFIG, load_checkpoint, save_checkpoint
+from nerfx.runs import CHECKPOINT, CONFIG, RunError, load_checkpoint, read_config, save_checkpoint
 
 CLOCK_MARKS = (1, 5, 15, 60, 300)  # seconds of training at which the paper reports test PSNR
 SAVE_EVERY = 250  # steps between checkpoints
@@ -39,6 +39,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m nerfx.train", description=__doc__.split("\n")[0])
     p.add_argument("--scene", default="lego", help="scene name (lego is built in)")
     p.add_argument("--data", type=Path, help="scene folder (NeRF-synthetic or Instant-NGP)")
+    p.add_argument("--test-every", type=int, default=8,
+                   help="Instant-NGP folders: hold out every n-th image for testing")
     p.add_argument("--fast", action="store_true", help="short run: ~1 min on a GPU")
     p.add_argument("--model", default="ngp", choices=MODELS)
     p.add_argument("--steps", type=int, help="training steps (default: preset)")
@@ -195,7 +197,7 @@ def evaluate(pipeline, scene: Scene, views: list[int], out_dir: Path | None = No
 def resumed_args(args: argparse.Namespace) -> argparse.Namespace:
     """The saved arguments of the run being resumed, with new --steps / --max-seconds."""
     run = args.resume
-    saved = json.loads((run / CONFIG).read_text())["args"]
+    saved = read_config(run)["args"]
     overrides = {k: getattr(args, k) for k in ("steps", "max_seconds")
                  if getattr(args, k) is not None}
     resumed = argparse.Namespace(**saved)
@@ -217,8 +219,8 @@ def train(args: argparse.Namespace) -> dict:
                          if k in cfg)
         print(f"nerfx: CPU recipe for {args.model}: {size}, images 1/{cfg['downscale']}, at "
               f"most {cfg['steps']} steps / {cfg['max_seconds']:.0f} s", flush=True)
-    train_set = load_scene(folder, "train", downscale=load_downscale)
-    test_set = load_scene(folder, "test", downscale=load_downscale)
+    train_set = load_scene(folder, "train", downscale=load_downscale, test_every=args.test_every)
+    test_set = load_scene(folder, "test", downscale=load_downscale, test_every=args.test_every)
     out = args.out or Path("runs") / f"{args.scene}-{args.model}-{time.strftime('%Y%m%d-%H%M%S')}"
     (out / "renders").mkdir(parents=True, exist_ok=True)
     spec = model_spec(args, cfg, train_set)
@@ -311,7 +313,10 @@ def train(args: argparse.Namespace) -> dict:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    return train(parse_args(argv))
+    try:
+        return train(parse_args(argv))
+    except (SceneError, RunError) as exc:  # a bad folder: say which file and why, no traceback
+        raise SystemExit(f"nerfx.train: {exc}") from None
 
 
 if __name__ == "__main__":

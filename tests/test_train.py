@@ -96,3 +96,10 @@ def test_mixed_precision_and_samples_per_step(tmp_path, data):
     # A fresh grid gives about 140 samples per ray: 20000 samples want about 128 rays.
     assert 128 <= state["batch_rays"] <= 256
     assert all(torch.isfinite(v).all() for v in state["pipeline"].values() if v.is_floating_point())
+
+
+def test_bad_folders_end_with_a_message(tmp_path):
+    with pytest.raises(SystemExit, match="no such scene folder"):
+        train.main(["--data", str(tmp_path / "missing"), "--device", "cpu"])
+    with pytest.raises(SystemExit, match="not a nerfx run folder"):
+        train.main(["--resume", str(tmp_path)])

@@ -34,7 +34,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def render_test_views(pipeline, config: dict, views: str | None, out: Path) -> list[Path]:
-    scene = load_scene(config["scene"], "test", downscale=config.get("load_downscale", 1))
+    scene = load_scene(config["scene"], "test", downscale=config.get("load_downscale", 1),
+                       test_every=config["args"].get("test_every", 8))
     try:
         chosen = range(len(scene)) if views is None else [int(v) for v in views.split(",")]
     except ValueError:
