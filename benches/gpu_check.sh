@@ -1,16 +1,22 @@
 #!/usr/bin/env bash
-# One call on a GPU machine: build nerfx for the visible GPU, run the whole test suite (the CUDA
+# On a GPU machine: build nerfx for the visible GPU, run the whole test suite (the CUDA
 # tests included), run the benchmarks, and write the results to OUT_DIR:
 #   info.txt (card, build, backends), build.log, tests.log, bench.json, bench.md (side by side),
 #   and from `python -m nerfx.train --scene lego --fast` on the GPU: train.log, metrics.json,
 #   a few test renders and the turntable.
-# usage: benches/gpu_check.sh OUT_DIR        (about 8 minutes on an H100/H200)
+# usage: benches/gpu_check.sh OUT_DIR [all|check|train]
+#   check: build, tests, benchmarks (about 5 minutes on an H100/H200); train: the main job only
+#   (about 4 minutes, after check has built nerfx); all (default): both. Where one command may
+#   run at most 10 minutes, run check and train as two calls.
 set -uo pipefail
-out=$(realpath -m "${1:?usage: benches/gpu_check.sh OUT_DIR}")
+out=$(realpath -m "${1:?usage: benches/gpu_check.sh OUT_DIR [all|check|train]}")
+what=${2:-all}
 mkdir -p "$out"
 cd "$(dirname "$0")/.."
 export PYTHONUNBUFFERED=1
 start=$SECONDS
+tests_rc=0 bench_rc=0 train_rc=0
+if [ "$what" != train ]; then
 
 cap=$(python3 -c 'import torch; print("%d.%d" % torch.cuda.get_device_capability())')
 export TORCH_CUDA_ARCH_LIST=$cap NERFX_BUILD_CUDA=1 MAX_JOBS=${MAX_JOBS:-16}
@@ -33,6 +39,9 @@ NERFX_BENCH_MD="$out/bench.md" python3 -m pytest benches --benchmark-only -q -p 
 bench_rc=$?
 cat "$out/bench.md" 2>/dev/null || tail -30 "$out/bench.log"
 echo "benchmarks: rc=$bench_rc, $((SECONDS - start)) s"
+fi
+
+if [ "$what" != check ]; then
 
 # The main job on the GPU (the checkpoint stays behind: it is too big to bring back).
 run=$(mktemp -d)/lego-fast
@@ -44,4 +53,5 @@ mkdir -p "$out/run"
 cp "$run/metrics.json" "$run/config.json" "$run"/turntable.* "$out/run/" 2>/dev/null
 cp $(ls "$run"/renders/test_*.png 2>/dev/null | head -3) "$out/run/" 2>/dev/null
 echo "train: rc=$train_rc, total $((SECONDS - start)) s"
+fi
 exit $(( tests_rc || bench_rc || train_rc ))

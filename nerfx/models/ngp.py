@@ -98,7 +98,8 @@ class InstantNGP(nn.Module):
     def geometry(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """-> (density [N], geometry features [N, 16])"""
         features = self.density_mlp(self.encoding(self.normalize(x)))
-        return trunc_exp(features[:, 0]), features
+        # exp in float32: under fp16 autocast it would overflow above log-density 11.
+        return trunc_exp(features[:, 0].float()), features
 
     def density(self, x: torch.Tensor) -> torch.Tensor:
         """Density [N] at world positions [N, 3] (for the occupancy grid)."""
