@@ -17,7 +17,7 @@ import torch
 from benches.conftest import devices, run_benchmark
 from nerfx.data import lego
 from nerfx.data.scenes import load_scene
-from nerfx.models.pipelines import build_pipeline
+from nerfx.models.pipelines import build_pipeline, make_optimizer
 from nerfx.ops import BackendError
 from nerfx.ops.hashgrid import BACKENDS as HASH_BACKENDS
 from nerfx.ops.raymarch import BACKENDS as MARCH_BACKENDS
@@ -55,8 +55,7 @@ def make_pipeline(impl: str, device: str):
 @pytest.mark.parametrize("impl", ["torch", "cpu", "cuda", "triton"])
 def test_train_step(benchmark, scene, device, impl):
     pipeline = make_pipeline(impl, device)
-    optimizer = torch.optim.Adam(pipeline.parameters(), lr=pipeline.lr, betas=pipeline.betas,
-                                 eps=pipeline.eps)
+    optimizer = make_optimizer(pipeline)
     gpu = device == "cuda"
     scaler = torch.amp.GradScaler(device, enabled=gpu)
     autocast = torch.float16 if gpu else None

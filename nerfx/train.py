@@ -25,7 +25,7 @@ from tqdm import tqdm
 from nerfx.data import lego
 from nerfx.data.scenes import Scene, SceneError, composite_on, load_scene
 from nerfx.metrics import psnr, ssim
-from nerfx.models.pipelines import MODELS, build_pipeline
+from nerfx.models.pipelines import MODELS, build_pipeline, make_optimizer
 from nerfx.ops import _dispatch
 from nerfx.render.renderer import camera_rays
 from nerfx.render.views import depth_picture, render_turntable, render_view, to_uint8
@@ -143,9 +143,11 @@ class TrainingRays:
         self.intrinsics = scene.intrinsics.to(device)  # [n, 4]
         self.n, self.h, self.w = len(scene), scene.height, scene.width
 
-    def sample(self, n_rays: int, generator: torch.Generator) -> tuple[torch.Tensor, ...]:
-        """-> (origins [n, 3], directions [n, 3], random backgrounds [n, 3], targets [n, 3]):
-        each pixel's colour composited on its own random background, as Instant-NGP trains."""
+    def sample(self, n_rays: int, generator: torch.Generator,
+               random_background: bool = True) -> tuple[torch.Tensor, ...]:
+        """-> (origins [n, 3], directions [n, 3], backgrounds [n, 3], targets [n, 3]): each
+        pixel's colour composited on its own random background, as Instant-NGP trains (or on
+        white, as NeRF trains on its synthetic scenes)."""
         device = self.images.device
         pick = torch.randint(0, self.n * self.h * self.w, (n_rays,), device=device,
                              generator=generator)
@@ -153,6 +155,8 @@ class TrainingRays:
         row, col = pix // self.w, pix % self.w
         o, d = camera_rays(self.poses[cam], self.intrinsics[cam], col.float(), row.float())
         background = torch.rand(n_rays, 3, device=device, generator=generator)
+        if not random_background:
+            background = torch.ones_like(background)  # drawn anyway: the same RNG stream
         return o, d, background, composite_on(self.images[cam, row, col], background)
 
 
@@ -231,8 +235,7 @@ def train(args: argparse.Namespace) -> dict:
     (out / CONFIG).write_text(json.dumps(config, indent=1))
 
     pipeline = build_pipeline(spec).to(device)
-    optimizer = torch.optim.Adam(pipeline.parameters(), lr=pipeline.lr, betas=pipeline.betas,
-                                 eps=pipeline.eps)
+    optimizer = make_optimizer(pipeline)
     mixed = cfg["precision"] == "mixed"
     amp_dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
     scaler = torch.amp.GradScaler(device.type, enabled=mixed and amp_dtype == torch.float16)
@@ -264,8 +267,9 @@ def train(args: argparse.Namespace) -> dict:
     bar = tqdm(total=cfg["steps"], initial=step, desc=f"train {args.model}", unit="step")
     while step < cfg["steps"] and elapsed < cfg["max_seconds"]:
         tick = time.perf_counter()
-        result = optimize_step(pipeline, optimizer, scaler, rays.sample(batch_rays, gen), step,
-                               gen, amp_dtype if mixed else None)
+        batch = rays.sample(batch_rays, gen, pipeline.random_background)
+        result = optimize_step(pipeline, optimizer, scaler, batch, step, gen,
+                               amp_dtype if mixed else None)
         step += 1
         samples_total += result.n_samples
         if cfg["batch_samples"] is not None and args.model == "ngp":
