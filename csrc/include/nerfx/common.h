@@ -30,6 +30,25 @@ NERFX_HD inline T exp_of(T v) {
 #endif
 }
 
+// min and max that compile to one instruction on the CPU (std::fmin/fmax are library calls
+// there, for their NaN rules); CUDA's fminf/fmaxf are single instructions already. For inputs
+// that are not NaN the results are the same.
+NERFX_HD inline float min_of(float a, float b) {
+#ifdef __CUDA_ARCH__
+  return fminf(a, b);
+#else
+  return a < b ? a : b;
+#endif
+}
+
+NERFX_HD inline float max_of(float a, float b) {
+#ifdef __CUDA_ARCH__
+  return fmaxf(a, b);
+#else
+  return a > b ? a : b;
+#endif
+}
+
 template <typename T>
 NERFX_HD inline T clamp_unit(T v) {
   return v < T(0) ? T(0) : (v > T(1) ? T(1) : v);

@@ -56,8 +56,8 @@ NERFX_HD inline bool clip_to_box(const float* o, const float* d, const float* lo
     }
     const float t1 = (lo[a] - o[a]) / d[a];
     const float t2 = (hi[a] - o[a]) / d[a];
-    t_enter = fmaxf(t_enter, fminf(t1, t2));
-    t_exit = fminf(t_exit, fmaxf(t1, t2));
+    t_enter = max_of(t_enter, min_of(t1, t2));
+    t_exit = min_of(t_exit, max_of(t1, t2));
   }
   return t_enter <= t_exit;
 }
@@ -83,7 +83,7 @@ NERFX_HD inline CellRef locate(const GridGeometry& g, const float* p) {
   float extent = 0.0f;
   for (int a = 0; a < 3; ++a) {
     u[a] = (p[a] - g.center[a]) * g.inv_half_size[a];
-    extent = fmaxf(extent, fabsf(u[a]));
+    extent = max_of(extent, fabsf(u[a]));
   }
   int cascade = 0;
   if (extent >= 1.0f) {
@@ -96,7 +96,7 @@ NERFX_HD inline CellRef locate(const GridGeometry& g, const float* p) {
   int64_t index = cascade;
   for (int a = 0; a < 3; ++a) {
     const float cell = floorf((u[a] * inv_scale + 1.0f) * 0.5f * float(g.resolution));
-    const int c = int(fminf(fmaxf(cell, 0.0f), float(g.resolution - 1)));
+    const int c = int(min_of(max_of(cell, 0.0f), float(g.resolution - 1)));
     ref.cell[a] = c;
     index = index * g.resolution + c;
   }
@@ -118,7 +118,7 @@ NERFX_HD inline float cell_exit(const GridGeometry& g, const CellRef& ref, const
     if (d[a] == 0.0f) continue;
     const int face = d[a] > 0.0f ? ref.cell[a] + 1 : ref.cell[a];
     const float u = (float(face) / float(g.resolution) * 2.0f - 1.0f) * scale;
-    t = fminf(t, (mul_add(u, g.half_size[a], g.center[a]) - o[a]) * inv_d[a]);
+    t = min_of(t, (mul_add(u, g.half_size[a], g.center[a]) - o[a]) * inv_d[a]);
   }
   return t;
 }
@@ -147,8 +147,8 @@ struct RayMarcher {
     }
     const bool zero_dir = d[0] == 0.0f && d[1] == 0.0f && d[2] == 0.0f;
     alive = !zero_dir && clip_to_box(o, d, lo, hi, t_enter, t_exit);
-    t0 = alive ? fmaxf(near, t_enter) : 0.0f;
-    t_far = alive ? fminf(far, t_exit) : 0.0f;
+    t0 = alive ? max_of(near, t_enter) : 0.0f;
+    t_far = alive ? min_of(far, t_exit) : 0.0f;
     alive = alive && t0 < t_far;
     t = mul_add(jitter, step, t0);
   }
@@ -161,7 +161,7 @@ struct RayMarcher {
       if (cone_angle > 0.0f) {
         const float cell = 2.0f * grid->half_size[0] * float(1 << (grid->cascades - 1)) /
                            float(grid->resolution);
-        dt = fminf(fmaxf(t * cone_angle, step), fmaxf(cell, step));
+        dt = min_of(max_of(t * cone_angle, step), max_of(cell, step));
         t_start = t;
       } else {
         t_start = mul_add(float(k) + jitter, step, t0);
@@ -179,7 +179,7 @@ struct RayMarcher {
       // Empty: jump to the first candidate whose midpoint lies past this cell.
       const float exit = cell_exit(*grid, ref, o, d, inv_d);
       if (cone_angle > 0.0f) {
-        t = fmaxf(t_end, exit - 0.5f * dt);
+        t = max_of(t_end, exit - 0.5f * dt);
       } else {
         // The 1e-3 step margin also covers the rounding of the reciprocals.
         const float skip = ceilf((exit - t0) * inv_step - jitter - 0.5f - 1e-3f);
