@@ -267,7 +267,8 @@ def train(args: argparse.Namespace) -> dict:
     bar = tqdm(total=cfg["steps"], initial=step, desc=f"train {args.model}", unit="step")
     while step < cfg["steps"] and elapsed < cfg["max_seconds"]:
         tick = time.perf_counter()
-        batch = rays.sample(batch_rays, gen, pipeline.random_background)
+        n_rays = batch_rays
+        batch = rays.sample(n_rays, gen, pipeline.random_background)
         result = optimize_step(pipeline, optimizer, scaler, batch, step, gen,
                                amp_dtype if mixed else None)
         step += 1
@@ -287,8 +288,8 @@ def train(args: argparse.Namespace) -> dict:
         mse = result.mse.item()
         bar.update(1)
         bar.set_postfix(loss=f"{mse:.4f}", psnr=f"{-10 * math.log10(max(mse, 1e-10)):.2f}",
-                        rays=batch_rays, spr=f"{result.n_samples / batch_rays:.0f}",
-                        t=f"{elapsed:.0f}s")
+                        rays=n_rays, rays_per_s=f"{n_rays / took:.0f}",
+                        spr=f"{result.n_samples / n_rays:.0f}", t=f"{elapsed:.0f}s")
         if step % SAVE_EVERY == 0:
             save_checkpoint(checkpoint, state_now())
     bar.close()

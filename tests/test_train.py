@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -103,3 +104,23 @@ def test_bad_folders_end_with_a_message(tmp_path):
         train.main(["--data", str(tmp_path / "missing"), "--device", "cpu"])
     with pytest.raises(SystemExit, match="not a nerfx run folder"):
         train.main(["--resume", str(tmp_path)])
+
+
+def test_training_rays_on_random_or_white_backgrounds():
+    from nerfx.data.lego import look_at
+    from nerfx.data.scenes import Scene
+
+    images = torch.zeros(2, 4, 5, 4, dtype=torch.uint8)  # fully transparent pixels
+    poses = torch.tensor(np.stack([look_at(np.array([4.0, 0, 1])), look_at(np.array([0, 4.0, 1]))]),
+                         dtype=torch.float32)
+    scene = Scene(images, poses, torch.tensor([[5.0, 5.0, 2.5, 2.0]] * 2), ["a", "b"])
+    rays = train.TrainingRays(scene, torch.device("cpu"))
+    g1, g2 = torch.Generator().manual_seed(1), torch.Generator().manual_seed(1)
+    o, d, background, target = rays.sample(64, g1)
+    assert o.shape == d.shape == background.shape == target.shape == (64, 3)
+    torch.testing.assert_close(d.norm(dim=-1), torch.ones(64))
+    torch.testing.assert_close(target, background)  # transparent: the target is the background
+    assert background.std() > 0.1
+    _, _, white, target_white = rays.sample(64, g2, random_background=False)
+    assert torch.equal(white, torch.ones(64, 3)) and torch.equal(target_white, white)
+    assert torch.equal(g1.get_state(), g2.get_state())  # both draw the same random numbers

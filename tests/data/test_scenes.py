@@ -66,8 +66,15 @@ def test_instant_ngp_holds_out_every_eighth(tmp_path):
     assert len(train) == 14 and len(test) == 2
     assert test.names == ["images/000.jpg", "images/008.jpg"]
     torch.testing.assert_close(train.intrinsics[0], torch.tensor([10.0, 11.0, 4.0, 3.0]))
-    assert train.aabb_scale == 4
+    assert train.aabb_scale == 4 and train.aabb == (0.0, 0.0, 0.0, 1.0, 1.0, 1.0)
     assert train.poses[0, 2, 3].item() == pytest.approx(1.0 * 0.33 + 0.5)  # scale and offset
+    synthetic = load_scene(nerf_synthetic(tmp_path / "synthetic"), "train")
+    assert synthetic.aabb == (-1.5,) * 3 + (1.5,) * 3
+
+
+def test_instant_ngp_aabb_scale_must_be_a_power_of_two(tmp_path):
+    with pytest.raises(SceneError, match="aabb_scale must be a power of two"):
+        load_scene(instant_ngp(tmp_path, aabb_scale=3), "train")
 
 
 def test_missing_images_are_skipped_and_counted(tmp_path):
