@@ -4,7 +4,8 @@
     samples.positions [S, 3], samples.t_start / t_end [S], samples.offsets [n_rays + 1]
 
 Backends: `cuda` and `cpu` (nerfx._C: DDA over the bitfield, two passes: count, scan, fill) and
-`torch` (nerfx.ref.raymarch.march_rays_dense: every lattice candidate, constant steps only).
+`torch` (nerfx.ref.raymarch: march_rays_dense visits every lattice candidate of constant steps;
+march_rays_cone follows the kernels' cone-step rule with all rays at once).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import torch
 
 from nerfx import _ext
 from nerfx.ops._dispatch import Backend, OpBackends, extension_kernel, register
-from nerfx.ref.raymarch import GridGeometry, march_rays_dense
+from nerfx.ref.raymarch import GridGeometry, march_rays_cone, march_rays_dense
 from nerfx.render.occupancy import OccupancyGrid
 
 
@@ -52,8 +53,7 @@ def _run_compiled(o, d, near, far, jitter, bitfield, g: GridGeometry, step, cone
 
 def _run_reference(o, d, near, far, jitter, bitfield, g: GridGeometry, step, cone, max_samples):
     if cone > 0:
-        raise NotImplementedError("march_rays: the torch backend marches constant steps only "
-                                  "(cone_angle = 0); use backend='cpu' or 'cuda'")
+        return march_rays_cone(o, d, near, far, jitter, bitfield, g, step, cone, max_samples)
     return march_rays_dense(o, d, near, far, jitter, bitfield, g, step, max_samples)
 
 

@@ -13,6 +13,7 @@ from nerfx.render.inference import render_rays_compacting
 from tests.conftest import BACKEND_DEVICES
 
 KERNELS = [p for p in BACKEND_DEVICES if p.id in ("cpu", "cuda")]
+MARCHERS = [p for p in BACKEND_DEVICES if p.id in ("torch-cpu", "cpu", "cuda", "torch-cuda")]
 
 
 def random_grid(cascades=1, resolution=16, fill=0.3, seed=0, device="cpu") -> OccupancyGrid:
@@ -47,11 +48,12 @@ def awkward_rays(n: int, seed=0, device="cpu"):
 @pytest.mark.parametrize("backend,device", KERNELS)
 @pytest.mark.parametrize("cascades", [1, 2])
 @pytest.mark.parametrize("n_rays", [0, 1, 7, 1023])
-def test_kernel_equals_dense_march(backend, device, cascades, n_rays):
+@pytest.mark.parametrize("cone_angle", [0.0, 1 / 64])
+def test_kernel_equals_reference_march(backend, device, cascades, n_rays, cone_angle):
     grid = random_grid(cascades, device=device, seed=n_rays)
     o, d = awkward_rays(n_rays, seed=n_rays, device=device)
     for perturb in (False, True):
-        kwargs = dict(step_size=0.013, near=0.05, perturb=perturb)
+        kwargs = dict(step_size=0.013, near=0.05, perturb=perturb, cone_angle=cone_angle)
         got = march_rays(o, d, grid, backend=backend,
                          generator=torch.Generator(device).manual_seed(1), **kwargs)
         want = march_rays(o, d, grid, backend="torch",
@@ -64,15 +66,19 @@ def test_kernel_equals_dense_march(backend, device, cascades, n_rays):
         assert want.offsets[-1] > 1000, "the case must produce samples to compare"
 
 
-@pytest.mark.parametrize("backend,device", KERNELS)
-def test_cap_and_resume_continue_the_same_march(backend, device):
+@pytest.mark.parametrize("backend,device", MARCHERS)
+@pytest.mark.parametrize("cone_angle", [0.0, 1 / 64])
+def test_cap_and_resume_continue_the_same_march(backend, device, cone_angle):
     grid = random_grid(device=device)
     o, d = awkward_rays(64, device=device)
-    full = march_rays(o, d, grid, step_size=0.02, backend=backend)
-    capped = march_rays(o, d, grid, step_size=0.02, max_samples=5, backend=backend)
+    kwargs = dict(step_size=0.02, cone_angle=cone_angle, backend=backend)
+    full = march_rays(o, d, grid, **kwargs)
+    capped = march_rays(o, d, grid, max_samples=5, **kwargs)
     assert int((capped.offsets.diff()).max()) <= 5
-    rest = march_rays(o, d, grid, step_size=0.02, near=capped.resume.clamp(max=1e9),
-                      backend=backend)
+    if backend != "torch":
+        reference = march_rays(o, d, grid, max_samples=5, **{**kwargs, "backend": "torch"})
+        assert torch.equal(capped.resume, reference.resume)
+    rest = march_rays(o, d, grid, near=capped.resume.clamp(max=1e9), **kwargs)
     finished = ~torch.isfinite(capped.resume)
     for r in range(64):
         a, b = full.offsets[r].item(), full.offsets[r + 1].item()
@@ -82,7 +88,7 @@ def test_cap_and_resume_continue_the_same_march(backend, device):
                                    atol=1e-5)
 
 
-@pytest.mark.parametrize("backend,device", KERNELS)
+@pytest.mark.parametrize("backend,device", MARCHERS)
 @pytest.mark.parametrize("cone_angle", [0.0, 1 / 256])
 def test_samples_only_in_occupied_cells_inside_the_box(backend, device, cone_angle):
     grid = random_grid(cascades=2, fill=0.2, device=device)
@@ -179,5 +185,3 @@ def test_bad_rays_are_named():
         march_rays(torch.zeros(4, 3), torch.ones(4, 3), grid, near=torch.zeros(3))
     with pytest.raises(ValueError, match="aabb must be"):
         OccupancyGrid([0, 0, 0, 1, 1, -1])
-    with pytest.raises(NotImplementedError, match="constant steps only"):
-        march_rays(torch.zeros(4, 3), torch.ones(4, 3), grid, cone_angle=0.01, backend="torch")
