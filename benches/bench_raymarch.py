@@ -21,7 +21,8 @@ IMPLS = ["torch", "cpu", "cuda", "nerfacc"]
 
 def sphere_grid(device: str) -> OccupancyGrid:
     grid = OccupancyGrid([0, 0, 0, 1, 1, 1], resolution=128).to(device)
-    grid.update(0, lambda x: ((x - 0.5).norm(dim=-1) < 0.35).float() * 100.0)
+    grid.update(0, lambda x: ((x - 0.5).norm(dim=-1) < 0.35).float() * 100.0,
+                generator=torch.Generator(device).manual_seed(0))
     return grid
 
 

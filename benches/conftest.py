@@ -1,14 +1,15 @@
 """Benchmark helpers: the devices and peers available here, and one side-by-side table per group.
 
 Each benchmark sets `benchmark.group` (what is compared) and `extra_info["items"]` (points, rays
-or samples per call). At the end of a run the groups are printed as markdown with items per
-second and the speed relative to the group's reference (`torch`), and written to the file named
-by NERFX_BENCH_MD when set.
+or samples per call). At the end of a run the groups are printed as markdown with the median
+time, items per second and the speed relative to the group's reference (`torch`), and written
+to the file named by NERFX_BENCH_MD when set.
 """
 
 from __future__ import annotations
 
 import os
+import time
 
 import pytest
 import torch
@@ -34,9 +35,12 @@ def run_benchmark(benchmark, fn, device: str, group: str, items: int, unit: str)
         fn()
         synchronize(device)
 
+    start = time.perf_counter()
     timed()  # warm-up: compilation, autotuning, allocator
-    benchmark.pedantic(timed, rounds=5 if device == "cpu" else 20, iterations=1,
-                       warmup_rounds=1)
+    once = time.perf_counter() - start
+    # About a second of rounds per benchmark (5 to 30), so a shared machine's hiccups average out.
+    rounds = int(min(max(1.0 / max(once, 1e-6), 5), 30))
+    benchmark.pedantic(timed, rounds=rounds, iterations=1, warmup_rounds=1)
 
 
 def _markdown(benchmarks) -> str:
@@ -47,15 +51,16 @@ def _markdown(benchmarks) -> str:
     out = []
     for group, members in sorted(groups.items()):
         ref = next((b for b in members if b.params and b.params.get("impl") == REFERENCE), None)
-        out += [f"\n### {group}\n", "| impl | mean (ms) | items/s | vs reference |",
-                "| --- | ---: | ---: | ---: |"]
-        for bench in sorted(members, key=lambda b: b.stats.mean):
-            mean = bench.stats.mean
+        out += [f"\n### {group}\n", "| impl | median (ms) | rounds | items/s | vs reference |",
+                "| --- | ---: | ---: | ---: | ---: |"]
+        for bench in sorted(members, key=lambda b: b.stats.median):
+            median = bench.stats.median
             items = bench.extra_info.get("items", 0)
             unit = bench.extra_info.get("unit", "items")
-            ratio = f"{ref.stats.mean / mean:.2f}x" if ref is not None else "n/a"
+            ratio = f"{ref.stats.median / median:.2f}x" if ref is not None else "n/a"
             impl = (bench.params or {}).get("impl", bench.name)
-            out.append(f"| {impl} | {mean * 1e3:.3f} | {items / mean:.3e} {unit}/s | {ratio} |")
+            out.append(f"| {impl} | {median * 1e3:.3f} | {bench.stats.rounds} | "
+                       f"{items / median:.3e} {unit}/s | {ratio} |")
     return "\n".join(out) + "\n"
 
 

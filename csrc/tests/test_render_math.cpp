@@ -2,6 +2,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <initializer_list>
 
 #include "expect.h"
 
@@ -52,6 +53,36 @@ static void empty_grid_is_skipped() {
 }
 
 // Compositing: the backward equals central differences of the forward's colour sum.
+// The bit-level helpers locate() uses agree with frexpf and ldexpf.
+static void exponents_and_powers_of_two_match_the_library() {
+  for (float v : {1.0f, 1.5f, 1.999f, 2.0f, 3.7f, 8.0f, 1000.0f, 0.75f, 1e-30f, 3.4e38f}) {
+    int exponent;
+    std::frexp(v, &exponent);
+    EXPECT(exponent_of(v) == exponent);
+  }
+  for (int e = -126; e <= 127; ++e) EXPECT(power_of_two(e) == std::ldexp(1.0f, e));
+}
+
+// Points on, just inside and outside cell faces and cascade boundaries land where floor says.
+static void locate_agrees_with_floor() {
+  const float center[3] = {0.5f, 0.5f, 0.5f}, half[3] = {0.5f, 0.5f, 0.5f};
+  const raymarch::GridGeometry g = raymarch::make_grid_geometry(center, half, 8, 3);
+  for (float x : {-3.5f, -1.5f, -0.5f, -0.01f, 0.0f, 0.125f, 0.1249999f, 0.5f, 0.999f, 1.0f,
+                  1.25f, 1.5f, 2.49f, 2.5f, 4.0f}) {
+    const float p[3] = {x, 0.5f, 0.3f};
+    const raymarch::CellRef ref = raymarch::locate(g, p);
+    const float u = (x - 0.5f) * 2.0f;
+    const float extent = std::fabs(u) > 0.4f ? std::fabs(u) : 0.4f;
+    int exponent = 0;
+    if (extent >= 1.0f) std::frexp(extent, &exponent);
+    const int cascade = exponent < 2 ? exponent : 2;
+    EXPECT(ref.cascade == cascade);
+    const float scaled = (u / float(1 << cascade) + 1.0f) * 0.5f * 8.0f;
+    const int cell = int(std::fmin(std::fmax(std::floor(scaled), 0.0f), 7.0f));
+    EXPECT(ref.cell[0] == cell);
+  }
+}
+
 static void composite_gradient_matches_finite_differences() {
   double sigmas[4] = {0.5, 2.0, 1.0, 3.0}, rgbs[12], t0[4], t1[4], w[4];
   for (int i = 0; i < 12; ++i) rgbs[i] = (i % 5) / 5.0;
@@ -86,6 +117,8 @@ int main() {
   clipping_handles_axis_parallel_and_missing_rays();
   full_grid_marches_the_whole_lattice();
   empty_grid_is_skipped();
+  exponents_and_powers_of_two_match_the_library();
+  locate_agrees_with_floor();
   composite_gradient_matches_finite_differences();
   if (failures == 0) std::printf("render math: all checks passed\n");
   return failures == 0 ? 0 : 1;

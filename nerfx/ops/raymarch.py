@@ -116,4 +116,4 @@ def march_rays(rays_o: torch.Tensor, rays_d: torch.Tensor, grid: OccupancyGrid, 
     counts = offsets[1:] - offsets[:-1]
     rays = torch.repeat_interleave(torch.arange(n, device=o.device), counts,
                                    output_size=t_start.shape[0])
-    return RaySamples(positions, d[rays], t_start, t_end, offsets, rays, resume)
+    return RaySamples(positions, d.index_select(0, rays), t_start, t_end, offsets, rays, resume)

@@ -9,6 +9,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 
 namespace nerfx {
 
@@ -46,6 +47,30 @@ NERFX_HD inline float max_of(float a, float b) {
   return fmaxf(a, b);
 #else
   return a > b ? a : b;
+#endif
+}
+
+// The exponent e of a positive finite v = f * 2^e with f in [0.5, 1), as frexpf gives it, read
+// from the bits (v must be normal: not zero, not subnormal).
+NERFX_HD inline int exponent_of(float v) {
+#ifdef __CUDA_ARCH__
+  const uint32_t bits = __float_as_uint(v);
+#else
+  uint32_t bits;
+  std::memcpy(&bits, &v, sizeof bits);
+#endif
+  return int((bits >> 23) & 0xffu) - 126;
+}
+
+// 2^e as a float, exactly, for -126 <= e <= 127.
+NERFX_HD inline float power_of_two(int e) {
+  const uint32_t bits = uint32_t(e + 127) << 23;
+#ifdef __CUDA_ARCH__
+  return __uint_as_float(bits);
+#else
+  float v;
+  std::memcpy(&v, &bits, sizeof v);
+  return v;
 #endif
 }
 

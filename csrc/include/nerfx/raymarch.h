@@ -86,16 +86,17 @@ NERFX_HD inline CellRef locate(const GridGeometry& g, const float* p) {
     extent = max_of(extent, fabsf(u[a]));
   }
   int cascade = 0;
-  if (extent >= 1.0f) {
-    int exponent;
-    frexpf(extent, &exponent);  // extent = f * 2^exponent with f in [0.5, 1)
-    cascade = exponent < g.cascades - 1 ? exponent : g.cascades - 1;
+  if (extent >= 1.0f && g.cascades > 1) {
+    cascade = exponent_of(extent);  // extent = f * 2^exponent with f in [0.5, 1)
+    cascade = cascade < g.cascades - 1 ? cascade : g.cascades - 1;
   }
-  const float inv_scale = 1.0f / float(1 << cascade);
+  const float inv_scale = power_of_two(-cascade);
   CellRef ref{cascade, {0, 0, 0}, 0};
   int64_t index = cascade;
   for (int a = 0; a < 3; ++a) {
-    const float cell = floorf((u[a] * inv_scale + 1.0f) * 0.5f * float(g.resolution));
+    // floor, then clamp to the grid: clamping first and truncating gives the same cell
+    // without a floor (a library call or a long sequence on plain x86-64).
+    const float cell = (u[a] * inv_scale + 1.0f) * 0.5f * float(g.resolution);
     const int c = int(min_of(max_of(cell, 0.0f), float(g.resolution - 1)));
     ref.cell[a] = c;
     index = index * g.resolution + c;
