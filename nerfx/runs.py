@@ -1,8 +1,8 @@
 """Run folders: config.json, atomic checkpoints, and loading a trained pipeline back.
 
-A checkpoint holds tensors and plain values only, so it loads with weights_only=True; it is
-written to a temporary file and renamed over the last one, so a run killed at any moment leaves
-a loadable checkpoint.
+A checkpoint holds tensors and plain values only, so it loads with weights_only=True. Checkpoints
+and the JSON files are written to a temporary file and renamed over the last one, so a run killed
+at any moment leaves loadable files.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from nerfx.models.pipelines import build_pipeline
+from nerfx.models.pipelines import InstantNGPPipeline, NeRFPipeline, build_pipeline
 
 CHECKPOINT = "checkpoint.pt"
 CONFIG = "config.json"
@@ -27,6 +27,13 @@ def save_checkpoint(path: Path, payload: dict) -> None:
     """Writes atomically: a killed run leaves the previous checkpoint intact."""
     tmp = path.with_name(path.name + ".tmp")
     torch.save(payload, tmp)
+    os.replace(tmp, path)
+
+
+def write_json(path: Path, value: dict) -> None:
+    """Writes atomically, as save_checkpoint does: the old file or the new one, never half."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(value, indent=1))
     os.replace(tmp, path)
 
 
@@ -53,7 +60,8 @@ def read_config(run: Path) -> dict:
     return config
 
 
-def load_pipeline(run: Path, device: torch.device | str = "cpu"):
+def load_pipeline(run: Path, device: torch.device | str = "cpu"
+                  ) -> tuple[InstantNGPPipeline | NeRFPipeline, dict]:
     """-> (the trained pipeline in eval mode, the run's config dict)."""
     config = read_config(run)
     state = load_checkpoint(run / CHECKPOINT, device)

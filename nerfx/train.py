@@ -29,7 +29,15 @@ from nerfx.models.pipelines import MODELS, build_pipeline, make_optimizer
 from nerfx.ops import _dispatch
 from nerfx.render.renderer import camera_rays
 from nerfx.render.views import depth_picture, render_turntable, render_view, to_uint8
-from nerfx.runs import CHECKPOINT, CONFIG, RunError, load_checkpoint, read_config, save_checkpoint
+from nerfx.runs import (
+    CHECKPOINT,
+    CONFIG,
+    RunError,
+    load_checkpoint,
+    read_config,
+    save_checkpoint,
+    write_json,
+)
 
 CLOCK_MARKS = (1, 5, 15, 60, 300)  # seconds of training at which the paper reports test PSNR
 SAVE_EVERY = 250  # steps between checkpoints
@@ -232,7 +240,7 @@ def train(args: argparse.Namespace) -> dict:
     config = {"args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
               "recipe": cfg, "model": spec, "camera": camera, "turntable": turntable,
               "scene": str(folder), "load_downscale": load_downscale, "builtin_scene": builtin}
-    (out / CONFIG).write_text(json.dumps(config, indent=1))
+    write_json(out / CONFIG, config)
 
     pipeline = build_pipeline(spec).to(device)
     optimizer = make_optimizer(pipeline)
@@ -306,12 +314,12 @@ def train(args: argparse.Namespace) -> dict:
         "test_ssim": round(test_ssim, 4), "eval_views": len(views),
         "samples_per_second": round(samples_total / seconds_this_run) if samples_total else None,
         "device": str(device), "precision": cfg["precision"],
-        "backends": {op: REG.describe(device, (torch.float32,))
-                     for op, REG in _dispatch.REGISTRY.items()},
+        "backends": {op: backends.describe(device, (torch.float32,))
+                     for op, backends in _dispatch.REGISTRY.items()},
         "test_psnr_at_seconds": {str(k): round(v, 3) for k, v in sorted(clock_psnr.items())},
         "video": video.name if video else None,
     }
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    write_json(out / "metrics.json", metrics)
     print(f"{args.scene} {args.model}: {step} steps, {elapsed:.1f} s training, test PSNR "
           f"{test_psnr:.2f} dB (SSIM {test_ssim:.3f}) -> {out}", flush=True)
     return metrics

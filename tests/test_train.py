@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,7 +12,7 @@ from PIL import Image
 
 from nerfx import train
 from nerfx.render import __main__ as render_cli
-from nerfx.runs import RunError, load_pipeline
+from nerfx.runs import RunError, load_pipeline, write_json
 
 TINY = ["--scene", "lego", "--fast", "--downscale", "100", "--eval-views", "2",
         "--video-frames", "3", "--device", "cpu"]
@@ -124,3 +125,29 @@ def test_training_rays_on_random_or_white_backgrounds():
     _, _, white, target_white = rays.sample(64, g2, random_background=False)
     assert torch.equal(white, torch.ones(64, 3)) and torch.equal(target_white, white)
     assert torch.equal(g1.get_state(), g2.get_state())  # both draw the same random numbers
+
+
+def test_run_files_are_replaced_whole(tmp_path, monkeypatch):
+    """config.json and metrics.json go through a temporary file, like the checkpoint: a write
+    killed part-way leaves the previous file as it was."""
+    path = tmp_path / "config.json"
+    write_json(path, {"a": 1})
+    real_write_text = Path.write_text
+
+    def dies_half_way(self, text, *args, **kwargs):
+        real_write_text(self, text[: len(text) // 2], *args, **kwargs)
+        raise OSError("killed")
+
+    monkeypatch.setattr(Path, "write_text", dies_half_way)
+    with pytest.raises(OSError, match="killed"):
+        write_json(path, {"a": 2, "b": "x" * 100})
+    monkeypatch.undo()
+    assert json.loads(path.read_text()) == {"a": 1}
+    write_json(path, {"a": 2})
+    assert json.loads(path.read_text()) == {"a": 2}
+
+
+def test_render_refuses_a_turntable_without_frames(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        render_cli.parse_args([str(tmp_path), "--video", "--frames", "0"])
+    assert "--frames must be at least 1" in capsys.readouterr().err

@@ -30,7 +30,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--views", help="test views to render, e.g. 0,5,9 (default: all)")
     p.add_argument("--out", type=Path, help="output folder (default: the run folder)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.frames < 1:
+        p.error(f"--frames must be at least 1, got {args.frames}")
+    return args
 
 
 def render_test_views(pipeline, config: dict, views: str | None, out: Path) -> list[Path]:
