@@ -119,7 +119,7 @@ class NeRFPipeline(nn.Module):
 
 def make_optimizer(pipeline: nn.Module) -> torch.optim.Adam:
     """Adam with the pipeline's settings, fused (one vectorised kernel for all parameters rather
-    than a loop over tensors; see benches/bench_train.py) where torch supports it."""
+    than a loop over tensors) where torch supports it."""
     settings = dict(lr=pipeline.lr, betas=pipeline.betas, eps=pipeline.eps)
     try:
         return torch.optim.Adam(pipeline.parameters(), fused=True, **settings)
