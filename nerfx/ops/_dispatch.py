@@ -30,6 +30,10 @@ def _no_reason(device: torch.device) -> str | None:
     return None
 
 
+def _no_limit(problem: tuple) -> str | None:
+    return None
+
+
 @dataclass(frozen=True)
 class Backend:
     name: str
@@ -37,14 +41,20 @@ class Backend:
     dtypes: tuple[torch.dtype, ...]  # tensor dtypes served
     run: Callable
     unavailable: Callable[[torch.device], str | None] = field(default=_no_reason)
+    # Sizes served: why not for an op's `problem` tuple (e.g. attention's head dim), else None.
+    limits: Callable[[tuple], str | None] = field(default=_no_limit)
 
-    def reasons(self, device: torch.device, dtypes: tuple[torch.dtype, ...]) -> list[str]:
+    def reasons(self, device: torch.device, dtypes: tuple[torch.dtype, ...],
+                problem: tuple = ()) -> list[str]:
         found = []
         if device.type not in self.devices:
             found.append(f"runs on {'/'.join(self.devices)} tensors, not {device.type}")
         bad = sorted({str(d).removeprefix("torch.") for d in dtypes if d not in self.dtypes})
         if bad:
             found.append(f"does not support dtype {', '.join(bad)}")
+        limit = self.limits(problem) if problem else None
+        if limit:
+            found.append(limit)
         if not found:
             why = self.unavailable(device)
             if why:
@@ -80,30 +90,37 @@ def triton_available(device: torch.device) -> str | None:
 class OpBackends:
     """The backends of one op and the choice among them."""
 
-    def __init__(self, op: str, backends: list[Backend]):
+    def __init__(self, op: str, backends: list[Backend],
+                 auto_order: dict[str, tuple[str, ...]] | None = None):
         self.op = op
         self.backends = {b.name: b for b in backends}
+        self.auto_order = AUTO_ORDER if auto_order is None else auto_order
 
-    def select(self, requested: str, device: torch.device,
-               dtypes: tuple[torch.dtype, ...]) -> Backend:
-        """The backend that serves these tensors; raises BackendError with the reasons if none."""
-        return self.backends[_choose(self.op, requested, device.type, tuple(dtypes))]
+    def select(self, requested: str, device: torch.device, dtypes: tuple[torch.dtype, ...],
+               problem: tuple = ()) -> Backend:
+        """The backend that serves these tensors; raises BackendError with the reasons if none.
 
-    def choose(self, requested: str, device_type: str, dtypes: tuple[torch.dtype, ...]) -> str:
+        problem: hashable sizes some backends are limited in (plain ints), checked by `limits`.
+        """
+        return self.backends[_choose(self.op, requested, device.type, tuple(dtypes),
+                                     tuple(problem))]
+
+    def choose(self, requested: str, device_type: str, dtypes: tuple[torch.dtype, ...],
+               problem: tuple = ()) -> str:
         if requested == "auto":
             requested = os.environ.get(ENV_VAR, "auto") or "auto"
         device = torch.device(device_type)
         if requested == "auto":
-            for name in AUTO_ORDER.get(device.type, ("torch",)):
+            for name in self.auto_order.get(device.type, ("torch",)):
                 backend = self.backends.get(name)
-                if backend is not None and not backend.reasons(device, dtypes):
+                if backend is not None and not backend.reasons(device, dtypes, problem):
                     return name
             raise BackendError(f"{self.op}: no backend serves {device.type} tensors of "
                                f"{[str(d) for d in dtypes]}")
         if requested not in self.backends:
             raise BackendError(f"{self.op}: unknown backend {requested!r}; "
                                f"choose from {['auto', *self.backends]}")
-        reasons = self.backends[requested].reasons(device, dtypes)
+        reasons = self.backends[requested].reasons(device, dtypes, problem)
         if reasons:
             raise BackendError(f"{self.op}: backend {requested!r} cannot serve this call: "
                                + "; ".join(reasons))
@@ -121,9 +138,10 @@ REGISTRY: dict[str, OpBackends] = {}
 
 
 @torch._dynamo.assume_constant_result
-def _choose(op: str, requested: str, device_type: str, dtypes: tuple[torch.dtype, ...]) -> str:
+def _choose(op: str, requested: str, device_type: str, dtypes: tuple[torch.dtype, ...],
+            problem: tuple = ()) -> str:
     # Evaluated eagerly when torch.compile traces an op: the choice is a constant of the graph.
-    return REGISTRY[op].choose(requested, device_type, dtypes)
+    return REGISTRY[op].choose(requested, device_type, dtypes, problem)
 
 
 def register(op: OpBackends) -> OpBackends:
