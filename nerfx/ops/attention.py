@@ -29,7 +29,7 @@ from nerfx.ref.attention import attention as reference_attention
 
 HEAD_DIMS = (16, 32, 40, 64, 80, 96, 128)  # served by the triton kernels
 FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
-AUTO_ORDER = {"cuda": ("sdpa", "torch"), "cpu": ("sdpa", "torch")}  # triton joins with its kernels
+AUTO_ORDER = {"cuda": ("triton", "sdpa", "torch"), "cpu": ("sdpa", "torch")}
 
 
 # --- triton backend: torch.library ops with fake and autograd registrations ----------------

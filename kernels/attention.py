@@ -1,0 +1,430 @@
+"""Fused attention in Triton, FlashAttention-2 style (Dao 2023), forward and backward.
+
+Forward: one program per (block of queries, batch x head); it walks the keys in blocks with an
+online softmax in base 2 (scores pre-multiplied by scale·log2 e, so exp2 replaces exp), never
+materialising the score matrix, and saves the log-sum-exp (base 2) of each query's row.
+Backward: a pre-pass delta_i = sum_d O_id dO_id; a dK/dV pass (one program per key block, looping
+over the query blocks that see it) and a dQ pass (one program per query block, looping over keys);
+the probabilities are recomputed from the saved log-sum-exp. No atomics: every output element is
+written by one program, so the passes are deterministic.
+
+Precision: fp16/bf16 inputs multiply in their dtype with fp32 accumulation (softmax statistics,
+accumulators and gradients in fp32); fp32 inputs multiply in IEEE fp32, or TF32 when torch allows
+it (torch.get_float32_matmul_precision() != "highest"), as torch.matmul does; fp64 in fp64.
+Any sequence length (masked in the kernel); head dims up to 128, padded to a power of two in
+registers only. Dense tensors may have any strides with a unit last stride; packed (varlen)
+sequences follow CSR offsets. Causal masking is top-left aligned (key j visible to query i when
+j <= i). A query without visible keys gives zeros.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+LOG2E = 1.4426950408889634
+INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
+
+
+# --- device functions ------------------------------------------------------------------------
+
+@triton.jit
+def _sequence(offsets_ptr, b, fixed_len, VARLEN: tl.constexpr):
+    """(first row, length) of sequence b: from the CSR offsets, or b and the fixed length."""
+    if VARLEN:
+        start = tl.load(offsets_ptr + b)
+        length = (tl.load(offsets_ptr + b + 1) - start).to(tl.int32)
+    else:
+        start = b.to(tl.int64)
+        length = fixed_len
+    return start, length
+
+
+@triton.jit
+def _dot(a, b, UPCAST: tl.constexpr, PRECISION: tl.constexpr):
+    # The interpreter multiplies bf16 wrongly (TOOLCHAIN.md): it gets fp32 operands there.
+    if UPCAST:
+        a = a.to(tl.float32)
+        b = b.to(tl.float32)
+    return tl.dot(a, b, input_precision=PRECISION)
+
+
+# --- forward ------------------------------------------------------------------------------
+
+@triton.jit
+def _forward_kernel(Q, K, V, Out, Lse, Scales, q_offsets, k_offsets,
+                    sqb, sqh, sqs, skb, skh, sks, svb, svh, svs, sob, soh, sos, slb, slh,
+                    n_heads, len_q, len_k, LQ_KEY, LK_KEY,
+                    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr,
+                    VARLEN: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
+                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    start_m = tl.program_id(0) * BLOCK_M
+    bh = tl.program_id(1)
+    b = bh // n_heads
+    h = (bh % n_heads).to(tl.int64)
+    q_start, lq = _sequence(q_offsets, b, len_q, VARLEN)
+    k_start, lk = _sequence(k_offsets, b, len_k, VARLEN)
+    if start_m >= lq:
+        return
+    qk_scale = tl.load(Scales)  # scale * log2(e), in the accumulator dtype
+    rows = start_m + tl.arange(0, BLOCK_M)  # [M]
+    cols0 = tl.arange(0, BLOCK_N)  # [N]
+    dims = tl.arange(0, BLOCK_D)  # [Dp]
+    d_ok = dims < HEAD_DIM
+    q_ok = (rows[:, None] < lq) & d_ok[None, :]
+    q = tl.load(Q + q_start * sqb + h * sqh + rows[:, None] * sqs + dims[None, :], mask=q_ok,
+                other=0.0)  # [M, Dp]
+    k_base = K + k_start * skb + h * skh
+    v_base = V + k_start * svb + h * svh
+    acc_dtype = qk_scale.dtype
+    m_i = tl.full([BLOCK_M], -1.0e30, acc_dtype)  # running max (finite: empty rows stay NaN-free)
+    l_i = tl.zeros([BLOCK_M], acc_dtype)  # running sum of exp2
+    acc = tl.zeros([BLOCK_M, BLOCK_D], acc_dtype)
+    hi = lk
+    if CAUSAL:
+        hi = tl.minimum(lk, start_m + BLOCK_M)
+    for start_n in range(0, hi, BLOCK_N):
+        cols = start_n + cols0
+        kv_ok = (cols[:, None] < lk) & d_ok[None, :]
+        k = tl.load(k_base + cols[:, None] * sks + dims[None, :], mask=kv_ok, other=0.0)
+        s = _dot(q, tl.trans(k), UPCAST, PRECISION).to(acc_dtype) * qk_scale  # [M, N]
+        visible = cols[None, :] < lk
+        if CAUSAL:
+            visible = visible & (cols[None, :] <= rows[:, None])
+        s = tl.where(visible, s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        alpha = tl.exp2(m_i - m_new)
+        p = tl.exp2(s - m_new[:, None])  # [M, N]
+        l_i = l_i * alpha + tl.sum(p, 1)
+        v = tl.load(v_base + cols[:, None] * svs + dims[None, :], mask=kv_ok, other=0.0)
+        acc = acc * alpha[:, None] + _dot(p.to(v.dtype), v, UPCAST, PRECISION).to(acc_dtype)
+        m_i = m_new
+    empty = l_i == 0.0
+    l_safe = tl.where(empty, 1.0, l_i)
+    out = acc / l_safe[:, None]
+    lse = tl.where(empty, float("inf"), m_i + tl.log2(l_safe))  # inf: zero probabilities in bwd
+    tl.store(Out + q_start * sob + h * soh + rows[:, None] * sos + dims[None, :],
+             out.to(Out.dtype.element_ty), mask=q_ok)
+    tl.store(Lse + q_start * slb + h * slh + rows, lse, mask=rows < lq)
+
+
+# --- backward -----------------------------------------------------------------------------
+
+@triton.jit
+def _delta_kernel(Out, dOut, Delta, q_offsets, sob, soh, sos, sgb, sgh, sgs, slb, slh, n_heads,
+                  len_q, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, VARLEN: tl.constexpr,
+                  BLOCK_M: tl.constexpr):
+    """delta_i = sum_d O_id dO_id, one value per query row, in Delta's (the lse's) layout."""
+    start_m = tl.program_id(0) * BLOCK_M
+    bh = tl.program_id(1)
+    b = bh // n_heads
+    h = (bh % n_heads).to(tl.int64)
+    q_start, lq = _sequence(q_offsets, b, len_q, VARLEN)
+    if start_m >= lq:
+        return
+    rows = start_m + tl.arange(0, BLOCK_M)
+    dims = tl.arange(0, BLOCK_D)
+    ok = (rows[:, None] < lq) & (dims[None, :] < HEAD_DIM)
+    acc_dtype = Delta.dtype.element_ty
+    o = tl.load(Out + q_start * sob + h * soh + rows[:, None] * sos + dims[None, :], mask=ok,
+                other=0.0).to(acc_dtype)
+    do = tl.load(dOut + q_start * sgb + h * sgh + rows[:, None] * sgs + dims[None, :], mask=ok,
+                 other=0.0).to(acc_dtype)
+    tl.store(Delta + q_start * slb + h * slh + rows, tl.sum(o * do, 1), mask=rows < lq)
+
+
+@triton.jit
+def _dkdv_kernel(Q, K, V, dOut, Lse, Delta, dK, dV, Scales, q_offsets, k_offsets,
+                 sqb, sqh, sqs, skb, skh, sks, svb, svh, svs, sgb, sgh, sgs, slb, slh,
+                 sdkb, sdkh, sdks, sdvb, sdvh, sdvs, n_heads, len_q, len_k, LQ_KEY, LK_KEY,
+                 HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr,
+                 VARLEN: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
+                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """One block of keys: dV = sum_i P_ij dO_i, dK = scale * sum_i dS_ij Q_i over the queries."""
+    start_n = tl.program_id(0) * BLOCK_N
+    bh = tl.program_id(1)
+    b = bh // n_heads
+    h = (bh % n_heads).to(tl.int64)
+    q_start, lq = _sequence(q_offsets, b, len_q, VARLEN)
+    k_start, lk = _sequence(k_offsets, b, len_k, VARLEN)
+    if start_n >= lk:
+        return
+    qk_scale = tl.load(Scales)
+    scale = tl.load(Scales + 1)
+    acc_dtype = qk_scale.dtype
+    cols = start_n + tl.arange(0, BLOCK_N)  # [N] keys of this program
+    rows0 = tl.arange(0, BLOCK_M)
+    dims = tl.arange(0, BLOCK_D)
+    d_ok = dims < HEAD_DIM
+    kv_ok = (cols[:, None] < lk) & d_ok[None, :]
+    k = tl.load(K + k_start * skb + h * skh + cols[:, None] * sks + dims[None, :], mask=kv_ok,
+                other=0.0)  # [N, Dp]
+    v = tl.load(V + k_start * svb + h * svh + cols[:, None] * svs + dims[None, :], mask=kv_ok,
+                other=0.0)  # [N, Dp]
+    dk = tl.zeros([BLOCK_N, BLOCK_D], acc_dtype)
+    dv = tl.zeros([BLOCK_N, BLOCK_D], acc_dtype)
+    q_base = Q + q_start * sqb + h * sqh
+    g_base = dOut + q_start * sgb + h * sgh
+    l_base = q_start * slb + h * slh
+    lo = 0
+    if CAUSAL:
+        lo = (start_n // BLOCK_M) * BLOCK_M  # earlier queries see none of these keys
+    for start_m in range(lo, lq, BLOCK_M):
+        rows = start_m + rows0
+        q_ok = (rows[:, None] < lq) & d_ok[None, :]
+        q = tl.load(q_base + rows[:, None] * sqs + dims[None, :], mask=q_ok, other=0.0)
+        do = tl.load(g_base + rows[:, None] * sgs + dims[None, :], mask=q_ok, other=0.0)
+        lse = tl.load(Lse + l_base + rows, mask=rows < lq, other=float("inf"))  # [M]
+        delta = tl.load(Delta + l_base + rows, mask=rows < lq, other=0.0)  # [M]
+        s_t = _dot(k, tl.trans(q), UPCAST, PRECISION).to(acc_dtype) * qk_scale  # [N, M]
+        p_t = tl.exp2(s_t - lse[None, :])  # rows past lq: lse = inf, p = 0
+        if CAUSAL:
+            p_t = tl.where(cols[:, None] <= rows[None, :], p_t, 0.0)
+        dv += _dot(p_t.to(do.dtype), do, UPCAST, PRECISION).to(acc_dtype)
+        dp_t = _dot(v, tl.trans(do), UPCAST, PRECISION).to(acc_dtype)  # [N, M]
+        ds_t = p_t * (dp_t - delta[None, :])
+        dk += _dot(ds_t.to(q.dtype), q, UPCAST, PRECISION).to(acc_dtype)
+    tl.store(dK + k_start * sdkb + h * sdkh + cols[:, None] * sdks + dims[None, :],
+             (dk * scale).to(dK.dtype.element_ty), mask=kv_ok)
+    tl.store(dV + k_start * sdvb + h * sdvh + cols[:, None] * sdvs + dims[None, :],
+             dv.to(dV.dtype.element_ty), mask=kv_ok)
+
+
+@triton.jit
+def _dq_kernel(Q, K, V, dOut, Lse, Delta, dQ, Scales, q_offsets, k_offsets,
+               sqb, sqh, sqs, skb, skh, sks, svb, svh, svs, sgb, sgh, sgs, slb, slh,
+               sdqb, sdqh, sdqs, n_heads, len_q, len_k, LQ_KEY, LK_KEY,
+               HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr,
+               VARLEN: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
+               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """One block of queries: dQ = scale * sum_j dS_ij K_j over the keys it sees."""
+    start_m = tl.program_id(0) * BLOCK_M
+    bh = tl.program_id(1)
+    b = bh // n_heads
+    h = (bh % n_heads).to(tl.int64)
+    q_start, lq = _sequence(q_offsets, b, len_q, VARLEN)
+    k_start, lk = _sequence(k_offsets, b, len_k, VARLEN)
+    if start_m >= lq:
+        return
+    qk_scale = tl.load(Scales)
+    scale = tl.load(Scales + 1)
+    acc_dtype = qk_scale.dtype
+    rows = start_m + tl.arange(0, BLOCK_M)
+    cols0 = tl.arange(0, BLOCK_N)
+    dims = tl.arange(0, BLOCK_D)
+    d_ok = dims < HEAD_DIM
+    q_ok = (rows[:, None] < lq) & d_ok[None, :]
+    q = tl.load(Q + q_start * sqb + h * sqh + rows[:, None] * sqs + dims[None, :], mask=q_ok,
+                other=0.0)  # [M, Dp]
+    do = tl.load(dOut + q_start * sgb + h * sgh + rows[:, None] * sgs + dims[None, :],
+                 mask=q_ok, other=0.0)  # [M, Dp]
+    l_base = q_start * slb + h * slh
+    lse = tl.load(Lse + l_base + rows, mask=rows < lq, other=float("inf"))  # [M]
+    delta = tl.load(Delta + l_base + rows, mask=rows < lq, other=0.0)  # [M]
+    k_base = K + k_start * skb + h * skh
+    v_base = V + k_start * svb + h * svh
+    dq = tl.zeros([BLOCK_M, BLOCK_D], acc_dtype)
+    hi = lk
+    if CAUSAL:
+        hi = tl.minimum(lk, start_m + BLOCK_M)
+    for start_n in range(0, hi, BLOCK_N):
+        cols = start_n + cols0
+        kv_ok = (cols[:, None] < lk) & d_ok[None, :]
+        k = tl.load(k_base + cols[:, None] * sks + dims[None, :], mask=kv_ok, other=0.0)
+        v = tl.load(v_base + cols[:, None] * svs + dims[None, :], mask=kv_ok, other=0.0)
+        s = _dot(q, tl.trans(k), UPCAST, PRECISION).to(acc_dtype) * qk_scale  # [M, N]
+        p = tl.exp2(s - lse[:, None])
+        visible = cols[None, :] < lk
+        if CAUSAL:
+            visible = visible & (cols[None, :] <= rows[:, None])
+        p = tl.where(visible, p, 0.0)
+        dp = _dot(do, tl.trans(v), UPCAST, PRECISION).to(acc_dtype)  # [M, N]
+        ds = p * (dp - delta[:, None])
+        dq += _dot(ds.to(k.dtype), k, UPCAST, PRECISION).to(acc_dtype)
+    tl.store(dQ + q_start * sdqb + h * sdqh + rows[:, None] * sdqs + dims[None, :],
+             (dq * scale).to(dQ.dtype.element_ty), mask=q_ok)
+
+
+# --- launch configuration ----------------------------------------------------------------------
+
+def _configs(kind: str, head_dim_pad: int) -> list[triton.Config]:
+    """Candidate blocks on a GPU (autotuned once per head dim, causality and length bucket).
+
+    Starting points from the Triton fused-attention tutorial and flash-attention's Triton port:
+    forward 128x64 (queries x keys) with 4-8 warps; backward 64x64 / 128x32 style tiles.
+    """
+    if kind == "fwd":
+        shapes = [(128, 64, 4, 3), (128, 64, 8, 3), (64, 64, 4, 3), (128, 128, 8, 3),
+                  (64, 32, 4, 4)]
+    elif kind == "dkdv":  # BLOCK_M queries looped over, BLOCK_N keys owned
+        shapes = [(32, 128, 4, 3), (64, 64, 4, 3), (64, 128, 8, 3), (32, 64, 4, 4)]
+    else:  # dq: BLOCK_M queries owned, BLOCK_N keys looped over
+        shapes = [(128, 32, 4, 3), (64, 64, 4, 3), (128, 64, 8, 3), (64, 32, 4, 4)]
+    if head_dim_pad > 64:  # large tiles of a 128-wide head spill registers
+        shapes = [s for s in shapes if s[0] * s[1] <= 128 * 64]
+    return [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=st)
+            for m, n, w, st in shapes]
+
+
+# The interpreter runs one program at a time (~1 ms each): big blocks, no autotuning there.
+INTERPRETER_BLOCKS = {"BLOCK_M": 64, "BLOCK_N": 64}
+_KEY = ["HEAD_DIM", "CAUSAL", "LQ_KEY", "LK_KEY"]
+_tuned: dict[str, object] = {}
+
+
+def _kernel(kind: str, device: torch.device, head_dim_pad: int):
+    """The kernel to launch and its fixed meta-parameters (none when autotuned)."""
+    raw = {"fwd": _forward_kernel, "dkdv": _dkdv_kernel, "dq": _dq_kernel}[kind]
+    if device.type != "cuda":
+        return raw, dict(INTERPRETER_BLOCKS)
+    name = f"{kind}-{head_dim_pad}"
+    if name not in _tuned:
+        _tuned[name] = triton.autotune(_configs(kind, head_dim_pad), key=_KEY)(raw)
+    return _tuned[name], {}
+
+
+def _length_key(n: int) -> int:
+    return triton.next_power_of_2(max(int(n), 16))
+
+
+def _dot_settings(dtype: torch.dtype, device: torch.device) -> dict:
+    if dtype == torch.float32 and torch.get_float32_matmul_precision() != "highest":
+        precision = "tf32"
+    else:
+        precision = "ieee"
+    upcast = device.type != "cuda" and dtype == torch.bfloat16
+    return {"UPCAST": upcast, "PRECISION": precision}
+
+
+def _scales(scale: float, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    acc = torch.float64 if dtype == torch.float64 else torch.float32
+    return torch.tensor([scale * LOG2E, scale], dtype=acc, device=device)
+
+
+def _strides(t: torch.Tensor, varlen: bool) -> tuple[int, int, int]:
+    """(per-sequence, per-head, per-row) strides: dense [B, H, L, D]; packed [total, H, D]."""
+    if varlen:
+        return t.stride(0), t.stride(1), t.stride(0)
+    return t.stride(0), t.stride(1), t.stride(2)
+
+
+def _lse_strides(lse: torch.Tensor, varlen: bool) -> tuple[int, int]:
+    # Dense lse [B, H, Lq]: (per-sequence, per-head); packed [H, total_q]: the sequence's first
+    # row is added as an offset, so its "per-sequence" stride is 1.
+    return (1, lse.stride(0)) if varlen else (lse.stride(0), lse.stride(1))
+
+
+def _unit_last(t: torch.Tensor) -> torch.Tensor:
+    return t if t.stride(-1) == 1 else t.contiguous()
+
+
+def empty_out(q: torch.Tensor, offsets: torch.Tensor | None) -> torch.Tensor:
+    """The output buffer: dense [B, H, Lq, D] stored as [B, Lq, H, D], so that merging the heads
+    ([B, Lq, H * D]) is free; packed like q."""
+    if offsets is not None:
+        return torch.empty_like(q, memory_format=torch.contiguous_format)
+    b, h, lq, d = q.shape
+    return q.new_empty(b, lq, h, d).transpose(1, 2)
+
+
+def _geometry(q, k, offsets, max_q, max_k):
+    varlen = offsets is not None
+    if varlen:
+        n_batch, n_heads, head_dim = offsets.numel() - 1, q.shape[1], q.shape[2]
+    else:
+        n_batch, n_heads, head_dim = q.shape[0], q.shape[1], q.shape[3]
+    return varlen, n_batch, n_heads, head_dim, triton.next_power_of_2(head_dim)
+
+
+def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, offsets: torch.Tensor | None,
+            kv_offsets: torch.Tensor | None, max_q: int, max_k: int, scale: float,
+            causal: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """q: [B, H, Lq, D] (or packed [total_q, H, D] with offsets [B + 1]), k, v likewise
+    -> (out like q, lse: base-2 log-sum-exp of scale·log2(e)·q·k [B, H, Lq] or [H, total_q])."""
+    q, k, v = _unit_last(q), _unit_last(k), _unit_last(v)
+    varlen, n_batch, n_heads, head_dim, block_d = _geometry(q, k, offsets, max_q, max_k)
+    acc = torch.float64 if q.dtype == torch.float64 else torch.float32
+    out = empty_out(q, offsets)
+    lse_shape = (n_heads, q.shape[0]) if varlen else tuple(q.shape[:3])
+    lse = torch.empty(lse_shape, dtype=acc, device=q.device)
+    if q.numel() == 0 or max_q == 0 or n_batch == 0:
+        return out.zero_(), lse.fill_(float("inf"))
+    if k.numel() == 0 or max_k == 0:
+        return out.zero_(), lse.fill_(float("inf"))
+    offsets_q = offsets if varlen else lse  # unused pointer when dense
+    offsets_k = kv_offsets if varlen else lse
+    kernel, meta = _kernel("fwd", q.device, block_d)
+
+    def grid(m):
+        return (triton.cdiv(max_q, m["BLOCK_M"]), n_batch * n_heads)
+
+    kernel[grid](q, k, v, out, lse, _scales(scale, q.dtype, q.device), offsets_q, offsets_k,
+                 *_strides(q, varlen), *_strides(k, varlen), *_strides(v, varlen),
+                 *_strides(out, varlen), *_lse_strides(lse, varlen), n_heads, max_q, max_k,
+                 _length_key(max_q), _length_key(max_k), HEAD_DIM=head_dim, BLOCK_D=block_d,
+                 CAUSAL=causal, VARLEN=varlen, **_dot_settings(q.dtype, q.device), **meta)
+    return out, lse
+
+
+def backward(grad_out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+             out: torch.Tensor, lse: torch.Tensor, offsets: torch.Tensor | None,
+             kv_offsets: torch.Tensor | None, max_q: int, max_k: int, scale: float,
+             causal: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """-> (dq like q, dk like k, dv like v), accumulated in fp32 (fp64 for fp64 inputs)."""
+    q, k, v, out = _unit_last(q), _unit_last(k), _unit_last(v), _unit_last(out)
+    grad_out = _unit_last(grad_out)
+    varlen, n_batch, n_heads, head_dim, block_d = _geometry(q, k, offsets, max_q, max_k)
+    dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    if q.numel() == 0 or k.numel() == 0 or n_batch == 0 or max_q == 0 or max_k == 0:
+        return dq.zero_(), dk.zero_(), dv.zero_()
+    if varlen:  # keys of sequences that no program visits (no queries) still need zeros
+        dk.zero_()
+        dv.zero_()
+    delta = torch.empty_like(lse)
+    offsets_q = offsets if varlen else lse
+    offsets_k = kv_offsets if varlen else lse
+    scales = _scales(scale, q.dtype, q.device)
+    dots = _dot_settings(q.dtype, q.device)
+    common = dict(HEAD_DIM=head_dim, BLOCK_D=block_d, VARLEN=varlen)
+    keys = (_length_key(max_q), _length_key(max_k))
+    q_st, k_st, v_st = _strides(q, varlen), _strides(k, varlen), _strides(v, varlen)
+    g_st, l_st = _strides(grad_out, varlen), _lse_strides(lse, varlen)
+
+    delta_block = 64
+    _delta_kernel[(triton.cdiv(max_q, delta_block), n_batch * n_heads)](
+        out, grad_out, delta, offsets_q, *_strides(out, varlen), *g_st, *l_st, n_heads, max_q,
+        BLOCK_M=delta_block, **common)
+
+    kernel, meta = _kernel("dkdv", q.device, block_d)
+
+    def grid_k(m):
+        return (triton.cdiv(max_k, m["BLOCK_N"]), n_batch * n_heads)
+
+    kernel[grid_k](q, k, v, grad_out, lse, delta, dk, dv, scales, offsets_q, offsets_k,
+                   *q_st, *k_st, *v_st, *g_st, *l_st, *_strides(dk, varlen),
+                   *_strides(dv, varlen), n_heads, max_q, max_k, *keys, CAUSAL=causal,
+                   **common, **dots, **meta)
+
+    kernel, meta = _kernel("dq", q.device, block_d)
+
+    def grid_q(m):
+        return (triton.cdiv(max_q, m["BLOCK_M"]), n_batch * n_heads)
+
+    kernel[grid_q](q, k, v, grad_out, lse, delta, dq, scales, offsets_q, offsets_k,
+                   *q_st, *k_st, *v_st, *g_st, *l_st, *_strides(dq, varlen), n_heads, max_q,
+                   max_k, *keys, CAUSAL=causal, **common, **dots, **meta)
+    return dq, dk, dv
+
+
+def flops(batch: int, heads: int, len_q: int, len_k: int, head_dim: int, causal: bool,
+          mode: str) -> float:
+    """FLOPs counted as flash-attention does: 4·B·H·Lq·Lk·D forward, 2.5x that for the backward
+    (so 3.5x for forward+backward); half with a causal mask."""
+    fwd = 4.0 * batch * heads * len_q * len_k * head_dim * (0.5 if causal else 1.0)
+    return fwd * {"fwd": 1.0, "bwd": 2.5, "fwd+bwd": 3.5}[mode]
+
+
+__all__ = ["backward", "empty_out", "flops", "forward"]
