@@ -1,0 +1,83 @@
+"""Image utilities for the image models (VAE, diffusion, ViT): float to uint8, a grid of images,
+and PNG files written atomically (a run killed mid-write leaves the old file or the new one).
+
+Images are float tensors [B, C, H, W] (C = 1 or 3) in a stated value range: [-1, 1] for the
+diffusion models, [0, 1] for the VAE. Nothing here imports the NeRF code.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+__all__ = ["make_grid", "save_grid", "to_uint8", "write_png"]
+
+
+def to_uint8(images: torch.Tensor, value_range: tuple[float, float] = (-1.0, 1.0)) -> torch.Tensor:
+    """Maps value_range linearly onto 0..255, clamped and rounded; any shape, uint8 out."""
+    lo, hi = value_range
+    if not hi > lo:
+        raise ValueError(f"value_range must be (low, high) with high > low, got {value_range}")
+    x = (images.detach().float() - lo) * (255.0 / (hi - lo))
+    return x.clamp_(0, 255).round_().to(torch.uint8)
+
+
+def make_grid(images: torch.Tensor, nrow: int | None = None, padding: int = 2,
+              pad_value: float = 1.0) -> torch.Tensor:
+    """Tiles images [B, C, H, W] into one [C, rows*(H+p)+p, nrow*(W+p)+p] image, row by row.
+
+    nrow (images per row) defaults to ceil(sqrt(B)); the gaps and unused cells are pad_value.
+    """
+    if images.dim() != 4:
+        raise ValueError(f"make_grid expects [B, C, H, W], got shape {tuple(images.shape)}")
+    b, c, h, w = images.shape
+    if b == 0:
+        raise ValueError("make_grid: no images")
+    nrow = nrow or math.ceil(math.sqrt(b))
+    rows = math.ceil(b / nrow)
+    grid = images.new_full((c, rows * (h + padding) + padding, nrow * (w + padding) + padding),
+                           pad_value)
+    for i in range(b):
+        r, col = divmod(i, nrow)
+        y, x = padding + r * (h + padding), padding + col * (w + padding)
+        grid[:, y:y + h, x:x + w] = images[i]
+    return grid
+
+
+def write_png(path: str | os.PathLike, image: np.ndarray | torch.Tensor) -> Path:
+    """Writes a uint8 image ([H, W], [H, W, C], or a [C, H, W] tensor) as PNG, atomically."""
+    if isinstance(image, torch.Tensor):
+        if image.dim() == 3 and image.shape[0] in (1, 3, 4) and image.shape[-1] not in (1, 3, 4):
+            image = image.permute(1, 2, 0)  # [C, H, W] -> [H, W, C]
+        image = image.detach().cpu().numpy()
+    if image.dtype != np.uint8:
+        raise ValueError(f"write_png expects uint8 pixels, got {image.dtype} (see to_uint8)")
+    if image.ndim == 3 and image.shape[-1] == 1:
+        image = image[..., 0]
+    if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[-1] not in (3, 4)):
+        raise ValueError(f"write_png expects [H, W], [H, W, 3|4] or [C, H, W], got {image.shape}")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            Image.fromarray(np.ascontiguousarray(image)).save(f, format="PNG")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def save_grid(images: torch.Tensor, path: str | os.PathLike, nrow: int | None = None,
+              value_range: tuple[float, float] = (-1.0, 1.0), padding: int = 2) -> Path:
+    """Saves images [B, C, H, W] in value_range as one PNG grid (atomically); returns the path."""
+    grid = make_grid(images.detach().float().cpu(), nrow=nrow, padding=padding,
+                     pad_value=value_range[1])
+    return write_png(path, to_uint8(grid, value_range))
