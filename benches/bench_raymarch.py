@@ -22,7 +22,7 @@ IMPLS = ["torch", "cpu", "cuda", "nerfacc"]
 def sphere_grid(device: str) -> OccupancyGrid:
     grid = OccupancyGrid([0, 0, 0, 1, 1, 1], resolution=128).to(device)
     grid.update(0, lambda x: ((x - 0.5).norm(dim=-1) < 0.35).float() * 100.0,
-                generator=torch.Generator(device).manual_seed(0))
+                step_size=math.sqrt(3) / 1024, generator=torch.Generator(device).manual_seed(0))
     return grid
 
 
@@ -40,7 +40,7 @@ def nerfacc_marcher(grid: OccupancyGrid, device: str, step: float):
         pytest.skip("nerfacc's grid sampler runs on CUDA only")
     estimator = nerfacc.OccGridEstimator(roi_aabb=grid.aabb, resolution=grid.resolution,
                                          levels=1).to(device)
-    occupied = grid.occupied_at(grid.cell_points(torch.arange(grid.density.numel(),
+    occupied = grid.occupied_at(grid.cell_points(torch.arange(grid.optical_thickness.numel(),
                                                               device=device), jitter=False))
     estimator.binaries.copy_(occupied.view(estimator.binaries.shape))
     return lambda o, d: estimator.sampling(o, d, render_step_size=step)

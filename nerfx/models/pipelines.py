@@ -50,8 +50,16 @@ class InstantNGPPipeline(nn.Module):
         self.grid = OccupancyGrid(aabb, resolution=grid_resolution, cascades=cascades,
                                   decay=decay)
         extent = max(b - a for a, b in zip(aabb[:3], aabb[3:], strict=True))
-        self.step_size = math.sqrt(3) * extent / step_divisor  # the paper's sqrt(3)/1024 of a box
+        # The marching step (world units), defined once: the march takes it and the grid stores
+        # the optical thickness sigma * step_size of it. The paper's is sqrt(3)/1024 of the
+        # cascade-0 box (step_divisor 1024; instant-ngp MIN_CONE_STEPSIZE()).
+        self.step_size = math.sqrt(3) * extent / step_divisor
         self.backend = backend
+        # Checkpoints whose grid predates optical thickness load with raw densities converted
+        # to a unit step; re-express them for this step at once (and re-threshold the bitfield).
+        self.register_load_state_dict_post_hook(
+            lambda module, _keys: module.grid.set_step_size(module.step_size)
+            if float(module.grid.step_size) > 0 else None)
 
     @staticmethod
     def lr_factor(step: int) -> float:
@@ -66,7 +74,7 @@ class InstantNGPPipeline(nn.Module):
     def train_forward(self, rays_o: torch.Tensor, rays_d: torch.Tensor, background: torch.Tensor,
                       target: torch.Tensor, step: int,
                       generator: torch.Generator | None = None) -> TrainOutput:
-        self.grid.update(step, self.field.density, generator=generator)
+        self.grid.update(step, self.field.density, step_size=self.step_size, generator=generator)
         out, n_samples = render_rays(self.field, self.grid, rays_o, rays_d,
                                      step_size=self.step_size, background=background,
                                      backend=self.backend)

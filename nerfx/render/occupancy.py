@@ -1,11 +1,27 @@
-"""Instant-NGP's occupancy grid: a density estimate per cell, thresholded into a packed bitfield
-that the ray marcher reads to skip empty space.
+"""Instant-NGP's occupancy grid: per cell, the optical thickness of one minimal marching step,
+thresholded into a packed bitfield that the ray marcher reads to skip empty space.
 
-State lives in buffers, so the grid saves and loads with the model's state_dict.
+What is stored, and why. A cell holds sigma * dt: the density sigma (1 / world unit) that the
+field gives inside the cell, times the smallest step dt the marcher takes (world units), i.e.
+the optical thickness of one step, dimensionless; 1 - exp(-sigma * dt) is that step's opacity.
+A cell is occupied when its thickness exceeds min(0.01, mean thickness): a minimal step there
+would absorb more than about 1 % of the light (Mueller et al. 2022, appendix E.2: "thresholding
+the opacity of a minimal ray marching step by 1 - exp(-0.01) ~ 0.01", i.e. a density of
+0.01 * 1024 / sqrt(3) in the unit cube; instant-ngp src/testbed_nerf.cu writes
+`density * MIN_CONE_STEPSIZE()` in splat_grid_samples_nerf_max_nearest_neighbor and keeps a cell
+when it exceeds `min(NERF_MIN_OPTICAL_THICKNESS(), mean)` in grid_to_bitfield). Thresholding
+sigma itself would be in the wrong units: with dt = sqrt(3)/1024 of a 3-unit box a density of
+0.01 is an opacity of 5e-5 per step, so nearly empty space would stay occupied.
+
+State lives in buffers, so the grid saves and loads with the model's state_dict. Checkpoints
+written before the grid stored thickness (a `density` buffer) still load: see
+OccupancyGrid._load_from_state_dict.
 """
 
 from __future__ import annotations
 
+import math
+import warnings
 from collections.abc import Callable, Sequence
 
 import torch
@@ -13,20 +29,42 @@ from torch import nn
 
 from nerfx.ref.raymarch import GridGeometry, locate, occupied
 
+# Dimensionless optical thickness of one minimal step above which a cell is occupied (instant-ngp
+# NERF_MIN_OPTICAL_THICKNESS() = 0.01; paper appendix E.2).
+MIN_OPTICAL_THICKNESS = 0.01
+# Instant-NGP's minimal step: sqrt(3) / 1024 of the cascade-0 box's side (MIN_CONE_STEPSIZE(),
+# NERF_STEPS() = 1024 in instant-ngp's nerf_device.cuh), in that box's units.
+PAPER_STEPS_PER_BOX = 1024
+
+
+def paper_step_size(aabb: Sequence[float] | torch.Tensor) -> float:
+    """Instant-NGP's minimal step, sqrt(3)/1024 of the largest side of `aabb` (world units)."""
+    aabb = torch.as_tensor(aabb, dtype=torch.float32).flatten()
+    return math.sqrt(3) / PAPER_STEPS_PER_BOX * float((aabb[3:] - aabb[:3]).max())
+
 
 class OccupancyGrid(nn.Module):
     """resolution^3 cells per cascade; cascade c covers the aabb's center +- half size * 2^c.
 
     aabb: [6] (x_min, y_min, z_min, x_max, y_max, z_max) of cascade 0. Every cell starts
-    occupied. update() follows the paper's schedule: every `update_every` steps, decay all
-    densities by `decay`, re-evaluate all cells during the first `warmup_steps` steps and then a
-    quarter of the cells uniformly plus as many occupied ones, and mark a cell occupied when its
-    density exceeds min(threshold, mean density).
+    occupied. `optical_thickness` [cascades * resolution^3] holds sigma * dt per cell (see the
+    module docstring), dt being `step_size` (world units), the minimal step of the marcher that
+    reads the grid; the same dt serves every cascade, as in instant-ngp (its per-cascade factor
+    2^level is commented out in splat_grid_samples_nerf_max_nearest_neighbor), which is exact
+    for nerfx's constant-step march and conservative (keeps more cells) under cone steps.
+
+    update() follows the paper's schedule: every `update_every` steps, decay every cell's
+    thickness by `decay`, re-evaluate all cells during the first `warmup_steps` steps and then a
+    quarter of the cells uniformly plus as many occupied ones (keeping the maximum of the decayed
+    and the fresh value), and mark a cell occupied when its thickness exceeds
+    min(threshold, mean thickness of cascade 0) (instant-ngp: grid_to_bitfield, with the mean of
+    max(value, 0) over cascade 0's cells; cells no camera sees count as 0).
     """
 
     def __init__(self, aabb: Sequence[float] | torch.Tensor, resolution: int = 128,
-                 cascades: int = 1, decay: float = 0.95, threshold: float = 0.01,
-                 update_every: int = 16, warmup_steps: int = 256):
+                 cascades: int = 1, decay: float = 0.95,
+                 threshold: float = MIN_OPTICAL_THICKNESS, update_every: int = 16,
+                 warmup_steps: int = 256):
         super().__init__()
         aabb = torch.as_tensor(aabb, dtype=torch.float32).flatten()
         if aabb.numel() != 6 or not bool((aabb[3:] > aabb[:3]).all()):
@@ -39,7 +77,10 @@ class OccupancyGrid(nn.Module):
         self.update_every, self.warmup_steps = update_every, warmup_steps
         n_cells = cascades * resolution**3
         self.register_buffer("aabb", aabb)
-        self.register_buffer("density", torch.zeros(n_cells))
+        # sigma * dt per cell (dimensionless), dt = the step_size buffer.
+        self.register_buffer("optical_thickness", torch.zeros(n_cells))
+        # The dt (world units) the thickness is measured with; 0 until the first update.
+        self.register_buffer("step_size", torch.zeros(()))
         self.register_buffer("visible", torch.ones(n_cells, dtype=torch.bool))
         self.register_buffer("bitfield", torch.full((n_cells // 8,), 255, dtype=torch.uint8))
 
@@ -69,42 +110,86 @@ class OccupancyGrid(nn.Module):
         return occupied(self.bitfield, locate(points.float(), self.geometry))
 
     @torch.no_grad()
-    def update(self, step: int, density_fn: Callable[[torch.Tensor], torch.Tensor],
-               chunk: int = 2**18, generator: torch.Generator | None = None) -> bool:
-        """Re-estimates densities on the paper's schedule; True when this step updated."""
+    def update(self, step: int, density_fn: Callable[[torch.Tensor], torch.Tensor], *,
+               step_size: float, chunk: int = 2**18,
+               generator: torch.Generator | None = None) -> bool:
+        """Re-estimates the cells on the paper's schedule; True when this step updated.
+
+        density_fn: world positions [M, 3] -> density sigma [M] (1 / world unit), the field's
+        raw density. step_size: the marcher's minimal step dt (world units), the one passed to
+        march_rays; the grid stores sigma * dt. A changed step_size rescales what is stored.
+        """
         if step % self.update_every:
             return False
-        device = self.density.device
+        self.set_step_size(step_size, repack=False)
+        thickness = self.optical_thickness
+        device = thickness.device
         if step < self.warmup_steps:
-            cells = torch.arange(self.density.numel(), device=device)
+            cells = torch.arange(thickness.numel(), device=device)
         else:
-            quarter = max(self.density.numel() // 4, 1)
-            uniform = torch.randint(0, self.density.numel(), (quarter,), device=device,
+            quarter = max(thickness.numel() // 4, 1)
+            uniform = torch.randint(0, thickness.numel(), (quarter,), device=device,
                                     generator=generator)
-            occupied_cells = torch.nonzero(self.density > self._cutoff()).flatten()
+            occupied_cells = torch.nonzero(thickness > self._cutoff()).flatten()
             if occupied_cells.numel():
                 pick = torch.randint(0, occupied_cells.numel(), (quarter,), device=device,
                                      generator=generator)
                 uniform = torch.cat([uniform, occupied_cells[pick]])
             cells = uniform
         points = self.cell_points(cells, generator=generator)
-        fresh = torch.cat([density_fn(points[i:i + chunk]).reshape(-1).float()
+        sigma = torch.cat([density_fn(points[i:i + chunk]).reshape(-1).float()
                            for i in range(0, points.shape[0], chunk)])
-        decayed = self.density * self.decay
-        decayed[cells] = torch.maximum(decayed[cells], fresh)
-        self.density.copy_(torch.where(self.visible, decayed, torch.zeros_like(decayed)))
+        fresh = sigma * step_size  # optical thickness of one minimal step
+        thickness.mul_(self.decay)
+        # Duplicate cells keep their largest sample (instant-ngp: atomicMax in the splat).
+        thickness.scatter_reduce_(0, cells, fresh, reduce="amax")
+        thickness.mul_(self.visible)
         self._pack()
         return True
 
+    @torch.no_grad()
+    def set_step_size(self, step_size: float, repack: bool = True) -> None:
+        """Re-expresses the stored thickness for a new minimal step (it is linear in dt)."""
+        if not step_size > 0:
+            raise ValueError(f"OccupancyGrid: step_size must be a positive length in world "
+                             f"units, got {step_size}")
+        old = float(self.step_size)
+        if abs(old - step_size) <= 1e-6 * step_size:  # the buffer holds float32
+            return
+        if old > 0:
+            self.optical_thickness.mul_(step_size / old)
+        self.step_size.fill_(step_size)
+        if repack and old > 0:
+            self._pack()
+
     def _cutoff(self) -> float:
-        seen = self.density[self.visible]
-        mean = float(seen.mean()) if seen.numel() else 0.0
-        return min(self.threshold, mean)
+        cascade0 = self.optical_thickness[: self.resolution**3]
+        return min(self.threshold, float(cascade0.clamp(min=0).mean()))
 
     def _pack(self) -> None:
-        bits = (self.density > self._cutoff()) & self.visible  # [n_cells]
+        if float(self.step_size) > 0:
+            bits = (self.optical_thickness > self._cutoff()) & self.visible  # [n_cells]
+        else:  # no estimate yet: every visible cell may hold something
+            bits = self.visible
         weights = 2 ** torch.arange(8, device=bits.device)
         self.bitfield.copy_((bits.view(-1, 8).long() * weights).sum(-1).to(torch.uint8))
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
+                              unexpected_keys, error_msgs):
+        """Checkpoints from before the grid stored thickness hold `density` (sigma, 1 / world
+        unit, thresholded as such): sigma is sigma * dt for dt = 1 world unit, so it loads as the
+        thickness of a unit step; the next update() or set_step_size() rescales it to the
+        marcher's step (InstantNGPPipeline does so on load) and re-thresholds the bitfield."""
+        legacy = prefix + "density"
+        if legacy in state_dict and prefix + "optical_thickness" not in state_dict:
+            warnings.warn("OccupancyGrid: this checkpoint predates optical-thickness grids (it "
+                          "stores raw density); converting it (sigma as the thickness of a unit "
+                          "step, rescaled to the marching step on the next update)",
+                          stacklevel=2)
+            state_dict[prefix + "optical_thickness"] = state_dict.pop(legacy).float()
+            state_dict[prefix + "step_size"] = torch.ones(())
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
+                                      unexpected_keys, error_msgs)
 
     @torch.no_grad()
     def mark_unseen_empty(self, camera_to_world: torch.Tensor, focal: tuple[float, float],
@@ -115,7 +200,8 @@ class OccupancyGrid(nn.Module):
         camera_to_world: [n_cams, 4, 4] (OpenGL/NeRF convention: camera looks down -z),
         focal (fx, fy), principal point (cx, cy) and image size (width, height) in pixels.
         """
-        centers = self.cell_points(torch.arange(self.density.numel(), device=self.density.device),
+        n_cells = self.optical_thickness.numel()
+        centers = self.cell_points(torch.arange(n_cells, device=self.optical_thickness.device),
                                    jitter=False)  # [n_cells, 3]
         seen = torch.zeros(centers.shape[0], dtype=torch.bool, device=centers.device)
         world_to_camera = torch.linalg.inv(camera_to_world.float().to(centers.device))
@@ -126,8 +212,9 @@ class OccupancyGrid(nn.Module):
             y = -focal[1] * cam[:, 1] / depth.clamp(min=1e-6) + principal[1]
             seen |= (depth > near) & (x >= 0) & (x < size[0]) & (y >= 0) & (y < size[1])
         self.visible &= seen
+        self.optical_thickness.mul_(self.visible)
         self._pack()
         return int((~seen).sum())
 
     def occupied_fraction(self) -> float:
-        return float(((self.density > self._cutoff()) & self.visible).float().mean())
+        return float(((self.optical_thickness > self._cutoff()) & self.visible).float().mean())

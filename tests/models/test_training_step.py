@@ -26,6 +26,7 @@ def test_loss_falls_and_the_field_finds_the_toy():
     grid = OccupancyGrid(model.aabb, resolution=32)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-2, betas=(0.9, 0.99), eps=1e-15)
     losses = []
+    step_size = math.sqrt(3) * 3 / 128  # world units: the march's step and the grid's dt
     for step in range(160):
         cam = torch.randint(0, 20, (512,), generator=gen)
         u = torch.randint(0, size, (512,), generator=gen).float()
@@ -34,9 +35,8 @@ def test_loss_falls_and_the_field_finds_the_toy():
         rgb, alpha, _ = lego.cast_rays(o, d, prims)
         background = torch.rand(512, 3, generator=gen)
         target = rgb + (1 - alpha[:, None]) * background
-        grid.update(step, model.density)
-        out, _ = render_rays(model, grid, o, d, step_size=math.sqrt(3) * 3 / 128,
-                             background=background)
+        grid.update(step, model.density, step_size=step_size)
+        out, _ = render_rays(model, grid, o, d, step_size=step_size, background=background)
         loss = torch.nn.functional.mse_loss(out.color, target)
         optimizer.zero_grad()
         loss.backward()

@@ -20,7 +20,7 @@ def random_grid(cascades=1, resolution=16, fill=0.3, seed=0, device="cpu") -> Oc
     grid = OccupancyGrid([-1.0, -0.5, 0.0, 1.0, 0.5, 2.0], resolution=resolution,
                          cascades=cascades)
     gen = torch.Generator().manual_seed(seed)
-    bits = torch.rand(grid.density.shape, generator=gen) < fill
+    bits = torch.rand(grid.optical_thickness.shape, generator=gen) < fill
     grid.bitfield.copy_((bits.view(-1, 8).long() * 2 ** torch.arange(8)).sum(-1).to(torch.uint8))
     return grid.to(device)
 
@@ -122,8 +122,9 @@ def test_grid_update_of_a_known_density():
     def density(x):
         return ((x - 0.5).norm(dim=-1) < radius).float() * 10.0
 
-    assert grid.update(0, density, generator=torch.Generator().manual_seed(0))
-    assert not grid.update(5, density)
+    step = 0.01  # sigma * dt = 0.1 inside: occupied; 0 outside
+    assert grid.update(0, density, step_size=step, generator=torch.Generator().manual_seed(0))
+    assert not grid.update(5, density, step_size=step)
     cells = torch.arange(16**3)
     centers = grid.cell_points(cells, jitter=False)
     dist = (centers - 0.5).norm(dim=-1)
@@ -132,14 +133,14 @@ def test_grid_update_of_a_known_density():
     occ = grid.occupied_at(centers)
     assert occ[inside].all() and not occ[outside].any()
     # Decay: with no density anywhere the old values fade but stay above zero.
-    before = grid.density.clone()
-    grid.update(16, lambda x: torch.zeros(x.shape[0]))
-    torch.testing.assert_close(grid.density, before * 0.95)
+    before = grid.optical_thickness.clone()
+    grid.update(16, lambda x: torch.zeros(x.shape[0]), step_size=step)
+    torch.testing.assert_close(grid.optical_thickness, before * 0.95)
 
 
 def test_cells_no_camera_sees_are_emptied_and_state_round_trips():
     grid = OccupancyGrid([-1, -1, -1, 1, 1, 1], resolution=8)
-    grid.update(0, lambda x: torch.ones(x.shape[0]))
+    grid.update(0, lambda x: torch.ones(x.shape[0]), step_size=0.1)
     pose = torch.eye(4)
     pose[2, 3] = 3.0  # at z = 3 looking down -z, narrow field of view
     n = grid.mark_unseen_empty(pose[None], focal=(400.0, 400.0), principal=(50.0, 50.0),
@@ -160,7 +161,7 @@ def test_compacting_inference_equals_full_render(backend, device):
         inside = ((x - 0.5).norm(dim=-1) < 0.3).float()
         return inside * 30.0, torch.sigmoid(x * 4 + d)
 
-    grid.update(0, lambda x: field(x, torch.zeros_like(x))[0],
+    grid.update(0, lambda x: field(x, torch.zeros_like(x))[0], step_size=0.005,
                 generator=torch.Generator(device).manual_seed(0))
     gen = torch.Generator().manual_seed(0)
     o = (torch.rand(257, 3, generator=gen) + torch.tensor([0.0, 0.0, -1.5])).to(device)

@@ -1,0 +1,123 @@
+"""The occupancy grid stores sigma * dt, the optical thickness of one minimal marching step, and
+keeps a cell when it exceeds min(0.01, mean) (Instant-NGP): checked against the closed form of a
+known density blob, and on old checkpoints that stored raw density."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from nerfx.models.pipelines import build_pipeline
+from nerfx.render.occupancy import MIN_OPTICAL_THICKNESS, OccupancyGrid, paper_step_size
+
+AABB = [-1.5, -1.5, -1.5, 1.5, 1.5, 1.5]  # the built-in lego's box (world units)
+RES = 32
+SIGMA0, WIDTH = 200.0, 0.4  # blob peak density (1 / world unit) and standard deviation (world)
+
+
+def blob_of_cell(ijk: torch.Tensor) -> torch.Tensor:
+    """Density of the blob at the centre of integer cells [M, 3] (float64)."""
+    h = (AABB[3] - AABB[0]) / RES
+    centre = (ijk.double() + 0.5) * h + AABB[0]
+    return SIGMA0 * torch.exp(-(centre**2).sum(-1) / (2 * WIDTH**2))
+
+
+def blob_field(x: torch.Tensor) -> torch.Tensor:
+    """A Gaussian blob in empty space, constant within each grid cell (its value at the cell's
+    centre), so every jittered sample of a cell sees the same density."""
+    ijk = ((x.double() - AABB[0]) / (AABB[3] - AABB[0]) * RES).floor().clamp(0, RES - 1)
+    return blob_of_cell(ijk).float()
+
+
+def all_cells() -> torch.Tensor:
+    i = torch.arange(RES)
+    return torch.stack(torch.meshgrid(i, i, i, indexing="ij"), -1).reshape(-1, 3)  # flat order
+
+
+def test_blob_keeps_exactly_the_cells_whose_step_is_thick_enough():
+    dt = paper_step_size(AABB)  # sqrt(3)/1024 * 3 world units
+    grid = OccupancyGrid(AABB, resolution=RES)
+    gen = torch.Generator().manual_seed(0)
+    for step in range(grid.warmup_steps):  # the warm-up: every cell, every 16 steps
+        grid.update(step, blob_field, step_size=dt, generator=gen)
+    expected_thickness = blob_of_cell(all_cells()) * dt
+    torch.testing.assert_close(grid.optical_thickness.double(), expected_thickness,
+                               rtol=1e-5, atol=0)
+    # The blob is thick enough that the mean exceeds 0.01: the threshold is 0.01 itself.
+    assert expected_thickness.mean() > MIN_OPTICAL_THICKNESS
+    keep = expected_thickness > MIN_OPTICAL_THICKNESS
+    centres = grid.cell_points(torch.arange(RES**3), jitter=False)
+    assert torch.equal(grid.occupied_at(centres), keep)
+    # Closed form of the kept ball: sigma0 exp(-r^2 / 2w^2) dt > 0.01.
+    radius = WIDTH * math.sqrt(2 * math.log(SIGMA0 * dt / MIN_OPTICAL_THICKNESS))
+    r = centres.double().norm(dim=-1)
+    assert keep[r < radius - 1e-6].all() and not keep[r > radius + 1e-6].any()
+    # Thresholding raw density (sigma > 0.01) would keep a far larger ball: it must not.
+    assert int(keep.sum()) < 0.5 * int((blob_of_cell(all_cells()) > 0.01).sum())
+
+
+def test_threshold_falls_to_the_mean_for_a_faint_scene():
+    dt = paper_step_size(AABB)
+    grid = OccupancyGrid(AABB, resolution=RES)
+    faint = 1e-3 / dt  # thickness 1e-3 < 0.01 everywhere in the blob's shape
+    grid.update(0, lambda x: blob_field(x) / SIGMA0 * faint, step_size=dt)
+    thickness = blob_of_cell(all_cells()) / SIGMA0 * 1e-3
+    assert thickness.max() < MIN_OPTICAL_THICKNESS
+    centres = grid.cell_points(torch.arange(RES**3), jitter=False)
+    assert torch.equal(grid.occupied_at(centres), thickness > thickness.mean())
+
+
+def test_every_cascade_stores_the_thickness_of_the_minimal_step():
+    """instant-ngp multiplies by MIN_CONE_STEPSIZE() in every cascade (its 2^level factor is
+    commented out), which is exact for a constant-step march."""
+    dt = 0.01
+    grid = OccupancyGrid(AABB, resolution=8, cascades=3)
+    grid.update(0, lambda x: torch.full((x.shape[0],), 3.0), step_size=dt)
+    torch.testing.assert_close(grid.optical_thickness, torch.full((3 * 8**3,), 3.0 * dt))
+
+
+def test_update_needs_the_step_and_a_new_step_rescales():
+    grid = OccupancyGrid(AABB, resolution=8)
+    with pytest.raises(TypeError):
+        grid.update(0, lambda x: torch.ones(x.shape[0]))  # raw density without its step
+    with pytest.raises(ValueError, match="positive length"):
+        grid.update(0, lambda x: torch.ones(x.shape[0]), step_size=0.0)
+    grid.update(0, lambda x: torch.full((x.shape[0],), 2.0), step_size=0.01)
+    grid.set_step_size(0.04)
+    torch.testing.assert_close(grid.optical_thickness, torch.full((8**3,), 0.08))
+
+
+def test_an_untouched_grid_marches_every_visible_cell():
+    grid = OccupancyGrid(AABB, resolution=8)
+    pose = torch.eye(4)
+    pose[2, 3] = 5.0
+    grid.mark_unseen_empty(pose[None], focal=(400.0, 400.0), principal=(50.0, 50.0),
+                           size=(100, 100))
+    centres = grid.cell_points(torch.arange(8**3), jitter=False)
+    assert torch.equal(grid.occupied_at(centres), grid.visible)
+    assert grid.visible.any() and not grid.visible.all()
+
+
+def test_checkpoints_that_stored_density_load_converted():
+    spec = {"name": "ngp", "aabb": AABB, "cascades": 1, "log2_hashmap_size": 12,
+            "grid_resolution": 16, "decay": 0.8, "step_divisor": 256}
+    pipeline = build_pipeline(spec)
+    state = pipeline.state_dict()
+    sigma = torch.rand(16**3, generator=torch.Generator().manual_seed(0)) * 4  # 1 / world unit
+    old = {k: v for k, v in state.items() if k not in ("grid.optical_thickness", "grid.step_size")}
+    old["grid.density"] = sigma  # as nerfx wrote it before the grid stored thickness
+    old["grid.bitfield"] = torch.full_like(state["grid.bitfield"], 255)
+    loaded = build_pipeline(spec)
+    with pytest.warns(UserWarning, match="predates optical-thickness"):
+        loaded.load_state_dict(old)
+    torch.testing.assert_close(loaded.grid.optical_thickness, sigma * pipeline.step_size)
+    assert float(loaded.grid.step_size) == pytest.approx(pipeline.step_size)
+    centres = loaded.grid.cell_points(torch.arange(16**3), jitter=False)
+    assert torch.equal(loaded.grid.occupied_at(centres),
+                       sigma * pipeline.step_size > MIN_OPTICAL_THICKNESS)
+    # A current checkpoint round-trips without a warning.
+    again = build_pipeline(spec)
+    again.load_state_dict(loaded.state_dict())
+    assert torch.equal(again.grid.bitfield, loaded.grid.bitfield)
