@@ -1,87 +1,105 @@
 """Builds nerfx._C, the one C++/CUDA extension, from the sources listed in csrc/sources.txt.
 
-CUDA kernels are compiled whenever torch is a CUDA build and a CUDA toolkit is found, also on a
-machine without a GPU; NERFX_BUILD_CUDA=0/1 forces either way. Install with
-`pip install --no-build-isolation -e .` after torch (see README.md).
+With torch importable (`pip install --no-build-isolation -e .`, as README.md says), the kernels are
+compiled now: the CPU kernels always, the CUDA kernels when nerfx/_build.py's decision finds a
+toolkit that fits torch (NERFX_BUILD_CUDA=0/1 forces either way). In pip's isolated build torch is
+not importable: nerfx then installs as pure Python and compiles the same sources, with the same
+decision and flags, on first use (nerfx/_ext.py).
 """
 
 from __future__ import annotations
 
-import glob
+import importlib.util
+import json
+import logging
 import os
 import sys
 from pathlib import Path
 
-from setuptools import setup
+from setuptools import find_packages, setup
 
 ROOT = Path(__file__).parent.resolve()
-# Architectures compiled when TORCH_CUDA_ARCH_LIST is unset and no GPU is visible.
-DEFAULT_CUDA_ARCHS = "8.0;8.6;8.9;9.0+PTX"
+CSRC = ROOT / "csrc"
 
 
-def read_sources() -> list[str]:
-    lines = (ROOT / "csrc" / "sources.txt").read_text().splitlines()
-    return [line.strip() for line in lines if line.strip() and not line.startswith("#")]
-
-
-def want_cuda(torch_cuda: str | None, cuda_home: str | None) -> bool:
-    forced = os.environ.get("NERFX_BUILD_CUDA")
-    if forced is not None:
-        if forced == "1" and (torch_cuda is None or cuda_home is None):
-            sys.exit("NERFX_BUILD_CUDA=1 needs a CUDA build of torch and a CUDA toolkit "
-                     "(CUDA_HOME)")
-        return forced == "1"
-    return torch_cuda is not None and cuda_home is not None
-
-
-def cuda_library_includes() -> list[str]:
-    """Headers of the CUDA libraries that torch's pip dependencies ship (nvidia/*/include)."""
-    found: list[str] = []
-    for site in sys.path:
-        for pattern in ("nvidia/cu*/include", "nvidia/*/include"):
-            found += [p for p in glob.glob(os.path.join(site, pattern)) if os.path.isdir(p)]
-    return sorted(set(found))
+def load_build_rules():
+    """nerfx/_build.py, loaded by path: importing the package here would need its dependencies."""
+    spec = importlib.util.spec_from_file_location("nerfx_build_rules", ROOT / "nerfx" / "_build.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
 
 
 def extension_modules():
     try:
         import torch
-        from torch.utils import cpp_extension
     except ImportError:
-        sys.exit("nerfx builds against torch: install torch first, then "
-                 "`pip install --no-build-isolation -e .` (see README.md)")
+        print("nerfx: torch is not importable in this build (pip's isolated build cannot see it): "
+              "installing without compiled kernels, which compile on first use into a cache "
+              "(`python -m nerfx.info --build` does it now; "
+              "`pip install --no-build-isolation -e .` builds them at install)", flush=True)
+        return [], {}
 
-    sources = read_sources()
-    with_cuda = want_cuda(torch.version.cuda, cpp_extension.CUDA_HOME)
-    if not with_cuda:
-        sources = [s for s in sources if not s.endswith(".cu")]
-    include_dirs = [str(ROOT / "csrc"), str(ROOT / "csrc" / "include")]
-    cxx = ["-O3", "-fopenmp"]
-    macros = []
-    if with_cuda:
-        if not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
-            os.environ["TORCH_CUDA_ARCH_LIST"] = DEFAULT_CUDA_ARCHS
-        archs = os.environ.get("TORCH_CUDA_ARCH_LIST", "visible GPUs")
-        macros = [("NERFX_WITH_CUDA", None), ("NERFX_CUDA_ARCHS", f'"{archs}"')]
-        include_dirs += cuda_library_includes()
+    rules = load_build_rules()
+    # Quiet torch's import-time guess of CUDA_HOME from the nvcc on PATH: the rules find it.
+    logger = logging.getLogger("torch.utils.cpp_extension")
+    logger.setLevel(logging.ERROR)
+    from torch.utils import cpp_extension
+    logger.setLevel(logging.NOTSET)
+
+    toolkit = rules.find_toolkit(os.environ, sys.path)
+    try:
+        decision = rules.decide_cuda(toolkit, torch.version.cuda, os.environ.get(rules.FORCE_VAR))
+    except rules.BuildError as exc:
+        sys.exit(str(exc))
+    print(decision.message(), flush=True)
+    archs = ""
+    if decision.build:
+        # Point torch's builder at the toolkit found (it would guess from the nvcc on PATH).
+        cpp_extension.CUDA_HOME = os.environ["CUDA_HOME"] = toolkit.root
+        archs = rules.cuda_archs(os.environ, torch.cuda.is_available())
+        if archs:
+            os.environ["TORCH_CUDA_ARCH_LIST"] = archs
+    flags = rules.build_flags(CSRC, decision.build, toolkit, sys.path, archs or "visible GPUs",
+                              ROOT / "build" / "cudart")
+    common = dict(
+        sources=[os.path.relpath(s, ROOT) for s in flags.sources],
+        include_dirs=flags.include_dirs, define_macros=list(flags.macros.items()),
+        library_dirs=flags.library_dirs, extra_link_args=flags.ldflags)
+    if decision.build:
         ext = cpp_extension.CUDAExtension(
-            "nerfx._C", sources, include_dirs=include_dirs, define_macros=macros,
-            extra_compile_args={"cxx": cxx, "nvcc": ["-O3", "--expt-relaxed-constexpr"]},
-            extra_link_args=["-fopenmp"])
+            "nerfx._C", extra_compile_args={"cxx": flags.cxx, "nvcc": flags.nvcc}, **common)
     else:
-        ext = cpp_extension.CppExtension(
-            "nerfx._C", sources, include_dirs=include_dirs, define_macros=macros,
-            extra_compile_args={"cxx": cxx}, extra_link_args=["-fopenmp"])
-    print(f"nerfx: building nerfx._C with CUDA={'yes' if with_cuda else 'no'}", flush=True)
-    build_ext = cpp_extension.BuildExtension.with_options(use_ninja=True)
-    return [ext], {"build_ext": build_ext}
+        ext = cpp_extension.CppExtension("nerfx._C", extra_compile_args={"cxx": flags.cxx},
+                                         **common)
+    record = {"how": "built at install", "cuda": decision.build, "reason": decision.reason,
+              "fix": decision.fix, "torch": torch.__version__}
+
+    class BuildExt(cpp_extension.BuildExtension.with_options(use_ninja=True)):
+        """Also writes what the build decided beside the module, for `python -m nerfx.info`."""
+
+        def run(self) -> None:
+            super().run()
+            built = Path(self.get_ext_fullpath(ext.name))
+            rules.atomic_write_text(built.with_name("_C.build.json"), json.dumps(record))
+
+    return [ext], {"build_ext": BuildExt}
+
+
+def csrc_packages() -> dict[str, str]:
+    """csrc/ ships inside the package as nerfx._csrc, so a first-use build has its sources."""
+    folders = [CSRC] + sorted(p for p in CSRC.rglob("*") if p.is_dir())
+    return {".".join(["nerfx._csrc", *p.relative_to(CSRC).parts]): str(p.relative_to(ROOT))
+            for p in folders}
 
 
 ext_modules, cmdclass = extension_modules()
+csrc = csrc_packages()
 setup(
-    packages=["nerfx", "nerfx.kernels"] + [f"nerfx.{p}" for p in
-                                            ("ops", "ref", "render", "models", "data")],
-    package_dir={"nerfx": "nerfx", "nerfx.kernels": "kernels"},
+    packages=find_packages(include=["nerfx", "nerfx.*"]) + ["nerfx.kernels", *csrc],
+    package_dir={"nerfx": "nerfx", "nerfx.kernels": "kernels", **csrc},
+    package_data={name: ["*.txt", "*.h", "*.cpp", "*.cu"] for name in csrc},
     ext_modules=ext_modules,
     cmdclass=cmdclass,
 )

@@ -1,10 +1,16 @@
-"""`python -m nerfx.info`: what this nerfx build holds and which backend each op would pick."""
+"""`python -m nerfx.info`: what this nerfx build holds and which backend each op would pick.
+
+`python -m nerfx.info --build` compiles the extension ahead of time when nerfx was installed
+without it (`pip install .`), instead of at the first op that needs it.
+"""
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import os
 import platform
+import time
 
 import torch
 
@@ -30,6 +36,11 @@ def report() -> str:
         cuda = f"yes, architectures {info['cuda_archs']}" if info["cuda"] else "no"
         lines.append(f"extension:  nerfx._C with CPU kernels (OpenMP: "
                      f"{'yes' if info['openmp'] else 'no'}); CUDA kernels: {cuda}")
+        where = info.get("cache") or info["path"]
+        lines.append(f"            {info['how']}, {where}")
+        if info.get("reason"):
+            why = f"            CUDA {'built' if info['cuda'] else 'left out'}: {info['reason']}"
+            lines.append(why + (f"; to get it: {info['fix']}" if info.get("fix") else ""))
     lines.append(f"threads:    {torch.get_num_threads()} (torch.get_num_threads)")
     try:
         import triton
@@ -56,5 +67,20 @@ def report() -> str:
     return "\n".join(lines)
 
 
-if __name__ == "__main__":
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m nerfx.info",
+                                     description=__doc__.split("\n")[0])
+    parser.add_argument("--build", action="store_true",
+                        help="compile the extension now if it was not built at install")
+    args = parser.parse_args(argv)
+    if args.build:
+        start = time.perf_counter()
+        why = _ext.unavailable_reason()
+        if why:
+            raise SystemExit(f"nerfx: the build failed: {why}")
+        print(f"extension ready in {time.perf_counter() - start:.1f} s")
     print(report())
+
+
+if __name__ == "__main__":
+    main()

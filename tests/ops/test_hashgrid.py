@@ -198,7 +198,7 @@ def test_explicit_backend_that_cannot_serve_says_why(monkeypatch):
     with pytest.raises(BackendError, match="unknown backend 'fast'"):
         hash_encode(x, params, backend="fast", **cfg)
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
-    with pytest.raises(BackendError, match="TRITON_INTERPRET=1"):
+    with pytest.raises(BackendError, match="TRITON_INTERPRET=1|triton is not installed"):
         hash_encode(x, params, backend="triton", **cfg)
 
 
@@ -237,11 +237,14 @@ def test_torch_compile_fullgraph(backend):
 
 
 def test_triton_is_tested_in_ci():
-    """CI sets TRITON_INTERPRET=1 so the triton backend's tests above cannot silently skip."""
+    """Without a GPU the suite runs Triton in its interpreter (tests/conftest.py sets
+    TRITON_INTERPRET=1), so the triton backend's tests above cannot silently skip."""
     import os
 
-    if os.environ.get("CI") == "true":
-        assert TRITON_ON_CPU, ".ci/run must set TRITON_INTERPRET=1"
+    if not torch.cuda.is_available():
+        assert TRITON_ON_CPU, "tests/conftest.py must set TRITON_INTERPRET=1 without a GPU"
+    if os.environ.get("CI") == "true" and os.environ.get("NERFX_FRESH_INSTALL") != "1":
+        import triton  # noqa: F401  (README command 1 installs it: the [triton] extra)
 
 
 def test_missing_extension_is_reported_with_the_fix(monkeypatch):

@@ -1,0 +1,156 @@
+"""The build's CUDA decision (nerfx/_build.py) on fake toolkits, and the first-use build's cache."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from nerfx import _build
+from nerfx._build import BuildError, Toolkit, decide_cuda, find_toolkit
+
+
+def make_toolkit(root: Path, version: str = "13.0", cudart: bool = True,
+                 headers: bool = True) -> Path:
+    """A fake CUDA toolkit: bin/nvcc answers --version and -dryrun as the real one does."""
+    (root / "bin").mkdir(parents=True)
+    nvcc = root / "bin" / "nvcc"
+    here = root / "bin"
+    nvcc.write_text(
+        "#!/bin/sh\n"
+        f'case "$1" in --version) echo "Cuda compilation tools, release {version}, V1";;\n'
+        f'  -dryrun) echo "#$ _HERE_={here}"; echo "#$ TOP={here}/..";; esac\n')
+    nvcc.chmod(nvcc.stat().st_mode | stat.S_IEXEC)
+    if headers:
+        (root / "include").mkdir()
+        (root / "include" / "cuda_runtime.h").write_text("")
+    if cudart:
+        (root / "lib64").mkdir()
+        (root / "lib64" / "libcudart.so").write_text("")
+    return root
+
+
+def wrapper(bin_dir: Path, target: Path) -> Path:
+    """A script named nvcc outside the toolkit that runs the real one (as /usr/local/bin/nvcc)."""
+    bin_dir.mkdir(parents=True, exist_ok=True)
+    script = bin_dir / "nvcc"
+    script.write_text(f'#!/bin/sh\nexec {target} "$@"\n')
+    script.chmod(script.stat().st_mode | stat.S_IEXEC)
+    return script
+
+
+def which_from(path: Path | None):
+    return lambda name: str(path) if path is not None else None
+
+
+def found(tmp_path: Path, environ=None, nvcc: Path | None = None, search_path=()) -> Toolkit:
+    return find_toolkit(environ or {}, search_path, which=which_from(nvcc),
+                        default_roots=[str(tmp_path / "no-default")])
+
+
+def test_wrapper_script_on_path_finds_the_real_toolkit(tmp_path):
+    """The case that broke README command 1: nvcc on PATH is a wrapper outside the toolkit."""
+    root = make_toolkit(tmp_path / "cuda-13.0")
+    toolkit = found(tmp_path, nvcc=wrapper(tmp_path / "usr-local" / "bin", root / "bin" / "nvcc"))
+    assert toolkit.root == str(root.resolve())
+    assert toolkit.nvcc_version == "13.0" and toolkit.has_headers
+    assert toolkit.cudart == str(root.resolve() / "lib64" / "libcudart.so")
+    assert decide_cuda(toolkit, "13.0").build
+
+
+def test_symlinked_root_and_symlinked_nvcc_resolve(tmp_path):
+    root = make_toolkit(tmp_path / "cuda-13.0")
+    (tmp_path / "cuda").symlink_to(root)
+    via_env = found(tmp_path, environ={"CUDA_HOME": str(tmp_path / "cuda")})
+    assert via_env.root == str(root.resolve()) and via_env.found_by == "CUDA_HOME"
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "nvcc").symlink_to(tmp_path / "cuda" / "bin" / "nvcc")
+    via_link = found(tmp_path, nvcc=tmp_path / "bin" / "nvcc")
+    assert via_link.root == str(root.resolve())
+
+
+def test_cuda_home_wins_over_path(tmp_path):
+    chosen = make_toolkit(tmp_path / "chosen", version="13.0")
+    other = make_toolkit(tmp_path / "other", version="12.4")
+    toolkit = found(tmp_path, environ={"CUDA_PATH": str(chosen)}, nvcc=other / "bin" / "nvcc")
+    assert toolkit.root == str(chosen.resolve()) and toolkit.nvcc_version == "13.0"
+
+
+def test_default_root_is_used_when_nothing_points_elsewhere(tmp_path):
+    root = make_toolkit(tmp_path / "usr-local-cuda")
+    toolkit = find_toolkit({}, (), which=which_from(None), default_roots=[str(root)])
+    assert toolkit.root == str(root.resolve()) and decide_cuda(toolkit, "13.0").build
+
+
+def test_no_toolkit_builds_cpu_kernels_and_says_how_to_get_cuda(tmp_path):
+    toolkit = found(tmp_path)
+    assert toolkit == Toolkit()
+    decision = decide_cuda(toolkit, "13.0")
+    assert not decision.build and "no CUDA toolkit found" in decision.reason
+    assert "CUDA 13 toolkit" in decision.fix and "pip install" in decision.fix
+    assert decision.message().startswith("nerfx: CPU kernels only (no CUDA toolkit found")
+    with pytest.raises(BuildError, match="NERFX_BUILD_CUDA=1 but .*no CUDA toolkit found"):
+        decide_cuda(toolkit, "13.0", forced="1")
+
+
+def test_major_version_mismatch_is_refused(tmp_path):
+    root = make_toolkit(tmp_path / "cuda-12.4", version="12.4")
+    decision = decide_cuda(found(tmp_path, environ={"CUDA_HOME": str(root)}), "13.0")
+    assert not decision.build
+    assert "nvcc 12.4" in decision.reason and "torch's CUDA 13.0" in decision.reason
+    assert "CUDA_HOME=/path/to/cuda-13" in decision.fix
+    # A minor difference is fine: CUDA keeps compatibility within a major version.
+    assert decide_cuda(found(tmp_path, environ={"CUDA_HOME": str(root)}), "12.8").build
+
+
+def test_toolkit_without_cudart_uses_torchs_wheel_or_refuses(tmp_path):
+    root = make_toolkit(tmp_path / "cuda", cudart=False)
+    toolkit = found(tmp_path, environ={"CUDA_HOME": str(root)})
+    assert toolkit.cudart is None
+    decision = decide_cuda(toolkit, "13.0")
+    assert not decision.build and "no libcudart" in decision.reason
+    site = tmp_path / "site-packages"
+    (site / "nvidia" / "cu13" / "lib").mkdir(parents=True)
+    (site / "nvidia" / "cu13" / "lib" / "libcudart.so.13").write_text("")
+    with_wheel = found(tmp_path, environ={"CUDA_HOME": str(root)}, search_path=[str(site)])
+    assert with_wheel.cudart.endswith("libcudart.so.13") and decide_cuda(with_wheel, "13.0").build
+    # -lcudart needs an unversioned name: the build links through a libcudart.so in scratch.
+    link_dir = _build.cudart_link_dir(with_wheel.cudart, tmp_path / "scratch")
+    assert os.path.realpath(Path(link_dir) / "libcudart.so") == with_wheel.cudart
+
+
+def test_toolkit_without_headers_is_refused(tmp_path):
+    root = make_toolkit(tmp_path / "cuda", headers=False)
+    decision = decide_cuda(found(tmp_path, environ={"CUDA_HOME": str(root)}), "13.0")
+    assert not decision.build and "no CUDA headers" in decision.reason
+
+
+def test_cpu_torch_and_forcing(tmp_path):
+    root = make_toolkit(tmp_path / "cuda")
+    toolkit = found(tmp_path, environ={"CUDA_HOME": str(root)})
+    assert not decide_cuda(toolkit, None).build
+    assert "torch is a CPU build" in decide_cuda(toolkit, None).reason
+    with pytest.raises(BuildError, match="torch is a CPU build"):
+        decide_cuda(toolkit, None, forced="1")
+    skipped = decide_cuda(toolkit, "13.0", forced="0")
+    assert not skipped.build and skipped.reason == "NERFX_BUILD_CUDA=0"
+    assert decide_cuda(toolkit, "13.0", forced="1").build
+
+
+def test_archs_default_without_a_gpu():
+    assert _build.cuda_archs({}, gpu_visible=False) == _build.DEFAULT_CUDA_ARCHS
+    assert _build.cuda_archs({}, gpu_visible=True) == ""
+    assert _build.cuda_archs({"TORCH_CUDA_ARCH_LIST": "9.0"}, gpu_visible=False) == "9.0"
+
+
+def test_sources_digest_changes_with_any_header(tmp_path):
+    csrc = tmp_path / "csrc"
+    (csrc / "include").mkdir(parents=True)
+    (csrc / "sources.txt").write_text("# list\ncsrc/a.cpp\n\ncsrc/b.cu\n")
+    (csrc / "include" / "m.h").write_text("int x;")
+    before = _build.sources_digest(csrc)
+    (csrc / "include" / "m.h").write_text("int y;")
+    assert _build.sources_digest(csrc) != before
+    assert _build.read_sources(csrc) == ["csrc/a.cpp", "csrc/b.cu"]
