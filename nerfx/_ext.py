@@ -20,6 +20,7 @@ import sys
 import threading
 import time
 import types
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
@@ -64,6 +65,9 @@ def load() -> ModuleType:
                 _module = _import_or_build()
             except Exception as exc:  # noqa: BLE001 - any load failure is reported, not raised here
                 _error = f"{type(exc).__name__}: {exc}"
+                warnings.warn(f"nerfx: the compiled kernels are unavailable ({_error}); "
+                              "backend='auto' uses the PyTorch reference or Triton instead",
+                              RuntimeWarning, stacklevel=3)
             else:
                 for hook in _on_load:
                     hook()

@@ -7,7 +7,6 @@ without it (`pip install .`), instead of at the first op that needs it.
 from __future__ import annotations
 
 import argparse
-import importlib
 import os
 import platform
 import time
@@ -15,17 +14,12 @@ import time
 import torch
 
 import nerfx
+import nerfx.ops  # noqa: F401  (importing the ops registers every backend in REGISTRY)
 from nerfx import _ext
 from nerfx.ops._dispatch import ENV_VAR, REGISTRY
 
-# Importing the op modules fills the registry.
-OP_MODULES = ("nerfx.ops.hashgrid", "nerfx.ops.composite", "nerfx.ops.raymarch")
-DTYPE_BY_OP = {"hash_encode": torch.float32}
-
 
 def report() -> str:
-    for module in OP_MODULES:
-        importlib.import_module(module)
     lines = [f"nerfx {nerfx.__version__}  (python {platform.python_version()}, torch "
              f"{torch.__version__}, CUDA runtime {torch.version.cuda or 'none'})"]
     why = _ext.unavailable_reason()
@@ -61,8 +55,8 @@ def report() -> str:
         lines.append(f"{ENV_VAR}={os.environ[ENV_VAR]} overrides backend='auto'")
     lines.append("backend chosen by backend='auto':")
     for name, op in sorted(REGISTRY.items()):
-        dtype = DTYPE_BY_OP.get(name, torch.float32)
-        picks = [f"{dev} -> {op.describe(torch.device(dev), (dtype,))}" for dev in ("cpu", "cuda")]
+        picks = [f"{dev} -> {op.describe(torch.device(dev), (torch.float32,))}"
+                 for dev in ("cpu", "cuda")]
         lines.append(f"  {name:<14} " + ", ".join(picks))
     return "\n".join(lines)
 

@@ -154,3 +154,30 @@ def test_sources_digest_changes_with_any_header(tmp_path):
     (csrc / "include" / "m.h").write_text("int y;")
     assert _build.sources_digest(csrc) != before
     assert _build.read_sources(csrc) == ["csrc/a.cpp", "csrc/b.cu"]
+
+
+def test_failed_first_use_build_warns_once_and_auto_falls_back(monkeypatch):
+    import torch
+
+    from nerfx import _ext
+    from nerfx.ops import hash_encode
+    from nerfx.ops._dispatch import BackendError
+    from nerfx.ref import hash_encode as reference
+
+    def broken() -> None:
+        raise RuntimeError("Error building extension 'nerfx_C': g++: not found")
+
+    monkeypatch.setattr(_ext, "_module", None)
+    monkeypatch.setattr(_ext, "_error", None)
+    monkeypatch.setattr(_ext, "_import_or_build", broken)
+    from tests.ops.test_hashgrid import config, make_inputs
+
+    cfg = config(2)
+    x, params = make_inputs(5, 3, cfg)
+    with pytest.warns(RuntimeWarning, match="g\\+\\+: not found.*PyTorch reference") as record:
+        out = hash_encode(x, params, backend="auto", **cfg)
+        hash_encode(x, params, backend="auto", **cfg)
+    assert len(record) == 1
+    torch.testing.assert_close(out, reference(x, params, **cfg))
+    with pytest.raises(BackendError, match="g\\+\\+: not found"):
+        hash_encode(x, params, backend="cpu", **cfg)
