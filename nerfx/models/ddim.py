@@ -50,16 +50,16 @@ class DDIMConfig:
 
 def ddim_timesteps(num_timesteps: int, steps: int, spacing: str = "uniform") -> list[int]:
     """The ascending subsequence τ of 0..T-1 (official runners/diffusion.py sample_image):
-    uniform: range(0, T, T // S); quadratic: (linspace(0, sqrt(0.8 T), S)²) as integers."""
+    uniform: range(0, T, T // S); quadratic: (linspace(0, sqrt(0.8 T), S)²) as integers, without
+    repeats (so possibly a step or two fewer than S)."""
     if not 1 <= steps <= num_timesteps:
         raise ValueError(f"DDIM steps must be in [1, {num_timesteps}], got {steps}")
     if spacing == "uniform":
         seq = list(range(0, num_timesteps, num_timesteps // steps))[:steps]
     elif spacing == "quadratic":
+        # The official list can repeat a step at the low end (int(0.33²) = int(0.1²) = 0);
+        # a repeated step moves nowhere, so it is dropped: S = 50 of T = 1000 gives 49 steps.
         seq = sorted({int(s) for s in np.linspace(0, np.sqrt(num_timesteps * 0.8), steps) ** 2})
-        if len(seq) < steps:  # very small T: collisions at the low end
-            raise ValueError(f"quadratic spacing gives only {len(seq)} distinct steps of "
-                             f"{num_timesteps} for S={steps}; use uniform spacing")
     else:
         raise ValueError(f"unknown DDIM spacing {spacing!r}: use one of {SPACINGS}")
     return seq
