@@ -262,8 +262,9 @@ def make_shapes(n: int, size: int = 32, seed: int = 0) -> tuple[torch.Tensor, to
     gx, gy = np.meshgrid(t, -t, indexing="xy")  # [size, size]
     pix = 2.0 / size
     images = np.empty((n, size, size, 3), dtype=np.uint8)
-    for start in range(0, n, 256):
-        sl = slice(start, min(start + 256, n))
+    chunk = max(1, min(256, 2 ** 20 // (size * size)))  # at most about 4 MB per float array
+    for start in range(0, n, chunk):
+        sl = slice(start, min(start + chunk, n))
         m = sl.stop - sl.start
         x, y = gx[None], gy[None]  # [1, H, W]
         # Background texture: a mix weight in [0, 1] per pixel, each image its own kind.
