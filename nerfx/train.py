@@ -14,6 +14,7 @@ import argparse
 import json
 import math
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -22,6 +23,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
+from nerfx import trainers
 from nerfx.data import lego
 from nerfx.data.scenes import Scene, SceneError, composite_on, load_scene
 from nerfx.metrics import psnr, ssim
@@ -326,6 +328,9 @@ def train(args: argparse.Namespace) -> dict:
 
 
 def main(argv: list[str] | None = None) -> dict:
+    argv = sys.argv[1:] if argv is None else argv
+    if trainers.handles(argv):      # --model vit|vae|ddpm: the image models' trainer
+        return trainers.main(argv)
     try:
         return train(parse_args(argv))
     except (SceneError, RunError) as exc:  # a bad folder: say which file and why, no traceback

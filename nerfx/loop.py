@@ -1,0 +1,128 @@
+"""The optimisation loop, checkpoints and resume that the image-model trainers share.
+
+A trainer is a `Task`: it owns its model, optimiser, data order and pictures, and takes one step
+at a time. `run_loop` drives it: a progress bar (loss, items per second), an atomic checkpoint
+every `save_every` steps and at the end (the task's state, torch's RNG state, the step and the
+seconds trained), pictures every `snapshot_every` steps, and a stop at `steps` or `max_seconds`.
+A run killed at any moment resumes from its last checkpoint with the same random state.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import torch
+from tqdm import tqdm
+
+from nerfx.runs import CHECKPOINT, load_checkpoint, save_checkpoint
+
+
+class Task(Protocol):
+    """One model's training, step by step."""
+
+    items_per_step: int          # images per step, for the progress bar's rate
+
+    def train_step(self, step: int) -> dict[str, float]: ...   # one optimiser step; its losses
+    def state_dict(self) -> dict: ...                           # tensors and plain values only
+    def load_state_dict(self, state: dict) -> None: ...
+    def snapshot(self, run: Path, step: int) -> None: ...      # pictures of progress
+
+
+@dataclass
+class LoopSettings:
+    steps: int                   # stop after this many steps in all
+    max_seconds: float | None = None   # or after this much training time in all
+    save_every: int = 500        # steps between checkpoints
+    snapshot_every: int = 0      # steps between pictures (0: only at the end)
+
+
+@dataclass
+class LoopState:
+    step: int = 0                # steps taken
+    seconds: float = 0.0         # training time so far, resumes included
+
+
+def save(run: Path, task: Task, state: LoopState) -> None:
+    save_checkpoint(run / CHECKPOINT, {"step": state.step, "seconds": state.seconds,
+                                       "task": task.state_dict(),
+                                       "rng": torch.get_rng_state()})
+
+
+def resume(run: Path, task: Task, device: torch.device | str = "cpu") -> LoopState:
+    """Loads the last checkpoint of a run into task; the loop continues where it stopped."""
+    payload = load_checkpoint(run / CHECKPOINT, device)
+    task.load_state_dict(payload["task"])
+    torch.set_rng_state(payload["rng"].cpu())
+    return LoopState(int(payload["step"]), float(payload["seconds"]))
+
+
+def run_loop(task: Task, run: Path, settings: LoopSettings, state: LoopState | None = None,
+             desc: str = "train") -> LoopState:
+    """Trains until settings.steps or settings.max_seconds; returns where it stopped."""
+    state = state or LoopState()
+    losses: dict[str, float] = {}
+    bar = tqdm(total=settings.steps, initial=state.step, desc=desc, unit="step",
+               dynamic_ncols=True, mininterval=0.5)
+    started, seconds_before = time.perf_counter(), state.seconds
+    try:
+        while state.step < settings.steps:
+            if settings.max_seconds is not None and state.seconds >= settings.max_seconds:
+                break
+            step_losses = task.train_step(state.step)
+            state.step += 1
+            state.seconds = seconds_before + time.perf_counter() - started
+            # A running mean over the last ~50 steps reads better than one noisy step.
+            for key, value in step_losses.items():
+                losses[key] = value if key not in losses else 0.98 * losses[key] + 0.02 * value
+            bar.update(1)
+            rate = task.items_per_step * bar.format_dict["rate"] if bar.format_dict["rate"] else 0
+            bar.set_postfix({**{k: f"{v:.4g}" for k, v in losses.items()}, "img/s": f"{rate:.0f}"},
+                            refresh=False)
+            if settings.snapshot_every and state.step % settings.snapshot_every == 0:
+                paused = time.perf_counter()
+                task.snapshot(run, state.step)           # pictures are not training time
+                started += time.perf_counter() - paused
+            if state.step % settings.save_every == 0:
+                save(run, task, state)
+    finally:
+        bar.close()
+    save(run, task, state)
+    return state
+
+
+class BatchStream:
+    """Endless seeded epochs of (images, labels) from an ImageDataset, resumable exactly: the
+    order of epoch e is randperm(n) under seed + e, and the state is (epoch, position)."""
+
+    def __init__(self, data, batch_size: int, seed: int, device: torch.device,
+                 value_range: tuple[float, float] = (-1.0, 1.0)):
+        if batch_size > len(data):
+            raise ValueError(f"batch size {batch_size} exceeds the {len(data)} training images")
+        self.data, self.batch_size, self.seed = data, batch_size, seed
+        self.device, self.value_range = device, value_range
+        self.epoch, self.position = 0, 0
+        self._order = self._epoch_order()
+
+    def _epoch_order(self) -> torch.Tensor:
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        return torch.randperm(len(self.data), generator=generator)
+
+    def next(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """-> (images [B, C, H, W] float in value_range, labels [B]) on the device."""
+        if self.position + self.batch_size > len(self.data):
+            self.epoch, self.position = self.epoch + 1, 0
+            self._order = self._epoch_order()
+        index = self._order[self.position:self.position + self.batch_size]
+        self.position += self.batch_size
+        images = self.data.float(self.value_range, index).to(self.device, non_blocking=True)
+        return images, self.data.labels[index].to(self.device, non_blocking=True)
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "position": self.position}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch, self.position = int(state["epoch"]), int(state["position"])
+        self._order = self._epoch_order()
