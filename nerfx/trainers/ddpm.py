@@ -112,3 +112,15 @@ class Trainer:
         self.ema.load_state_dict(state["ema"])
         self.batches.load_state_dict(state["batches"])
         self.noise.set_state(state["noise"].cpu())
+
+
+def load_trained(config: dict, task_state: dict, device: torch.device
+                 ) -> tuple[UNet, GaussianDiffusion]:
+    """The EMA U-Net of a finished or interrupted run (eval mode) and its diffusion."""
+    settings = config["settings"]
+    channels, size, _ = config["image_shape"]
+    model = build_unet(settings, channels, size).to(device)
+    model.load_state_dict(task_state["ema"]["model"])
+    diffusion = GaussianDiffusion(DiffusionConfig(schedule=settings.get("schedule", "linear"),
+                                                  objective=settings.get("objective", "eps")))
+    return model.eval().requires_grad_(False), diffusion

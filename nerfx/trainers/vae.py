@@ -100,3 +100,14 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.batches.load_state_dict(state["batches"])
         self.noise.set_state(state["noise"].cpu())
+
+
+def load_trained(config: dict, task_state: dict, device: torch.device) -> VAE:
+    """The VAE of a finished or interrupted run, in eval mode."""
+    settings = config["settings"]
+    channels, size, _ = config["image_shape"]
+    model = VAE(VAEConfig(resolution=size, in_channels=channels,
+                          channels=tuple(settings["channels"]),
+                          latent_dim=settings["latent_dim"], beta=settings["beta"]))
+    model.load_state_dict(task_state["model"])
+    return model.to(device).eval().requires_grad_(False)
