@@ -16,7 +16,7 @@ git clone -q "$src" "$work/src"      # what is committed
 # An sdist and a wheel build too (both without torch: the wheel is pure, the sources ride along).
 python -m build -o "$work/dist" "$work/src" >"$work/build.log" 2>&1 \
   || { tail -30 "$work/build.log"; exit 1; }
-python -m zipfile -l "$work"/dist/nerfx-*.whl | grep -q "nerfx/_csrc/include/nerfx/hashgrid.h"
+python -m zipfile -l "$work"/dist/nerfx-*.whl | grep "nerfx/_csrc/include/nerfx/hashgrid.h" >/dev/null
 pip install -q "$work/src"
 start=$SECONDS
 (cd "$work" && python -m nerfx.info --build)
