@@ -45,6 +45,12 @@ CLOCK_MARKS = (1, 5, 15, 60, 300)  # seconds of training at which the paper repo
 SAVE_EVERY = 250  # steps between checkpoints
 
 
+def on_curve(step: int) -> bool:
+    """Steps whose samples per ray metrics.json records: every 10 to 200, every 100 to 2000,
+    then every 1000 (the occupancy grid prunes in the first few hundred steps)."""
+    return step % (10 if step <= 200 else 100 if step <= 2000 else 1000) == 0
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m nerfx.train", description=__doc__.split("\n")[0])
     p.add_argument("--scene", default="lego", help="scene name (lego is built in)")
@@ -181,7 +187,9 @@ def optimize_step(pipeline, optimizer: torch.optim.Optimizer, scaler: torch.amp.
     with torch.autocast(device_type, dtype=autocast_dtype or torch.float32,
                         enabled=autocast_dtype is not None):
         result = pipeline.train_forward(*batch, step, generator)
-    optimizer.zero_grad(set_to_none=True)
+    # Gradients are zeroed in place, not freed: the next backward accumulates into the same
+    # buffers instead of allocating (and page-faulting) them again every step.
+    optimizer.zero_grad(set_to_none=False)
     scaler.scale(result.loss).backward()
     scaler.step(optimizer)
     scaler.update()
@@ -251,6 +259,7 @@ def train(args: argparse.Namespace) -> dict:
     scaler = torch.amp.GradScaler(device.type, enabled=mixed and amp_dtype == torch.float16)
     gen = torch.Generator(device).manual_seed(args.seed)
     step, elapsed, clock_psnr, batch_rays = 0, 0.0, {}, cfg["batch_rays"]
+    samples_per_ray: dict[int, float] = {}
     checkpoint = out / CHECKPOINT
     if checkpoint.is_file():
         state = load_checkpoint(checkpoint, device)
@@ -261,13 +270,16 @@ def train(args: argparse.Namespace) -> dict:
         step, elapsed, batch_rays = int(state["step"]), float(state["elapsed"]), \
             int(state["batch_rays"])
         clock_psnr = {int(k): v for k, v in json.loads(state["clock_psnr"]).items()}
+        samples_per_ray = {int(k): v for k, v in
+                           json.loads(state.get("samples_per_ray", "{}")).items()}
         print(f"nerfx: resumed {out} at step {step} ({elapsed:.1f} s trained)", flush=True)
 
     def state_now() -> dict:  # tensors and plain values only: loads with weights_only=True
         return {"pipeline": pipeline.state_dict(), "optimizer": optimizer.state_dict(),
                 "scaler": scaler.state_dict(), "rng": gen.get_state(), "step": step,
                 "elapsed": elapsed, "batch_rays": batch_rays,
-                "clock_psnr": json.dumps(clock_psnr)}
+                "clock_psnr": json.dumps(clock_psnr),
+                "samples_per_ray": json.dumps(samples_per_ray)}
 
     pipeline.prepare(train_set.poses, train_set.intrinsics, train_set.width, train_set.height)
     rays = TrainingRays(train_set, device)
@@ -283,6 +295,8 @@ def train(args: argparse.Namespace) -> dict:
                                amp_dtype if mixed else None)
         step += 1
         samples_total += result.n_samples
+        if on_curve(step) or step == 1:
+            samples_per_ray[step] = round(result.n_samples / n_rays, 1)
         if cfg["batch_samples"] is not None and args.model == "ngp":
             # As Instant-NGP does: as many rays as keep the samples per step at the target.
             wanted = batch_rays * cfg["batch_samples"] / max(result.n_samples, 1)
@@ -319,6 +333,7 @@ def train(args: argparse.Namespace) -> dict:
         "backends": {op: backends.describe(device, (torch.float32,))
                      for op, backends in _dispatch.REGISTRY.items()},
         "test_psnr_at_seconds": {str(k): round(v, 3) for k, v in sorted(clock_psnr.items())},
+        "samples_per_ray_at_step": {str(k): v for k, v in sorted(samples_per_ray.items())},
         "video": video.name if video else None,
     }
     write_json(out / "metrics.json", metrics)

@@ -53,3 +53,33 @@ def test_loss_falls_and_the_field_finds_the_toy():
     corners = torch.rand(256, 3, generator=gen) * 0.4 + 1.05
     with torch.no_grad():
         assert model.density(surface).median() > 10 * model.density(corners).median()
+
+
+def test_the_occupancy_grid_prunes_empty_space_within_a_few_hundred_steps(tmp_path):
+    """The trainer's step on the built-in lego: a fresh grid marches the whole box (over 100
+    samples per ray); once the grid holds optical thickness, empty space drops out within the
+    warm-up (by step 64 here), where a raw-density threshold kept about 140 for 300 steps."""
+    from nerfx.data.scenes import load_scene
+    from nerfx.models.pipelines import build_pipeline, make_optimizer
+    from nerfx.train import TrainingRays, optimize_step
+
+    scene = load_scene(lego.generate(12, root=tmp_path, progress=False), "train")
+    spec = {"name": "ngp", "aabb": list(scene.aabb), "cascades": 1, "log2_hashmap_size": 14,
+            "grid_resolution": 32, "decay": 0.8, "step_divisor": 256}  # the CPU recipe's march
+    torch.manual_seed(0)
+    pipeline = build_pipeline(spec)
+    optimizer = make_optimizer(pipeline)
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    pipeline.prepare(scene.poses, scene.intrinsics, scene.width, scene.height)
+    rays = TrainingRays(scene, torch.device("cpu"))
+    gen = torch.Generator().manual_seed(0)
+    n_rays, per_ray = 128, []
+    for step in range(STEPS_TO_PRUNE):
+        out = optimize_step(pipeline, optimizer, scaler, rays.sample(n_rays, gen), step, gen)
+        per_ray.append(out.n_samples / n_rays)
+    assert per_ray[0] > 100, per_ray[0]  # the box marched whole: the bound below means something
+    assert np.mean(per_ray[-5:]) < PRUNED_SAMPLES_PER_RAY, per_ray[::10]
+
+
+STEPS_TO_PRUNE = 72  # grid updates at 0, 16, ..., 64: about 10 samples per ray after 64
+PRUNED_SAMPLES_PER_RAY = 40
