@@ -2,7 +2,8 @@
 # On a GPU machine: build nerfx for the visible GPU, run the whole test suite (the CUDA
 # tests included), run the benchmarks, and write the results to OUT_DIR:
 #   info.txt (card, build, backends), build.log, tests.log, bench.json, bench.md (side by side),
-#   and from `python -m nerfx.train --scene lego --fast` on the GPU: train.log, metrics.json,
+#   and from `python -m nerfx.train --scene lego --fast` on the GPU: train.log, metrics.json
+#   (test PSNR over time, and samples per ray by step: how fast the occupancy grid prunes),
 #   a few test renders and the turntable.
 # usage: benches/gpu_check.sh OUT_DIR [all|check|train]
 #   check: build, tests, benchmarks (about 5 minutes on an H100/H200); train: the main job only
@@ -57,6 +58,12 @@ tr '\r' '\n' <"$out/train.log" | grep -v '%|' | tail -8
 mkdir -p "$out/run"
 cp "$run/metrics.json" "$run/config.json" "$run"/turntable.* "$out/run/" 2>/dev/null
 cp $(ls "$run"/renders/test_*.png 2>/dev/null | head -3) "$out/run/" 2>/dev/null
+python3 - "$run/metrics.json" <<'PY' 2>/dev/null | tee "$out/samples_per_ray.txt"
+import json, sys
+m = json.load(open(sys.argv[1]))
+print("test PSNR at seconds:", m.get("test_psnr_at_seconds"))
+print("samples per ray at step:", m.get("samples_per_ray_at_step"))
+PY
 echo "train: rc=$train_rc, total $((SECONDS - start)) s"
 fi
 exit $(( tests_rc || bench_rc || train_rc ))
