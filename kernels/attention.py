@@ -419,12 +419,4 @@ def backward(grad_out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.
     return dq, dk, dv
 
 
-def flops(batch: int, heads: int, len_q: int, len_k: int, head_dim: int, causal: bool,
-          mode: str) -> float:
-    """FLOPs counted as flash-attention does: 4·B·H·Lq·Lk·D forward, 2.5x that for the backward
-    (so 3.5x for forward+backward); half with a causal mask."""
-    fwd = 4.0 * batch * heads * len_q * len_k * head_dim * (0.5 if causal else 1.0)
-    return fwd * {"fwd": 1.0, "bwd": 2.5, "fwd+bwd": 3.5}[mode]
-
-
-__all__ = ["backward", "empty_out", "flops", "forward"]
+__all__ = ["backward", "empty_out", "forward"]

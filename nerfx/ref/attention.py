@@ -27,13 +27,14 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: float
     if scale is None:
         scale = 1.0 / math.sqrt(q.shape[-1])
     dtype = compute_dtype(q.dtype)
-    scores = torch.matmul(q.to(dtype), k.to(dtype).transpose(-1, -2)) * scale  # [B, H, Lq, Lk]
-    if causal:
-        lq, lk = q.shape[-2], k.shape[-2]
-        keep = torch.ones(lq, lk, dtype=torch.bool, device=q.device).tril()  # [Lq, Lk]
-        scores = scores.masked_fill(~keep, float("-inf"))
-    probs = torch.softmax(scores, dim=-1)  # [B, H, Lq, Lk]
-    return torch.matmul(probs, v.to(dtype)).to(q.dtype)
+    with torch.autocast(q.device.type, enabled=False):  # fp32 even inside an autocast region
+        scores = torch.matmul(q.to(dtype), k.to(dtype).transpose(-1, -2)) * scale  # [B,H,Lq,Lk]
+        if causal:
+            lq, lk = q.shape[-2], k.shape[-2]
+            keep = torch.ones(lq, lk, dtype=torch.bool, device=q.device).tril()  # [Lq, Lk]
+            scores = scores.masked_fill(~keep, float("-inf"))
+        probs = torch.softmax(scores, dim=-1)  # [B, H, Lq, Lk]
+        return torch.matmul(probs, v.to(dtype)).to(q.dtype)
 
 
 def attention_varlen(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, offsets: torch.Tensor,

@@ -1,0 +1,129 @@
+"""Attention, bf16, forward and forward+backward: nerfx's triton kernels beside SDPA's flash,
+cuDNN, memory-efficient and math backends, SDPA's own choice and the fp32 reference (`torch`).
+
+Shapes of issue 11 on a GPU: ViT-B/16 (B=256, H=12, N=197, D=64), a diffusion U-Net's 32 x 32
+attention (B=32, H=8, N=1024, D=64), long sequences (B=8, H=8, N=4096, D=64, also causal) and
+D=128 (B=16, H=16, N=1024); a small ViT-like shape on the CPU (the Triton interpreter is not
+benchmarked). Throughput is in TFLOP/s counted as flash-attention does (4·B·H·N²·D forward,
+3.5x that forward+backward, half when causal). Also a ViT training step per attention backend.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from benches.conftest import devices, run_benchmark
+from nerfx.ops import BackendError, attention
+from nerfx.ops.attention import BACKENDS
+
+# name: (B, H, N, D, causal)
+SHAPES = {
+    "cuda": {"vit-b16": (256, 12, 197, 64, False), "unet-32x32": (32, 8, 1024, 64, False),
+             "long": (8, 8, 4096, 64, False), "long-causal": (8, 8, 4096, 64, True),
+             "d128": (16, 16, 1024, 128, False)},
+    "cpu": {"vit-small": (2, 6, 197, 64, False)},
+}
+SDPA_KINDS = {"sdpa-flash": "FLASH_ATTENTION", "sdpa-cudnn": "CUDNN_ATTENTION",
+              "sdpa-efficient": "EFFICIENT_ATTENTION", "sdpa-math": "MATH"}
+IMPLS = ["triton", *SDPA_KINDS, "sdpa", "torch"]
+
+
+def flops(batch: int, heads: int, len_q: int, len_k: int, head_dim: int, causal: bool,
+          mode: str) -> float:
+    """As flash-attention counts: 4·B·H·Lq·Lk·D forward, the backward 2.5x that, half if causal."""
+    fwd = 4.0 * batch * heads * len_q * len_k * head_dim * (0.5 if causal else 1.0)
+    return fwd * (1.0 if mode == "fwd" else 3.5)
+
+
+def make_impl(impl: str, device: str):
+    """A callable (q, k, v, causal) -> out for this implementation, or a pytest skip."""
+    if impl in SDPA_KINDS:
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        kind = getattr(SDPBackend, SDPA_KINDS[impl])
+
+        def run(q, k, v, causal):
+            with sdpa_kernel(kind):
+                return F.scaled_dot_product_attention(q, k, v, is_causal=causal)
+
+        return run
+    if impl == "triton" and device == "cpu":
+        pytest.skip("the Triton interpreter is a test tool, not a benchmark")
+    try:
+        BACKENDS.select(impl, torch.device(device), (torch.bfloat16,), (64,))
+    except BackendError as exc:
+        pytest.skip(str(exc))
+    return lambda q, k, v, causal: attention(q, k, v, causal=causal, backend=impl)
+
+
+@pytest.mark.parametrize("device", devices())
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("mode", ["fwd", "fwd+bwd"])
+@pytest.mark.parametrize("shape", [*SHAPES["cuda"], *SHAPES["cpu"]])
+def test_attention(benchmark, device, impl, mode, shape):
+    if shape not in SHAPES[device]:
+        pytest.skip(f"{shape} is not benchmarked on {device}")
+    b, h, n, d, causal = SHAPES[device][shape]
+    fn = make_impl(impl, device)
+    q, k, v = (torch.randn(b, h, n, d, device=device, dtype=torch.bfloat16, requires_grad=True)
+               for _ in range(3))
+    try:  # SDPA's fixed backends refuse some shapes and devices: skip those with the reason
+        with torch.no_grad():
+            fn(q, k, v, causal)
+    except RuntimeError as exc:
+        pytest.skip(f"{impl} cannot run {shape} on {device}: {str(exc).splitlines()[0][:200]}")
+    grad_out = torch.randn(b, h, n, d, device=device, dtype=torch.bfloat16)
+
+    def forward():
+        with torch.no_grad():
+            fn(q, k, v, causal)
+
+    def forward_backward():
+        torch.autograd.grad(fn(q, k, v, causal), (q, k, v), grad_out)
+
+    tflop = flops(b, h, n, n, d, causal, mode) / 1e12
+    run_benchmark(benchmark, forward if mode == "fwd" else forward_backward, device,
+                  group=f"attention bf16 {mode} {device} {shape} (B={b} H={h} N={n} D={d}"
+                        f"{' causal' if causal else ''})", items=tflop, unit="TFLOP")
+
+
+# --- a ViT training step per attention backend -----------------------------------------------
+
+@pytest.mark.parametrize("device", devices())
+@pytest.mark.parametrize("impl", ["triton", "sdpa", "torch"])
+def test_vit_train_step(benchmark, device, impl):
+    """ViT-B/16 at 224 x 224, batch 64, bf16 autocast on a GPU; a 2-layer ViT-Ti/16 at 64 x 64,
+    batch 8, fp32 on the CPU. Images per second of forward, backward and AdamW step."""
+    from nerfx.models.vit import ViT, vit_config
+
+    if impl == "triton" and device == "cpu":
+        pytest.skip("the Triton interpreter is a test tool, not a benchmark")
+    try:
+        BACKENDS.select(impl, torch.device(device), (torch.bfloat16,), (64,))
+    except BackendError as exc:
+        pytest.skip(str(exc))
+    if device == "cuda":
+        config, batch = vit_config("B/16", backend=impl), 64
+    else:
+        config, batch = vit_config("Ti/16", image_size=64, depth=2, backend=impl), 8
+    model = ViT(config).to(device)
+    opt = torch.optim.AdamW(model.param_groups(0.05), lr=1e-4)
+    images = torch.randn(batch, 3, config.image_size, config.image_size, device=device)
+    labels = torch.randint(0, config.num_classes, (batch,), device=device)
+    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device == "cuda"
+                else contextlib.nullcontext())
+
+    def step():
+        with autocast:
+            loss = F.cross_entropy(model(images), labels)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    run_benchmark(benchmark, step, device, group=f"vit train step {device} "
+                  f"({'B/16 224px bf16' if device == 'cuda' else 'Ti/16 2 layers 64px'}, "
+                  f"batch {batch})", items=batch, unit="images")
