@@ -16,7 +16,11 @@ TOY = {
                  sample_steps=2, final_samples=4, train_images=16, test_images=8),
     "vae": dict(channels=(8, 16), latent_dim=4, image_size=16, batch_size=4, lr=1e-3, steps=4,
                 beta=1.0, save_every=2, snapshot_every=2, train_images=16, test_images=8),
+    "vit": dict(size="Ti", patch_size=8, image_size=16, batch_size=4, lr=1e-3,
+                weight_decay=0.05, warmup_steps=2, steps=4, label_smoothing=0.1, drop_path=0.1,
+                save_every=2, train_images=16, test_images=8),
 }
+PICTURE = {"ddpm": "samples.png", "vae": "samples.png", "vit": "confusion.png"}
 
 
 @pytest.fixture
@@ -34,7 +38,11 @@ def test_trains_writes_the_run_folder_and_resumes(tmp_path, toy_presets, model):
     config = json.loads((run / "config.json").read_text())
     assert config["model"] == model and config["settings"]["preset"] == "fast"
     assert json.loads((run / "metrics.json").read_text())["steps"] == 4
-    assert (run / "samples.png").stat().st_size > 0
+    assert (run / PICTURE[model]).stat().st_size > 0
+    if model == "vit":
+        saved = json.loads((run / "metrics.json").read_text())
+        assert sum(map(sum, saved["confusion"])) == 8 == saved["test_images"]
+        assert set(saved["per_class_accuracy"]) == set(saved["classes"])
     state = torch.load(run / "checkpoint.pt", weights_only=True)
     assert state["step"] == 4
     resumed = train.main(["--resume", str(run), "--steps", "6"])
@@ -94,3 +102,4 @@ def test_sample_cli_draws_from_ddpm_and_vae_runs(tmp_path, toy_presets):
         sample.main([str(tmp_path / "nothing")])
     with pytest.raises(SystemExit, match="two seeds"):
         sample.main([str(tmp_path / "ddpm"), "--interpolate", "1", "--device", "cpu"])
+

@@ -1,0 +1,146 @@
+"""Training the Vision Transformer (Dosovitskiy et al., 2021) as an image classifier.
+
+The usual recipe for training a ViT from scratch (DeiT, Touvron et al. 2021, Table 9): AdamW with
+weight decay 0.05 on the weight matrices, linear warm-up then cosine decay, label smoothing 0.1,
+stochastic depth; bf16 autocast on a GPU.
+"""
+
+from __future__ import annotations
+
+import math
+from contextlib import nullcontext
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from nerfx.data.images import ImageDataset
+from nerfx.images import save_grid, to_uint8, write_png
+from nerfx.loop import BatchStream
+from nerfx.models.vit import ViT, vit_config
+
+MODEL = "vit"
+# size: ViT-Ti/S/B/L [paper Table 1; Ti and S from DeiT]; patch 4 suits 16-32 px images.
+PRESETS = {
+    "gpu": dict(size="Ti", patch_size=4, image_size=32, batch_size=256, lr=1e-3,
+                weight_decay=0.05, warmup_steps=500, steps=20_000, label_smoothing=0.1,
+                drop_path=0.1, save_every=2000),
+    "cpu": dict(size="Ti", patch_size=4, image_size=16, batch_size=64, lr=1e-3,
+                weight_decay=0.05, warmup_steps=100, steps=1500, label_smoothing=0.1,
+                drop_path=0.1, save_every=250),
+    "fast": dict(size="Ti", patch_size=4, image_size=16, batch_size=64, lr=1e-3,
+                 weight_decay=0.05, warmup_steps=50, steps=300, label_smoothing=0.1,
+                 drop_path=0.0, save_every=100, train_images=6000, test_images=800),
+}
+
+
+def build_vit(settings: dict, channels: int, size: int, num_classes: int) -> ViT:
+    """The preset's size (Ti/S/B/L; "depth", "dim", "heads" settings override the size's)."""
+    depth = {k: settings[k] for k in ("depth", "dim", "heads") if k in settings}
+    return ViT(vit_config(settings["size"], image_size=size, patch_size=settings["patch_size"],
+                          in_channels=channels, num_classes=num_classes,
+                          drop_path=settings["drop_path"], **depth))
+
+
+class Trainer:
+    """nerfx.loop.Task for the ViT: one step is one batch of label-smoothed cross-entropy."""
+
+    def __init__(self, settings: dict, train_set: ImageDataset, test_set: ImageDataset,
+                 device: torch.device, seed: int):
+        self.settings, self.device, self.test_set = settings, device, test_set
+        self.classes = train_set.classes
+        self.items_per_step = settings["batch_size"]
+        self.model = build_vit(settings, train_set.channels, train_set.resolution,
+                               len(self.classes)).to(device)
+        self.optimizer = torch.optim.AdamW(self.model.param_groups(settings["weight_decay"]),
+                                           lr=settings["lr"])
+        self.batches = BatchStream(train_set, settings["batch_size"], seed, device)
+        self.autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda"
+                         else nullcontext())
+
+    def learning_rate(self, step: int) -> float:
+        """Linear warm-up to lr, then cosine decay to 0 at the last step."""
+        s = self.settings
+        if step < s["warmup_steps"]:
+            return s["lr"] * (step + 1) / s["warmup_steps"]
+        progress = (step - s["warmup_steps"]) / max(1, s["steps"] - s["warmup_steps"])
+        return s["lr"] * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+    def train_step(self, step: int) -> dict[str, float]:
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.learning_rate(step)
+        images, labels = self.batches.next()
+        with self.autocast:
+            logits = self.model(images)
+        loss = F.cross_entropy(logits.float(), labels,
+                               label_smoothing=self.settings["label_smoothing"])
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        return {"loss": loss.item(), "acc": (logits.argmax(1) == labels).float().mean().item()}
+
+    @torch.no_grad()
+    def predict(self, chunk: int = 256) -> torch.Tensor:
+        """Predicted classes [N] of the test split, in chunks."""
+        self.model.eval()
+        out = []
+        for i in range(0, len(self.test_set), chunk):
+            images = self.test_set.float(index=slice(i, i + chunk)).to(self.device)
+            with self.autocast:
+                out.append(self.model(images).argmax(1).cpu())
+        self.model.train()
+        return torch.cat(out)
+
+    def snapshot(self, run: Path, step: int) -> None:
+        pass   # the progress bar shows the training accuracy; pictures come at the end
+
+    def finish(self, run: Path) -> dict:
+        predicted, truth = self.predict(), self.test_set.labels
+        k = len(self.classes)
+        confusion = torch.bincount(truth * k + predicted, minlength=k * k).reshape(k, k)
+        per_class = {name: round((confusion[i, i] / confusion[i].sum().clamp(min=1)).item(), 4)
+                     for i, name in enumerate(self.classes)}
+        write_png(run / "confusion.png", confusion_picture(confusion))
+        save_grid(prediction_borders(self.test_set.float(index=slice(0, 64)),
+                                     predicted[:64] == truth[:64]),
+                  run / "predictions.png", nrow=8)
+        return {"test_accuracy": round((predicted == truth).float().mean().item(), 4),
+                "chance": round(1 / k, 4), "per_class_accuracy": per_class,
+                "confusion": confusion.tolist(), "classes": list(self.classes),
+                "test_images": len(self.test_set),
+                "parameters": sum(p.numel() for p in self.model.parameters())}
+
+    def summary(self, metrics: dict) -> str:
+        return (f"test accuracy {metrics['test_accuracy']:.1%} on {metrics['test_images']} "
+                f"images (chance {metrics['chance']:.1%})")
+
+    def state_dict(self) -> dict:
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "batches": self.batches.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.batches.load_state_dict(state["batches"])
+
+
+def confusion_picture(confusion: torch.Tensor, cell: int = 24) -> np.ndarray:
+    """The confusion matrix [k, k] (rows: truth, columns: prediction) as a uint8 RGB picture,
+    each row shaded by its fraction (white 0, dark blue 1)."""
+    fraction = confusion.float() / confusion.sum(1, keepdim=True).clamp(min=1)     # [k, k]
+    shade = 1 - fraction.repeat_interleave(cell, 0).repeat_interleave(cell, 1)     # [kc, kc]
+    rgb = torch.stack([shade * 0.9, shade * 0.9, 0.35 + 0.65 * shade], -1)          # [kc, kc, 3]
+    rgb[::cell, :], rgb[:, ::cell] = 0.6, 0.6                                      # grid lines
+    return to_uint8(rgb, (0.0, 1.0)).numpy()
+
+
+def prediction_borders(images: torch.Tensor, correct: torch.Tensor, width: int = 1
+                       ) -> torch.Tensor:
+    """images [B, C, H, W] in [-1, 1] with a green (right) or red (wrong) border, as RGB."""
+    rgb = images.expand(-1, 3, -1, -1).clone() if images.shape[1] == 1 else images.clone()
+    colour = torch.where(correct[:, None], torch.tensor([-1.0, 1.0, -1.0]),
+                         torch.tensor([1.0, -1.0, -1.0]))[:, :, None, None]       # [B, 3, 1, 1]
+    mask = torch.ones_like(rgb[:1, :1], dtype=torch.bool)
+    mask[..., width:-width, width:-width] = False
+    return torch.where(mask, colour, rgb)
