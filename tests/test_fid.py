@@ -1,0 +1,54 @@
+"""The Fréchet distance against closed forms, and eval_fid's table on a toy DDPM run."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from nerfx import fid
+
+
+def test_frechet_distance_of_gaussians_matches_the_closed_form():
+    """Commuting (diagonal) covariances: d² = |μ₁−μ₂|² + Σ (√a − √b)²."""
+    a, b = torch.tensor([1.0, 4.0, 0.25]), torch.tensor([9.0, 1.0, 0.25])
+    mu1, mu2 = torch.tensor([0.0, 1.0, 2.0]), torch.tensor([1.0, 1.0, 0.0])
+    want = (mu1 - mu2).square().sum() + (a.sqrt() - b.sqrt()).square().sum()
+    got = fid.frechet_distance(mu1, torch.diag(a), mu2, torch.diag(b))
+    assert got == pytest.approx(want.item(), rel=1e-9)
+    # Rotating both covariances the same way changes nothing.
+    q, _ = torch.linalg.qr(torch.randn(3, 3, dtype=torch.float64))
+    rot = lambda s: q @ torch.diag(s).double() @ q.T  # noqa: E731
+    assert fid.frechet_distance(mu1, rot(a), mu2, rot(b)) == pytest.approx(want.item(), rel=1e-6)
+
+
+def test_same_set_is_zero_and_shifts_grow():
+    x = torch.randn(500, 8, dtype=torch.float64)
+    stats = (x.mean(0), torch.cov(x.T))
+    assert fid.frechet_distance(*stats, *stats) == pytest.approx(0.0, abs=1e-8)
+    shifted = x + 0.5
+    assert fid.frechet_distance(shifted.mean(0), torch.cov(shifted.T), *stats) == \
+        pytest.approx(8 * 0.25, rel=1e-6)
+
+
+def test_eval_fid_writes_the_table(tmp_path, monkeypatch):
+    from nerfx import eval_fid, train, trainers
+    from tests.trainers.test_image_trainers import TOY
+
+    monkeypatch.setenv("NERFX_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setitem(trainers.trainer_modules()["ddpm"].PRESETS, "fast", TOY["ddpm"])
+    monkeypatch.setattr(fid, "train_feature_net",
+                        lambda data, **kw: fid.FeatureNet(data.channels, len(data.classes)).eval())
+    run = tmp_path / "run"
+    train.main(["--model", "ddpm", "--data", "shapes", "--fast", "--device", "cpu",
+                "--out", str(run)])
+    table = eval_fid.main([str(run), "--steps", "2,3", "--eta", "0,1", "--n", "8",
+                           "--no-ddpm", "--device", "cpu"])
+    assert set(table["ddim"]) == {"S=2, eta=0", "S=2, eta=1", "S=3, eta=0", "S=3, eta=1"}
+    assert all(v >= 0 for v in table["ddim"].values())
+    assert json.loads((run / "fid.json").read_text()) == table
+    assert "| 3 |" in (run / "fid.md").read_text()
+    assert list((tmp_path / "cache" / "fid").glob("featurenet-*.pt"))
+    with pytest.raises(SystemExit, match="not a nerfx run folder"):
+        eval_fid.main([str(tmp_path / "nothing")])
