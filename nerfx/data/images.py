@@ -240,11 +240,12 @@ def make_shapes(n: int, size: int = 32, seed: int = 0) -> tuple[torch.Tensor, to
     # Background: a texture mixing two colours of similar hue, muted; the shape: a saturated
     # colour whose hue sits away from the background's and whose brightness differs.
     bg_h = u[:, 1]
-    bg_a = _hsv_to_rgb(bg_h, 0.15 + 0.35 * u[:, 2], 0.35 + 0.45 * u[:, 3])
-    bg_b = _hsv_to_rgb((bg_h + 0.08 * (u[:, 4] - 0.5)) % 1.0, 0.1 + 0.3 * u[:, 5],
-                       0.35 + 0.45 * u[:, 6])
+    bg_s, bg_v = 0.15 + 0.35 * u[:, 2], 0.35 + 0.45 * u[:, 3]
+    bg_a = _hsv_to_rgb(bg_h, bg_s, bg_v)
+    # The texture's second colour: near the first (a texture, not a second object).
+    bg_b = _hsv_to_rgb((bg_h + 0.08 * (u[:, 4] - 0.5)) % 1.0, bg_s * (0.5 + 0.5 * u[:, 5]),
+                       np.clip(bg_v + 0.3 * (u[:, 6] - 0.5), 0.0, 1.0))
     fg_h = (bg_h + 0.25 + 0.5 * u[:, 7]) % 1.0
-    bg_v = 0.35 + 0.45 * (u[:, 3] + u[:, 6]) / 2
     fg_v = np.where(bg_v > 0.57, 0.15 + 0.25 * u[:, 8], 0.8 + 0.2 * u[:, 8])
     fg = _hsv_to_rgb(fg_h, 0.65 + 0.35 * u[:, 9], fg_v)
     texture = (u[:, 10] * 4).astype(np.int64)  # 0 gradient, 1 stripes, 2 checks, 3 waves
