@@ -11,6 +11,8 @@ x_{t-1} = μ̃_t(x_t, x̂_0) + σ_t z with σ_t² = β_t ("fixed large", the pap
 The model is any callable (x_t [B, C, H, W], t [B] int64) -> [B, C, H, W]; class labels or a
 context go in through `model_kwargs`, or by wrapping the model (e.g. for classifier-free
 guidance). `EMA` keeps the exponential moving average of the weights that the samples come from.
+The training recipe (Adam 2e-4, warm-up 5000, batch 128, clip 1, EMA 0.9999 [DDPM App. B,
+official run_cifar.py]) lives with the trainer, nerfx/trainers/ddpm.py.
 
     diffusion = GaussianDiffusion(DiffusionConfig())        # T=1000, linear 1e-4 -> 0.02, eps
     loss = diffusion.loss(model, x0)                         # x0 [B, 3, 32, 32] in [-1, 1]
@@ -28,8 +30,7 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
-__all__ = ["EMA", "DDPMRecipe", "DiffusionConfig", "Denoiser", "GaussianDiffusion",
-           "beta_schedule"]
+__all__ = ["EMA", "DiffusionConfig", "Denoiser", "GaussianDiffusion", "beta_schedule"]
 
 Denoiser = Callable[..., Tensor]  # (x_t [B, ...], t [B] int64, **kwargs) -> [B, ...]
 OBJECTIVES = ("eps", "x0", "v")
@@ -56,26 +57,6 @@ class DiffusionConfig:
                 raise ValueError(f"DiffusionConfig.{name} must be one of {allowed}, got {value!r}")
         if self.timesteps < 1:
             raise ValueError(f"DiffusionConfig.timesteps must be >= 1, got {self.timesteps}")
-
-
-@dataclass
-class DDPMRecipe:
-    """Training settings of the paper's CIFAR-10 run [DDPM §4 and App. B; official
-    run_cifar.py], and a small CPU preset for `--fast`."""
-
-    lr: float = 2e-4  # Adam                                      [DDPM App. B: 2e-4 on CIFAR]
-    batch_size: int = 128  #                                      [DDPM App. B: 128]
-    warmup_steps: int = 5000  # linear learning-rate warm-up    [official: warmup 5000]
-    grad_clip: float = 1.0  # global norm                         [official: grad_clip 1.0]
-    ema_decay: float = 0.9999  #                                  [DDPM App. B: 0.9999]
-    steps: int = 800_000  #                                       [DDPM App. B: 800k on CIFAR]
-
-    @classmethod
-    def fast(cls) -> DDPMRecipe:
-        """Minutes on 2 CPU cores with UNetConfig.tiny on 16x16 `shapes`: the samples show
-        shapes, not paper quality. A shorter EMA (0.999) because the run is short."""
-        return cls(lr=1e-3, batch_size=32, warmup_steps=100, grad_clip=1.0, ema_decay=0.995,
-                   steps=3000)
 
 
 def beta_schedule(name: str, timesteps: int, beta_start: float = 1e-4,
