@@ -251,11 +251,9 @@ def _dq_kernel(Q, K, V, dOut, Lse, Delta, dQ, Scales, q_offsets, k_offsets,
 # --- launch configuration ----------------------------------------------------------------------
 
 def _configs(kind: str, head_dim_pad: int) -> list[triton.Config]:
-    """Candidate blocks on a GPU (autotuned once per head dim, causality and length bucket).
-
-    Starting points from the Triton fused-attention tutorial and flash-attention's Triton port:
-    forward 128x64 (queries x keys) with 4-8 warps; backward 64x64 / 128x32 style tiles.
-    """
+    """Candidate blocks for autotuning on a GPU (NERFX_ATTENTION_AUTOTUNE=1), once per head dim,
+    causality and power-of-two length bucket. Starting points from the Triton fused-attention
+    tutorial and flash-attention's Triton port."""
     if kind == "fwd":
         shapes = [(128, 64, 4, 3), (128, 64, 8, 3), (64, 64, 4, 3), (128, 128, 8, 3),
                   (64, 32, 4, 4)]
@@ -269,17 +267,46 @@ def _configs(kind: str, head_dim_pad: int) -> list[triton.Config]:
             for m, n, w, st in shapes]
 
 
+def _default_blocks(kind: str, head_dim_pad: int, element_size: int,
+                    capability: tuple[int, int]) -> dict:
+    """Fixed blocks per kernel, head dim and GPU generation (one compile per variant).
+
+    Hopper/Ampere, 2-byte inputs: the tutorial's tiles (forward 128x64; dK/dV owns 128 keys and
+    walks 32 queries; dQ owns 128 queries and walks 32 keys), halved for a 128-wide head.
+    fp32/fp64 and pre-Ampere GPUs get smaller tiles and fewer stages (registers, shared memory).
+    Not yet tuned on a GPU: NERFX_ATTENTION_AUTOTUNE=1 with TRITON_PRINT_AUTOTUNING=1 shows
+    what the candidates in _configs would pick.
+    """
+    wide = head_dim_pad > 64
+    if element_size == 8:  # fp64 (tests): shared memory of a 128-wide dK/dV pass ~160 KB
+        m, n, warps, stages = 32, 32, 4, 1
+    elif element_size == 4 or capability[0] < 8:
+        m, n = {"fwd": (64, 32), "dkdv": (32, 64), "dq": (64, 32)}[kind]
+        warps, stages = 4, 1 if wide else 2
+    elif kind == "fwd":
+        m, n, warps, stages = 128, 64, 8 if wide else 4, 3
+    elif kind == "dkdv":
+        m, n, warps, stages = 32, 64 if wide else 128, 4, 3
+    else:
+        m, n, warps, stages = 64 if wide else 128, 32, 4, 3
+    return {"BLOCK_M": m, "BLOCK_N": n, "num_warps": warps, "num_stages": stages}
+
+
 # The interpreter runs one program at a time (~1 ms each): big blocks, no autotuning there.
 INTERPRETER_BLOCKS = {"BLOCK_M": 64, "BLOCK_N": 64}
+AUTOTUNE_VAR = "NERFX_ATTENTION_AUTOTUNE"  # "1": autotune the blocks on a GPU (slow first call)
 _KEY = ["HEAD_DIM", "CAUSAL", "LQ_KEY", "LK_KEY"]
 _tuned: dict[str, object] = {}
 
 
-def _kernel(kind: str, device: torch.device, head_dim_pad: int):
-    """The kernel to launch and its fixed meta-parameters (none when autotuned)."""
+def _kernel(kind: str, q: torch.Tensor, head_dim_pad: int):
+    """The kernel to launch and its meta-parameters (none when autotuned)."""
     raw = {"fwd": _forward_kernel, "dkdv": _dkdv_kernel, "dq": _dq_kernel}[kind]
-    if device.type != "cuda":
+    if q.device.type != "cuda":
         return raw, dict(INTERPRETER_BLOCKS)
+    if os.environ.get(AUTOTUNE_VAR) != "1":
+        capability = torch.cuda.get_device_capability(q.device)
+        return raw, _default_blocks(kind, head_dim_pad, q.element_size(), capability)
     name = f"{kind}-{head_dim_pad}"
     if name not in _tuned:
         _tuned[name] = triton.autotune(_configs(kind, head_dim_pad), key=_KEY)(raw)
@@ -356,7 +383,7 @@ def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, offsets: torch.Te
         return out.zero_(), lse.fill_(float("inf"))
     offsets_q = offsets if varlen else lse  # unused pointer when dense
     offsets_k = kv_offsets if varlen else lse
-    kernel, meta = _kernel("fwd", q.device, block_d)
+    kernel, meta = _kernel("fwd", q, block_d)
 
     def grid(m):
         return (triton.cdiv(max_q, m["BLOCK_M"]), n_batch * n_heads)
@@ -398,7 +425,7 @@ def backward(grad_out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.
         out, grad_out, delta, offsets_q, *_strides(out, varlen), *g_st, *l_st, n_heads, max_q,
         BLOCK_M=delta_block, **common)
 
-    kernel, meta = _kernel("dkdv", q.device, block_d)
+    kernel, meta = _kernel("dkdv", q, block_d)
 
     def grid_k(m):
         return (triton.cdiv(max_k, m["BLOCK_N"]), n_batch * n_heads)
@@ -408,7 +435,7 @@ def backward(grad_out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.
                    *_strides(dv, varlen), n_heads, max_q, max_k, *keys, CAUSAL=causal,
                    **common, **dots, **meta)
 
-    kernel, meta = _kernel("dq", q.device, block_d)
+    kernel, meta = _kernel("dq", q, block_d)
 
     def grid_q(m):
         return (triton.cdiv(max_q, m["BLOCK_M"]), n_batch * n_heads)
