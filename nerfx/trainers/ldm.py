@@ -1,0 +1,372 @@
+"""Training latent diffusion (Rombach et al., 2022): the KL autoencoder, then the class-conditional
+latent U-Net with label dropout for classifier-free guidance, on one step counter.
+
+Steps 0 .. ae_steps-1 train the autoencoder (L1 + KL); at step ae_steps the autoencoder is frozen,
+the latent scale factor is measured on training images and the training set's posterior moments
+are cached; the remaining steps train the latent U-Net on z ~ q(z|x) · scale_factor. A checkpoint
+in either phase resumes exactly. `settings["autoencoder_run"] = RUN` takes the autoencoder of an
+earlier ldm run instead (its architecture and weights; ae_steps becomes 0).
+"""
+
+from __future__ import annotations
+
+import json
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+
+from nerfx.data.images import ImageDataset
+from nerfx.images import save_grid
+from nerfx.loop import BatchStream
+from nerfx.models.ddpm import EMA
+from nerfx.models.ldm import (
+    AutoencoderConfig,
+    DiagonalGaussian,
+    KLAutoencoder,
+    LatentDiffusion,
+    LDMConfig,
+    class_grid_labels,
+)
+from nerfx.models.unet import UNetConfig
+from nerfx.runs import CHECKPOINT, CONFIG, RunError, load_checkpoint
+
+MODEL = "ldm"
+# gpu: the paper's components at 32x32 [KL-f4: configs/autoencoder/autoencoder_kl_64x64x3.yaml
+# (ch 128, ch_mult 1,2,4, 2 blocks, z 3 channels, kl_weight 1e-6, Adam betas (0.5, 0.9), lr
+# 4.5e-6 x batch as main.py scales base_learning_rate); latent U-Net as
+# configs/latent-diffusion/cin-ldm-vq-f8.yaml (256 channels, 1,2,4, 2 blocks, spatial
+# transformers with 32-channel heads at every level, class embedding 512, AdamW, EMA 0.9999)]
+# with label dropout 0.1 [Ho & Salimans 2022].
+# cpu / fast: small networks on 16x16 shapes (4x4x3 latents), minutes on 2 cores.
+PRESETS = {
+    "gpu": dict(image_size=32, batch_size=128, ae_batch_size=64,
+                ae=dict(ch=128, ch_mult=(1, 2, 4), num_res_blocks=2, z_channels=3),
+                ae_steps=50_000, ae_lr=4.5e-6 * 64,
+                unet=dict(ch=256, ch_mult=(1, 2, 4), num_res_blocks=2, attn_resolutions=(8, 4, 2),
+                          dropout=0.0),
+                context_dim=512, head_channels=32, transformer_depth=1, p_uncond=0.1,
+                lr=1e-6 * 128, warmup_steps=1000, grad_clip=1.0, ema_decay=0.9999,
+                steps=250_000, save_every=5000, snapshot_every=10_000, sample_steps=50,
+                guidance=3.0, guidance_eval=(1.0, 3.0, 5.0), fid_samples=2000,
+                scale_images=4096),
+    "cpu": dict(image_size=16, batch_size=64, ae_batch_size=32,
+                ae=dict(ch=16, ch_mult=(1, 2, 2), num_res_blocks=1, z_channels=3, num_groups=8),
+                ae_steps=3000, ae_lr=1e-3,
+                unet=dict(ch=32, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(4, 2),
+                          dropout=0.0, num_groups=8),
+                context_dim=64, head_channels=16, transformer_depth=1, p_uncond=0.1,
+                lr=1e-3, warmup_steps=100, grad_clip=1.0, ema_decay=0.999,
+                steps=11_000, save_every=500, snapshot_every=1000, sample_steps=50,
+                guidance=3.0, guidance_eval=(1.0, 3.0, 5.0), fid_samples=1000,
+                scale_images=2048),
+    "fast": dict(image_size=16, batch_size=64, ae_batch_size=32,
+                 ae=dict(ch=16, ch_mult=(1, 2, 2), num_res_blocks=1, z_channels=3, num_groups=8),
+                 ae_steps=1200, ae_lr=1e-3,
+                 unet=dict(ch=32, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(4, 2),
+                           dropout=0.0, num_groups=8),
+                 context_dim=64, head_channels=16, transformer_depth=1, p_uncond=0.1,
+                 lr=1e-3, warmup_steps=100, grad_clip=1.0, ema_decay=0.995,
+                 steps=4200, save_every=500, snapshot_every=1000, sample_steps=50,
+                 guidance=3.0, guidance_eval=(1.0, 3.0, 5.0), fid_samples=512,
+                 scale_images=2048, train_images=4000, test_images=512),
+}
+
+
+def autoencoder_config(settings: dict, channels: int, size: int) -> AutoencoderConfig:
+    return AutoencoderConfig(resolution=size, in_channels=channels, **settings["ae"])
+
+
+def ldm_config(settings: dict, ae: AutoencoderConfig, num_classes: int) -> LDMConfig:
+    unet = UNetConfig(**{**settings["unet"], "resolution": ae.latent_resolution,
+                         "in_channels": ae.z_channels, "out_channels": ae.z_channels})
+    return LDMConfig(num_classes=num_classes, context_dim=settings["context_dim"],
+                     head_channels=settings["head_channels"],
+                     transformer_depth=settings["transformer_depth"],
+                     p_uncond=settings["p_uncond"], unet=unet)
+
+
+def build_model(settings: dict, channels: int, size: int, num_classes: int) -> LatentDiffusion:
+    ae = autoencoder_config(settings, channels, size)
+    return LatentDiffusion(KLAutoencoder(ae), ldm_config(settings, ae, num_classes))
+
+
+class _Moments:
+    """The training set's cached posterior moments [N, 2 z_ch, r, r] seen as a dataset, so a
+    BatchStream draws them in seeded epochs (its value range is ignored)."""
+
+    def __init__(self, moments: torch.Tensor, labels: torch.Tensor):
+        self.moments, self.labels = moments, labels
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def float(self, _value_range: tuple[float, float], index: torch.Tensor) -> torch.Tensor:
+        return self.moments[index]
+
+
+class Trainer:
+    """nerfx.loop.Task for latent diffusion: autoencoder steps, then latent U-Net steps."""
+
+    def __init__(self, settings: dict, train_set: ImageDataset, test_set: ImageDataset,
+                 device: torch.device, seed: int):
+        self.settings, self.device, self.seed = settings, device, seed
+        self.train_set, self.test_set = train_set, test_set
+        self.classes = tuple(train_set.classes)
+        if settings.get("autoencoder_run"):
+            ae_state = self._take_autoencoder(Path(settings["autoencoder_run"]))
+        else:
+            ae_state = None
+        self.ae_steps = int(settings.get("ae_steps", 0))
+        self.model = build_model(settings, train_set.channels, train_set.resolution,
+                                 len(self.classes)).to(device)
+        if ae_state is not None:
+            self.model.autoencoder.load_state_dict(ae_state)
+        ae = self.model.autoencoder
+        # [ldm/models/autoencoder.py AutoencoderKL.configure_optimizers: Adam betas (0.5, 0.9)]
+        self.ae_optimizer = torch.optim.Adam(ae.parameters(), lr=settings["ae_lr"],
+                                             betas=(0.5, 0.9))
+        # [ldm/models/diffusion/ddpm.py LatentDiffusion.configure_optimizers: AdamW]
+        self.optimizer = torch.optim.AdamW(self.model.unet.parameters(), lr=settings["lr"])
+        self.ema = EMA(self.model.unet, settings["ema_decay"])
+        self.batches = BatchStream(train_set, settings.get("ae_batch_size",
+                                                           settings["batch_size"]), seed, device)
+        self.noise = torch.Generator().manual_seed(seed + 1)  # all training randomness, CPU
+        self.latent_batches: BatchStream | None = None  # made on entering the latent phase
+        self.latent_batches_state: dict | None = None
+        self.scale_measured = False
+        self.items_per_step = self.batches.batch_size if self.ae_steps else settings["batch_size"]
+        self.autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda"
+                         else nullcontext())
+
+    # --- the autoencoder from another run ----------------------------------------------------
+
+    def _take_autoencoder(self, run: Path) -> dict:
+        """The autoencoder weights of an earlier ldm run; its architecture goes into settings
+        (so this run's config.json records it) and this run trains no autoencoder."""
+        try:
+            other = json.loads((run / CONFIG).read_text())
+        except (OSError, ValueError) as exc:
+            raise RunError(f"{run}: cannot read the autoencoder run's {CONFIG} ({exc})") from None
+        if other.get("model") != MODEL:
+            raise RunError(f"{run} is a {other.get('model')!r} run; --autoencoder takes an ldm run")
+        payload = load_checkpoint(run / CHECKPOINT)
+        if payload["step"] < other["settings"].get("ae_steps", 0):
+            raise RunError(f"{run}: its autoencoder trained {payload['step']} of "
+                           f"{other['settings']['ae_steps']} steps; finish that run first")
+        self.settings["ae"] = dict(other["settings"]["ae"])
+        self.settings["ae_steps"] = 0
+        prefix = "autoencoder."
+        return {k[len(prefix):]: v for k, v in payload["task"]["model"].items()
+                if k.startswith(prefix)}
+
+    # --- training ------------------------------------------------------------------------------
+
+    def train_step(self, step: int) -> dict[str, float]:
+        if step < self.ae_steps:
+            return self._autoencoder_step()
+        if self.latent_batches is None:
+            self._enter_latent_phase()
+        return self._latent_step(step - self.ae_steps)
+
+    def _autoencoder_step(self) -> dict[str, float]:
+        ae = self.model.autoencoder.train()
+        x, _ = self.batches.next()
+        noise = torch.randn((x.shape[0], *self.model.latent_shape), generator=self.noise)
+        with self.autocast:
+            out = ae.loss(x, noise=noise.to(self.device))
+        self.ae_optimizer.zero_grad(set_to_none=True)
+        out.loss.backward()
+        self.ae_optimizer.step()
+        return {"ae_loss": out.loss.item(), "l1": out.l1.item(), "kl": out.kl.item()}
+
+    @torch.no_grad()
+    def _enter_latent_phase(self) -> None:
+        """Freezes the autoencoder, measures the scale factor (once per run) and caches the
+        training set's posterior moments (recomputed on resume: a deterministic function of the
+        frozen encoder)."""
+        ae = self.model.autoencoder.eval().requires_grad_(False)
+        if not self.scale_measured:
+            n = min(len(self.train_set), self.settings.get("scale_images", 2048))
+            generator = torch.Generator().manual_seed(self.seed + 2)
+            self.model.set_scale_factor(self.model.measure_scale_factor(
+                self.train_set.float(index=slice(0, n)), generator=generator))
+            self.scale_measured = True
+        moments = torch.cat([ae.quant_conv(ae.encoder(chunk.to(self.device)))
+                             for chunk in self.train_set.float().split(512)])
+        self.latent_batches = BatchStream(_Moments(moments, self.train_set.labels),
+                                          self.settings["batch_size"], self.seed + 3, self.device)
+        if self.latent_batches_state is not None:
+            self.latent_batches.load_state_dict(self.latent_batches_state)
+        self.items_per_step = self.settings["batch_size"]
+
+    def _latent_step(self, step: int) -> dict[str, float]:
+        assert self.latent_batches is not None
+        for group in self.optimizer.param_groups:  # linear warm-up
+            group["lr"] = self.settings["lr"] * min(1.0, (step + 1) / self.settings["warmup_steps"])
+        moments, y = self.latent_batches.next()
+        eps = torch.randn((moments.shape[0], *self.model.latent_shape), generator=self.noise)
+        z0 = self.model.scale_factor * DiagonalGaussian(moments).sample(noise=eps)
+        self.model.unet.train()
+        with self.autocast:
+            loss = self.model.loss(z0, y, generator=self.noise)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.model.unet.parameters(), self.settings["grad_clip"])
+        self.optimizer.step()
+        self.ema.update(self.model.unet)
+        return {"loss": loss.item()}
+
+    # --- pictures and metrics ------------------------------------------------------------------
+
+    def sample(self, labels: torch.Tensor, guidance: float, steps: int | None = None,
+               seed: int = 0, sampler: str = "ddim") -> torch.Tensor:
+        """Images [B, C, H, W] in [-1, 1] for labels [B], from the EMA U-Net."""
+        generator = torch.Generator().manual_seed(seed)
+        return self.model.sample(labels, guidance, sampler,
+                                 steps or self.settings["sample_steps"],
+                                 generator=generator, unet=self.ema.model)
+
+    @torch.no_grad()
+    def reconstruction_pictures(self, path: Path, n: int = 16) -> None:
+        x = self.test_set.float(index=slice(0, n)).to(self.device)
+        pairs = torch.stack([x, self.model.autoencoder.reconstruct(x)], 1).flatten(0, 1)
+        save_grid(pairs, path, nrow=8)
+
+    def class_grid(self, path: Path, per_class: int, guidance: float) -> torch.Tensor:
+        """One row per class: per_class guided samples each."""
+        images = self.sample(class_grid_labels(len(self.classes), per_class), guidance,
+                             seed=self.seed)
+        save_grid(images, path, nrow=per_class)
+        return images
+
+    def snapshot(self, run: Path, step: int) -> None:
+        self.model.autoencoder.eval()
+        self.reconstruction_pictures(run / "progress" / f"step_{step:07d}_reconstructions.png")
+        if step > self.ae_steps and self.latent_batches is not None:
+            self.class_grid(run / "progress" / f"step_{step:07d}_samples.png", 4,
+                            self.settings["guidance"])
+
+    @torch.no_grad()
+    def test_reconstruction(self, chunk: int = 256) -> dict:
+        """Mean |x - x̂| (images in [-1, 1]) and PSNR (on [0, 1]) over the test split, and the
+        standard deviation of the scaled test latents (≈ 1 when the scale factor transfers)."""
+        ae = self.model.autoencoder.eval()
+        abs_err = sq_err = 0.0
+        latents = []
+        generator = torch.Generator().manual_seed(self.seed)
+        for i in range(0, len(self.test_set), chunk):
+            x = self.test_set.float(index=slice(i, i + chunk)).to(self.device)
+            err = x - ae.reconstruct(x)
+            abs_err += err.abs().mean((1, 2, 3)).sum().item()
+            sq_err += (err / 2).pow(2).mean((1, 2, 3)).sum().item()      # on [0, 1]
+            latents.append(self.model.encode(x, generator).cpu())
+        n = len(self.test_set)
+        mse = sq_err / n
+        return {"test_l1": round(abs_err / n, 5),
+                "test_psnr_db": round(float(-10 * torch.log10(torch.tensor(mse))), 2),
+                "scale_factor": round(float(self.model.scale_factor), 5),
+                "scaled_test_latent_std": round(float(torch.cat(latents).std()), 4)}
+
+    def finish(self, run: Path) -> dict:
+        s = self.settings
+        if self.latent_batches is None and s["steps"] > self.ae_steps:
+            self._enter_latent_phase()  # a run resumed at the boundary, then stopped
+        metrics: dict = {"parameters_autoencoder": _count(self.model.autoencoder),
+                         "parameters_unet": _count(self.model.unet),
+                         "latent_shape": list(self.model.latent_shape),
+                         "factor": self.model.autoencoder.config.factor}
+        self.reconstruction_pictures(run / "reconstructions.png")
+        metrics.update(self.test_reconstruction(), reconstructions="reconstructions.png")
+        if self.latent_batches is None:  # only the autoencoder was trained
+            return metrics
+        self.class_grid(run / "samples.png", s.get("final_per_class", 8), s["guidance"])
+        metrics.update(samples="samples.png", classes=list(self.classes),
+                       sampler=f"ddim, {s['sample_steps']} steps, eta 0, EMA weights, "
+                               f"guidance {s['guidance']:g}; one row per class")
+        if s.get("fid_samples", 0) > 0:
+            metrics["guidance_eval"] = self.evaluate(run, s["fid_samples"])
+        return metrics
+
+    @torch.no_grad()
+    def evaluate(self, run: Path, n: int) -> dict:
+        """Per guidance scale: the Fréchet distance of n class-balanced samples to the test
+        images, and how often nerfx's classifier names the requested class (chance 1/classes).
+        The classifier is nerfx.fid's, trained on the run's dataset (cached)."""
+        from nerfx import fid
+
+        config = json.loads((run / CONFIG).read_text())
+        size = self.train_set.resolution
+        net = fid.feature_net_for(config["data"], size, fid.default_cache(), config["seed"],
+                                  self.device)
+        test = self.test_set.float(index=slice(0, n))
+        reference = fid.statistics(net, test)
+        labels = torch.arange(n) % len(self.classes)
+        out: dict = {"n": n, "chance": round(1 / len(self.classes), 4),
+                     "test_accuracy": _accuracy(net, test, self.test_set.labels[:n]),
+                     "reconstruction_accuracy": _accuracy(
+                         net, torch.cat([self.model.autoencoder.reconstruct(c.to(self.device))
+                                         for c in test.split(256)]), self.test_set.labels[:n]),
+                     "floor": round(fid.frechet_distance(
+                         *fid.statistics(net, self.train_set.float(index=slice(0, n))),
+                         *reference), 4)}
+        for g in self.settings["guidance_eval"]:
+            images = torch.cat([self.sample(labels[i:i + 256], g, seed=self.seed + 10 + i)
+                                for i in range(0, n, 256)])
+            out[f"guidance {g:g}"] = {
+                "frechet": round(fid.frechet_distance(*fid.statistics(net, images),
+                                                      *reference), 4),
+                "class_accuracy": _accuracy(net, images, labels)}
+        return out
+
+    def summary(self, metrics: dict) -> str:
+        text = (f"autoencoder f={metrics['factor']} test PSNR {metrics['test_psnr_db']} dB, "
+                f"scale factor {metrics['scale_factor']:.3g}")
+        for key, value in metrics.get("guidance_eval", {}).items():
+            if key.startswith("guidance"):
+                text += (f"; {key}: Fréchet {value['frechet']:.3g}, class accuracy "
+                         f"{value['class_accuracy']:.2f}")
+        return text + (f"; samples in {metrics['samples']}" if "samples" in metrics else "")
+
+    # --- checkpoints ---------------------------------------------------------------------------
+
+    def state_dict(self) -> dict:
+        return {"model": self.model.state_dict(), "ae_optimizer": self.ae_optimizer.state_dict(),
+                "optimizer": self.optimizer.state_dict(), "ema": self.ema.state_dict(),
+                "batches": self.batches.state_dict(), "noise": self.noise.get_state(),
+                "scale_measured": self.scale_measured,
+                "latent_batches": (self.latent_batches.state_dict() if self.latent_batches
+                                   else self.latent_batches_state or {})}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.ae_optimizer.load_state_dict(state["ae_optimizer"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.ema.load_state_dict(state["ema"])
+        self.batches.load_state_dict(state["batches"])
+        self.noise.set_state(state["noise"].cpu())
+        self.scale_measured = bool(state["scale_measured"])
+        self.latent_batches = None  # rebuilt from the loaded encoder at the next latent step
+        self.latent_batches_state = state["latent_batches"] or None
+
+
+def _count(module: torch.nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+@torch.no_grad()
+def _accuracy(net: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor) -> float:
+    device = next(net.parameters()).device
+    predicted = torch.cat([net(c.to(device)).argmax(1).cpu() for c in images.split(256)])
+    return round(float((predicted == labels.cpu()).float().mean()), 4)
+
+
+def load_trained(config: dict, task_state: dict, device: torch.device | str) -> LatentDiffusion:
+    """The latent diffusion model of a finished or interrupted run, in eval mode: its
+    autoencoder, the EMA weights of its latent U-Net and its scale factor."""
+    settings = config["settings"]
+    channels, size, _ = config["image_shape"]
+    model = build_model(settings, channels, size, len(config["classes"]))
+    model.load_state_dict(task_state["model"])
+    model.unet.load_state_dict(task_state["ema"]["model"])
+    return model.to(device).eval().requires_grad_(False)
