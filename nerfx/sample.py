@@ -1,9 +1,13 @@
-"""`python -m nerfx.sample RUN`: pictures from a trained DDPM or VAE run.
+"""`python -m nerfx.sample RUN`: pictures from a trained DDPM, latent diffusion or VAE run.
 
 DDPM runs: `--sampler ddim --steps 50 --eta 0` (or `--sampler ddpm`, all T steps) draws `--n`
 images from the EMA weights with `--seed`; `--interpolate A,B` decodes a slerp between the noises
 of seeds A and B at η = 0 [DDIM §5.3]. VAE runs: samples, reconstructions of test images (truth
 beside reconstruction) and an interpolation strip between two test images' posterior means.
+Latent diffusion (ldm) runs: `--guidance 3 --class 2` draws `--n` images of class 2 (a number or
+a class name) with classifier-free guidance scale 3; without `--class`, a grid with one row of
+`--per-class` images for every class. The sampler options are DDPM's (DDIM `--steps`, `--eta`, or
+`--sampler ddpm`); guidance defaults to the run's own setting.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from nerfx.runs import CHECKPOINT, RunError, load_checkpoint
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m nerfx.sample", description=__doc__.split("\n")[0])
-    p.add_argument("run", type=Path, help="run folder of a ddpm or vae run")
+    p.add_argument("run", type=Path, help="run folder of a ddpm, ldm or vae run")
     p.add_argument("--sampler", choices=["ddim", "ddpm"], default="ddim")
     p.add_argument("--steps", type=int, default=50, help="DDIM steps S")
     p.add_argument("--eta", type=float, default=0.0, help="DDIM η (0: deterministic)")
@@ -30,11 +34,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--n", type=int, default=64, help="images (frames with --interpolate)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--interpolate", help="two seeds A,B: slerp between their noises")
+    p.add_argument("--guidance", type=float,
+                   help="ldm: classifier-free guidance scale s (1: conditional model; default: "
+                   "the run's)")
+    p.add_argument("--class", dest="label",
+                   help="ldm: the class to draw, by number or name (default: a grid of all)")
+    p.add_argument("--per-class", type=int, default=8, help="ldm: images per class in the grid")
     p.add_argument("--out", type=Path, help="PNG to write (default: in the run folder)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = p.parse_args(argv)
-    if args.n < 1 or args.steps < 1:
-        p.error("--n and --steps must be at least 1")
+    if args.n < 1 or args.steps < 1 or args.per_class < 1:
+        p.error("--n, --steps and --per-class must be at least 1")
     return args
 
 
@@ -65,6 +75,32 @@ def sample_ddpm(args: argparse.Namespace, config: dict, state: dict) -> Path:
     return save_grid(images, args.out or args.run / name, nrow=nrow)
 
 
+def sample_ldm(args: argparse.Namespace, config: dict, state: dict) -> Path:
+    if args.interpolate:
+        raise RunError("--interpolate is for ddpm runs; ldm runs take --class and --guidance")
+    model = trainers.trainer_modules()["ldm"].load_trained(config, state, args.device)
+    classes = list(config["classes"])
+    guidance = config["settings"].get("guidance", 1.0) if args.guidance is None else args.guidance
+    if args.label is None:
+        labels = torch.arange(len(classes)).repeat_interleave(args.per_class)  # a row per class
+        nrow, what = args.per_class, "classes"
+    else:
+        label = int(args.label) if args.label.lstrip("-").isdigit() else (
+            classes.index(args.label) if args.label in classes else -1)
+        if not 0 <= label < len(classes):
+            raise RunError(f"--class {args.label}: this run's classes are 0..{len(classes) - 1} "
+                           f"({', '.join(classes)})")
+        labels = torch.full((args.n,), label)
+        nrow, what = min(args.n, 8), f"class{label}"
+    generator = torch.Generator().manual_seed(args.seed)
+    images = model.sample(labels, guidance, args.sampler, args.steps, args.eta, generator,
+                          progress=True)
+    steps = (f"ddpm{model.diffusion.num_timesteps}" if args.sampler == "ddpm"
+             else f"ddim{args.steps}_eta{args.eta:g}")
+    name = f"samples_{what}_guidance{guidance:g}_{steps}_seed{args.seed}.png"
+    return save_grid(images, args.out or args.run / name, nrow=nrow)
+
+
 def sample_vae(args: argparse.Namespace, config: dict, state: dict) -> Path:
     model = trainers.trainer_modules()["vae"].load_trained(config, state, args.device)
     value_range = (0.0, 1.0)
@@ -88,10 +124,13 @@ def main(argv: list[str] | None = None) -> Path:
     try:
         config = trainers.read_run_config(args.run)
         state = load_checkpoint(args.run / CHECKPOINT, args.device)["task"]
-        samplers = {"ddpm": sample_ddpm, "vae": sample_vae}
+        samplers = {"ddpm": sample_ddpm, "ldm": sample_ldm, "vae": sample_vae}
+        if config["model"] != "ldm" and (args.guidance is not None or args.label is not None):
+            raise RunError(f"{args.run} is a {config['model']} run: --guidance and --class are "
+                           "for ldm (class-conditional) runs")
         if config["model"] not in samplers:
             raise RunError(f"{args.run} is a {config['model']} run; nerfx.sample draws from "
-                           f"{' and '.join(samplers)} runs")
+                           f"{', '.join(samplers)} runs")
         out = samplers[config["model"]](args, config, state)
     except (RunError, ImageDataError) as exc:
         raise SystemExit(f"nerfx.sample: {exc}") from None
