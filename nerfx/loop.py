@@ -17,6 +17,7 @@ from typing import Protocol
 import torch
 from tqdm import tqdm
 
+from nerfx import distributed
 from nerfx.runs import CHECKPOINT, load_checkpoint, save_checkpoint
 
 
@@ -46,6 +47,9 @@ class LoopState:
 
 
 def save(run: Path, task: Task, state: LoopState) -> None:
+    """Process 0 writes the checkpoint (the others hold the same weights)."""
+    if not distributed.is_main():
+        return
     save_checkpoint(run / CHECKPOINT, {"step": state.step, "seconds": state.seconds,
                                        "task": task.state_dict(),
                                        "rng": torch.get_rng_state()})
@@ -55,7 +59,8 @@ def resume(run: Path, task: Task, device: torch.device | str = "cpu") -> LoopSta
     """Loads the last checkpoint of a run into task; the loop continues where it stopped."""
     payload = load_checkpoint(run / CHECKPOINT, device)
     task.load_state_dict(payload["task"])
-    torch.set_rng_state(payload["rng"].cpu())
+    if distributed.is_main():       # the other processes keep their own streams
+        torch.set_rng_state(payload["rng"].cpu())
     return LoopState(int(payload["step"]), float(payload["seconds"]))
 
 
@@ -65,11 +70,12 @@ def run_loop(task: Task, run: Path, settings: LoopSettings, state: LoopState | N
     state = state or LoopState()
     losses: dict[str, float] = {}
     bar = tqdm(total=settings.steps, initial=state.step, desc=desc, unit="step",
-               dynamic_ncols=True, mininterval=0.5)
+               dynamic_ncols=True, mininterval=0.5, disable=not distributed.is_main())
     started, seconds_before = time.perf_counter(), state.seconds
     try:
         while state.step < settings.steps:
-            if settings.max_seconds is not None and state.seconds >= settings.max_seconds:
+            if settings.max_seconds is not None and distributed.any_process(
+                    state.seconds >= settings.max_seconds):       # all stop at the same step
                 break
             step_losses = task.train_step(state.step)
             state.step += 1
@@ -78,10 +84,12 @@ def run_loop(task: Task, run: Path, settings: LoopSettings, state: LoopState | N
             for key, value in step_losses.items():
                 losses[key] = value if key not in losses else 0.98 * losses[key] + 0.02 * value
             bar.update(1)
-            rate = task.items_per_step * bar.format_dict["rate"] if bar.format_dict["rate"] else 0
+            rate = (task.items_per_step * distributed.world_size() * bar.format_dict["rate"]
+                    if bar.format_dict.get("rate") else 0)
             bar.set_postfix({**{k: f"{v:.4g}" for k, v in losses.items()}, "img/s": f"{rate:.0f}"},
                             refresh=False)
-            if settings.snapshot_every and state.step % settings.snapshot_every == 0:
+            if (settings.snapshot_every and state.step % settings.snapshot_every == 0
+                    and distributed.is_main()):
                 paused = time.perf_counter()
                 task.snapshot(run, state.step)           # pictures are not training time
                 started += time.perf_counter() - paused
@@ -95,13 +103,20 @@ def run_loop(task: Task, run: Path, settings: LoopSettings, state: LoopState | N
 
 class BatchStream:
     """Endless seeded epochs of (images, labels) from an ImageDataset, resumable exactly: the
-    order of epoch e is randperm(n) under seed + e, and the state is (epoch, position)."""
+    order of epoch e is randperm(n) under seed + e, and the state is (epoch, position).
+
+    Under torchrun each of the W processes takes its own slice of a global batch of
+    W * batch_size images, so W processes see what one process with a W times larger batch sees,
+    and a run resumes with any number of processes (the position counts global images)."""
 
     def __init__(self, data, batch_size: int, seed: int, device: torch.device,
                  value_range: tuple[float, float] = (-1.0, 1.0)):
-        if batch_size > len(data):
-            raise ValueError(f"batch size {batch_size} exceeds the {len(data)} training images")
+        world = distributed.world_size()
+        if batch_size * world > len(data):
+            raise ValueError(f"batch size {batch_size} x {world} processes exceeds the "
+                             f"{len(data)} training images")
         self.data, self.batch_size, self.seed = data, batch_size, seed
+        self.global_batch, self.rank = batch_size * world, distributed.rank()
         self.device, self.value_range = device, value_range
         self.epoch, self.position = 0, 0
         self._order = self._epoch_order()
@@ -112,11 +127,12 @@ class BatchStream:
 
     def next(self) -> tuple[torch.Tensor, torch.Tensor]:
         """-> (images [B, C, H, W] float in value_range, labels [B]) on the device."""
-        if self.position + self.batch_size > len(self.data):
+        if self.position + self.global_batch > len(self.data):
             self.epoch, self.position = self.epoch + 1, 0
             self._order = self._epoch_order()
-        index = self._order[self.position:self.position + self.batch_size]
-        self.position += self.batch_size
+        start = self.position + self.rank * self.batch_size       # this process's slice
+        index = self._order[start:start + self.batch_size]
+        self.position += self.global_batch
         images = self.data.float(self.value_range, index).to(self.device, non_blocking=True)
         return images, self.data.labels[index].to(self.device, non_blocking=True)
 

@@ -19,7 +19,7 @@ from types import ModuleType
 
 import torch
 
-from nerfx import loop
+from nerfx import distributed, loop
 from nerfx.data.images import ImageDataError, load_image_dataset
 from nerfx.runs import CONFIG, RunError, write_json
 
@@ -67,6 +67,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, help="images per step (default: preset)")
     p.add_argument("--lr", type=float, help="peak learning rate (default: preset)")
     p.add_argument("--image-size", type=int, help="train at this resolution (default: preset)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override any preset setting (JSON values), e.g. --set depth=6")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, help="run folder (default runs/<data>-<model>-<time>)")
     p.add_argument("--resume", type=Path, help="run folder to continue")
@@ -95,6 +97,14 @@ def settings_for(args: argparse.Namespace, module: ModuleType) -> dict:
                        ("image_size", args.image_size), ("max_seconds", args.max_seconds)):
         if value is not None:
             settings[key] = value
+    for item in args.set:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"nerfx.train: --set takes KEY=VALUE, got {item!r}")
+        try:
+            settings[key] = json.loads(text)
+        except json.JSONDecodeError:
+            settings[key] = text            # a plain string, e.g. --set size=S
     return settings
 
 
@@ -117,34 +127,49 @@ def train(args: argparse.Namespace) -> dict:
                   "settings": settings_for(args, module)}
     module = trainer_modules()[config["model"]]
     settings = config["settings"]
-    device = torch.device(args.device)
-    torch.manual_seed(config["seed"])
-    print(f"nerfx.train: {config['model']} on {config['data']} ({settings['preset']} preset, "
-          f"{device}); run folder {run}", flush=True)
+    device = distributed.setup(torch.device(args.device).type) or torch.device(args.device)
+    torch.manual_seed(config["seed"])       # the same initial weights in every process
+    main = distributed.is_main()
+    if main:
+        world = distributed.world_size()
+        print(f"nerfx.train: {config['model']} on {config['data']} ({settings['preset']} "
+              f"preset, {device}{f', {world} processes' if world > 1 else ''}); run folder "
+              f"{run}", flush=True)
     size = settings.get("image_size")
     train_set = load_image_dataset(config["data"], "train", size=size, seed=config["seed"],
                                    n=settings.get("train_images"))
     test_set = load_image_dataset(config["data"], "test", size=size, seed=config["seed"],
                                   n=settings.get("test_images"))
     trainer = module.Trainer(settings, train_set, test_set, device, config["seed"])
-    run.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(distributed.process_seed(config["seed"]))   # then each its own stream
     config["classes"] = list(train_set.classes)
     config["image_shape"] = list(train_set.images.shape[1:])
-    write_json(run / CONFIG, config)
+    if main:
+        run.mkdir(parents=True, exist_ok=True)
+        write_json(run / CONFIG, config)
+    distributed.barrier()
     state = loop.resume(run, trainer, device) if args.resume else None
     state = loop.run_loop(trainer, run, loop.LoopSettings(
         steps=settings["steps"], max_seconds=settings.get("max_seconds"),
         save_every=settings.get("save_every", 500),
         snapshot_every=settings.get("snapshot_every", 0)), state, desc=config["model"])
+    if not main:                  # process 0 evaluates and writes; the others are done
+        distributed.barrier()
+        distributed.cleanup()
+        return {"steps": state.step}
     start = time.perf_counter()
     metrics = trainer.finish(run)
     metrics.update(steps=state.step, train_seconds=round(state.seconds, 1),
                    finish_seconds=round(time.perf_counter() - start, 1),
+                   processes=distributed.world_size(),
                    images_per_second=round(state.step * trainer.items_per_step
+                                           * distributed.world_size()
                                            / max(state.seconds, 1e-9), 1))
     write_json(run / METRICS, metrics)
     print(f"nerfx.train: {config['model']} {state.step} steps in {state.seconds:.0f} s: "
           f"{trainer.summary(metrics)}; {run}", flush=True)
+    distributed.barrier()
+    distributed.cleanup()
     return metrics
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 
+from nerfx import distributed
 from nerfx.data.images import ImageDataset
 from nerfx.images import save_grid
 from nerfx.loop import BatchStream
@@ -51,7 +52,8 @@ class Trainer:
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=settings["lr"])
         self.ema = EMA(self.model, settings["ema_decay"])
         self.batches = BatchStream(train_set, settings["batch_size"], seed, device)
-        self.noise = torch.Generator().manual_seed(seed + 1)     # timesteps and noise, on the CPU
+        # Timesteps and noise, drawn on the CPU; each process its own stream.
+        self.noise = torch.Generator().manual_seed(distributed.process_seed(seed + 1))
         self.image_shape = tuple(train_set.images.shape[1:])
         self.seed = seed
         # bf16 autocast on a GPU; fp32 on the CPU, where bf16 convolutions are slower.
@@ -69,6 +71,7 @@ class Trainer:
             loss = self.diffusion.loss(self.model, x0, t, noise)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        distributed.average_gradients(self.model.parameters())
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.settings["grad_clip"])
         self.optimizer.step()
         self.ema.update(self.model)
@@ -111,7 +114,8 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.ema.load_state_dict(state["ema"])
         self.batches.load_state_dict(state["batches"])
-        self.noise.set_state(state["noise"].cpu())
+        if distributed.is_main():
+            self.noise.set_state(state["noise"].cpu())
 
 
 def load_trained(config: dict, task_state: dict, device: torch.device

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import torch
 
+from nerfx import distributed
 from nerfx.data.images import ImageDataset
 from nerfx.images import save_grid
 from nerfx.loop import BatchStream
@@ -40,7 +41,7 @@ class Trainer:
                                    beta=settings["beta"])).to(device)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=settings["lr"])
         self.batches = BatchStream(train_set, settings["batch_size"], seed, device, VALUE_RANGE)
-        self.noise = torch.Generator().manual_seed(seed + 1)
+        self.noise = torch.Generator().manual_seed(distributed.process_seed(seed + 1))
         self.seed = seed
 
     def train_step(self, step: int) -> dict[str, float]:
@@ -50,6 +51,7 @@ class Trainer:
         out = self.model.loss(x, noise)
         self.optimizer.zero_grad(set_to_none=True)
         out.loss.backward()
+        distributed.average_gradients(self.model.parameters())
         self.optimizer.step()
         return {"loss": out.loss.item(), "kl": out.kl.mean().item()}
 
@@ -99,7 +101,8 @@ class Trainer:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.batches.load_state_dict(state["batches"])
-        self.noise.set_state(state["noise"].cpu())
+        if distributed.is_main():
+            self.noise.set_state(state["noise"].cpu())
 
 
 def load_trained(config: dict, task_state: dict, device: torch.device) -> VAE:

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from nerfx import distributed
 from nerfx.data.images import ImageDataset
 from nerfx.images import save_grid, to_uint8, write_png
 from nerfx.loop import BatchStream
@@ -77,6 +78,7 @@ class Trainer:
                                label_smoothing=self.settings["label_smoothing"])
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        distributed.average_gradients(self.model.parameters())
         self.optimizer.step()
         return {"loss": loss.item(), "acc": (logits.argmax(1) == labels).float().mean().item()}
 

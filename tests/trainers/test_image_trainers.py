@@ -103,3 +103,34 @@ def test_sample_cli_draws_from_ddpm_and_vae_runs(tmp_path, toy_presets):
     with pytest.raises(SystemExit, match="two seeds"):
         sample.main([str(tmp_path / "ddpm"), "--interpolate", "1", "--device", "cpu"])
 
+
+
+def test_two_processes_match_one_with_the_doubled_batch(tmp_path):
+    """torchrun with 2 CPU processes (gloo), 4 images each, reaches the weights of 1 process
+    with 8 images per step: each process its slice of the batch, gradients averaged."""
+    import os
+    import subprocess
+    import sys
+
+    common = ["-m", "nerfx.train", "--model", "vit", "--data", "shapes", "--fast",
+              "--device", "cpu", "--steps", "3", "--set", "depth=1", "--set", "dim=32",
+              "--set", "heads=2", "--set", "drop_path=0", "--set", "train_images=64",
+              "--set", "test_images=8", "--set", "warmup_steps=1"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    for name, launcher, batch in (("two", ["-m", "torch.distributed.run", "--nproc_per_node",
+                                           "2", "--master_port", "29533"], 4),
+                                  ("one", [], 8)):
+        done = subprocess.run([sys.executable, *launcher, *common, "--batch-size", str(batch),
+                               "--out", str(tmp_path / name)], env=env, capture_output=True,
+                              text=True, timeout=600)
+        assert done.returncode == 0, done.stderr[-3000:]
+    two = torch.load(tmp_path / "two" / "checkpoint.pt", weights_only=True)
+    one = torch.load(tmp_path / "one" / "checkpoint.pt", weights_only=True)
+    assert two["step"] == one["step"] == 3
+    assert json.loads((tmp_path / "two" / "metrics.json").read_text())["processes"] == 2
+    # Adam's first steps are about lr * sign(gradient): where a gradient is ~0, rounding in the
+    # all-reduce can flip the sign, so a few entries may differ by up to lr per step (1e-3).
+    diff = torch.cat([(two["task"]["model"][k] - v).abs().flatten()
+                      for k, v in one["task"]["model"].items()])
+    assert diff.max() <= 3 * 1e-3
+    assert (diff > 1e-5).float().mean() < 0.005, f"{(diff > 1e-5).float().mean():.2%} differ"
