@@ -288,7 +288,6 @@ class Trainer:
             metrics["guidance_eval"] = self.evaluate(run, s["fid_samples"])
         return metrics
 
-    @torch.no_grad()
     def evaluate(self, run: Path, n: int) -> dict:
         """Per guidance scale: the Fréchet distance of n class-balanced samples to the test
         images, and how often nerfx's classifier names the requested class (chance 1/classes).
@@ -298,7 +297,13 @@ class Trainer:
         config = json.loads((run / CONFIG).read_text())
         size = self.train_set.resolution
         net = fid.feature_net_for(config["data"], size, fid.default_cache(), config["seed"],
-                                  self.device)
+                                  self.device)               # trained (with gradients) once
+        with torch.no_grad():
+            return self._evaluate(net, n)
+
+    def _evaluate(self, net: torch.nn.Module, n: int) -> dict:
+        from nerfx import fid
+
         test = self.test_set.float(index=slice(0, n))
         reference = fid.statistics(net, test)
         labels = torch.arange(n) % len(self.classes)

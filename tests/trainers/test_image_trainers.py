@@ -19,8 +19,19 @@ TOY = {
     "vit": dict(size="Ti", patch_size=8, image_size=16, batch_size=4, lr=1e-3,
                 weight_decay=0.05, warmup_steps=2, steps=4, label_smoothing=0.1, drop_path=0.1,
                 save_every=2, train_images=16, test_images=8),
+    "ldm": dict(image_size=16, batch_size=4, ae_batch_size=4,
+                ae=dict(ch=8, ch_mult=(1, 2, 2), num_res_blocks=1, z_channels=3, num_groups=4),
+                ae_steps=2, ae_lr=1e-3,
+                unet=dict(ch=16, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(4, 2),
+                          dropout=0.0, num_groups=4),
+                context_dim=16, head_channels=8, transformer_depth=1, p_uncond=0.2, lr=1e-3,
+                warmup_steps=2, grad_clip=1.0, ema_decay=0.9, steps=4, save_every=2,
+                snapshot_every=2, sample_steps=2, guidance=3.0, guidance_eval=(1.0, 3.0),
+                fid_samples=0, final_per_class=2, scale_images=16, train_images=16,
+                test_images=8),
 }
-PICTURE = {"ddpm": "samples.png", "vae": "samples.png", "vit": "confusion.png"}
+PICTURE = {"ddpm": "samples.png", "vae": "samples.png", "vit": "confusion.png",
+           "ldm": "samples.png"}
 
 
 @pytest.fixture

@@ -1,0 +1,122 @@
+"""The latent diffusion trainer at toy sizes: exact resume in either phase and at the boundary,
+the autoencoder taken from an earlier run, the guidance evaluation (Fréchet distance, class
+accuracy by nerfx's classifier), and python -m nerfx.sample on an ldm run."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from nerfx import fid, sample, train, trainers
+
+TOY = dict(image_size=16, batch_size=4, ae_batch_size=4,
+           ae=dict(ch=8, ch_mult=(1, 2, 2), num_res_blocks=1, z_channels=3, num_groups=4),
+           ae_steps=3, ae_lr=1e-3,
+           unet=dict(ch=16, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(4, 2),
+                     dropout=0.0, num_groups=4),
+           context_dim=16, head_channels=8, transformer_depth=1, p_uncond=0.2, lr=1e-3,
+           warmup_steps=2, grad_clip=1.0, ema_decay=0.9, steps=6, save_every=100,
+           snapshot_every=0, sample_steps=2, guidance=3.0, guidance_eval=(1.0, 3.0),
+           fid_samples=0, final_per_class=2, scale_images=16, train_images=16, test_images=8)
+COMMON = ["--model", "ldm", "--data", "shapes", "--fast", "--device", "cpu"]
+
+
+@pytest.fixture
+def toy(monkeypatch):
+    """Sets the ldm fast preset to TOY plus overrides; returns the setter."""
+    def set_preset(**overrides):
+        monkeypatch.setitem(trainers.trainer_modules()["ldm"].PRESETS, "fast",
+                            {**TOY, **overrides})
+    set_preset()
+    return set_preset
+
+
+def task_state(run):
+    return torch.load(run / "checkpoint.pt", weights_only=True)["task"]
+
+
+@pytest.mark.parametrize("stop", [2, 3, 4])      # in the autoencoder phase, at the switch, after
+def test_resume_in_either_phase_matches_a_straight_run(tmp_path, toy, stop):
+    train.main(COMMON + ["--out", str(tmp_path / "straight")])
+    train.main(COMMON + ["--steps", str(stop), "--out", str(tmp_path / "split")])
+    train.main(["--resume", str(tmp_path / "split"), "--steps", "6"])
+    a, b = task_state(tmp_path / "straight"), task_state(tmp_path / "split")
+    assert a["scale_measured"] and b["scale_measured"]
+    for part in ("model", ):
+        for key, value in a[part].items():
+            torch.testing.assert_close(b[part][key], value, msg=key)
+    for key, value in a["ema"]["model"].items():
+        torch.testing.assert_close(b["ema"]["model"][key], value, msg=key)
+    assert a["latent_batches"] == b["latent_batches"]
+
+
+def test_phases_share_one_step_counter(tmp_path, toy):
+    metrics = train.main(COMMON + ["--out", str(tmp_path / "run")])
+    state = task_state(tmp_path / "run")
+    assert metrics["steps"] == 6
+    assert state["batches"]["position"] == 3 * 4            # 3 autoencoder steps of 4 images
+    assert state["latent_batches"]["position"] == 3 * 4     # 3 latent steps of 4
+    assert state["ema"]["num_updates"] == 3
+    assert metrics["scale_factor"] > 0 and metrics["latent_shape"] == [3, 4, 4]
+
+
+def test_autoencoder_from_an_earlier_run(tmp_path, toy):
+    train.main(COMMON + ["--steps", "3", "--out", str(tmp_path / "ae")])     # autoencoder only
+    assert not (tmp_path / "ae" / "samples.png").exists()
+    first = task_state(tmp_path / "ae")["model"]
+    # a preset whose own autoencoder differs: the earlier run's architecture and weights win
+    toy(autoencoder_run=str(tmp_path / "ae"), ae=dict(TOY["ae"], ch=4), steps=3)
+    metrics = train.main(COMMON + ["--out", str(tmp_path / "latent")])
+    config = json.loads((tmp_path / "latent" / "config.json").read_text())
+    assert config["settings"]["ae_steps"] == 0 and config["settings"]["ae"]["ch"] == 8
+    assert metrics["steps"] == 3 and (tmp_path / "latent" / "samples.png").is_file()
+    second = task_state(tmp_path / "latent")
+    assert second["ema"]["num_updates"] == 3                 # all three steps were latent steps
+    for key, value in first.items():
+        if key.startswith("autoencoder."):
+            torch.testing.assert_close(second["model"][key], value, msg=key)  # frozen
+    toy(autoencoder_run=str(tmp_path / "nowhere"))
+    with pytest.raises(SystemExit, match="cannot read the autoencoder run"):
+        train.main(COMMON + ["--out", str(tmp_path / "bad")])
+
+
+def test_guidance_evaluation(tmp_path, toy, monkeypatch):
+    """finish() reports, per guidance scale, the Fréchet distance and the class accuracy of
+    samples by nerfx's classifier (a quickly trained one here)."""
+    monkeypatch.setenv("NERFX_CACHE", str(tmp_path / "cache"))
+    quick = fid.train_feature_net
+    monkeypatch.setattr(fid, "train_feature_net",
+                        lambda data, **kw: quick(data, **{**kw, "steps": 3, "batch_size": 8}))
+    toy(fid_samples=8)
+    metrics = train.main(COMMON + ["--out", str(tmp_path / "run")])
+    table = metrics["guidance_eval"]
+    assert table["n"] == 8 and table["chance"] == 0.125
+    for key in ("guidance 1", "guidance 3"):
+        assert table[key]["frechet"] >= 0 and 0 <= table[key]["class_accuracy"] <= 1
+    assert 0 <= table["test_accuracy"] <= 1 and table["floor"] >= 0
+    saved = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert saved["guidance_eval"] == table
+
+
+def test_sample_cli_on_an_ldm_run(tmp_path, toy):
+    from PIL import Image
+
+    run = tmp_path / "run"
+    train.main(COMMON + ["--out", str(run)])
+    args = [str(run), "--steps", "2", "--device", "cpu"]
+    one = sample.main(args + ["--guidance", "3", "--class", "2", "--n", "3"])
+    again = sample.main(args + ["--guidance", "3", "--class", "triangle", "--n", "3",
+                                "--out", str(tmp_path / "again.png")])    # class 2 by name
+    with Image.open(one) as a, Image.open(again) as b:
+        assert a.size == (2 + 3 * 18, 2 + 18) and a.tobytes() == b.tobytes()
+    assert "class2_guidance3" in one.name
+    grid = sample.main(args + ["--per-class", "2"])                        # every class
+    with Image.open(grid) as img:
+        assert img.size == (2 + 2 * 18, 2 + 8 * 18)                       # a row per class
+    assert "guidance3" in grid.name                                        # the run's default
+    with pytest.raises(SystemExit, match="classes are 0..7"):
+        sample.main(args + ["--class", "8"])
+    with pytest.raises(SystemExit, match="interpolate is for ddpm"):
+        sample.main(args + ["--interpolate", "1,2"])
