@@ -183,8 +183,9 @@ class OccupancyGrid(nn.Module):
         legacy = prefix + "density"
         if legacy in state_dict and prefix + "optical_thickness" not in state_dict:
             warnings.warn("OccupancyGrid: this checkpoint predates optical-thickness grids (it "
-                          "stores raw density); converting it (sigma as the thickness of a unit "
-                          "step, rescaled to the marching step on the next update)",
+                          "stores raw density); converting it: sigma * dt, dt rescaled to the "
+                          "marching step (by InstantNGPPipeline at load, else at the next "
+                          "update)",
                           stacklevel=2)
             state_dict[prefix + "optical_thickness"] = state_dict.pop(legacy).float()
             state_dict[prefix + "step_size"] = torch.ones(())
