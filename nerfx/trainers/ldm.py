@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from nerfx import distributed
 from nerfx.data.images import ImageDataset
 from nerfx.images import save_grid
 from nerfx.loop import BatchStream
@@ -38,7 +39,9 @@ MODEL = "ldm"
 # configs/latent-diffusion/cin-ldm-vq-f8.yaml (256 channels, 1,2,4, 2 blocks, spatial
 # transformers with 32-channel heads at every level, class embedding 512, AdamW, EMA 0.9999)]
 # with label dropout 0.1 [Ho & Salimans 2022].
-# cpu / fast: small networks on 16x16 shapes (4x4x3 latents), minutes on 2 cores.
+# cpu / fast: small networks on 16x16 shapes, f=4: 4x4 latents, with 4 channels rather than
+# KL-f4's 3 (measured on shapes: nerfx's classifier names the class of 57% of test
+# reconstructions with 4, 51% with 3, after 3000 steps at lr 2e-3); minutes on 2 cores.
 PRESETS = {
     "gpu": dict(image_size=32, batch_size=128, ae_batch_size=64,
                 ae=dict(ch=128, ch_mult=(1, 2, 4), num_res_blocks=2, z_channels=3),
@@ -51,23 +54,23 @@ PRESETS = {
                 guidance=3.0, guidance_eval=(1.0, 3.0, 5.0), fid_samples=2000,
                 scale_images=4096),
     "cpu": dict(image_size=16, batch_size=64, ae_batch_size=32,
-                ae=dict(ch=16, ch_mult=(1, 2, 2), num_res_blocks=1, z_channels=3, num_groups=8),
-                ae_steps=3000, ae_lr=1e-3,
+                ae=dict(ch=16, ch_mult=(1, 2, 2), num_res_blocks=1, z_channels=4, num_groups=8),
+                ae_steps=8000, ae_lr=2e-3,
                 unet=dict(ch=32, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(4, 2),
                           dropout=0.0, num_groups=8),
                 context_dim=64, head_channels=16, transformer_depth=1, p_uncond=0.1,
                 lr=1e-3, warmup_steps=100, grad_clip=1.0, ema_decay=0.999,
-                steps=11_000, save_every=500, snapshot_every=1000, sample_steps=50,
+                steps=20_000, save_every=500, snapshot_every=1000, sample_steps=50,
                 guidance=3.0, guidance_eval=(1.0, 3.0, 5.0), fid_samples=1000,
                 scale_images=2048),
     "fast": dict(image_size=16, batch_size=64, ae_batch_size=32,
-                 ae=dict(ch=16, ch_mult=(1, 2, 2), num_res_blocks=1, z_channels=3, num_groups=8),
-                 ae_steps=1200, ae_lr=1e-3,
+                 ae=dict(ch=16, ch_mult=(1, 2, 2), num_res_blocks=1, z_channels=4, num_groups=8),
+                 ae_steps=3000, ae_lr=2e-3,
                  unet=dict(ch=32, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(4, 2),
                            dropout=0.0, num_groups=8),
                  context_dim=64, head_channels=16, transformer_depth=1, p_uncond=0.1,
                  lr=1e-3, warmup_steps=100, grad_clip=1.0, ema_decay=0.995,
-                 steps=4200, save_every=500, snapshot_every=1000, sample_steps=50,
+                 steps=7000, save_every=500, snapshot_every=1000, sample_steps=50,
                  guidance=3.0, guidance_eval=(1.0, 3.0, 5.0), fid_samples=512,
                  scale_images=2048, train_images=4000, test_images=512),
 }
@@ -131,7 +134,9 @@ class Trainer:
         self.ema = EMA(self.model.unet, settings["ema_decay"])
         self.batches = BatchStream(train_set, settings.get("ae_batch_size",
                                                            settings["batch_size"]), seed, device)
-        self.noise = torch.Generator().manual_seed(seed + 1)  # all training randomness, CPU
+        # All training randomness (posterior samples, t, ε, label dropout), drawn on the CPU;
+        # each process its own stream under torchrun.
+        self.noise = torch.Generator().manual_seed(distributed.process_seed(seed + 1))
         self.latent_batches: BatchStream | None = None  # made on entering the latent phase
         self.latent_batches_state: dict | None = None
         self.scale_measured = False
@@ -177,6 +182,7 @@ class Trainer:
             out = ae.loss(x, noise=noise.to(self.device))
         self.ae_optimizer.zero_grad(set_to_none=True)
         out.loss.backward()
+        distributed.average_gradients(ae.parameters())
         self.ae_optimizer.step()
         return {"ae_loss": out.loss.item(), "l1": out.l1.item(), "kl": out.kl.item()}
 
@@ -212,6 +218,7 @@ class Trainer:
             loss = self.model.loss(z0, y, generator=self.noise)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        distributed.average_gradients(self.model.unet.parameters())
         torch.nn.utils.clip_grad_norm_(self.model.unet.parameters(), self.settings["grad_clip"])
         self.optimizer.step()
         self.ema.update(self.model.unet)
@@ -349,7 +356,8 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.ema.load_state_dict(state["ema"])
         self.batches.load_state_dict(state["batches"])
-        self.noise.set_state(state["noise"].cpu())
+        if distributed.is_main():               # the other processes keep their own streams
+            self.noise.set_state(state["noise"].cpu())
         self.scale_measured = bool(state["scale_measured"])
         self.latent_batches = None  # rebuilt from the loaded encoder at the next latent step
         self.latent_batches_state = state["latent_batches"] or None
