@@ -165,6 +165,26 @@ static void composite_gradient_matches_finite_differences() {
   }
 }
 
+// CSR ranges: every ray valid exactly when the offsets rise from 0 to n_samples.
+static void ray_ranges_are_checked() {
+  const auto all_valid = [](std::initializer_list<int64_t> list, int64_t n_samples) {
+    const int64_t* offsets = list.begin();
+    const int64_t n_rays = int64_t(list.size()) - 1;
+    bool valid = true;
+    for (int64_t r = 0; r < n_rays; ++r) {
+      valid = valid && composite::valid_ray_range(r, n_rays, offsets, n_samples);
+    }
+    return valid;
+  };
+  EXPECT(all_valid({0, 2, 2, 5}, 5));
+  EXPECT(all_valid({0, 0}, 0));
+  EXPECT(!all_valid({0, 4, 3}, 5));   // falling
+  EXPECT(!all_valid({0, 3, 6}, 5));   // past n_samples
+  EXPECT(!all_valid({1, 2, 5}, 5));   // not from 0
+  EXPECT(!all_valid({0, 2, 4}, 5));   // short of n_samples
+  EXPECT(!all_valid({0, -1, 5}, 5));  // negative
+}
+
 int main() {
   clipping_handles_axis_parallel_and_missing_rays();
   full_grid_marches_the_whole_lattice();
@@ -173,6 +193,7 @@ int main() {
   locate_agrees_with_floor();
   far_rays_skip_exactly();
   composite_gradient_matches_finite_differences();
+  ray_ranges_are_checked();
   if (failures == 0) std::printf("render math: all checks passed\n");
   return failures == 0 ? 0 : 1;
 }
