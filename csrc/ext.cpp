@@ -39,7 +39,8 @@ TORCH_LIBRARY(nerfx, m) {
   m.def("hash_encode(Tensor x, Tensor params, int[] offsets, int[] resolutions, int n_features) "
         "-> Tensor");
   m.def("hash_encode_backward(Tensor grad_out, Tensor x, Tensor params, int[] offsets, "
-        "int[] resolutions, int n_features, bool needs_x_grad) -> (Tensor, Tensor)");
+        "int[] resolutions, int n_features, bool needs_x_grad, bool needs_params_grad) "
+        "-> (Tensor, Tensor)");
   m.def("composite_rays(Tensor sigmas, Tensor rgbs, Tensor t_start, Tensor t_end, "
         "Tensor offsets, float threshold) -> (Tensor, Tensor, Tensor, Tensor)");
   m.def("composite_rays_backward(Tensor grad_color, Tensor grad_opacity, Tensor grad_depth, "

@@ -22,8 +22,31 @@ Packed checked(const at::Tensor& sigmas, const at::Tensor& rgbs, const at::Tenso
     TORCH_CHECK(t->device() == sigmas.device(), "composite_rays: all tensors must be on ",
                 sigmas.device());
   }
-  return {sigmas.contiguous(), rgbs.contiguous(), t_start.contiguous(), t_end.contiguous(),
-          offsets.contiguous()};
+  Packed in{sigmas.contiguous(), rgbs.contiguous(), t_start.contiguous(), t_end.contiguous(),
+            offsets.contiguous()};
+  if (!in.offsets.is_cuda()) {
+    // One pass over [n_rays + 1] integers. CUDA kernels test their own ray (a device-side
+    // assert, no synchronisation here) and never touch samples outside [0, S).
+    const int64_t n_rays = in.offsets.numel() - 1;
+    const int64_t* offs = in.offsets.data_ptr<int64_t>();
+    for (int64_t r = 0; r < n_rays; ++r) {
+      TORCH_CHECK(valid_ray_range(r, n_rays, offs, S), "composite_rays: offsets must rise from 0 "
+                  "to S = ", S, "; ray ", r, " has [", offs[r], ", ", offs[r + 1], ")");
+    }
+    TORCH_CHECK(n_rays > 0 || (offs[0] == 0 && S == 0), "composite_rays: offsets = [",
+                offs[0], "] (no rays) needs offsets[0] = 0 and S = 0, got S = ", S);
+  }
+  return in;
+}
+
+// A tensor of the given shape, dtype and device, else an error naming it.
+void check_like(const at::Tensor& t, const char* name, at::IntArrayRef shape,
+                const at::Tensor& like) {
+  TORCH_CHECK(t.sizes() == shape, "composite_rays backward: ", name, " must be ", shape, ", got ",
+              t.sizes());
+  TORCH_CHECK(t.scalar_type() == like.scalar_type() && t.device() == like.device(),
+              "composite_rays backward: ", name, " must be ", like.scalar_type(), " on ",
+              like.device(), ", got ", t.scalar_type(), " on ", t.device());
 }
 
 }  // namespace
@@ -55,6 +78,19 @@ std::tuple<at::Tensor, at::Tensor> backward(
     const at::Tensor& color, const at::Tensor& opacity, const at::Tensor& depth,
     const at::Tensor& weights, double threshold) {
   const Packed in = checked(sigmas, rgbs, t_start, t_end, offsets);
+  const int64_t n_rays = offsets.numel() - 1, S = sigmas.numel();
+  // The saved outputs and their gradients: [n_rays, 3], [n_rays], [n_rays], [S] (grad_weights
+  // may be [0]: no gradient).
+  check_like(color, "color", {n_rays, 3}, sigmas);
+  check_like(opacity, "opacity", {n_rays}, sigmas);
+  check_like(depth, "depth", {n_rays}, sigmas);
+  check_like(weights, "weights", {S}, sigmas);
+  check_like(grad_color, "grad_color", {n_rays, 3}, sigmas);
+  check_like(grad_opacity, "grad_opacity", {n_rays}, sigmas);
+  check_like(grad_depth, "grad_depth", {n_rays}, sigmas);
+  if (grad_weights.numel() != 0 || grad_weights.sizes() != at::IntArrayRef({0})) {
+    check_like(grad_weights, "grad_weights", {S}, sigmas);
+  }
   const Outputs saved{color.contiguous(), opacity.contiguous(), depth.contiguous(),
                       weights.contiguous()};
   const Outputs grads{grad_color.contiguous(), grad_opacity.contiguous(), grad_depth.contiguous(),

@@ -3,6 +3,7 @@
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
+#include <c10/macros/Macros.h>
 
 #include "composite/composite.h"
 
@@ -11,8 +12,19 @@ namespace {
 
 constexpr int kThreads = 256;
 
+// Each thread checks its ray's CSR range before touching a sample: a bad one (offsets not rising
+// from 0 to S) fires a device-side assert, reported at the next synchronisation, and the ray is
+// left alone, so nothing outside [0, S) is read or written even where asserts are compiled out.
+__device__ inline bool checked_ray_range(int64_t r, int64_t n_rays, const int64_t* offsets,
+                                         int64_t n_samples) {
+  const bool valid = valid_ray_range(r, n_rays, offsets, n_samples);
+  CUDA_KERNEL_ASSERT_MSG(valid, "composite_rays: offsets must rise from 0 to n_samples");
+  return valid;
+}
+
 template <typename scalar_t>
-__global__ void forward_kernel(int64_t n_rays, const int64_t* __restrict__ offsets,
+__global__ void forward_kernel(int64_t n_rays, int64_t n_samples,
+                               const int64_t* __restrict__ offsets,
                                const scalar_t* __restrict__ sigmas,
                                const scalar_t* __restrict__ rgbs,
                                const scalar_t* __restrict__ t_start,
@@ -21,6 +33,7 @@ __global__ void forward_kernel(int64_t n_rays, const int64_t* __restrict__ offse
                                scalar_t* weights) {
   const int64_t r = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (r >= n_rays) return;
+  if (!checked_ray_range(r, n_rays, offsets, n_samples)) return;
   const SurvivalOf<scalar_t> survive{sigmas, t_start, t_end};
   const RayTotals<scalar_t> ray = composite_ray(offsets[r], offsets[r + 1], survive, rgbs, t_start,
                                                 t_end, threshold, weights);
@@ -28,7 +41,8 @@ __global__ void forward_kernel(int64_t n_rays, const int64_t* __restrict__ offse
 }
 
 template <typename scalar_t>
-__global__ void backward_kernel(int64_t n_rays, const int64_t* __restrict__ offsets,
+__global__ void backward_kernel(int64_t n_rays, int64_t n_samples,
+                                const int64_t* __restrict__ offsets,
                                 const scalar_t* __restrict__ sigmas,
                                 const scalar_t* __restrict__ rgbs,
                                 const scalar_t* __restrict__ t_start,
@@ -40,6 +54,7 @@ __global__ void backward_kernel(int64_t n_rays, const int64_t* __restrict__ offs
                                 scalar_t* grad_sigmas, scalar_t* grad_rgbs) {
   const int64_t r = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (r >= n_rays) return;
+  if (!checked_ray_range(r, n_rays, offsets, n_samples)) return;
   const SurvivalOf<scalar_t> survive{sigmas, t_start, t_end};
   composite_ray_backward(offsets[r], offsets[r + 1], survive, rgbs, t_start, t_end, threshold,
                          weights, load_totals(r, color, opacity, depth),
@@ -56,8 +71,9 @@ void forward_cuda(const Packed& in, double threshold, Outputs& out) {
   auto stream = at::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES(in.sigmas.scalar_type(), "composite_rays_cuda", [&] {
     forward_kernel<scalar_t><<<blocks, kThreads, 0, stream>>>(
-        n_rays, in.offsets.data_ptr<int64_t>(), in.sigmas.data_ptr<scalar_t>(),
-        in.rgbs.data_ptr<scalar_t>(), in.t_start.data_ptr<scalar_t>(),
+        n_rays, in.sigmas.numel(), in.offsets.data_ptr<int64_t>(),
+        in.sigmas.data_ptr<scalar_t>(), in.rgbs.data_ptr<scalar_t>(),
+        in.t_start.data_ptr<scalar_t>(),
         in.t_end.data_ptr<scalar_t>(), scalar_t(threshold), out.color.data_ptr<scalar_t>(),
         out.opacity.data_ptr<scalar_t>(), out.depth.data_ptr<scalar_t>(),
         out.weights.data_ptr<scalar_t>());
@@ -73,8 +89,9 @@ void backward_cuda(const Packed& in, double threshold, const Outputs& saved, con
   auto stream = at::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES(in.sigmas.scalar_type(), "composite_rays_backward_cuda", [&] {
     backward_kernel<scalar_t><<<blocks, kThreads, 0, stream>>>(
-        n_rays, in.offsets.data_ptr<int64_t>(), in.sigmas.data_ptr<scalar_t>(),
-        in.rgbs.data_ptr<scalar_t>(), in.t_start.data_ptr<scalar_t>(),
+        n_rays, in.sigmas.numel(), in.offsets.data_ptr<int64_t>(),
+        in.sigmas.data_ptr<scalar_t>(), in.rgbs.data_ptr<scalar_t>(),
+        in.t_start.data_ptr<scalar_t>(),
         in.t_end.data_ptr<scalar_t>(), scalar_t(threshold), saved.color.data_ptr<scalar_t>(),
         saved.opacity.data_ptr<scalar_t>(), saved.depth.data_ptr<scalar_t>(),
         saved.weights.data_ptr<scalar_t>(), grads.color.data_ptr<scalar_t>(),

@@ -63,21 +63,28 @@ at::Tensor forward(const at::Tensor& x_in, const at::Tensor& params_in,
 std::tuple<at::Tensor, at::Tensor> backward(const at::Tensor& grad_out_in, const at::Tensor& x_in,
                                             const at::Tensor& params_in, c10::IntArrayRef offsets,
                                             c10::IntArrayRef resolutions, int64_t F,
-                                            bool needs_x_grad) {
+                                            bool needs_x_grad, bool needs_params_grad) {
   const Levels levels = make_levels(offsets.vec(), resolutions.vec(), x_in.size(-1));
   check_inputs(x_in, params_in, levels, F);
   const at::Tensor x = x_in.contiguous();
   const at::Tensor params = params_in.contiguous();
   const at::Tensor grad_out = grad_out_in.contiguous();
-  TORCH_CHECK(grad_out.sizes() == at::IntArrayRef({x.size(0), levels.n_levels * F}),
-              "hash_encode backward: grad_out has shape ", grad_out.sizes());
-  // Gradients accumulate in the compute type (float for half parameters), rounded once at the end.
-  // The CPU launcher zeroes each level's rows in the thread that fills them.
+  TORCH_CHECK(grad_out.sizes() == at::IntArrayRef({x.size(0), levels.n_levels * F}) &&
+                  grad_out.scalar_type() == x.scalar_type() && grad_out.device() == x.device(),
+              "hash_encode backward: grad_out must be ", x.scalar_type(), " [",
+              x.size(0), ", ", levels.n_levels * F, "] on ", x.device(), ", got ",
+              grad_out.scalar_type(), " ", grad_out.sizes(), " on ", grad_out.device());
+  // Only the gradients asked for are computed (undefined tensors tell the launchers), in one pass.
+  // Parameter gradients accumulate in the compute type (float for half parameters), rounded once
+  // at the end; the CPU launcher zeroes each level's rows in the thread that fills them.
   const bool cpu_fills = !x.is_cuda() && x.size(0) > 0;
-  at::Tensor grad_accum = cpu_fills ? at::empty({params.numel()}, x.options())
-                                    : at::zeros({params.numel()}, x.options());
+  at::Tensor grad_accum;
+  if (needs_params_grad) {
+    grad_accum = cpu_fills ? at::empty({params.numel()}, x.options())
+                           : at::zeros({params.numel()}, x.options());
+  }
   at::Tensor grad_x = needs_x_grad ? at::zeros_like(x) : at::Tensor();
-  if (x.size(0) > 0) {
+  if (x.size(0) > 0 && (needs_params_grad || needs_x_grad)) {
 #ifdef NERFX_WITH_CUDA
     if (x.is_cuda()) {
       backward_cuda(grad_out, x, params, levels, F, grad_accum, grad_x);
@@ -87,7 +94,8 @@ std::tuple<at::Tensor, at::Tensor> backward(const at::Tensor& grad_out_in, const
       backward_cpu(grad_out, x, params, levels, F, grad_accum, grad_x);
     }
   }
-  at::Tensor grad_params = grad_accum.to(params.scalar_type());
+  at::Tensor grad_params = needs_params_grad ? grad_accum.to(params.scalar_type())
+                                             : at::empty({0}, params.options());
   if (!needs_x_grad) grad_x = at::empty({0}, x.options());
   return {grad_params, grad_x};
 }

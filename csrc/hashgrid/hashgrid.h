@@ -20,9 +20,12 @@ Levels make_levels(const std::vector<int64_t>& offsets, const std::vector<int64_
 // out:     [N, L * F]   compute type
 void forward_cpu(const at::Tensor& x, const at::Tensor& params, const Levels& levels, int64_t F,
                  at::Tensor& out);
+// One pass computing the gradients whose tensors are defined:
 // grad_out:    [N, L * F] compute type
-// grad_params: [n_rows * F] accumulation type (float for float/half params, double for double)
-// grad_x:      [N, D] compute type, or undefined when x needs no gradient
+// grad_params: [n_rows * F] accumulation type (float for float/half params, double for double),
+//              uninitialised on the CPU (the launcher zeroes it), zeroed on CUDA; or undefined
+// grad_x:      [N, D] compute type, zeroed; or undefined when x needs no gradient
+// The CPU launcher is deterministic; the CUDA one is not (atomics) and says so to torch.
 void backward_cpu(const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& params,
                   const Levels& levels, int64_t F, at::Tensor& grad_params, at::Tensor& grad_x);
 
@@ -70,10 +73,12 @@ namespace nerfx::hashgrid {
 // The registered ops (hashgrid.cpp). x: [N, D], params: [n_rows * F] -> [N, L * F]
 at::Tensor forward(const at::Tensor& x, const at::Tensor& params, c10::IntArrayRef offsets,
                    c10::IntArrayRef resolutions, int64_t F);
-// -> (grad_params [n_rows * F], grad_x [N, D], or [0] when needs_x_grad is false)
+// grad_out: [N, L * F] -> (grad_params [n_rows * F], or [0] when needs_params_grad is false;
+// grad_x [N, D], or [0] when needs_x_grad is false). Both from one pass over the cells. On CUDA
+// not deterministic (atomics): it calls at::globalContext().alertNotDeterministic.
 std::tuple<at::Tensor, at::Tensor> backward(const at::Tensor& grad_out, const at::Tensor& x,
                                             const at::Tensor& params, c10::IntArrayRef offsets,
                                             c10::IntArrayRef resolutions, int64_t F,
-                                            bool needs_x_grad);
+                                            bool needs_x_grad, bool needs_params_grad);
 
 }  // namespace nerfx::hashgrid

@@ -6,6 +6,7 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <vector>
 
 #include "hashgrid/hashgrid.h"
 
@@ -14,23 +15,24 @@ namespace {
 
 constexpr int64_t kBatch = 16;  // points whose rows are in flight together
 
-// Locates points [i0, i0 + n) at one level into cells[], prefetching every corner's row.
-template <int D, int NF, typename scalar_t, typename row_t>
+// Locates points [i0, i0 + n) at one level into cells[], prefetching every corner's row of the
+// table to read (read_table) and of the table to write (write_table), each where not null.
+template <int D, int NF, typename scalar_t, typename param_t>
 inline void locate_batch(const scalar_t* xs, int64_t i0, int64_t n, const Levels& levels,
-                         int level, const row_t* table, bool for_write,
+                         int level, const param_t* read_table, scalar_t* write_table,
                          Cell<D, scalar_t>* cells) {
   for (int64_t b = 0; b < n; ++b) {
     locate_cell<D>(xs + (i0 + b) * D, levels, level, cells[b]);
     for (int c = 0; c < Cell<D, scalar_t>::kCorners; ++c) {
-      const row_t* row = table + int64_t(cells[b].rows[c]) * NF;
-      if (for_write) {
-        __builtin_prefetch(row, 1);
-      } else {
-        __builtin_prefetch(row, 0);
-      }
+      const int64_t row = int64_t(cells[b].rows[c]) * NF;
+      if (read_table != nullptr) __builtin_prefetch(read_table + row, 0);
+      if (write_table != nullptr) __builtin_prefetch(write_table + row, 1);
     }
   }
 }
+
+// Points per chunk of the backward: its per-level input gradients, [L, kChunk, D], stay small.
+constexpr int64_t kChunk = 4096;
 
 }  // namespace
 
@@ -53,7 +55,7 @@ void forward_cpu(const at::Tensor& x, const at::Tensor& params, const Levels& le
                  Cell<D, scalar_t> cells[kBatch];
                  for (int64_t i0 = begin; i0 < end; i0 += kBatch) {
                    const int64_t n = std::min(kBatch, end - i0);
-                   locate_batch<D, NF>(xs, i0, n, levels, l, table, false, cells);
+                   locate_batch<D, NF>(xs, i0, n, levels, l, table, (scalar_t*)nullptr, cells);
                    for (int64_t b = 0; b < n; ++b) {
                      gather_cell<D, NF>(cells[b], table, outs + ((i0 + b) * L + l) * NF);
                    }
@@ -63,9 +65,15 @@ void forward_cpu(const at::Tensor& x, const at::Tensor& params, const Levels& le
            });
 }
 
+// One pass: each (point, level) cell is located once and gives both gradients (each only where
+// its tensor is defined). Chunk by chunk of points, levels run in parallel: a level owns its
+// gradient rows, so its thread scatters without atomics (and zeroes the rows first: grad_params
+// arrives uninitialised), and writes its input gradients to its slice of a [L, chunk, D] buffer
+// that is then summed over levels in order. Deterministic: no atomics, fixed summation order.
 void backward_cpu(const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& params,
                   const Levels& levels, int64_t F, at::Tensor& grad_params, at::Tensor& grad_x) {
   const int64_t n_points = x.size(0);
+  if (!grad_params.defined() && !grad_x.defined()) return;
   dispatch(x.scalar_type(), params.scalar_type(), x.size(1), F,
            [&](auto scalar, auto param, auto dims, auto features) {
              using scalar_t = typename decltype(scalar)::type;
@@ -75,40 +83,49 @@ void backward_cpu(const at::Tensor& grad_out, const at::Tensor& x, const at::Ten
              const scalar_t* gout = grad_out.data_ptr<scalar_t>();
              const param_t* params_all = params.data_ptr<param_t>();
              const int L = levels.n_levels;
-             if (grad_params.defined()) {
-               // Levels own disjoint rows, so one thread per level scatters without atomics;
-               // it also zeroes those rows (grad_params arrives uninitialised).
-               scalar_t* gparams = grad_params.data_ptr<scalar_t>();
-               const auto add = [](scalar_t* to, scalar_t value) { *to += value; };
+             scalar_t* gparams = grad_params.defined() ? grad_params.data_ptr<scalar_t>() : nullptr;
+             scalar_t* gx = grad_x.defined() ? grad_x.data_ptr<scalar_t>() : nullptr;
+             // [L, kChunk, D]: level l's input gradient of the chunk's points
+             std::vector<scalar_t> gx_levels(gx != nullptr ? size_t(L * kChunk * D) : 0);
+             const auto add = [](scalar_t* to, scalar_t value) { *to += value; };
+             for (int64_t chunk = 0; chunk < n_points; chunk += kChunk) {
+               const int64_t chunk_end = std::min(n_points, chunk + kChunk);
                at::parallel_for(0, L, 1, [&](int64_t level_begin, int64_t level_end) {
                  Cell<D, scalar_t> cells[kBatch];
                  for (int l = int(level_begin); l < int(level_end); ++l) {
-                   scalar_t* gtable = gparams + levels.offsets[l] * NF;
-                   std::fill(gtable, gparams + levels.offsets[l + 1] * NF, scalar_t(0));
-                   for (int64_t i0 = 0; i0 < n_points; i0 += kBatch) {
-                     const int64_t n = std::min(kBatch, n_points - i0);
-                     locate_batch<D, NF>(xs, i0, n, levels, l, gtable, true, cells);
+                   const param_t* table = params_all + levels.offsets[l] * NF;
+                   scalar_t* gtable = gparams != nullptr ? gparams + levels.offsets[l] * NF
+                                                         : nullptr;
+                   scalar_t* gx_level = gx != nullptr ? gx_levels.data() + l * kChunk * D
+                                                      : nullptr;
+                   if (gtable != nullptr && chunk == 0) {
+                     std::fill(gtable, gparams + levels.offsets[l + 1] * NF, scalar_t(0));
+                   }
+                   if (gx_level != nullptr) {
+                     std::fill(gx_level, gx_level + kChunk * D, scalar_t(0));
+                   }
+                   for (int64_t i0 = chunk; i0 < chunk_end; i0 += kBatch) {
+                     const int64_t n = std::min(kBatch, chunk_end - i0);
+                     locate_batch<D, NF>(xs, i0, n, levels, l, gx_level ? table : nullptr,
+                                         gtable, cells);
                      for (int64_t b = 0; b < n; ++b) {
-                       scatter_cell<D, NF>(cells[b], gout + ((i0 + b) * L + l) * NF, gtable,
-                                           add);
+                       const int64_t i = i0 + b;
+                       backward_cell<D, NF>(cells[b], table, levels.resolutions[l],
+                                            gout + (i * L + l) * NF, gtable, add,
+                                            gx_level ? gx_level + (i - chunk) * D : nullptr);
                      }
                    }
                  }
                });
-             }
-             if (grad_x.defined()) {
-               scalar_t* gx = grad_x.data_ptr<scalar_t>();
-               for (int l = 0; l < L; ++l) {
-                 const param_t* table = params_all + levels.offsets[l] * NF;
-                 at::parallel_for(0, n_points, 1024, [&](int64_t begin, int64_t end) {
-                   Cell<D, scalar_t> cells[kBatch];
-                   for (int64_t i0 = begin; i0 < end; i0 += kBatch) {
-                     const int64_t n = std::min(kBatch, end - i0);
-                     locate_batch<D, NF>(xs, i0, n, levels, l, table, false, cells);
-                     for (int64_t b = 0; b < n; ++b) {
-                       const int64_t i = i0 + b;
-                       input_grad_cell<D, NF>(cells[b], table, levels.resolutions[l],
-                                              gout + (i * L + l) * NF, gx + i * D);
+               if (gx != nullptr) {
+                 at::parallel_for(chunk, chunk_end, 1024, [&](int64_t begin, int64_t end) {
+                   for (int64_t i = begin; i < end; ++i) {
+                     for (int d = 0; d < D; ++d) {
+                       scalar_t sum = scalar_t(0);
+                       for (int l = 0; l < L; ++l) {
+                         sum += gx_levels[(l * kChunk + i - chunk) * D + d];
+                       }
+                       gx[i * D + d] = sum;
                      }
                    }
                  });

@@ -60,15 +60,22 @@ static void edges() {
   EXPECT(!cell.inside[0] && !cell.inside[1] && cell.inside[2]);
 }
 
-// The analytic input gradient equals central differences of the forward.
-static void input_gradient_matches_finite_differences() {
+// One backward pass gives both gradients: the input gradient equals central differences of the
+// forward; the parameter gradient g satisfies g . params = grad_out . out (the output is linear
+// in the parameters) and, asked for alone, is the same; asked for nothing, nothing is written.
+static void backward_matches_finite_differences_and_linearity() {
   const Levels levels = two_levels();
-  double params[384 * 2];
+  double params[384 * 2], grad_params[384 * 2] = {0}, alone[384 * 2] = {0};
   for (double& p : params) p = std::rand() / double(RAND_MAX) - 0.5;
   const double x[3] = {0.31, 0.57, 0.83};
   const double grad_out[2] = {0.7, -1.3};
-  double grad_x[3] = {0, 0, 0};
-  for (int l = 0; l < 2; ++l) input_grad_level<3, 2>(x, params, levels, l, grad_out, grad_x);
+  double grad_x[3] = {0, 0, 0}, untouched[3] = {0, 0, 0};
+  const auto add = [](double* to, double value) { *to += value; };
+  for (int l = 0; l < 2; ++l) {
+    backward_level<3, 2>(x, params, levels, l, grad_out, grad_params, add, grad_x);
+    backward_level<3, 2>(x, params, levels, l, grad_out, alone, add, (double*)nullptr);
+    backward_level<3, 2>(x, params, levels, l, grad_out, (double*)nullptr, add, untouched);
+  }
   for (int d = 0; d < 3; ++d) {
     const double h = 1e-6;
     double xp[3] = {x[0], x[1], x[2]}, xm[3] = {x[0], x[1], x[2]};
@@ -82,14 +89,26 @@ static void input_gradient_matches_finite_differences() {
       for (int f = 0; f < 2; ++f) numeric += grad_out[f] * (fp[f] - fm[f]) / (2 * h);
     }
     EXPECT(std::fabs(numeric - grad_x[d]) < 1e-5 * (1 + std::fabs(numeric)));
+    EXPECT(untouched[d] == grad_x[d]);
   }
+  double linear = 0, g_dot_p = 0;
+  for (int l = 0; l < 2; ++l) {
+    double out[2];
+    encode_level<3, 2>(x, params, levels, l, out);
+    for (int f = 0; f < 2; ++f) linear += grad_out[f] * out[f];
+  }
+  for (int i = 0; i < 384 * 2; ++i) {
+    g_dot_p += grad_params[i] * params[i];
+    EXPECT(alone[i] == grad_params[i]);
+  }
+  EXPECT(std::fabs(linear - g_dot_p) < 1e-12);
 }
 
 int main() {
   weights_sum_to_one_and_rows_in_range();
   dense_rows_and_hash();
   edges();
-  input_gradient_matches_finite_differences();
+  backward_matches_finite_differences_and_linearity();
   if (failures == 0) std::printf("hashgrid math: all checks passed\n");
   return failures == 0 ? 0 : 1;
 }

@@ -52,6 +52,58 @@ static void empty_grid_is_skipped() {
   EXPECT(!m.next(ts, te, p));
 }
 
+// Far rays (|t| / step ~ 1e5): the skip over empty cells loses no sample that a dense walk over
+// the same lattice, testing every candidate's midpoint, keeps.
+static void far_rays_skip_exactly() {
+  const float center[3] = {0.0f, 0.0f, 1.0f}, half[3] = {1.0f, 0.5f, 1.0f};
+  const int R = 16, cascades = 2;
+  const raymarch::GridGeometry g = raymarch::make_grid_geometry(center, half, R, cascades);
+  unsigned char bits[cascades * R * R * R / 8];
+  unsigned state = 12345u;
+  for (unsigned char& b : bits) {
+    b = 0;
+    for (int i = 0; i < 8; ++i) {
+      state = state * 1664525u + 1013904223u;
+      b |= ((state >> 24) % 10 < 3 ? 1 : 0) << i;  // 30% of the cells occupied
+    }
+  }
+  const float step = 0.01f;
+  int64_t total = 0, missing = 0;
+  for (int r = 0; r < 64; ++r) {
+    state = state * 1664525u + 1013904223u;
+    const float jitter = float(state >> 8) / float(1u << 24);
+    float d[3];
+    float norm = 0.0f;
+    for (int a = 0; a < 3; ++a) {
+      state = state * 1664525u + 1013904223u;
+      d[a] = float(state >> 8) / float(1u << 23) - 1.0f;
+      norm += d[a] * d[a];
+    }
+    for (float& v : d) v /= std::sqrt(norm);
+    float o[3];
+    for (int a = 0; a < 3; ++a) o[a] = center[a] + 0.3f * half[a] - 2000.0f * d[a];
+    raymarch::RayMarcher m(g, bits, o, d, 0.0f, 1e10f, jitter, step, 0.0f);
+    raymarch::RayMarcher dense = m;  // the same t0, t_far and lattice
+    float ts, te, p[3];
+    for (int64_t k = 0;; ++k) {
+      const float start = raymarch::mul_add(float(k) + jitter, step, dense.t0);
+      const float mid = raymarch::mul_add(0.5f, step, start);
+      if (!(mid < dense.t_far)) break;
+      for (int a = 0; a < 3; ++a) p[a] = raymarch::mul_add(mid, d[a], o[a]);
+      if (!raymarch::occupied(bits, raymarch::locate(g, p).index)) continue;
+      ++total;
+      const bool got = m.next(ts, te, p);
+      if (!got || ts != start) {
+        ++missing;
+        break;
+      }
+    }
+    EXPECT(!m.next(ts, te, p));
+  }
+  EXPECT(total > 1000);
+  EXPECT(missing == 0);
+}
+
 // Compositing: the backward equals central differences of the forward's colour sum.
 // The bit-level helpers locate() uses agree with frexpf and ldexpf.
 static void exponents_and_powers_of_two_match_the_library() {
@@ -113,13 +165,35 @@ static void composite_gradient_matches_finite_differences() {
   }
 }
 
+// CSR ranges: every ray valid exactly when the offsets rise from 0 to n_samples.
+static void ray_ranges_are_checked() {
+  const auto all_valid = [](std::initializer_list<int64_t> list, int64_t n_samples) {
+    const int64_t* offsets = list.begin();
+    const int64_t n_rays = int64_t(list.size()) - 1;
+    bool valid = true;
+    for (int64_t r = 0; r < n_rays; ++r) {
+      valid = valid && composite::valid_ray_range(r, n_rays, offsets, n_samples);
+    }
+    return valid;
+  };
+  EXPECT(all_valid({0, 2, 2, 5}, 5));
+  EXPECT(all_valid({0, 0}, 0));
+  EXPECT(!all_valid({0, 4, 3}, 5));   // falling
+  EXPECT(!all_valid({0, 3, 6}, 5));   // past n_samples
+  EXPECT(!all_valid({1, 2, 5}, 5));   // not from 0
+  EXPECT(!all_valid({0, 2, 4}, 5));   // short of n_samples
+  EXPECT(!all_valid({0, -1, 5}, 5));  // negative
+}
+
 int main() {
   clipping_handles_axis_parallel_and_missing_rays();
   full_grid_marches_the_whole_lattice();
   empty_grid_is_skipped();
   exponents_and_powers_of_two_match_the_library();
   locate_agrees_with_floor();
+  far_rays_skip_exactly();
   composite_gradient_matches_finite_differences();
+  ray_ranges_are_checked();
   if (failures == 0) std::printf("render math: all checks passed\n");
   return failures == 0 ? 0 : 1;
 }

@@ -106,8 +106,10 @@ def _check(sigmas, rgbs, t_start, t_end, offsets) -> None:
     if offsets.dim() != 1 or offsets.numel() < 1 or offsets.dtype != torch.int64:
         raise ValueError(f"composite_rays: offsets must be int64 [n_rays + 1], got "
                          f"{tuple(offsets.shape)} {offsets.dtype}")
-    # Cheap on the CPU; on a GPU it would cost a synchronisation, and a compiled graph cannot
-    # branch on values.
+    # A ValueError here where it is free (CPU tensors, eager). The kernels check every ray's
+    # range themselves on every device (an error on the CPU; a device-side assert on CUDA, seen at
+    # the next synchronisation, with no sample outside [0, S) touched), so a GPU pays no
+    # synchronisation and a compiled graph, which cannot branch on values, is covered too.
     if offsets.device.type == "cpu" and not torch.compiler.is_compiling():
         if offsets[0] != 0 or offsets[-1] != n or bool((offsets.diff() < 0).any()):
             raise ValueError(f"composite_rays: offsets must rise from 0 to S = {n}")

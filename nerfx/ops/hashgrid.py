@@ -5,7 +5,9 @@
 
 Backends: `cuda` and `cpu` (nerfx._C, one shared header of math), `triton` (CUDA tensors, or CPU
 tensors under TRITON_INTERPRET=1), `torch` (the reference in nerfx.ref.hashgrid).
-Gradients flow to the parameters and to x; second-order gradients are not implemented.
+Gradients flow to the parameters and to x, each computed only when required, both in one pass;
+second-order gradients are not implemented. The cpu backward is deterministic; the cuda and triton
+backwards on a GPU add with atomics, are not, and say so to torch.use_deterministic_algorithms.
 """
 
 from __future__ import annotations
@@ -38,10 +40,11 @@ def _setup_context(ctx, inputs, output) -> None:
 
 def _backward(ctx, grad_out):
     x, params = ctx.saved_tensors
-    needs_x_grad = ctx.needs_input_grad[0]
+    needs_x_grad, needs_params_grad = ctx.needs_input_grad[:2]
     grad_params, grad_x = torch.ops.nerfx.hash_encode_backward(
-        grad_out, x, params, *ctx.layout_args, needs_x_grad)
-    return (grad_x if needs_x_grad else None), grad_params, None, None, None
+        grad_out, x, params, *ctx.layout_args, needs_x_grad, needs_params_grad)
+    return ((grad_x if needs_x_grad else None), (grad_params if needs_params_grad else None),
+            None, None, None)
 
 
 def _no_double_backward(ctx, *grads):
@@ -55,9 +58,11 @@ def _register_library() -> None:
         return x.new_empty(x.shape[0], len(resolutions) * n_features)
 
     @torch.library.register_fake("nerfx::hash_encode_backward")
-    def _(grad_out, x, params, offsets, resolutions, n_features, needs_x_grad):
+    def _(grad_out, x, params, offsets, resolutions, n_features, needs_x_grad,
+          needs_params_grad):
         grad_x = x.new_empty(x.shape) if needs_x_grad else x.new_empty(0)
-        return params.new_empty(params.shape), grad_x
+        grad_params = params.new_empty(params.shape) if needs_params_grad else params.new_empty(0)
+        return grad_params, grad_x
 
     torch.library.register_autograd("nerfx::hash_encode", _backward, setup_context=_setup_context)
     torch.library.register_autograd("nerfx::hash_encode_backward", _no_double_backward,
@@ -90,7 +95,8 @@ class _TritonHashEncode(torch.autograd.Function):
 
         x, params = ctx.saved_tensors
         grad_params, grad_x = kernels.backward(grad_out.contiguous(), x, params, ctx.layout,
-                                               needs_x_grad=ctx.needs_input_grad[0])
+                                               needs_x_grad=ctx.needs_input_grad[0],
+                                               needs_params_grad=ctx.needs_input_grad[1])
         return grad_x, grad_params, None
 
 

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 
 from nerfx.ops import BackendError, composite_rays
 from nerfx.ref import composite as ref
-from tests.conftest import BACKEND_DEVICES
+from tests.conftest import BACKEND_DEVICES, requires_cuda
 
 # Compositing has no triton backend: drop those pairs.
 BACKENDS = [p for p in BACKEND_DEVICES if "triton" not in p.id]
@@ -162,6 +165,61 @@ def test_bad_input_is_named():
         composite_rays(sigmas, rgbs, t0, t1.float(), offsets)
     with pytest.raises(BackendError, match="'cuda' cannot serve"):
         composite_rays(sigmas, rgbs, t0, t1, offsets, backend="cuda")
+
+
+# S = 5 samples in two rays: falling, past S, not from 0, short of S, negative.
+BAD_OFFSETS = [[0, 4, 3], [0, 3, 6], [1, 2, 5], [0, 2, 4], [0, -1, 5]]
+
+
+@pytest.mark.parametrize("offsets", BAD_OFFSETS, ids=str)
+def test_bad_offsets_are_refused_by_the_kernel_too(offsets):
+    """The op itself checks the offsets (the Python check is skipped in compiled graphs and by
+    direct torch.ops callers), before any sample is read or written."""
+    sigmas, rgbs, t0, t1, good = packed([2, 3])
+    composite_rays(sigmas, rgbs, t0, t1, good, backend="cpu")  # loads nerfx._C
+    bad = torch.tensor(offsets)
+    with pytest.raises(RuntimeError, match="offsets must rise from 0 to S = 5"):
+        torch.ops.nerfx.composite_rays(sigmas, rgbs, t0, t1, bad, 1e-4)
+    saved = torch.ops.nerfx.composite_rays(sigmas, rgbs, t0, t1, good, 1e-4)
+    grads = [torch.ones_like(saved[0]), torch.ones_like(saved[1]), torch.ones_like(saved[2]),
+             sigmas.new_empty(0)]
+    with pytest.raises(RuntimeError, match="offsets must rise from 0 to S = 5"):
+        torch.ops.nerfx.composite_rays_backward(*grads, sigmas, rgbs, t0, t1, bad, *saved, 1e-4)
+    torch._dynamo.reset()
+    compiled = torch.compile(lambda *a: composite_rays(*a, backend="cpu").color, fullgraph=True)
+    with pytest.raises(RuntimeError, match="offsets must rise"):
+        compiled(sigmas, rgbs, t0, t1, bad)
+
+
+@pytest.mark.parametrize("name,index,shape", [
+    ("grad_color", 0, (1, 3)), ("grad_opacity", 1, (3,)), ("grad_depth", 2, (2, 1)),
+    ("grad_weights", 3, (4,)), ("color", 4, (2, 4)), ("weights", 7, (6,))])
+def test_backward_checks_gradient_shapes(name, index, shape):
+    sigmas, rgbs, t0, t1, offsets = packed([2, 3])
+    saved = list(composite_rays(sigmas, rgbs, t0, t1, offsets, backend="cpu"))
+    args = [torch.ones_like(saved[0]), torch.ones_like(saved[1]), torch.ones_like(saved[2]),
+            torch.ones_like(saved[3]), *saved]  # grads of color, opacity, depth, weights; saved
+    args[index] = sigmas.new_ones(shape)
+    grads, outs = args[:4], args[4:]
+    with pytest.raises(RuntimeError, match=f"backward: {name} must be"):
+        torch.ops.nerfx.composite_rays_backward(*grads, sigmas, rgbs, t0, t1, offsets, *outs,
+                                                1e-4)
+
+
+@requires_cuda
+def test_bad_offsets_on_cuda_assert_on_the_device():
+    """On CUDA the kernel's own check fires a device-side assert (it poisons the CUDA context,
+    so it runs in a child process) instead of writing outside the buffers."""
+    code = ("import torch; from nerfx.ops import composite_rays; "
+            "s = torch.rand(5, device='cuda', dtype=torch.float64); "
+            "c = composite_rays(s, torch.rand(5, 3, device='cuda', dtype=torch.float64), "
+            "torch.zeros_like(s), torch.ones_like(s), torch.tensor([0, 3, 9], device='cuda'), "
+            "backend='cuda'); torch.cuda.synchronize()")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          cwd=Path(__file__).resolve().parents[2], timeout=300)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode != 0, output
+    assert "offsets must rise" in output or "device-side assert" in output, output
 
 
 def test_torch_compile_fullgraph():

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import math
+import os
+import subprocess
+import sys
+import textwrap
 
 import pytest
 import torch
@@ -10,7 +14,12 @@ import torch
 from nerfx import ref
 from nerfx.ops import BackendError, HashGridEncoding, hash_encode
 from nerfx.ref.hashgrid import grid_layout
-from tests.conftest import BACKEND_DEVICES, TRITON_ON_CPU, assert_lowprec_close
+from tests.conftest import (
+    BACKEND_DEVICES,
+    TRITON_ON_CPU,
+    assert_lowprec_close,
+    requires_cuda,
+)
 
 # Small grids with both dense and hashed levels (T = 2^10 rows; levels past 9 cells hash in 3-D).
 SMALL = dict(n_levels=5, log2_hashmap_size=10, base_resolution=3, per_level_scale=1.7)
@@ -162,6 +171,197 @@ def test_module_half_and_2d():
     assert math.isclose(enc.config["per_level_scale"], (2048 / 16) ** (1 / 3))
     with pytest.raises(ValueError, match=r"\[\.\.\., 2\]"):
         enc(torch.rand(10, 3))
+
+
+# --- which gradients, determinism ------------------------------------------------------------
+
+KERNEL_BACKENDS = [p for p in BACKEND_DEVICES if not p.id.startswith("torch")]
+
+
+def raw_backward(backend, grad_out, x, params, cfg, needs_x, needs_params):
+    """The backend's backward kernel called directly. -> (grad_params, grad_x), where a gradient
+    not asked for is None (triton) or [0] (the registered op)."""
+    layout = grid_layout(x.shape[1], cfg["n_levels"], cfg["n_features_per_level"],
+                         cfg["log2_hashmap_size"], cfg["base_resolution"],
+                         cfg["per_level_scale"])
+    if backend == "triton":
+        from nerfx.kernels import hashgrid as kernels
+
+        return kernels.backward(grad_out, x, params, layout, needs_x_grad=needs_x,
+                                needs_params_grad=needs_params)
+    hash_encode(x[:1], params, backend=backend, **cfg)  # loads nerfx._C
+    gp, gx = torch.ops.nerfx.hash_encode_backward(
+        grad_out, x, params, list(layout.offsets), list(layout.resolutions),
+        layout.n_features_per_level, needs_x, needs_params)
+    return gp, gx
+
+
+@pytest.mark.parametrize("backend,device", KERNEL_BACKENDS)
+def test_backward_computes_only_the_gradients_asked_for(backend, device):
+    """needs_input_grad is honoured for x and for the parameters: the kernels skip what is not
+    wanted (no parameter-sized buffer when only x needs a gradient), and autograd agrees."""
+    cfg = config(2)
+    x, params = make_inputs(50, 3, cfg, device=device)
+    x, params = x.detach(), params.detach()
+    grad_out = torch.randn(50, cfg["n_levels"] * 2, generator=torch.Generator().manual_seed(3))
+    grad_out = grad_out.to(device)
+    want_p, want_x = raw_backward(backend, grad_out, x, params, cfg, True, True)
+    only_x = raw_backward(backend, grad_out, x, params, cfg, True, False)
+    only_p = raw_backward(backend, grad_out, x, params, cfg, False, True)
+    if backend == "triton":
+        assert only_x[0] is None and only_p[1] is None
+    else:  # the op returns [0] for a gradient not computed
+        assert only_x[0].numel() == 0 and only_p[1].numel() == 0
+    torch.testing.assert_close(only_x[1], want_x)
+    torch.testing.assert_close(only_p[0], want_p)
+    # Through autograd, with each input alone requiring a gradient.
+    for needs_x in (True, False):
+        xa, pa = x.clone().requires_grad_(needs_x), params.clone().requires_grad_(not needs_x)
+        out = hash_encode(xa, pa, backend=backend, **cfg)
+        (got,) = torch.autograd.grad(out, xa if needs_x else pa, grad_out)
+        torch.testing.assert_close(got, want_x if needs_x else want_p)
+
+
+@pytest.fixture
+def deterministic():
+    before = (torch.are_deterministic_algorithms_enabled(),
+              torch.is_deterministic_algorithms_warn_only_enabled())
+    yield
+    torch.use_deterministic_algorithms(before[0], warn_only=before[1])
+
+
+@pytest.mark.parametrize("backend,device", [p for p in KERNEL_BACKENDS if p.id in
+                                            ("cpu", "triton-interp")])
+def test_cpu_backward_is_deterministic(backend, device, deterministic):
+    """On the CPU the compiled backward owns each level's rows (no atomics) and sums in a fixed
+    order, and the interpreter runs programs one at a time: both run under
+    torch.use_deterministic_algorithms(True) and repeat bit for bit."""
+    torch.use_deterministic_algorithms(True)
+    cfg = config(2)
+    x, params = make_inputs(300 if backend == "cpu" else 100, 3, cfg, device=device)
+    first, second = (run_both(backend, x, params, cfg)[0] for _ in range(2))
+    for a, b in zip(first, second, strict=True):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.cuda
+@requires_cuda
+@pytest.mark.parametrize("backend", ["cuda", "triton"])
+def test_gpu_backward_tells_deterministic_mode(backend, deterministic):
+    """Atomics make the GPU backwards nondeterministic: torch.use_deterministic_algorithms(True)
+    users get an error naming the op (a warning with warn_only=True); the forward still runs."""
+    cfg = config(2)
+    x, params = make_inputs(100, 3, cfg, device="cuda")
+    torch.use_deterministic_algorithms(True)
+    out = hash_encode(x, params, backend=backend, **cfg)
+    with pytest.raises(RuntimeError, match="hash_encode_backward"):
+        out.sum().backward()
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    out = hash_encode(x, params, backend=backend, **cfg)
+    with pytest.warns(UserWarning, match="hash_encode_backward"):
+        out.sum().backward()
+
+
+# --- the triton kernels' indexing, host copies and atomics ------------------------------------
+
+try:
+    import triton
+    import triton.language as tl
+except ImportError:
+    triton = None
+else:
+    from nerfx.kernels import hashgrid as triton_hashgrid
+
+    @triton.jit
+    def _offsets_probe(out_ptr, block, level, n_levels, F: tl.constexpr, BLOCK: tl.constexpr):
+        """Stores the row offsets the kernels compute for the points of block `block`."""
+        points = triton_hashgrid._block_points(block, BLOCK)
+        lanes = tl.arange(0, BLOCK)[:, None] * F + tl.arange(0, F)[None, :]
+        tl.store(out_ptr + lanes, triton_hashgrid._row_offsets(points, level, n_levels, F))
+
+
+@pytest.mark.skipif(not TRITON_ON_CPU, reason="runs in the Triton interpreter")
+def test_triton_offsets_do_not_wrap_past_2_31():
+    """points * (L * F) and points * D are int64: at program 2^20 - 1 of 128 points, with
+    L * F = 32 values per point, the row offsets reach 2^32 - 1."""
+    if triton is None:
+        pytest.skip("triton is not installed")
+    kernels = triton_hashgrid
+    block, level, n_levels, f = 2**20 - 1, 15, 16, 2
+    out = torch.zeros(kernels.BLOCK, f, dtype=torch.int64)
+    _offsets_probe[(1,)](out, block, level, n_levels, F=f, BLOCK=kernels.BLOCK)
+    points = block * kernels.BLOCK + torch.arange(kernels.BLOCK, dtype=torch.int64)
+    want = points[:, None] * (n_levels * f) + level * f + torch.arange(f)[None, :]
+    assert want.max() > 2**31, "past int32"
+    assert torch.equal(out, want)
+
+
+@requires_cuda
+@pytest.mark.cuda
+@pytest.mark.parametrize("backend", ["cuda", "triton"])
+def test_more_than_2_31_outputs(backend):
+    """N * L * F > 2^31 (8.6 GB of output): the last points still encode right."""
+    cfg = dict(n_levels=16, n_features_per_level=2, log2_hashmap_size=12, base_resolution=4,
+               per_level_scale=1.5)
+    n = 2**26 + 1000
+    x = torch.rand(n, 3, device="cuda")
+    _, params = make_inputs(1, 3, cfg, device="cuda")
+    out = hash_encode(x, params.detach(), backend=backend, **cfg)
+    torch.testing.assert_close(out[-2000:], ref.hash_encode(x[-2000:], params.detach(), **cfg))
+    del out
+
+
+@pytest.mark.skipif(not TRITON_ON_CPU, reason="runs in the Triton interpreter")
+def test_triton_level_geometry_is_copied_to_the_device_once(monkeypatch):
+    """A host list -> device tensor copy waits for the device: the level offsets and
+    resolutions are made once per layout and device, not on every forward and backward."""
+    cfg = config(2)
+    x, params = make_inputs(20, 3, cfg)
+    hash_encode(x, params, backend="triton", **cfg).sum().backward()  # the first call makes them
+
+    def no_host_copies(*args, **kwargs):
+        raise AssertionError("torch.tensor called from a host list")
+
+    monkeypatch.setattr(torch, "tensor", no_host_copies)
+    hash_encode(x, params, backend="triton", **cfg).sum().backward()
+
+
+def test_triton_kernels_compile_for_a_gpu_with_relaxed_atomics():
+    """Compiled to PTX for sm_90 (no GPU needed), which the interpreter does not do: the kernels
+    compile with this Triton (3.8 refuses a `b: tl.constexpr` re-bound in a static_range loop),
+    and the backward's adds are relaxed atomics, not the default acq_rel (a fence each): they
+    commute and nothing reads them back."""
+    pytest.importorskip("triton")
+    code = textwrap.dedent("""
+        import triton
+        from triton.backends.compiler import GPUTarget
+        from triton.compiler import ASTSource
+        from nerfx.kernels import hashgrid as kernels
+        ptrs = {"x_ptr": "*fp32", "params_ptr": "*fp32", "offsets_ptr": "*i64",
+                "resolutions_ptr": "*i64"}
+        def ptx(fn, sig, const):
+            sig = {**ptrs, **sig, **{k: "constexpr" for k in const}}
+            src = ASTSource(fn=fn, signature=sig, constexprs=const)
+            return triton.compile(src, target=GPUTarget("cuda", 90, 32)).asm["ptx"]
+        shape = dict(D=3, CORNERS=8, F=2, BLOCK=kernels.BLOCK)
+        ptx(kernels._forward_kernel, {"out_ptr": "*fp32", "n_points": "i32", "n_levels": "i32"},
+            shape)
+        code = ptx(kernels._backward_kernel,
+                   {"grad_out_ptr": "*fp32", "grad_params_ptr": "*fp32", "grad_x_ptr": "*fp32",
+                    "n_points": "i32", "n_levels": "i32"},
+                   dict(NEEDS_PARAMS=True, NEEDS_X=True, **shape))
+        print(chr(10).join(l for l in code.splitlines() if "atom." in l or "red." in l))
+    """)
+    env = {**os.environ, "TRITON_INTERPRET": "0"}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                          cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))),
+                          timeout=600)
+    if proc.returncode != 0 and "No module named 'triton.backends.nvidia'" in proc.stderr:
+        pytest.skip("triton without its CUDA backend")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    atomics = [line for line in proc.stdout.splitlines() if line.strip()]
+    assert len(atomics) >= 8 + 3, proc.stdout  # one per corner (F lanes each), one per axis
+    assert "acq_rel" not in proc.stdout and "relaxed" in proc.stdout, proc.stdout
 
 
 # --- errors and backend choice ---------------------------------------------------------------

@@ -66,6 +66,35 @@ def test_kernel_equals_reference_march(backend, device, cascades, n_rays, cone_a
         assert want.offsets[-1] > 1000, "the case must produce samples to compare"
 
 
+def far_rays(n: int, distance: float, seed=0, device="cpu"):
+    """Rays from `distance` away aimed at random points of the grid's cascade-0 box."""
+    gen = torch.Generator().manual_seed(seed)
+    d = torch.nn.functional.normalize(torch.randn(n, 3, generator=gen), dim=-1)
+    target = torch.rand(n, 3, generator=gen) * torch.tensor([2.0, 1.0, 2.0]) \
+        - torch.tensor([1.0, 0.5, 0.0])
+    return (target - d * distance).to(device), d.to(device)
+
+
+@pytest.mark.parametrize("backend,device", KERNELS)
+@pytest.mark.parametrize("cascades,distance,step", [(1, 2000.0, 0.01), (3, 300.0, 0.005)])
+def test_far_rays_skip_no_sample(backend, device, cascades, distance, step):
+    """|t| / step ~ 6e4 to 2e5: the float rounding of a cell's exit distance is several
+    hundredths of a step there, so the skip over empty cells must be exact, not a margin."""
+    grid = random_grid(cascades, fill=0.3, seed=1, device=device)
+    o, d = far_rays(64, distance, device=device)
+    for perturb in (False, True):
+        kwargs = dict(step_size=step, perturb=perturb)
+        got = march_rays(o, d, grid, backend=backend,
+                         generator=torch.Generator(device).manual_seed(1), **kwargs)
+        want = march_rays(o, d, grid, backend="torch",
+                          generator=torch.Generator(device).manual_seed(1), **kwargs)
+        assert want.t_start.min() / step > 1e4, "the case must be far"
+        assert torch.equal(got.offsets, want.offsets), f"perturb={perturb}"
+        for name in ("t_start", "t_end", "positions", "resume"):
+            torch.testing.assert_close(getattr(got, name), getattr(want, name), rtol=0, atol=0,
+                                       msg=name)
+
+
 @pytest.mark.parametrize("backend,device", MARCHERS)
 @pytest.mark.parametrize("cone_angle", [0.0, 1 / 64])
 def test_cap_and_resume_continue_the_same_march(backend, device, cone_angle):

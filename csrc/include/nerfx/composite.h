@@ -31,6 +31,17 @@ NERFX_HD inline void store_totals(int64_t r, const RayTotals<scalar_t>& ray, sca
   depth[r] = ray.depth;
 }
 
+// Whether ray r of n_rays owns a valid CSR range [offsets[r], offsets[r + 1]) of n_samples
+// packed samples: 0 <= begin <= end <= n_samples, the first ray begins at 0 and the last ends at
+// n_samples. offsets: [n_rays + 1]. All rays valid <=> offsets rise from 0 to n_samples, so the
+// launchers test each ray before touching its samples (the CPU up front, CUDA per thread).
+NERFX_HD inline bool valid_ray_range(int64_t r, int64_t n_rays, const int64_t* offsets,
+                                     int64_t n_samples) {
+  const int64_t begin = offsets[r], end = offsets[r + 1];
+  return begin >= 0 && begin <= end && end <= n_samples && (r != 0 || begin == 0) &&
+         (r != n_rays - 1 || end == n_samples);
+}
+
 // The fraction of light that passes a sample: exp(-sigma * delta) = 1 - alpha.
 template <typename scalar_t>
 NERFX_HD inline scalar_t survival(scalar_t sigma, scalar_t t_start, scalar_t t_end) {

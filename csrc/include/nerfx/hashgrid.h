@@ -109,51 +109,51 @@ NERFX_HD inline void encode_level(const scalar_t* x, const param_t* params, cons
   gather_cell<D, F>(cell, params + levels.offsets[level] * F, out);
 }
 
-// Parameter gradient of a located cell: adds weight * grad_out to each corner's row, with
-// add(pointer, value) (a plain += where rows are owned, an atomic add where they are shared).
-// table: the level's gradient rows [n_rows, F], grad_out: [F]
-template <int D, int F, typename scalar_t, typename Add>
-NERFX_HD inline void scatter_cell(const Cell<D, scalar_t>& cell, const scalar_t* grad_out,
-                                  scalar_t* table, Add add) {
-  for (int c = 0; c < Cell<D, scalar_t>::kCorners; ++c) {
-    scalar_t* row = table + int64_t(cell.rows[c]) * F;
-    for (int f = 0; f < F; ++f) add(row + f, cell.weights[c] * grad_out[f]);
-  }
-}
-
-// Input gradient of a located cell, added to grad_x.  table: the level's rows [n_rows, F],
-// grad_out: [F], grad_x: [D]
-// d weight / d frac_d = +-(product of the other factors); d frac_d / d x_d = resolution.
-template <int D, int F, typename scalar_t, typename param_t>
-NERFX_HD inline void input_grad_cell(const Cell<D, scalar_t>& cell, const param_t* table,
-                                     uint32_t resolution, const scalar_t* grad_out,
-                                     scalar_t* grad_x) {
+// Both gradients of a located cell, visiting each corner once:
+//  - where grad_table is not null, weight * grad_out added to the corner's gradient row with
+//    add(pointer, value) (a plain += where rows are owned, an atomic add where they are shared);
+//  - where grad_x is not null, the input gradient added to it:
+//    d weight / d frac_d = +-(product of the other factors), d frac_d / d x_d = resolution.
+// table: the level's rows [n_rows, F] (read only for grad_x), grad_out: [F],
+// grad_table: the level's gradient rows [n_rows, F] or nullptr, grad_x: [D] or nullptr.
+template <int D, int F, typename scalar_t, typename param_t, typename Add>
+NERFX_HD inline void backward_cell(const Cell<D, scalar_t>& cell, const param_t* table,
+                                   uint32_t resolution, const scalar_t* grad_out,
+                                   scalar_t* grad_table, Add add, scalar_t* grad_x) {
   const scalar_t res = scalar_t(resolution);
   for (int c = 0; c < Cell<D, scalar_t>::kCorners; ++c) {
-    const param_t* feature = table + int64_t(cell.rows[c]) * F;
-    scalar_t dot = scalar_t(0);  // grad_out . feature of this corner
-    for (int f = 0; f < F; ++f) dot += grad_out[f] * static_cast<scalar_t>(feature[f]);
-    for (int d = 0; d < D; ++d) {
-      if (!cell.inside[d]) continue;
-      scalar_t dw = ((c >> d) & 1) ? scalar_t(1) : scalar_t(-1);
-      for (int e = 0; e < D; ++e) {
-        if (e == d) continue;
-        dw *= ((c >> e) & 1) ? cell.frac[e] : scalar_t(1) - cell.frac[e];
+    const int64_t row = int64_t(cell.rows[c]) * F;
+    if (grad_table != nullptr) {
+      for (int f = 0; f < F; ++f) add(grad_table + row + f, cell.weights[c] * grad_out[f]);
+    }
+    if (grad_x != nullptr) {
+      scalar_t dot = scalar_t(0);  // grad_out . feature of this corner
+      for (int f = 0; f < F; ++f) dot += grad_out[f] * static_cast<scalar_t>(table[row + f]);
+      for (int d = 0; d < D; ++d) {
+        if (!cell.inside[d]) continue;
+        scalar_t dw = ((c >> d) & 1) ? scalar_t(1) : scalar_t(-1);
+        for (int e = 0; e < D; ++e) {
+          if (e == d) continue;
+          dw *= ((c >> e) & 1) ? cell.frac[e] : scalar_t(1) - cell.frac[e];
+        }
+        grad_x[d] += dw * res * dot;
       }
-      grad_x[d] += dw * res * dot;
     }
   }
 }
 
-// Input gradient of one point at one level.  x: [D], grad_out: [F], grad_x: [D]
-template <int D, int F, typename scalar_t, typename param_t>
-NERFX_HD inline void input_grad_level(const scalar_t* x, const param_t* params,
-                                      const Levels& levels, int level, const scalar_t* grad_out,
-                                      scalar_t* grad_x) {
+// Both gradients of one point at one level, locating its cell once (see backward_cell).
+// x: [D], params: the whole table, grad_out: [F], grad_params: the whole gradient table or
+// nullptr, grad_x: [D] or nullptr.
+template <int D, int F, typename scalar_t, typename param_t, typename Add>
+NERFX_HD inline void backward_level(const scalar_t* x, const param_t* params, const Levels& levels,
+                                    int level, const scalar_t* grad_out, scalar_t* grad_params,
+                                    Add add, scalar_t* grad_x) {
   Cell<D, scalar_t> cell;
   locate_cell<D>(x, levels, level, cell);
-  input_grad_cell<D, F>(cell, params + levels.offsets[level] * F, levels.resolutions[level],
-                        grad_out, grad_x);
+  const int64_t first = levels.offsets[level] * F;
+  backward_cell<D, F>(cell, params + first, levels.resolutions[level], grad_out,
+                      grad_params != nullptr ? grad_params + first : nullptr, add, grad_x);
 }
 
 }  // namespace nerfx::hashgrid

@@ -182,13 +182,42 @@ struct RayMarcher {
       if (cone_angle > 0.0f) {
         t = max_of(t_end, exit - 0.5f * dt);
       } else {
-        // The 1e-3 step margin also covers the rounding of the reciprocals.
-        const float skip = ceilf((exit - t0) * inv_step - jitter - 0.5f - 1e-3f);
-        k = skip > float(k + 1) ? int64_t(skip) : k + 1;
+        k = lattice_skip(ref.index, min_of(exit, t_far));
       }
     }
     alive = false;
     return false;
+  }
+
+  // Midpoint of lattice candidate j (cone_angle = 0), rounded as next() rounds it.
+  NERFX_HD float lattice_mid(int64_t j) const {
+    return mul_add(0.5f, step, mul_add(float(j) + jitter, step, t0));
+  }
+
+  // Whether lattice candidate j is a sample to test (midpoint before t_far) whose midpoint lies
+  // in the cell with flat index `index`.
+  NERFX_HD bool lattice_in_cell(int64_t j, int64_t index) const {
+    const float mid = lattice_mid(j);
+    if (!(mid < t_far)) return false;
+    float p[3];
+    for (int a = 0; a < 3; ++a) p[a] = mul_add(mid, d[a], o[a]);
+    return locate(*grid, p).index == index;
+  }
+
+  // The candidate to test after candidate k, found in the empty cell `index` that the ray leaves
+  // at `exit` (<= t_far): the first one whose midpoint may lie past the cell. The estimate from
+  // the exit distance is rounded (by ~|t| * 2^-24 / step steps: more than any fixed margin for
+  // far rays), so it is confirmed exactly: the candidate before it must still be in this cell,
+  // or the estimate steps back. Midpoints and their points are monotone in the candidate index,
+  // so candidates between two of the same cell are in that cell too (for resolution % 4 == 0 a
+  // coarse cell lies wholly inside or outside the finer cascade): nothing skipped is occupied,
+  // exactly as in the dense march. Rounding moves the estimate by a few steps at most, so the
+  // check runs once or twice per empty cell.
+  NERFX_HD int64_t lattice_skip(int64_t index, float exit) const {
+    const float estimate = ceilf((exit - t0) * inv_step - jitter - 0.5f);
+    int64_t next = estimate > float(k + 1) ? int64_t(estimate) : k + 1;
+    while (next > k + 1 && !lattice_in_cell(next - 1, index)) --next;
+    return next;
   }
 
   // Where a resumed march would start: the next candidate, or +inf once the ray is done.
