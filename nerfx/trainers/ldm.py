@@ -270,10 +270,12 @@ class Trainer:
             latents.append(self.model.encode(x, generator).cpu())
         n = len(self.test_set)
         mse = sq_err / n
-        return {"test_l1": round(abs_err / n, 5),
-                "test_psnr_db": round(float(-10 * torch.log10(torch.tensor(mse))), 2),
-                "scale_factor": round(float(self.model.scale_factor), 5),
-                "scaled_test_latent_std": round(float(torch.cat(latents).std()), 4)}
+        out = {"test_l1": round(abs_err / n, 5),
+               "test_psnr_db": round(float(-10 * torch.log10(torch.tensor(mse))), 2)}
+        if self.scale_measured:         # (an autoencoder-only run has not measured it)
+            out.update(scale_factor=round(float(self.model.scale_factor), 5),
+                       scaled_test_latent_std=round(float(torch.cat(latents).std()), 4))
+        return out
 
     def finish(self, run: Path) -> dict:
         s = self.settings
@@ -332,8 +334,9 @@ class Trainer:
         return out
 
     def summary(self, metrics: dict) -> str:
-        text = (f"autoencoder f={metrics['factor']} test PSNR {metrics['test_psnr_db']} dB, "
-                f"scale factor {metrics['scale_factor']:.3g}")
+        text = f"autoencoder f={metrics['factor']} test PSNR {metrics['test_psnr_db']} dB"
+        if "scale_factor" in metrics:
+            text += f", scale factor {metrics['scale_factor']:.3g}"
         for key, value in metrics.get("guidance_eval", {}).items():
             if key.startswith("guidance"):
                 text += (f"; {key}: Fréchet {value['frechet']:.3g}, class accuracy "

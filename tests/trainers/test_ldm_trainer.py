@@ -63,8 +63,8 @@ def test_phases_share_one_step_counter(tmp_path, toy):
 
 
 def test_autoencoder_from_an_earlier_run(tmp_path, toy):
-    train.main(COMMON + ["--steps", "3", "--out", str(tmp_path / "ae")])     # autoencoder only
-    assert not (tmp_path / "ae" / "samples.png").exists()
+    ae_only = train.main(COMMON + ["--steps", "3", "--out", str(tmp_path / "ae")])
+    assert not (tmp_path / "ae" / "samples.png").exists() and "scale_factor" not in ae_only
     first = task_state(tmp_path / "ae")["model"]
     # a preset whose own autoencoder differs: the earlier run's architecture and weights win
     toy(autoencoder_run=str(tmp_path / "ae"), ae=dict(TOY["ae"], ch=4), steps=3)
