@@ -9,7 +9,7 @@ import torch
 
 from benches.conftest import devices, run_benchmark
 from nerfx import ref
-from nerfx.ops import BackendError, HashGridEncoding
+from nerfx.ops import BackendError, HashGridEncoding, hash_encode
 from nerfx.ops.hashgrid import BACKENDS
 
 SIZES = {"cpu": [2**16], "cuda": [2**18, 2**20]}
@@ -32,8 +32,7 @@ def make_impl(impl: str, device: str):
         BACKENDS.select(impl, torch.device(device), (torch.float32,))
     except BackendError as exc:
         pytest.skip(str(exc))
-    enc.backend = impl
-    return enc, enc
+    return enc, lambda x: hash_encode(x, enc.params, backend=impl, **enc.config)
 
 
 @pytest.mark.parametrize("device", devices())

@@ -18,7 +18,7 @@ from benches.conftest import devices, run_benchmark
 from nerfx.data import lego
 from nerfx.data.scenes import load_scene
 from nerfx.models.pipelines import build_pipeline, make_optimizer
-from nerfx.ops import BackendError
+from nerfx.ops import BackendError, use_backend
 from nerfx.ops.hashgrid import BACKENDS as HASH_BACKENDS
 from nerfx.ops.raymarch import BACKENDS as MARCH_BACKENDS
 from nerfx.train import TrainingRays, optimize_step
@@ -43,12 +43,8 @@ def make_pipeline(impl: str, device: str):
     gpu = device == "cuda"
     spec = {"name": "ngp", "aabb": [-1.5, -1.5, -1.5, 1.5, 1.5, 1.5], "cascades": 1,
             "log2_hashmap_size": 19 if gpu else 17, "grid_resolution": 128 if gpu else 64,
-            "decay": 0.95 if gpu else 0.8, "step_divisor": 1024 if gpu else 256,
-            "backend": "auto" if impl == "triton" else impl}
-    pipeline = build_pipeline(spec).to(device)
-    if impl == "triton":
-        pipeline.field.encoding.backend = "triton"
-    return pipeline
+            "decay": 0.95 if gpu else 0.8, "step_divisor": 1024 if gpu else 256}
+    return build_pipeline(spec).to(device)
 
 
 @pytest.mark.parametrize("device", devices())
@@ -65,7 +61,8 @@ def test_train_step(benchmark, scene, device, impl):
     step = [0]
 
     def train_step():
-        result = optimize_step(pipeline, optimizer, scaler, rays.sample(n_rays, gen), step[0],
+        with use_backend(impl):  # triton: the ops without a triton backend choose themselves
+            result = optimize_step(pipeline, optimizer, scaler, rays.sample(n_rays, gen), step[0],
                                gen, autocast)
         step[0] += 1
         return result

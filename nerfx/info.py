@@ -16,7 +16,7 @@ import torch
 import nerfx
 import nerfx.ops  # noqa: F401  (importing the ops registers every backend in REGISTRY)
 from nerfx import _ext
-from nerfx.ops._dispatch import ENV_VAR, REGISTRY
+from nerfx.ops import chosen_backends
 
 
 def report() -> str:
@@ -51,13 +51,13 @@ def report() -> str:
     else:
         lines.append("GPU:        none visible")
     lines.append("devices:    " + "; ".join(devices))
-    if os.environ.get(ENV_VAR):
-        lines.append(f"{ENV_VAR}={os.environ[ENV_VAR]} overrides backend='auto'")
+    if os.environ.get("NERFX_BACKEND"):
+        lines.append(f"NERFX_BACKEND={os.environ['NERFX_BACKEND']} overrides backend='auto'")
     lines.append("backend chosen by backend='auto':")
-    for name, op in sorted(REGISTRY.items()):
-        picks = [f"{dev} -> {op.describe(torch.device(dev), (torch.float32,))}"
-                 for dev in ("cpu", "cuda")]
-        lines.append(f"  {name:<14} " + ", ".join(picks))
+    picks = {dev: chosen_backends(dev) for dev in ("cpu", "cuda")}
+    for name in picks["cpu"]:
+        lines.append(f"  {name:<14} " + ", ".join(f"{dev} -> {picks[dev][name]}"
+                                                  for dev in picks))
     return "\n".join(lines)
 
 

@@ -28,7 +28,7 @@ from nerfx.data import lego
 from nerfx.data.scenes import Scene, SceneError, composite_on, load_scene
 from nerfx.metrics import psnr, ssim
 from nerfx.models.pipelines import MODELS, build_pipeline, make_optimizer
-from nerfx.ops import _dispatch
+from nerfx.ops import chosen_backends, use_backend
 from nerfx.render.renderer import camera_rays
 from nerfx.render.views import depth_picture, render_turntable, render_view, to_uint8
 from nerfx.runs import (
@@ -68,7 +68,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--precision", choices=["auto", "fp32", "mixed"], default="auto",
                    help="mixed: fp16 autocast with loss scaling on a GPU, bf16 on a CPU "
                         "(auto: mixed on a GPU)")
-    p.add_argument("--backend", default="auto", help="backend for every op")
+    p.add_argument("--backend", default="auto",
+                   help="backend for every op that has it (a run setting: nerfx.ops.use_backend)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--eval-views", type=int, help="test views to evaluate (default: preset)")
     p.add_argument("--video-frames", type=int, help="turntable frames (0: no video)")
@@ -124,7 +125,7 @@ def recipe(args: argparse.Namespace) -> dict:
 def model_spec(args: argparse.Namespace, cfg: dict, scene: Scene) -> dict:
     """The plain dict that rebuilds the model (saved in config.json)."""
     spec = {"name": args.model, "aabb": list(scene.aabb),
-            "cascades": int(math.log2(scene.aabb_scale)) + 1, "backend": args.backend}
+            "cascades": int(math.log2(scene.aabb_scale)) + 1}
     keys = ("log2_hashmap_size", "grid_resolution", "decay", "step_divisor") \
         if args.model == "ngp" else ("n_coarse", "n_fine")
     return spec | {key: cfg[key] for key in keys}
@@ -334,8 +335,7 @@ def train(args: argparse.Namespace) -> dict:
         "test_ssim": round(test_ssim, 4), "eval_views": len(views),
         "samples_per_second": round(samples_total / seconds_this_run) if samples_total else None,
         "device": str(device), "precision": cfg["precision"],
-        "backends": {op: backends.describe(device, (torch.float32,))
-                     for op, backends in _dispatch.REGISTRY.items()},
+        "backends": chosen_backends(device),
         "test_psnr_at_seconds": {str(k): round(v, 3) for k, v in sorted(clock_psnr.items())},
         "samples_per_ray_at_step": {str(k): v for k, v in sorted(samples_per_ray.items())},
         "video": video.name if video else None,
@@ -351,7 +351,9 @@ def main(argv: list[str] | None = None) -> dict:
     if trainers.handles(argv):      # --model vit|vae|ddpm: the image models' trainer
         return trainers.main(argv)
     try:
-        return train(parse_args(argv))
+        args = parse_args(argv)
+        with use_backend(args.backend):
+            return train(args)
     except (SceneError, RunError) as exc:  # a bad folder: say which file and why, no traceback
         raise SystemExit(f"nerfx.train: {exc}") from None
 

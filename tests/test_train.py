@@ -151,3 +151,27 @@ def test_render_refuses_a_turntable_without_frames(tmp_path, capsys):
     with pytest.raises(SystemExit):
         render_cli.parse_args([str(tmp_path), "--video", "--frames", "0"])
     assert "--frames must be at least 1" in capsys.readouterr().err
+
+
+def test_metrics_record_the_backend_that_ran(tmp_path, data):
+    """--backend torch is what runs, and what metrics.json says (it used to say "cpu")."""
+    run = tmp_path / "torch"
+    metrics = train.main(TINY + ["--steps", "2", "--batch-rays", "64", "--video-frames", "0",
+                                 "--eval-views", "1", "--backend", "torch", "--out", str(run)])
+    assert metrics["backends"]["hash_encode"] == "torch"
+    assert metrics["backends"]["march_rays"] == "torch"
+    assert "backend" not in json.loads((run / "config.json").read_text())["model"]
+
+
+def test_render_on_another_device_than_the_run_named(tmp_path, data):
+    """A run whose config.json says backend cuda (as older runs trained on a GPU do) renders on
+    the CPU: the backend is a setting of the render, not of the model."""
+    run = tmp_path / "run"
+    train.main(TINY + ["--steps", "2", "--batch-rays", "64", "--video-frames", "0",
+                       "--eval-views", "1", "--out", str(run)])
+    config = json.loads((run / "config.json").read_text())
+    config["model"]["backend"] = "cuda"
+    config["args"]["backend"] = "cuda"
+    write_json(run / "config.json", config)
+    written = render_cli.main([str(run), "--views", "0", "--device", "cpu"])
+    assert [p.name for p in written] == ["rgb_000.png"]

@@ -33,7 +33,6 @@ class NeRFConfig:
     skip: int = 4  # the encoded input re-enters after this many layers
     n_coarse: int = 64
     n_fine: int = 128
-    backend: str = "auto"
 
 
 def positional_encoding(x: torch.Tensor, n_freqs: int) -> torch.Tensor:
@@ -129,8 +128,7 @@ class NeRF(nn.Module):
         sigmas, rgbs = field(positions.reshape(-1, 3), directions.reshape(-1, 3))
         offsets = torch.arange(0, n * s + 1, s, device=t.device)  # every ray has S samples
         return composite_rays(sigmas.float(), rgbs.float(), t_start.reshape(-1),
-                              t_end.reshape(-1), offsets, background=background,
-                              backend=self.config.backend)
+                              t_end.reshape(-1), offsets, background=background)
 
     def forward(self, rays_o: torch.Tensor, rays_d: torch.Tensor, *,
                 background: torch.Tensor | None = None, perturb: bool = False,

@@ -25,7 +25,6 @@ class NGPConfig:
     finest_resolution: int = 2048  # times the aabb scale
     hidden: int = 64
     geo_features: int = 16  # density MLP outputs, the first is log-density
-    backend: str = "auto"
 
 
 class TruncExp(torch.autograd.Function):
@@ -82,7 +81,7 @@ class InstantNGP(nn.Module):
             n_input_dims=3, n_levels=config.n_levels,
             n_features_per_level=config.n_features_per_level,
             log2_hashmap_size=config.log2_hashmap_size, base_resolution=config.base_resolution,
-            finest_resolution=config.finest_resolution * aabb_scale, backend=config.backend)
+            finest_resolution=config.finest_resolution * aabb_scale)
         self.density_mlp = nn.Sequential(
             nn.Linear(self.encoding.output_dim, config.hidden), nn.ReLU(),
             nn.Linear(config.hidden, config.geo_features))

@@ -41,12 +41,11 @@ class InstantNGPPipeline(nn.Module):
     random_background = True  # training pixels on random colours: empty space must be empty
 
     def __init__(self, aabb: list[float], cascades: int = 1, log2_hashmap_size: int = 19,
-                 grid_resolution: int = 128, decay: float = 0.95, step_divisor: int = 1024,
-                 backend: str = "auto"):
+                 grid_resolution: int = 128, decay: float = 0.95, step_divisor: int = 1024):
         super().__init__()
         outer = _outer_box(aabb, cascades)
-        self.field = InstantNGP(outer, NGPConfig(log2_hashmap_size=log2_hashmap_size,
-                                                 backend=backend), aabb_scale=2 ** (cascades - 1))
+        self.field = InstantNGP(outer, NGPConfig(log2_hashmap_size=log2_hashmap_size),
+                                 aabb_scale=2 ** (cascades - 1))
         self.grid = OccupancyGrid(aabb, resolution=grid_resolution, cascades=cascades,
                                   decay=decay)
         extent = max(b - a for a, b in zip(aabb[:3], aabb[3:], strict=True))
@@ -54,7 +53,6 @@ class InstantNGPPipeline(nn.Module):
         # the optical thickness sigma * step_size of it. The paper's is sqrt(3)/1024 of the
         # cascade-0 box (step_divisor 1024; instant-ngp MIN_CONE_STEPSIZE()).
         self.step_size = math.sqrt(3) * extent / step_divisor
-        self.backend = backend
         # Checkpoints whose grid predates optical thickness load with raw densities converted
         # to a unit step; re-express them for this step at once (and re-threshold the bitfield).
         self.register_load_state_dict_post_hook(
@@ -76,8 +74,7 @@ class InstantNGPPipeline(nn.Module):
                       generator: torch.Generator | None = None) -> TrainOutput:
         self.grid.update(step, self.field.density, step_size=self.step_size, generator=generator)
         out, n_samples = render_rays(self.field, self.grid, rays_o, rays_d,
-                                     step_size=self.step_size, background=background,
-                                     backend=self.backend)
+                                     step_size=self.step_size, background=background)
         mse = nn.functional.mse_loss(out.color.float(), target)
         return TrainOutput(mse, mse.detach(), n_samples)
 
@@ -85,8 +82,7 @@ class InstantNGPPipeline(nn.Module):
     def render(self, rays_o: torch.Tensor, rays_d: torch.Tensor,
                background: torch.Tensor | None = None) -> Composited:
         return render_rays_compacting(rays_o, rays_d, self.grid, self.field,
-                                      step_size=self.step_size, background=background,
-                                      backend=self.backend)
+                                      step_size=self.step_size, background=background)
 
 
 class NeRFPipeline(nn.Module):
@@ -97,10 +93,9 @@ class NeRFPipeline(nn.Module):
     random_background = False  # NeRF trains its synthetic scenes on white
 
     def __init__(self, aabb: list[float], n_coarse: int = 64, n_fine: int = 128,
-                 width: int = 256, backend: str = "auto"):
+                 width: int = 256):
         super().__init__()
-        self.nerf = NeRF(aabb, NeRFConfig(n_coarse=n_coarse, n_fine=n_fine, width=width,
-                                          backend=backend))
+        self.nerf = NeRF(aabb, NeRFConfig(n_coarse=n_coarse, n_fine=n_fine, width=width))
 
     @staticmethod
     def lr_factor(step: int) -> float:
@@ -145,8 +140,12 @@ def _outer_box(aabb: list[float], cascades: int) -> list[float]:
 
 
 def build_pipeline(spec: dict) -> InstantNGPPipeline | NeRFPipeline:
-    """spec: {"name": "ngp" | "nerf", "aabb": [6], ...the model's keyword arguments}."""
+    """spec: {"name": "ngp" | "nerf", "aabb": [6], ...the model's keyword arguments}.
+
+    The backend is a run setting (nerfx.ops.use_backend); a "backend" key, which config.json files
+    written by older nerfx hold, is ignored."""
     spec = dict(spec)
+    spec.pop("backend", None)
     name = spec.pop("name")
     if name == "ngp":
         return InstantNGPPipeline(**spec)

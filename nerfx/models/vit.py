@@ -35,7 +35,6 @@ class ViTConfig:
     qkv_bias: bool = True
     dropout: float = 0.0  # paper: 0.1 for ImageNet-1k pre-training (Table 3 / App. B.1)
     drop_path: float = 0.1  # stochastic depth, linear over depth (DeiT, Touvron et al. 2021)
-    backend: str = "auto"  # attention backend (nerfx.ops.attention)
 
     # Sizes (width/depth/heads): Base and Large from the paper's Table 1, Tiny and Small from DeiT.
     @classmethod
@@ -128,7 +127,7 @@ class ViT(nn.Module):
         rates = [c.drop_path * i / max(c.depth - 1, 1) for i in range(c.depth)]  # 0 -> drop_path
         self.blocks = nn.ModuleList(
             TransformerBlock(c.dim, c.heads, mlp_ratio=c.mlp_ratio, qkv_bias=c.qkv_bias,
-                             dropout=c.dropout, drop_path=rate, backend=c.backend)
+                             dropout=c.dropout, drop_path=rate)
             for rate in rates)
         self.norm = nn.LayerNorm(c.dim, eps=1e-6)
         self.head = nn.Linear(c.dim, c.num_classes) if c.num_classes else nn.Identity()
@@ -164,8 +163,8 @@ class ViT(nn.Module):
         return self
 
     def set_backend(self, backend: str) -> ViT:
-        """Every attention layer uses this backend ("auto", "triton", "sdpa", "torch")."""
-        self.config = replace(self.config, backend=backend)
+        """Every attention layer uses this backend ("auto", "triton", "sdpa", "torch"); for a
+        whole run, prefer nerfx.ops.use_backend (the backend is not part of the config)."""
         set_attention_backend(self, backend)
         return self
 

@@ -3,13 +3,17 @@
 Each op lists its backends; each backend says which devices and dtypes it serves and, through
 `unavailable`, why it cannot run here. `backend="auto"` walks AUTO_ORDER for the tensors' device
 and takes the first that can serve; an explicit backend that cannot serve raises one error with
-all its reasons. The environment variable NERFX_BACKEND replaces "auto" for a whole run.
+all its reasons. A run setting replaces "auto": `use_backend(name)` (what the CLIs' --backend
+sets), else the environment variable NERFX_BACKEND. It applies to the ops that have a backend of
+that name; the others keep choosing themselves. `chosen_backends(device)` says what each op runs.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import torch
@@ -24,6 +28,36 @@ ENV_VAR = "NERFX_BACKEND"
 
 class BackendError(RuntimeError):
     """The requested backend cannot serve this call."""
+
+
+_OVERRIDE: contextvars.ContextVar[str | None] = contextvars.ContextVar("nerfx_backend",
+                                                                      default=None)
+
+
+def run_backend() -> str:
+    """The run's backend setting: use_backend's, else NERFX_BACKEND's, else "auto"."""
+    name = _OVERRIDE.get()
+    if name is None:
+        name = os.environ.get(ENV_VAR, "auto") or "auto"
+    return name
+
+
+@contextlib.contextmanager
+def use_backend(name: str) -> Iterator[None]:
+    """Within the block, every op called with backend="auto" uses `name` where it has a backend
+    of that name (ops without one choose as usual); "auto" restores the automatic choice.
+
+        with nerfx.ops.use_backend("torch"):
+            pipeline.render(o, d)
+    """
+    known = {"auto", *BACKENDS, *(b for op in REGISTRY.values() for b in op.backends)}
+    if name not in known:
+        raise BackendError(f"unknown backend {name!r}; choose from {sorted(known)}")
+    token = _OVERRIDE.set(name)
+    try:
+        yield
+    finally:
+        _OVERRIDE.reset(token)
 
 
 def _no_reason(device: torch.device) -> str | None:
@@ -108,7 +142,8 @@ class OpBackends:
     def choose(self, requested: str, device_type: str, dtypes: tuple[torch.dtype, ...],
                problem: tuple = ()) -> str:
         if requested == "auto":
-            requested = os.environ.get(ENV_VAR, "auto") or "auto"
+            setting = run_backend()
+            requested = setting if setting in self.backends else "auto"
         device = torch.device(device_type)
         if requested == "auto":
             for name in self.auto_order.get(device.type, ("torch",)):
@@ -127,9 +162,9 @@ class OpBackends:
         return requested
 
     def describe(self, device: torch.device, dtypes: tuple[torch.dtype, ...]) -> str:
-        """Which backend auto picks for these tensors, for `python -m nerfx.info`."""
+        """Which backend "auto" (under the run's setting) picks for these tensors."""
         try:
-            return self.select("auto", device, dtypes).name
+            return self.choose("auto", device.type, tuple(dtypes))
         except BackendError as exc:
             return f"none ({exc})"
 
@@ -147,3 +182,11 @@ def _choose(op: str, requested: str, device_type: str, dtypes: tuple[torch.dtype
 def register(op: OpBackends) -> OpBackends:
     REGISTRY[op.op] = op
     return op
+
+
+def chosen_backends(device: torch.device | str,
+                    dtype: torch.dtype = torch.float32) -> dict[str, str]:
+    """What each registered op runs on `device` for `dtype` tensors with backend="auto", under
+    the run's setting (use_backend or NERFX_BACKEND): {op: backend, or "none (why)"}."""
+    device = torch.device(device)
+    return {name: op.describe(device, (dtype,)) for name, op in sorted(REGISTRY.items())}

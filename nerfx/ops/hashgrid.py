@@ -167,12 +167,13 @@ class HashGridEncoding(nn.Module):
 
     per_level_scale defaults to exp((ln finest_resolution - ln base_resolution) / (n_levels - 1)),
     so the finest level has finest_resolution cells per axis. Parameters start in U(-1e-4, 1e-4).
+    The backend is a run setting (nerfx.ops.use_backend), not a property of the module.
     """
 
     def __init__(self, n_input_dims: int = 3, n_levels: int = 16, n_features_per_level: int = 2,
                  log2_hashmap_size: int = 19, base_resolution: int = 16,
                  per_level_scale: float | None = None, finest_resolution: int = 2048,
-                 dtype: torch.dtype = torch.float32, backend: str = "auto"):
+                 dtype: torch.dtype = torch.float32):
         super().__init__()
         if per_level_scale is None:
             per_level_scale = math.exp((math.log(finest_resolution) - math.log(base_resolution))
@@ -181,7 +182,6 @@ class HashGridEncoding(nn.Module):
                            log2_hashmap_size=log2_hashmap_size, base_resolution=base_resolution,
                            per_level_scale=float(per_level_scale))
         self.n_input_dims = n_input_dims
-        self.backend = backend
         self.layout = grid_layout(n_input_dims, n_levels, n_features_per_level, log2_hashmap_size,
                                   base_resolution, float(per_level_scale))
         self.params = nn.Parameter(torch.empty(self.layout.n_params, dtype=dtype))
@@ -196,7 +196,7 @@ class HashGridEncoding(nn.Module):
         if x.shape[-1] != self.n_input_dims:
             raise ValueError(f"HashGridEncoding: expected x of shape [..., {self.n_input_dims}], "
                              f"got {tuple(x.shape)}")
-        return hash_encode(x, self.params, backend=self.backend, **self.config)
+        return hash_encode(x, self.params, **self.config)
 
     def extra_repr(self) -> str:
         items = ", ".join(f"{k}={v}" for k, v in self.config.items())

@@ -17,6 +17,7 @@ from tqdm import tqdm
 
 from nerfx.data.scenes import SceneError, composite_on, load_scene
 from nerfx.metrics import psnr
+from nerfx.ops import use_backend
 from nerfx.render.views import depth_picture, render_turntable, render_view, to_uint8
 from nerfx.runs import RunError, load_pipeline
 
@@ -30,6 +31,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--views", help="test views to render, e.g. 0,5,9 (default: all)")
     p.add_argument("--out", type=Path, help="output folder (default: the run folder)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--backend", default="auto",
+                   help="backend for every op that has it (not the training run's: a run "
+                        "trained on CUDA renders on the CPU)")
     args = p.parse_args(argv)
     if args.frames < 1:
         p.error(f"--frames must be at least 1, got {args.frames}")
@@ -65,6 +69,11 @@ def render_test_views(pipeline, config: dict, views: str | None, out: Path) -> l
 
 def main(argv: list[str] | None = None) -> list[Path]:
     args = parse_args(argv)
+    with use_backend(args.backend):
+        return _render(args)
+
+
+def _render(args: argparse.Namespace) -> list[Path]:
     try:
         pipeline, config = load_pipeline(args.run, args.device)
     except RunError as exc:

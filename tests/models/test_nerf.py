@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from nerfx.models.nerf import NeRF, NeRFConfig, NeRFField, positional_encoding, sample_pdf
+from nerfx.ops import use_backend
 from nerfx.ref.composite import composite_rays_padded
 
 
@@ -59,7 +60,7 @@ class _Slab(torch.nn.Module):
 
 
 def test_render_finds_the_surface_and_blends_the_background():
-    nerf = NeRF([-1, -1, -1, 1, 1, 1], NeRFConfig(n_coarse=32, n_fine=64, backend="torch"))
+    nerf = NeRF([-1, -1, -1, 1, 1, 1], NeRFConfig(n_coarse=32, n_fine=64))
     nerf.coarse, nerf.fine = _Slab(), _Slab()
     o = torch.tensor([[-3.0, 0.1, 0.0], [0.0, 3.0, 0.5], [-3.0, 5.0, 0.0]])
     d = torch.tensor([[1.0, 0.0, 0.0], [0.0, -1.0, 0.0], [1.0, 0.0, 0.0]])  # slab, miss, outside
@@ -78,11 +79,11 @@ def test_render_finds_the_surface_and_blends_the_background():
 
 def test_composite_matches_padded_reference():
     torch.manual_seed(0)
-    nerf = NeRF([-1, -1, -1, 1, 1, 1], NeRFConfig(n_coarse=8, n_fine=8, width=32,
-                                                 backend="torch"))
+    nerf = NeRF([-1, -1, -1, 1, 1, 1], NeRFConfig(n_coarse=8, n_fine=8, width=32))
     o = torch.tensor([[0.0, 0.0, -3.0], [0.3, -0.2, -3.0]])
     d = torch.tensor([[0.0, 0.0, 1.0], [0.0, 0.0, 1.0]])
-    coarse, _ = nerf(o, d)
+    with use_backend("torch"):
+        coarse, _ = nerf(o, d)
     t = torch.linspace(-1, 1, 9)[:-1] + 1 / 8 + 3.0  # bin centres of the [2, 4] segment
     t_end = torch.cat([t[1:], torch.tensor([4.0])])
     points = o[:, None] + d[:, None] * (0.5 * (t + t_end))[None, :, None]
@@ -96,8 +97,7 @@ def test_composite_matches_padded_reference():
 @pytest.mark.parametrize("backend", ["torch", "cpu"])
 def test_training_lowers_the_loss(backend):
     torch.manual_seed(0)
-    nerf = NeRF([-1, -1, -1, 1, 1, 1], NeRFConfig(n_coarse=16, n_fine=16, width=64,
-                                                 backend=backend))
+    nerf = NeRF([-1, -1, -1, 1, 1, 1], NeRFConfig(n_coarse=16, n_fine=16, width=64))
     optimizer = torch.optim.Adam(nerf.parameters(), lr=5e-3)
     o = torch.randn(128, 3)
     o = 3 * o / o.norm(dim=-1, keepdim=True)
@@ -106,7 +106,8 @@ def test_training_lowers_the_loss(backend):
                                                                                       0.8]))
     losses = []
     for _ in range(60):
-        coarse, fine = nerf(o, d, background=torch.ones(3), perturb=True)
+        with use_backend(backend):
+            coarse, fine = nerf(o, d, background=torch.ones(3), perturb=True)
         loss = ((coarse.color - target) ** 2).mean() + ((fine.color - target) ** 2).mean()
         optimizer.zero_grad()
         loss.backward()

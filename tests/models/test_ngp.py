@@ -37,7 +37,7 @@ def test_trunc_exp_clamps_only_the_gradient():
 
 
 def test_forward_and_gradients():
-    model = InstantNGP([0, 0, 0, 1, 1, 1], NGPConfig(log2_hashmap_size=12, backend="cpu"))
+    model = InstantNGP([0, 0, 0, 1, 1, 1], NGPConfig(log2_hashmap_size=12))
     x = torch.rand(257, 3)
     d = torch.randn(257, 3)
     sigma, rgb = model(x, d)
