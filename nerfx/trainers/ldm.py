@@ -5,7 +5,13 @@ Steps 0 .. ae_steps-1 train the autoencoder (L1 + KL); at step ae_steps the auto
 the latent scale factor is measured on training images and the training set's posterior moments
 are cached; the remaining steps train the latent U-Net on z ~ q(z|x) · scale_factor. A checkpoint
 in either phase resumes exactly. `settings["autoencoder_run"] = RUN` takes the autoencoder of an
-earlier ldm run instead (its architecture and weights; ae_steps becomes 0).
+earlier ldm run instead (its architecture and weights; ae_steps becomes 0):
+
+    python -m nerfx.train --model ldm --fast --steps 3000 --out runs/ae          # autoencoder only
+    python -m nerfx.train --model ldm --fast --set autoencoder_run=runs/ae --steps 4000
+
+finish() writes samples.png (one row per class, guidance settings["guidance"]) and, with
+fid_samples > 0, the Fréchet distance and nerfx-classifier class accuracy per guidance scale.
 """
 
 from __future__ import annotations
