@@ -23,6 +23,9 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
+from nerfx.cameras import focal_from_fov, image_rays
+from nerfx.cameras import look_at as look_at  # re-exported: its old home
+
 CAMERA_ANGLE_X = 0.6911112070083618
 RADIUS = 4.031128857175551
 SPLIT_SIZES = {"train": 100, "val": 100, "test": 200}
@@ -194,18 +197,6 @@ def cast_rays(o: torch.Tensor, d: torch.Tensor, prims: Primitives,
     return rgb, alpha, depth
 
 
-def look_at(position: np.ndarray, target=(0.0, 0.0, 0.0)) -> np.ndarray:
-    """Camera-to-world [4, 4], OpenGL convention (camera looks down -z, +y up), world z up."""
-    forward = np.asarray(target, dtype=np.float64) - position
-    forward /= np.linalg.norm(forward)
-    right = np.cross(forward, (0.0, 0.0, 1.0))
-    right /= np.linalg.norm(right)
-    up = np.cross(right, forward)
-    pose = np.eye(4)
-    pose[:3, 0], pose[:3, 1], pose[:3, 2], pose[:3, 3] = right, up, -forward, position
-    return pose
-
-
 def camera_poses(split: str) -> list[np.ndarray]:
     """Upper-hemisphere views at radius ~4.03: random for train/val, a circle for test."""
     n = SPLIT_SIZES[split]
@@ -228,14 +219,9 @@ def camera_poses(split: str) -> list[np.ndarray]:
 
 def render_view(pose: np.ndarray, size: int, prims: Primitives):
     """-> (RGBA uint8 [size, size, 4], depth float32 [size, size], 0 where nothing is hit)."""
-    focal = 0.5 * size / math.tan(0.5 * CAMERA_ANGLE_X)
-    j, i = torch.meshgrid(torch.arange(size, dtype=torch.float32),
-                          torch.arange(size, dtype=torch.float32), indexing="ij")
-    dirs_cam = torch.stack([(i + 0.5 - size / 2) / focal, -(j + 0.5 - size / 2) / focal,
-                            -torch.ones_like(i)], -1).reshape(-1, 3)
-    c2w = torch.from_numpy(pose).float()
-    dirs = torch.nn.functional.normalize(dirs_cam @ c2w[:3, :3].T, dim=-1)
-    origins = c2w[:3, 3].expand_as(dirs)
+    focal = focal_from_fov(CAMERA_ANGLE_X, size)
+    intrinsics = torch.tensor([focal, focal, size / 2, size / 2])
+    origins, dirs = image_rays(torch.from_numpy(pose).float(), intrinsics, size, size)
     rgb, alpha, t = cast_rays(origins, dirs, prims)
     rgba = torch.cat([rgb, alpha[:, None]], -1).clamp(0, 1)
     image = (rgba * 255 + 0.5).to(torch.uint8).reshape(size, size, 4).numpy()

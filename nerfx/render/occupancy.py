@@ -27,6 +27,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
+from nerfx.cameras import project
 from nerfx.ref.raymarch import GridGeometry, locate, occupied
 
 # Dimensionless optical thickness of one minimal step above which a cell is occupied (instant-ngp
@@ -195,22 +196,26 @@ class OccupancyGrid(nn.Module):
     @torch.no_grad()
     def mark_unseen_empty(self, camera_to_world: torch.Tensor, focal: tuple[float, float],
                           principal: tuple[float, float], size: tuple[int, int],
-                          near: float = 0.0) -> int:
+                          near: float = 0.0, intrinsics: torch.Tensor | None = None) -> int:
         """Marks cells that no camera sees as empty for good; returns how many.
 
         camera_to_world: [n_cams, 4, 4] (OpenGL/NeRF convention: camera looks down -z),
         focal (fx, fy), principal point (cx, cy) and image size (width, height) in pixels.
+        intrinsics: optional [n_cams, 4] or [n_cams, 11] (nerfx.cameras: per camera, with its
+        lens), used instead of focal and principal when given.
         """
         n_cells = self.optical_thickness.numel()
         centers = self.cell_points(torch.arange(n_cells, device=self.optical_thickness.device),
                                    jitter=False)  # [n_cells, 3]
         seen = torch.zeros(centers.shape[0], dtype=torch.bool, device=centers.device)
         world_to_camera = torch.linalg.inv(camera_to_world.float().to(centers.device))
-        for w2c in world_to_camera:
-            cam = centers @ w2c[:3, :3].T + w2c[:3, 3]  # [n_cells, 3]
-            depth = -cam[:, 2]
-            x = focal[0] * cam[:, 0] / depth.clamp(min=1e-6) + principal[0]
-            y = -focal[1] * cam[:, 1] / depth.clamp(min=1e-6) + principal[1]
+        if intrinsics is None:
+            pinhole = [*focal[:2], *principal[:2]]  # (fx, fy, cx, cy)
+            intrinsics = torch.tensor(pinhole).expand(len(world_to_camera), 4)
+        intrinsics = intrinsics.float().to(centers.device)
+        for w2c, camera in zip(world_to_camera, intrinsics, strict=True):
+            pixel, depth = project(centers, w2c, camera)  # [n_cells, 2], [n_cells]
+            x, y = pixel.unbind(-1)
             seen |= (depth > near) & (x >= 0) & (x < size[0]) & (y >= 0) & (y < size[1])
         self.visible &= seen
         self.optical_thickness.mul_(self.visible)

@@ -6,6 +6,7 @@ from collections.abc import Callable
 
 import torch
 
+from nerfx.cameras import camera_rays  # noqa: F401  (re-exported: the old home of pixel rays)
 from nerfx.ops.composite import composite_rays
 from nerfx.ops.raymarch import march_rays
 from nerfx.ref.composite import Composited
@@ -30,16 +31,3 @@ def render_rays(field: Field, grid: OccupancyGrid, rays_o: torch.Tensor, rays_d:
                          samples.offsets, background=background, backend=backend)
     return out, int(samples.t_start.numel())
 
-
-def camera_rays(pose: torch.Tensor, intrinsics: torch.Tensor, pixels_u: torch.Tensor,
-                pixels_v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Rays through pixel centres (OpenGL camera: looks down -z, +y up).
-
-    pose: [n, 4, 4] camera-to-world, intrinsics: [n, 4] (fx, fy, cx, cy), pixels: [n] column and
-    row indices -> (origins [n, 3], unit directions [n, 3]).
-    """
-    fx, fy, cx, cy = intrinsics.unbind(-1)
-    d_cam = torch.stack([(pixels_u + 0.5 - cx) / fx, -(pixels_v + 0.5 - cy) / fy,
-                         -torch.ones_like(fx)], -1)  # [n, 3]
-    d = torch.nn.functional.normalize((pose[:, :3, :3] @ d_cam[..., None])[..., 0], dim=-1)
-    return pose[:, :3, 3].expand_as(d).contiguous(), d

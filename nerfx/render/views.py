@@ -12,9 +12,9 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from nerfx.data.lego import look_at
+from nerfx.cameras import image_rays
+from nerfx.cameras import turntable_poses as turntable_poses  # re-exported: its old home
 from nerfx.ref.composite import Composited
-from nerfx.render.renderer import camera_rays
 
 
 class Renderable(Protocol):
@@ -26,18 +26,15 @@ class Renderable(Protocol):
 def render_view(pipeline: Renderable, pose: torch.Tensor, intrinsics: torch.Tensor, width: int,
                 height: int, background: torch.Tensor | None = None,
                 chunk: int = 2**14) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """pose [4, 4] camera-to-world, intrinsics [4] (fx, fy, cx, cy) ->
-    (rgb [H, W, 3] in [0, 1], depth [H, W], opacity [H, W]), all on the CPU.
+    """pose [4, 4] camera-to-world, intrinsics [4] (fx, fy, cx, cy) or [11] with the lens
+    (nerfx.cameras) -> (rgb [H, W, 3] in [0, 1], depth [H, W], opacity [H, W]), all on the CPU.
 
     Rays go through the pipeline `chunk` at a time, so memory stays bounded at any resolution.
     """
-    device = pose.device
     rgbs, depths, opacities = [], [], []
     for start in range(0, height * width, chunk):
-        pixel = torch.arange(start, min(start + chunk, height * width), device=device)
-        n = pixel.numel()
-        o, d = camera_rays(pose.expand(n, 4, 4), intrinsics.expand(n, 4),
-                           (pixel % width).float(), (pixel // width).float())
+        o, d = image_rays(pose, intrinsics, width, height, start,
+                          min(start + chunk, height * width))
         out = pipeline.render(o, d, background)
         rgbs.append(out.color.float().clamp(0, 1).cpu())
         depths.append(out.depth.float().cpu())
@@ -65,20 +62,6 @@ def depth_picture(depth: torch.Tensor, opacity: torch.Tensor) -> np.ndarray:
     shade = 1 - (surface - lo) / (hi - lo).clamp(min=1e-6)
     shade = torch.where(covered, 0.2 + 0.8 * shade.clamp(0, 1), torch.zeros_like(shade))
     return (shade.numpy() * 255 + 0.5).astype(np.uint8)
-
-
-def turntable_poses(n_frames: int, radius: float, elevation_deg: float = 30.0,
-                    center: tuple[float, float, float] = (0.0, 0.0, 0.0)) -> torch.Tensor:
-    """n_frames cameras on a circle about the world z axis, looking at center. -> [n, 4, 4]"""
-    if n_frames < 1 or radius <= 0:
-        raise ValueError(f"turntable: need n_frames >= 1 and radius > 0, got {n_frames}, {radius}")
-    target = np.asarray(center, dtype=np.float64)
-    elevation = np.radians(elevation_deg)
-    poses = [look_at(target + radius * np.array([np.cos(a) * np.cos(elevation),
-                                                 np.sin(a) * np.cos(elevation),
-                                                 np.sin(elevation)]), target)
-             for a in np.linspace(0, 2 * np.pi, n_frames, endpoint=False)]
-    return torch.tensor(np.stack(poses), dtype=torch.float32)
 
 
 def write_video(frames: list[np.ndarray], stem: Path, fps: int = 30) -> Path:
@@ -110,7 +93,8 @@ def render_turntable(pipeline, camera: dict, turntable: dict, n_frames: int, ste
     """Renders n_frames around the scene on white and writes stem.mp4 (or .gif)."""
     device = next(pipeline.parameters()).device
     white = torch.ones(3, device=device)
-    intrinsics = torch.tensor(camera["intrinsics"], device=device)
+    # The turntable is a virtual pinhole camera: the test camera's lens, if any, is left out.
+    intrinsics = torch.tensor(camera["intrinsics"][:4], device=device)
     frames = []
     poses = turntable_poses(n_frames, turntable["radius"], turntable["elevation_deg"],
                             tuple(turntable["center"]))
