@@ -276,3 +276,31 @@ def test_tiny_latent_run_follows_the_requested_class():
         nearest = torch.cdist(z.flatten(1), means.flatten(1)).argmin(1)
         accuracy[scale] = (nearest == labels).float().mean().item()
     assert accuracy[3.0] > 0.5 and accuracy[3.0] > accuracy[1.0], accuracy
+
+
+# ---------------------------------------------------------------------------------------------
+# the optional patch-adversarial term
+
+
+def test_patch_discriminator_and_hinge_loss():
+    from nerfx.models.ldm import PatchDiscriminator, hinge_d_loss
+
+    torch.manual_seed(0)
+    assert PatchDiscriminator(3, 8, n_layers=3)(torch.randn(2, 3, 32, 32)).shape == (2, 1, 2, 2)
+    assert PatchDiscriminator(3, 8, n_layers=2)(torch.randn(2, 3, 16, 16)).shape == (2, 1, 2, 2)
+    real, fake = torch.tensor([2.0, 0.5, -1.0]), torch.tensor([-2.0, 0.0, 1.5])
+    # ½ (mean(relu(1 - real)) + mean(relu(1 + fake))) = ½ ((0 + 0.5 + 2)/3 + (0 + 1 + 2.5)/3)
+    assert hinge_d_loss(real, fake).item() == pytest.approx(0.5 * (2.5 / 3 + 3.5 / 3))
+
+
+def test_adaptive_weight_is_the_gradient_norm_ratio():
+    from nerfx.models.ldm import adaptive_weight
+
+    w = torch.randn(4, 3, requires_grad=True)
+    x = torch.randn(5, 4)
+    nll, g = (x @ w).pow(2).sum(), -(x @ w).mean() * 3
+    gn = torch.autograd.grad(nll, w, retain_graph=True)[0].norm()
+    gg = torch.autograd.grad(g, w, retain_graph=True)[0].norm()
+    assert adaptive_weight(nll, g, w, 0.5).item() == pytest.approx(
+        0.5 * (gn / (gg + 1e-4)).item(), rel=1e-5)
+    (nll + g).backward()                                      # the graphs were kept

@@ -120,3 +120,17 @@ def test_sample_cli_on_an_ldm_run(tmp_path, toy):
         sample.main(args + ["--class", "8"])
     with pytest.raises(SystemExit, match="interpolate is for ddpm"):
         sample.main(args + ["--interpolate", "1,2"])
+
+
+def test_adversarial_option_trains_and_resumes(tmp_path, toy):
+    """adversarial_start=1: from autoencoder step 1 on, the generator term and the
+    discriminator's hinge step; the discriminator and its optimiser resume exactly."""
+    toy(adversarial_start=1, disc_ndf=8, disc_layers=2)
+    train.main(COMMON + ["--out", str(tmp_path / "straight")])
+    train.main(COMMON + ["--steps", "2", "--out", str(tmp_path / "split")])
+    train.main(["--resume", str(tmp_path / "split"), "--steps", "6"])
+    a, b = task_state(tmp_path / "straight"), task_state(tmp_path / "split")
+    assert a["disc_optimizer"]["state"]                      # it took steps
+    for part in ("discriminator", "model"):
+        for key, value in a[part].items():
+            torch.testing.assert_close(b[part][key], value, msg=key)
