@@ -20,8 +20,7 @@ import torch
 from torch import nn
 
 from nerfx.ops.composite import composite_rays
-from nerfx.ref.composite import Composited
-from nerfx.ref.raymarch import clip_to_box
+from nerfx.specs import Composited, clip_to_box
 
 
 @dataclass

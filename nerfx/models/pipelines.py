@@ -20,10 +20,10 @@ from torch import nn
 
 from nerfx.models.nerf import NeRF, NeRFConfig
 from nerfx.models.ngp import InstantNGP, NGPConfig
-from nerfx.ref.composite import Composited
 from nerfx.render.inference import render_rays_compacting
 from nerfx.render.occupancy import OccupancyGrid
 from nerfx.render.renderer import render_rays
+from nerfx.specs import Composited
 
 MODELS = ("ngp", "nerf")
 

@@ -14,7 +14,7 @@ import torch
 from nerfx import _ext
 from nerfx.ops._dispatch import Backend, OpBackends, extension_kernel, register
 from nerfx.ref import composite as ref
-from nerfx.ref.composite import Composited, with_background
+from nerfx.specs import Composited, with_background
 
 FLOATS = (torch.float32, torch.float64)
 

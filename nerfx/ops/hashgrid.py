@@ -25,7 +25,8 @@ from nerfx.ops._dispatch import (
     register,
     triton_available,
 )
-from nerfx.ref.hashgrid import GridLayout, compute_dtype, encode_with_layout, grid_layout
+from nerfx.ref.hashgrid import compute_dtype, encode_with_layout
+from nerfx.specs import GridLayout, grid_layout
 
 PARAM_DTYPES = (torch.float32, torch.float64, torch.float16)
 

@@ -1,6 +1,7 @@
 """Occupancy-grid ray marching: packed samples in occupied cells only.
 
-    samples = march_rays(rays_o, rays_d, grid, near=0.0, far=1e10)
+    samples = march_rays(rays_o, rays_d, bitfield, geometry, near=0.0, far=1e10)
+    samples = march_rays(rays_o, rays_d, grid)     # an OccupancyGrid: its bitfield and geometry
     samples.positions [S, 3], samples.t_start / t_end [S], samples.offsets [n_rays + 1]
 
 Backends: `cuda` and `cpu` (nerfx._C: DDA over the bitfield, two passes: count, scan, fill) and
@@ -11,24 +12,25 @@ march_rays_cone follows the kernels' cone-step rule with all rays at once).
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+from typing import Protocol
 
 import torch
 
 from nerfx import _ext
 from nerfx.ops._dispatch import Backend, OpBackends, extension_kernel, register
-from nerfx.ref.raymarch import GridGeometry, march_rays_cone, march_rays_dense
-from nerfx.render.occupancy import OccupancyGrid
+from nerfx.ref.raymarch import march_rays_cone, march_rays_dense
+from nerfx.specs import GridGeometry, RaySamples
+
+__all__ = ["HasOccupancy", "RaySamples", "default_step_size", "march_rays"]
 
 
-class RaySamples(NamedTuple):
-    positions: torch.Tensor  # [S, 3] sample midpoints
-    directions: torch.Tensor  # [S, 3] the ray direction of each sample
-    t_start: torch.Tensor  # [S]
-    t_end: torch.Tensor  # [S]
-    offsets: torch.Tensor  # [n_rays + 1] int64: ray r owns samples offsets[r]:offsets[r + 1]
-    ray_indices: torch.Tensor  # [S] int64
-    resume: torch.Tensor  # [n_rays] where a capped ray's march continues; +inf once done
+class HasOccupancy(Protocol):
+    """What march_rays reads of a grid (nerfx.render.OccupancyGrid is one)."""
+
+    bitfield: torch.Tensor  # [cascades * resolution^3 / 8] uint8
+
+    @property
+    def geometry(self) -> GridGeometry: ...
 
 
 def _register_library() -> None:
@@ -65,9 +67,9 @@ BACKENDS = register(OpBackends("march_rays", [
 ]))
 
 
-def default_step_size(grid: OccupancyGrid) -> float:
+def default_step_size(geometry: GridGeometry) -> float:
     """Instant-NGP's step: sqrt(3) / 1024 of the cascade-0 box's largest side."""
-    return math.sqrt(3) / 1024 * 2 * max(grid.geometry.half_size)
+    return math.sqrt(3) / 1024 * 2 * max(geometry.half_size)
 
 
 def _per_ray(value: float | torch.Tensor, n: int, like: torch.Tensor, name: str) -> torch.Tensor:
@@ -79,12 +81,18 @@ def _per_ray(value: float | torch.Tensor, n: int, like: torch.Tensor, name: str)
     return torch.full((n,), float(value), dtype=like.dtype, device=like.device)
 
 
-def march_rays(rays_o: torch.Tensor, rays_d: torch.Tensor, grid: OccupancyGrid, *,
+def march_rays(rays_o: torch.Tensor, rays_d: torch.Tensor,
+               bitfield: torch.Tensor | HasOccupancy, geometry: GridGeometry | None = None, *,
                near: float | torch.Tensor = 0.0, far: float | torch.Tensor = 1e10,
                step_size: float | None = None, max_samples: int = 1024,
                cone_angle: float = 0.0, perturb: bool = False,
                generator: torch.Generator | None = None, backend: str = "auto") -> RaySamples:
     """Marches rays [n_rays, 3] through the grid's occupied cells.
+
+    bitfield: [cascades * resolution^3 / 8] uint8, one bit per cell (cascade-major, x-major);
+    geometry: the grid's box, resolution and cascades as host numbers (no device read per call).
+    A grid object (with .bitfield and .geometry, e.g. nerfx.render.OccupancyGrid) may stand in
+    for both.
 
     Samples lie on a lattice of constant step (cone_angle = 0; default step sqrt(3)/1024 of the
     box) or grow as t * cone_angle; only candidates whose midpoint is in an occupied cell inside
@@ -100,19 +108,28 @@ def march_rays(rays_o: torch.Tensor, rays_d: torch.Tensor, grid: OccupancyGrid, 
             raise TypeError(f"march_rays: {name} must be floating point, got {t.dtype}")
     if rays_o.shape != rays_d.shape or rays_o.device != rays_d.device:
         raise ValueError("march_rays: rays_o and rays_d must match in shape and device")
-    if grid.bitfield.device != rays_o.device:
-        raise ValueError(f"march_rays: the grid is on {grid.bitfield.device}, the rays on "
+    if geometry is None:
+        bitfield, geometry = bitfield.bitfield, bitfield.geometry
+    if not isinstance(geometry, GridGeometry):
+        raise TypeError(f"march_rays: geometry must be a GridGeometry, got "
+                        f"{type(geometry).__name__}")
+    n_bits = geometry.cascades * geometry.resolution**3
+    if bitfield.dtype != torch.uint8 or bitfield.shape != (n_bits // 8,):
+        raise ValueError(f"march_rays: bitfield must be uint8 [{n_bits // 8}] for this geometry, "
+                         f"got {bitfield.dtype} {tuple(bitfield.shape)}")
+    if bitfield.device != rays_o.device:
+        raise ValueError(f"march_rays: the grid is on {bitfield.device}, the rays on "
                          f"{rays_o.device}")
     n = rays_o.shape[0]
     o = rays_o.float().contiguous()
     d = rays_d.float().contiguous()
-    step = float(step_size) if step_size is not None else default_step_size(grid)
+    step = float(step_size) if step_size is not None else default_step_size(geometry)
     jitter = (torch.rand(n, generator=generator, device=o.device) if perturb
               else torch.zeros(n, device=o.device))
     chosen = BACKENDS.select(backend, o.device, (torch.float32,))
     offsets, t_start, t_end, positions, resume = chosen.run(
-        o, d, _per_ray(near, n, o, "near"), _per_ray(far, n, o, "far"), jitter, grid.bitfield,
-        grid.geometry, step, float(cone_angle), int(max_samples))
+        o, d, _per_ray(near, n, o, "near"), _per_ray(far, n, o, "far"), jitter,
+        bitfield.contiguous(), geometry, step, float(cone_angle), int(max_samples))
     counts = offsets[1:] - offsets[:-1]
     rays = torch.repeat_interleave(torch.arange(n, device=o.device), counts,
                                    output_size=t_start.shape[0])

@@ -8,16 +8,9 @@ A sample whose incoming transmittance T_i is below `transmittance_threshold` get
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import torch
 
-
-class Composited(NamedTuple):
-    color: torch.Tensor  # [n_rays, 3]
-    opacity: torch.Tensor  # [n_rays]
-    depth: torch.Tensor  # [n_rays]
-    weights: torch.Tensor  # [n_samples] (packed) or [n_rays, n_samples] (padded)
+from nerfx.specs import Composited, with_background
 
 
 def ray_indices(offsets: torch.Tensor, n_samples: int) -> torch.Tensor:
@@ -25,14 +18,6 @@ def ray_indices(offsets: torch.Tensor, n_samples: int) -> torch.Tensor:
     counts = offsets[1:] - offsets[:-1]
     rays = torch.arange(counts.numel(), device=offsets.device)
     return torch.repeat_interleave(rays, counts, output_size=n_samples)
-
-
-def with_background(out: Composited, background: torch.Tensor | None) -> Composited:
-    """Blends a background colour ([3] or [n_rays, 3]) behind what the rays did not cover."""
-    if background is None:
-        return out
-    color = out.color + (1 - out.opacity)[:, None] * background.to(out.color)
-    return out._replace(color=color)
 
 
 def composite_rays(sigmas: torch.Tensor, rgbs: torch.Tensor, t_start: torch.Tensor,

@@ -9,62 +9,13 @@ Inputs are clamped to [0, 1]; coordinates outside it get no gradient, those on 0
 
 from __future__ import annotations
 
-import functools
 import itertools
-from dataclasses import dataclass
 
 import torch
 
+from nerfx.specs import GridLayout, grid_layout
+
 PRIMES = (1, 2654435761, 805459861)
-
-
-@dataclass(frozen=True)
-class GridLayout:
-    """Where each level lives in the flat parameter table."""
-
-    n_input_dims: int
-    n_features_per_level: int
-    resolutions: tuple[int, ...]  # cells per axis, one per level
-    offsets: tuple[int, ...]  # first row of each level, then the total row count
-    dense: tuple[bool, ...]  # one row per vertex (no hashing) at this level
-
-    @property
-    def n_levels(self) -> int:
-        return len(self.resolutions)
-
-    @property
-    def n_params(self) -> int:
-        return self.offsets[-1] * self.n_features_per_level
-
-
-@functools.lru_cache(maxsize=64)
-def grid_layout(n_input_dims: int, n_levels: int, n_features_per_level: int,
-                log2_hashmap_size: int, base_resolution: int,
-                per_level_scale: float) -> GridLayout:
-    """The table layout of a hash grid; the one definition every backend uses."""
-    if n_input_dims not in (2, 3):
-        raise ValueError(f"n_input_dims must be 2 or 3, got {n_input_dims}")
-    if not 1 <= n_levels <= 32:
-        raise ValueError(f"n_levels must be in [1, 32], got {n_levels}")
-    if n_features_per_level not in (1, 2, 4, 8):
-        raise ValueError(f"n_features_per_level must be 1, 2, 4 or 8, got {n_features_per_level}")
-    if not 4 <= log2_hashmap_size <= 30:
-        raise ValueError(f"log2_hashmap_size must be in [4, 30], got {log2_hashmap_size}")
-    if base_resolution < 1 or per_level_scale < 1.0:
-        raise ValueError("base_resolution must be >= 1 and per_level_scale >= 1")
-    table_rows = 2**log2_hashmap_size
-    resolutions, offsets, dense = [], [0], []
-    for level in range(n_levels):
-        # The tiny epsilon keeps N_min * b**l from flooring below an integer it should equal.
-        res = int(base_resolution * per_level_scale**level + 1e-6)
-        vertices = (res + 1) ** n_input_dims
-        fits = vertices <= table_rows
-        rows = min(-(-vertices // 8) * 8, table_rows) if fits else table_rows
-        resolutions.append(res)
-        offsets.append(offsets[-1] + rows)
-        dense.append(fits)
-    return GridLayout(n_input_dims, n_features_per_level, tuple(resolutions), tuple(offsets),
-                      tuple(dense))
 
 
 def compute_dtype(x_dtype: torch.dtype, params_dtype: torch.dtype) -> torch.dtype:

@@ -9,58 +9,9 @@ march_rays_cone follows the kernel's rule step by step, all rays at once.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
-
-@dataclass(frozen=True)
-class GridGeometry:
-    center: tuple[float, float, float]
-    half_size: tuple[float, float, float]  # half extent of cascade 0
-    resolution: int
-    cascades: int
-
-    def box(self, device=None) -> tuple[torch.Tensor, torch.Tensor]:
-        """The outermost cascade's corners, float32 [3] each."""
-        scale = float(2 ** (self.cascades - 1))
-        center = torch.tensor(self.center, dtype=torch.float32, device=device)
-        half = torch.tensor(self.half_size, dtype=torch.float32, device=device)
-        return center - half * scale, center + half * scale
-
-
-def locate(points: torch.Tensor, g: GridGeometry) -> torch.Tensor:
-    """Flat cell index (cascade-major) of the smallest cascade holding each point. [M, 3] -> [M]"""
-    center = torch.tensor(g.center, dtype=torch.float32, device=points.device)
-    half = torch.tensor(g.half_size, dtype=torch.float32, device=points.device)
-    u = (points - center) * (1.0 / half)  # [M, 3], multiplied by the reciprocal as the kernel is
-    extent = u.abs().amax(-1)  # [M]
-    _, exponent = torch.frexp(extent)
-    cascade = torch.where(extent >= 1.0, exponent.clamp(max=g.cascades - 1),
-                          torch.zeros_like(exponent)).long()
-    inv_scale = 1.0 / (2.0 ** cascade.float())  # [M]
-    cell = torch.floor((u * inv_scale[:, None] + 1.0) * 0.5 * float(g.resolution))
-    cell = cell.clamp(0, g.resolution - 1).long()  # [M, 3]
-    r = g.resolution
-    return ((cascade * r + cell[:, 0]) * r + cell[:, 1]) * r + cell[:, 2]
-
-
-def occupied(bitfield: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """The bits of a packed [n_bits / 8] uint8 bitfield at flat indices. -> bool"""
-    return ((bitfield[index >> 3].long() >> (index & 7)) & 1).bool()
-
-
-def clip_to_box(o: torch.Tensor, d: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor):
-    """Entry, exit and hit flag of rays o + t d through the box. [N, 3] -> [N], [N], [N] bool"""
-    moving = d != 0
-    safe_d = torch.where(moving, d, torch.ones_like(d))
-    t1 = (lo - o) / safe_d
-    t2 = (hi - o) / safe_d
-    inf = torch.full_like(t1, float("inf"))
-    t_enter = torch.where(moving, torch.minimum(t1, t2), -inf).amax(-1)
-    t_exit = torch.where(moving, torch.maximum(t1, t2), inf).amin(-1)
-    inside_slabs = (moving | ((o >= lo) & (o <= hi))).all(-1)
-    return t_enter, t_exit, inside_slabs & (t_enter <= t_exit)
+from nerfx.specs import GridGeometry, clip_to_box, locate, occupied
 
 
 def march_rays_dense(rays_o: torch.Tensor, rays_d: torch.Tensor, near: torch.Tensor,

@@ -9,9 +9,9 @@ import torch
 
 from nerfx.ops.composite import composite_rays
 from nerfx.ops.raymarch import march_rays
-from nerfx.ref.composite import Composited, with_background
 from nerfx.render.occupancy import OccupancyGrid
 from nerfx.render.renderer import Field
+from nerfx.specs import Composited, with_background
 
 
 @torch.no_grad()
@@ -29,9 +29,11 @@ def render_rays_compacting(rays_o: torch.Tensor, rays_d: torch.Tensor, grid: Occ
     transmittance = rays_o.new_ones(n)
     resume = torch.full((n,), float(near), device=rays_o.device)
     alive = torch.arange(n, device=rays_o.device)
+    bitfield, geometry = grid.bitfield, grid.geometry
     while alive.numel():
-        samples = march_rays(rays_o[alive], rays_d[alive], grid, near=resume[alive], far=far,
-                             step_size=step_size, max_samples=samples_per_round, backend=backend)
+        samples = march_rays(rays_o[alive], rays_d[alive], bitfield, geometry,
+                             near=resume[alive], far=far, step_size=step_size,
+                             max_samples=samples_per_round, backend=backend)
         sigmas, rgbs = field(samples.positions, samples.directions)
         # Within a round the ray starts fresh; its earlier rounds scale what this one adds.
         part = composite_rays(sigmas.float(), rgbs.float(), samples.t_start, samples.t_end,

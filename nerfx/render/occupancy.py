@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from nerfx.cameras import project
-from nerfx.ref.raymarch import GridGeometry, locate, occupied
+from nerfx.specs import GridGeometry, locate, occupied
 
 # Dimensionless optical thickness of one minimal step above which a cell is occupied (instant-ngp
 # NERF_MIN_OPTICAL_THICKNESS() = 0.01; paper appendix E.2).
@@ -84,10 +84,16 @@ class OccupancyGrid(nn.Module):
         self.register_buffer("step_size", torch.zeros(()))
         self.register_buffer("visible", torch.ones(n_cells, dtype=torch.bool))
         self.register_buffer("bitfield", torch.full((n_cells // 8,), 255, dtype=torch.uint8))
+        self._geometry = self._geometry_of(aabb)
 
     @property
     def geometry(self) -> GridGeometry:
-        lo, hi = self.aabb[:3].tolist(), self.aabb[3:].tolist()
+        """The box, resolution and cascades as host numbers, for march_rays. Read from `aabb`
+        when it is set (construction, load_state_dict), not per call: no device sync."""
+        return self._geometry
+
+    def _geometry_of(self, aabb: torch.Tensor) -> GridGeometry:
+        lo, hi = aabb[:3].tolist(), aabb[3:].tolist()
         center = tuple((a + b) / 2 for a, b in zip(lo, hi, strict=True))
         half = tuple((b - a) / 2 for a, b in zip(lo, hi, strict=True))
         return GridGeometry(center, half, self.resolution, self.cascades)
@@ -192,6 +198,7 @@ class OccupancyGrid(nn.Module):
             state_dict[prefix + "step_size"] = torch.ones(())
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
                                       unexpected_keys, error_msgs)
+        self._geometry = self._geometry_of(self.aabb)  # one read of the box per load
 
     @torch.no_grad()
     def mark_unseen_empty(self, camera_to_world: torch.Tensor, focal: tuple[float, float],

@@ -14,7 +14,7 @@ from tqdm import tqdm
 
 from nerfx.cameras import image_rays
 from nerfx.cameras import turntable_poses as turntable_poses  # re-exported: its old home
-from nerfx.ref.composite import Composited
+from nerfx.specs import Composited
 
 
 class Renderable(Protocol):

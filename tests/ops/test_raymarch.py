@@ -215,3 +215,25 @@ def test_bad_rays_are_named():
         march_rays(torch.zeros(4, 3), torch.ones(4, 3), grid, near=torch.zeros(3))
     with pytest.raises(ValueError, match="aabb must be"):
         OccupancyGrid([0, 0, 0, 1, 1, -1])
+
+
+def test_march_takes_plain_tensors_and_a_host_geometry():
+    """The bitfield and a GridGeometry (host numbers) are the whole input; a grid object is only
+    a convenience that hands over the same two."""
+    grid = random_grid(cascades=2)
+    o, d = awkward_rays(64)
+    plain = march_rays(o, d, grid.bitfield.clone(), grid.geometry)
+    via_grid = march_rays(o, d, grid)
+    for a, b in zip(plain, via_grid, strict=True):
+        torch.testing.assert_close(a, b)
+    with pytest.raises(ValueError, match="bitfield must be uint8"):
+        march_rays(o, d, grid.bitfield[:-1], grid.geometry)
+
+
+def test_ops_do_not_import_render():
+    import subprocess
+    import sys
+
+    code = ("import sys, nerfx.ops; "
+            "assert not [m for m in sys.modules if m.startswith('nerfx.render')], 'render'")
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -9,8 +9,8 @@ import pytest
 import torch
 from PIL import Image
 
-from nerfx.ref.composite import Composited
 from nerfx.render import views
+from nerfx.specs import Composited
 
 
 class _Ball:
