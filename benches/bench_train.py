@@ -1,7 +1,8 @@
 """Instant-NGP training steps on the built-in lego, one backend per row: steps and samples per
 second (the table's items are field samples).
 
-The step is the trainer's own (nerfx.train.optimize_step on nerfx.train.TrainingRays): random
+The step is the trainer's own (nerfx.models.pipelines.optimize_step on
+nerfx.data.rays.TrainingRays, the preset's model): random
 pixels on random backgrounds, occupancy-grid update, march, field, composite, Adam. The model is
 fresh, so every grid cell is still occupied (the start of training, where steps are slowest; as
 the grid prunes, samples per ray fall and steps speed up). CPU: the CPU recipe's 1024 rays;
@@ -16,12 +17,12 @@ import torch
 
 from benches.conftest import devices, run_benchmark
 from nerfx.data import lego
+from nerfx.data.rays import TrainingRays
 from nerfx.data.scenes import load_scene
-from nerfx.models.pipelines import build_pipeline, make_optimizer
+from nerfx.models.pipelines import InstantNGPPipeline, build_pipeline, make_optimizer, optimize_step
 from nerfx.ops import BackendError, use_backend
 from nerfx.ops.hashgrid import BACKENDS as HASH_BACKENDS
 from nerfx.ops.raymarch import BACKENDS as MARCH_BACKENDS
-from nerfx.train import TrainingRays, optimize_step
 
 IMAGE_SIZE = 32  # pixels of the built-in lego's views; the step's cost does not depend on it
 CPU_RAYS = 1024
@@ -40,10 +41,9 @@ def make_pipeline(impl: str, device: str):
         registry.select(impl, torch.device(device), (torch.float32,))
     except BackendError as exc:
         pytest.skip(str(exc))
-    gpu = device == "cuda"
-    spec = {"name": "ngp", "aabb": [-1.5, -1.5, -1.5, 1.5, 1.5, 1.5], "cascades": 1,
-            "log2_hashmap_size": 19 if gpu else 17, "grid_resolution": 128 if gpu else 64,
-            "decay": 0.95 if gpu else 0.8, "step_divisor": 1024 if gpu else 256}
+    preset = InstantNGPPipeline.preset(device, fast=True)
+    spec = {"name": "ngp", "aabb": [-1.5, -1.5, -1.5, 1.5, 1.5, 1.5], "cascades": 1}
+    spec |= {key: preset[key] for key in InstantNGPPipeline.SPEC_KEYS}
     return build_pipeline(spec).to(device)
 
 

@@ -25,11 +25,18 @@ from tqdm import tqdm
 
 from nerfx import trainers
 from nerfx.data import lego
+from nerfx.data.rays import TrainingRays
 from nerfx.data.scenes import Scene, SceneError, composite_on, load_scene
 from nerfx.metrics import psnr, ssim
-from nerfx.models.pipelines import MODELS, build_pipeline, make_optimizer
+from nerfx.models.pipelines import (
+    MODELS,
+    PIPELINES,
+    RUN_KEYS,
+    build_pipeline,
+    make_optimizer,
+    optimize_step,
+)
 from nerfx.ops import chosen_backends, use_backend
-from nerfx.render.renderer import camera_rays
 from nerfx.render.views import depth_picture, render_turntable, render_view, to_uint8
 from nerfx.runs import (
     CHECKPOINT,
@@ -80,43 +87,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def recipe(args: argparse.Namespace) -> dict:
-    """The paper's recipe on a GPU; a scaled-down one on a CPU (announced)."""
+    """The pipeline's preset for the device (GPU: the paper's recipe; CPU: a scaled-down one,
+    announced), with the command line's overrides."""
+    pipeline = PIPELINES[args.model]
     gpu = args.device.startswith("cuda")
-    if args.model == "ngp" and gpu:
-        preset = dict(steps=35000, max_seconds=300.0, batch_samples=2**18, batch_rays=2**12,
-                      downscale=1, eval_views=200, video_frames=120, log2_hashmap_size=19,
-                      grid_resolution=128, decay=0.95, step_divisor=1024)
-        if args.fast:
-            preset.update(max_seconds=60.0, eval_views=20, downscale=2, video_frames=60)
-    elif args.model == "ngp":
-        # 2 cores: the grid prunes by step ~64 (7-17 samples per ray from ~140), after which a
-        # step of 1024 rays was reported at about 25 ms on idle cores: 2000 steps aim at about a
-        # minute of training; max_seconds keeps the whole --fast command near 2 minutes on a
-        # slower or busier machine.
-        preset = dict(steps=2000, max_seconds=75.0, batch_samples=None, batch_rays=1024,
-                      downscale=8, eval_views=8, video_frames=24, log2_hashmap_size=17,
-                      grid_resolution=64, decay=0.8, step_divisor=256)
-        if not args.fast:
-            preset.update(steps=10000, max_seconds=3600.0, downscale=4, eval_views=50,
-                          video_frames=60)
-    elif gpu:  # NeRF: 4096 rays of 64 + 128 samples, trained for days in the paper
-        preset = dict(steps=300_000, max_seconds=48 * 3600.0, batch_samples=None,
-                      batch_rays=4096, downscale=1, eval_views=200, video_frames=120,
-                      n_coarse=64, n_fine=128)
-        if args.fast:
-            preset.update(max_seconds=60.0, eval_views=20, downscale=2, video_frames=60)
-    else:
-        preset = dict(steps=1000, max_seconds=300.0, batch_samples=None, batch_rays=256,
-                      downscale=16, eval_views=4, video_frames=12, n_coarse=32, n_fine=64)
-        if not args.fast:
-            preset.update(steps=20000, max_seconds=3600.0, downscale=8, eval_views=20)
-    for key in ("steps", "max_seconds", "batch_samples", "batch_rays", "downscale", "eval_views",
-                "video_frames"):
+    preset = pipeline.preset("cuda" if gpu else "cpu", args.fast)
+    for key in RUN_KEYS:
         if getattr(args, key, None) is not None:
             preset[key] = getattr(args, key)
-    if preset["batch_samples"] is not None and args.model == "nerf":
-        per_ray = 2 * preset["n_coarse"] + preset["n_fine"]
-        preset["batch_rays"] = max(preset["batch_samples"] // per_ray, 1)
+    preset["batch_rays"] = pipeline.first_batch_rays(preset)
     preset["precision"] = ("mixed" if gpu else "fp32") if args.precision == "auto" \
         else args.precision
     return preset
@@ -126,9 +105,7 @@ def model_spec(args: argparse.Namespace, cfg: dict, scene: Scene) -> dict:
     """The plain dict that rebuilds the model (saved in config.json)."""
     spec = {"name": args.model, "aabb": list(scene.aabb),
             "cascades": int(math.log2(scene.aabb_scale)) + 1}
-    keys = ("log2_hashmap_size", "grid_resolution", "decay", "step_divisor") \
-        if args.model == "ngp" else ("n_coarse", "n_fine")
-    return spec | {key: cfg[key] for key in keys}
+    return spec | {key: cfg[key] for key in PIPELINES[args.model].SPEC_KEYS}
 
 
 def find_scene(args: argparse.Namespace, downscale: int) -> tuple[Path, int, bool]:
@@ -153,52 +130,6 @@ def camera_config(train_set: Scene, test_set: Scene) -> tuple[dict, dict]:
     return ({"width": test_set.width, "height": test_set.height,
              "intrinsics": test_set.intrinsics[0].tolist()},
             {"radius": radius, "center": center.tolist(), "elevation_deg": 30.0})
-
-
-class TrainingRays:
-    """The training images on the device, drawn from as random pixels over all views."""
-
-    def __init__(self, scene: Scene, device: torch.device):
-        self.images = scene.images.to(device)  # [n, H, W, C] uint8
-        self.poses = scene.poses.to(device)  # [n, 4, 4]
-        self.intrinsics = scene.intrinsics.to(device)  # [n, 4]
-        self.n, self.h, self.w = len(scene), scene.height, scene.width
-
-    def sample(self, n_rays: int, generator: torch.Generator,
-               random_background: bool = True) -> tuple[torch.Tensor, ...]:
-        """-> (origins [n, 3], directions [n, 3], backgrounds [n, 3], targets [n, 3]): each
-        pixel's colour composited on its own random background, as Instant-NGP trains (or on
-        white, as NeRF trains on its synthetic scenes)."""
-        device = self.images.device
-        pick = torch.randint(0, self.n * self.h * self.w, (n_rays,), device=device,
-                             generator=generator)
-        cam, pix = pick // (self.h * self.w), pick % (self.h * self.w)
-        row, col = pix // self.w, pix % self.w
-        o, d = camera_rays(self.poses[cam], self.intrinsics[cam], col.float(), row.float())
-        background = torch.rand(n_rays, 3, device=device, generator=generator)
-        if not random_background:
-            background = torch.ones_like(background)  # drawn anyway: the same RNG stream
-        return o, d, background, composite_on(self.images[cam, row, col], background)
-
-
-def optimize_step(pipeline, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
-                  batch: tuple[torch.Tensor, ...], step: int, generator: torch.Generator,
-                  autocast_dtype: torch.dtype | None = None):
-    """One step: the schedule's learning rate, forward (autocast when a dtype is given), scaled
-    backward, Adam. -> the pipeline's TrainOutput."""
-    for group in optimizer.param_groups:
-        group["lr"] = pipeline.lr * pipeline.lr_factor(step)
-    device_type = batch[0].device.type
-    with torch.autocast(device_type, dtype=autocast_dtype or torch.float32,
-                        enabled=autocast_dtype is not None):
-        result = pipeline.train_forward(*batch, step, generator)
-    # set_to_none=False (zeroing the gradient buffers in place) was tried: no change in system
-    # time on 2 CPU cores (15 steps of 1024 rays: 2.70 s vs 2.63 s), so the default stays.
-    optimizer.zero_grad(set_to_none=True)
-    scaler.scale(result.loss).backward()
-    scaler.step(optimizer)
-    scaler.update()
-    return result
 
 
 @torch.no_grad()
@@ -302,10 +233,8 @@ def train(args: argparse.Namespace) -> dict:
         samples_total += result.n_samples
         if on_curve(step) or step == 1:
             samples_per_ray[step] = round(result.n_samples / n_rays, 1)
-        if cfg["batch_samples"] is not None and args.model == "ngp":
-            # As Instant-NGP does: as many rays as keep the samples per step at the target.
-            wanted = batch_rays * cfg["batch_samples"] / max(result.n_samples, 1)
-            batch_rays = int(min(max(128 * round(wanted / 128), 128), cfg["batch_samples"]))
+        batch_rays = pipeline.next_batch_rays(batch_rays, result.n_samples,
+                                              cfg["batch_samples"])
         if device.type == "cuda":
             torch.cuda.synchronize()
         took = time.perf_counter() - tick

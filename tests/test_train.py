@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 
 from nerfx import train
+from nerfx.data.rays import TrainingRays
 from nerfx.render import __main__ as render_cli
 from nerfx.runs import RunError, load_pipeline, write_json
 
@@ -115,7 +116,7 @@ def test_training_rays_on_random_or_white_backgrounds():
     poses = torch.tensor(np.stack([look_at(np.array([4.0, 0, 1])), look_at(np.array([0, 4.0, 1]))]),
                          dtype=torch.float32)
     scene = Scene(images, poses, torch.tensor([[5.0, 5.0, 2.5, 2.0]] * 2), ["a", "b"])
-    rays = train.TrainingRays(scene, torch.device("cpu"))
+    rays = TrainingRays(scene, torch.device("cpu"))
     g1, g2 = torch.Generator().manual_seed(1), torch.Generator().manual_seed(1)
     o, d, background, target = rays.sample(64, g1)
     assert o.shape == d.shape == background.shape == target.shape == (64, 3)
@@ -175,3 +176,24 @@ def test_render_on_another_device_than_the_run_named(tmp_path, data):
     write_json(run / "config.json", config)
     written = render_cli.main([str(run), "--views", "0", "--device", "cpu"])
     assert [p.name for p in written] == ["rgb_000.png"]
+
+
+def test_recipes_are_the_pipelines_presets():
+    """train.recipe reads the pipeline's PRESETS; the command line overrides them."""
+    from nerfx.models.pipelines import PIPELINES
+
+    for model, pipeline in PIPELINES.items():
+        for device, fast in (("cpu", True), ("cpu", False), ("cuda", True), ("cuda", False)):
+            args = train.parse_args(["--model", model, "--device", device]
+                                    + (["--fast"] if fast else []))
+            cfg = train.recipe(args)
+            want = pipeline.preset(device, fast)
+            assert {k: cfg[k] for k in want} == want, (model, device, fast)
+            assert set(pipeline.SPEC_KEYS) <= set(cfg)
+    cpu_fast = train.recipe(train.parse_args(["--fast", "--device", "cpu"]))
+    assert (cpu_fast["steps"], cpu_fast["batch_rays"], cpu_fast["log2_hashmap_size"]) == \
+        (2000, 1024, 17)
+    args = train.parse_args(["--model", "nerf", "--device", "cpu", "--batch-samples", "1280",
+                             "--steps", "7"])
+    cfg = train.recipe(args)
+    assert cfg["steps"] == 7 and cfg["batch_rays"] == 1280 // (2 * 32 + 64)

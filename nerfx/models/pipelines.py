@@ -7,7 +7,9 @@
 
 `ngp` is Instant-NGP: the hash-grid field with its occupancy grid, marched and composited by
 nerfx.ops. `nerf` is the original NeRF: coarse and fine MLPs with hierarchical sampling,
-composited by the same op. Each states its optimiser settings and learning-rate schedule.
+composited by the same op. Each states, as data, its optimiser settings, learning-rate schedule
+and training presets (PRESETS: "gpu", "gpu-fast", "cpu", "cpu-fast"; SPEC_KEYS: the preset
+entries that build the model). A new pipeline is a class here and an entry in PIPELINES.
 """
 
 from __future__ import annotations
@@ -25,7 +27,9 @@ from nerfx.render.occupancy import OccupancyGrid
 from nerfx.render.renderer import render_rays
 from nerfx.specs import Composited
 
-MODELS = ("ngp", "nerf")
+# Every preset holds these run settings (nerfx.train's flags of the same names override them).
+RUN_KEYS = ("steps", "max_seconds", "batch_samples", "batch_rays", "downscale", "eval_views",
+            "video_frames")
 
 
 class TrainOutput(NamedTuple):
@@ -34,11 +38,65 @@ class TrainOutput(NamedTuple):
     n_samples: int  # field queries this step (all networks)
 
 
-class InstantNGPPipeline(nn.Module):
+class Pipeline(nn.Module):
+    """What every radiance-field pipeline states as data, and the defaults of its hooks."""
+
+    lr: float
+    betas: tuple[float, float]
+    eps: float
+    random_background: bool
+    PRESETS: dict[str, dict]  # "gpu", "gpu-fast", "cpu", "cpu-fast" -> settings
+    SPEC_KEYS: tuple[str, ...]  # preset entries that are model arguments (saved in config.json)
+
+    @classmethod
+    def preset(cls, device_type: str, fast: bool) -> dict:
+        """A copy of the preset for a device type ("cuda" takes the GPU preset)."""
+        name = ("gpu" if device_type == "cuda" else "cpu") + ("-fast" if fast else "")
+        return dict(cls.PRESETS[name])
+
+    @classmethod
+    def first_batch_rays(cls, settings: dict) -> int:
+        """Rays of the first step: the preset's batch_rays unless batch_samples says otherwise."""
+        return settings["batch_rays"]
+
+    @staticmethod
+    def next_batch_rays(batch_rays: int, n_samples: int, batch_samples: int | None) -> int:
+        """Rays of the next step, given the samples this step took (constant by default)."""
+        return batch_rays
+
+    @staticmethod
+    def lr_factor(step: int) -> float:
+        raise NotImplementedError
+
+    @classmethod
+    def from_spec(cls, spec: dict) -> Pipeline:
+        """spec: config.json's model entry without its name."""
+        return cls(**spec)
+
+
+class InstantNGPPipeline(Pipeline):
     """Instant-NGP: Adam (0.9, 0.99, 1e-15), lr 1e-2, x0.33 at 20k steps and every 10k after."""
 
     lr, betas, eps = 1e-2, (0.9, 0.99), 1e-15
     random_background = True  # training pixels on random colours: empty space must be empty
+    _GPU = dict(steps=35000, max_seconds=300.0, batch_samples=2**18, batch_rays=2**12,
+                downscale=1, eval_views=200, video_frames=120, log2_hashmap_size=19,
+                grid_resolution=128, decay=0.95, step_divisor=1024)
+    # 2 cores: the grid prunes by step ~64 (7-17 samples per ray from ~140), after which a step of
+    # 1024 rays was reported at about 25 ms on idle cores: 2000 steps aim at about a minute of
+    # training; max_seconds keeps the whole --fast command near 2 minutes on a slower or busier
+    # machine.
+    _CPU_FAST = dict(steps=2000, max_seconds=75.0, batch_samples=None, batch_rays=1024,
+                     downscale=8, eval_views=8, video_frames=24, log2_hashmap_size=17,
+                     grid_resolution=64, decay=0.8, step_divisor=256)
+    PRESETS = {
+        "gpu": _GPU,
+        "gpu-fast": _GPU | dict(max_seconds=60.0, eval_views=20, downscale=2, video_frames=60),
+        "cpu": _CPU_FAST | dict(steps=10000, max_seconds=3600.0, downscale=4, eval_views=50,
+                                video_frames=60),
+        "cpu-fast": _CPU_FAST,
+    }
+    SPEC_KEYS = ("log2_hashmap_size", "grid_resolution", "decay", "step_divisor")
 
     def __init__(self, aabb: list[float], cascades: int = 1, log2_hashmap_size: int = 19,
                  grid_resolution: int = 128, decay: float = 0.95, step_divisor: int = 1024):
@@ -63,6 +121,14 @@ class InstantNGPPipeline(nn.Module):
     def lr_factor(step: int) -> float:
         return 0.33 ** (0 if step < 20000 else 1 + (step - 20000) // 10000)
 
+    @staticmethod
+    def next_batch_rays(batch_rays: int, n_samples: int, batch_samples: int | None) -> int:
+        """As Instant-NGP does: as many rays as keep the samples per step at batch_samples."""
+        if batch_samples is None:
+            return batch_rays
+        wanted = batch_rays * batch_samples / max(n_samples, 1)
+        return int(min(max(128 * round(wanted / 128), 128), batch_samples))
+
     def prepare(self, poses: torch.Tensor, intrinsics: torch.Tensor, width: int,
                 height: int) -> None:
         """Before training: cells that no training camera sees are empty for good."""
@@ -85,12 +151,37 @@ class InstantNGPPipeline(nn.Module):
                                       step_size=self.step_size, background=background)
 
 
-class NeRFPipeline(nn.Module):
+class NeRFPipeline(Pipeline):
     """NeRF: Adam (0.9, 0.999, 1e-7), lr 5e-4 decaying exponentially to 5e-5 over 500k steps;
     the loss is the coarse plus the fine MSE, on a white background."""
 
     lr, betas, eps = 5e-4, (0.9, 0.999), 1e-7
     random_background = False  # NeRF trains its synthetic scenes on white
+    # GPU: 4096 rays of 64 + 128 samples, trained for days in the paper.
+    _GPU = dict(steps=300_000, max_seconds=48 * 3600.0, batch_samples=None, batch_rays=4096,
+                downscale=1, eval_views=200, video_frames=120, n_coarse=64, n_fine=128)
+    _CPU_FAST = dict(steps=1000, max_seconds=300.0, batch_samples=None, batch_rays=256,
+                     downscale=16, eval_views=4, video_frames=12, n_coarse=32, n_fine=64)
+    PRESETS = {
+        "gpu": _GPU,
+        "gpu-fast": _GPU | dict(max_seconds=60.0, eval_views=20, downscale=2, video_frames=60),
+        "cpu": _CPU_FAST | dict(steps=20000, max_seconds=3600.0, downscale=8, eval_views=20),
+        "cpu-fast": _CPU_FAST,
+    }
+    SPEC_KEYS = ("n_coarse", "n_fine")
+
+    @classmethod
+    def first_batch_rays(cls, settings: dict) -> int:
+        """With batch_samples: as many rays as make it (2 x coarse + fine samples per ray)."""
+        if settings["batch_samples"] is None:
+            return settings["batch_rays"]
+        per_ray = 2 * settings["n_coarse"] + settings["n_fine"]
+        return max(settings["batch_samples"] // per_ray, 1)
+
+    @classmethod
+    def from_spec(cls, spec: dict) -> NeRFPipeline:
+        spec = dict(spec)  # NeRF has no cascades: its samples span the outermost box
+        return cls(_outer_box(spec.pop("aabb"), spec.pop("cascades", 1)), **spec)
 
     def __init__(self, aabb: list[float], n_coarse: int = 64, n_fine: int = 128,
                  width: int = 256):
@@ -139,6 +230,10 @@ def _outer_box(aabb: list[float], cascades: int) -> list[float]:
         [c + h for c, h in zip(center, half, strict=True)]
 
 
+PIPELINES: dict[str, type[Pipeline]] = {"ngp": InstantNGPPipeline, "nerf": NeRFPipeline}
+MODELS = tuple(PIPELINES)
+
+
 def build_pipeline(spec: dict) -> InstantNGPPipeline | NeRFPipeline:
     """spec: {"name": "ngp" | "nerf", "aabb": [6], ...the model's keyword arguments}.
 
@@ -147,9 +242,27 @@ def build_pipeline(spec: dict) -> InstantNGPPipeline | NeRFPipeline:
     spec = dict(spec)
     spec.pop("backend", None)
     name = spec.pop("name")
-    if name == "ngp":
-        return InstantNGPPipeline(**spec)
-    if name == "nerf":
-        # NeRF has no cascades: its samples span the outermost box.
-        return NeRFPipeline(_outer_box(spec.pop("aabb"), spec.pop("cascades", 1)), **spec)
-    raise ValueError(f"unknown model {name!r}; choose one of {MODELS}")
+    if name not in PIPELINES:
+        raise ValueError(f"unknown model {name!r}; choose one of {MODELS}")
+    return PIPELINES[name].from_spec(spec)
+
+
+def optimize_step(pipeline: Pipeline, optimizer: torch.optim.Optimizer,
+                  scaler: torch.amp.GradScaler, batch: tuple[torch.Tensor, ...], step: int,
+                  generator: torch.Generator, autocast_dtype: torch.dtype | None = None
+                  ) -> TrainOutput:
+    """One step: the schedule's learning rate, forward (autocast when a dtype is given), scaled
+    backward, Adam. batch: (origins, directions, backgrounds, targets), [n_rays, 3] each."""
+    for group in optimizer.param_groups:
+        group["lr"] = pipeline.lr * pipeline.lr_factor(step)
+    device_type = batch[0].device.type
+    with torch.autocast(device_type, dtype=autocast_dtype or torch.float32,
+                        enabled=autocast_dtype is not None):
+        result = pipeline.train_forward(*batch, step, generator)
+    # set_to_none=False (zeroing the gradient buffers in place) was tried: no change in system
+    # time on 2 CPU cores (15 steps of 1024 rays: 2.70 s vs 2.63 s), so the default stays.
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(result.loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
+    return result
