@@ -1,5 +1,6 @@
-"""Image utilities for the image models (VAE, diffusion, ViT): float to uint8, a grid of images,
-and PNG files written atomically (a run killed mid-write leaves the old file or the new one).
+"""Image utilities for every model (NeRF renders, VAE, diffusion, ViT): float to uint8, a grid
+of images, PNG files and videos written atomically (a run killed mid-write leaves the old file or
+the new one).
 
 Images are float tensors [B, C, H, W] (C = 1 or 3) in a stated value range: [-1, 1] for the
 diffusion models, [0, 1] for the VAE. Nothing here imports the NeRF code.
@@ -16,7 +17,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-__all__ = ["make_grid", "save_grid", "to_uint8", "write_png"]
+__all__ = ["make_grid", "save_grid", "to_uint8", "write_png", "write_video"]
 
 
 def to_uint8(images: torch.Tensor, value_range: tuple[float, float] = (-1.0, 1.0)) -> torch.Tensor:
@@ -81,3 +82,31 @@ def save_grid(images: torch.Tensor, path: str | os.PathLike, nrow: int | None = 
     grid = make_grid(images.detach().float().cpu(), nrow=nrow, padding=padding,
                      pad_value=value_range[1])
     return write_png(path, to_uint8(grid, value_range))
+
+
+def write_video(frames: list[np.ndarray] | list[torch.Tensor], stem: str | os.PathLike,
+                fps: int = 30) -> Path:
+    """uint8 frames [H, W, 3] -> stem.mp4 (imageio-ffmpeg) or stem.gif (Pillow), atomically.
+    Returns the path written."""
+    if not frames:
+        raise ValueError("write_video: no frames")
+    frames = [f.detach().cpu().numpy() if isinstance(f, torch.Tensor) else f for f in frames]
+    stem = Path(stem)
+    try:
+        import imageio.v2 as imageio
+        import imageio_ffmpeg  # noqa: F401  (the mp4 writer imageio needs)
+    except ImportError:
+        path = stem.with_suffix(".gif")
+        tmp = path.with_name(path.name + ".tmp")
+        images = [Image.fromarray(frame) for frame in frames]
+        images[0].save(tmp, format="GIF", save_all=True, append_images=images[1:],
+                       duration=round(1000 / fps), loop=0)
+    else:
+        path = stem.with_suffix(".mp4")
+        tmp = path.with_name(path.stem + ".tmp.mp4")
+        # libx264 (yuv420p) needs even sizes: repeat the last row or column where one is odd.
+        h, w = frames[0].shape[:2]
+        even = [np.pad(f, ((0, h % 2), (0, w % 2), (0, 0)), mode="edge") for f in frames]
+        imageio.mimwrite(tmp, even, fps=fps, macro_block_size=1)
+    tmp.replace(path)  # written whole or not at all
+    return path

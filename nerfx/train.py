@@ -18,16 +18,13 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
-from PIL import Image
 from tqdm import tqdm
 
 from nerfx import trainers
 from nerfx.data import lego
 from nerfx.data.rays import TrainingRays
-from nerfx.data.scenes import Scene, SceneError, composite_on, load_scene
-from nerfx.metrics import psnr, ssim
+from nerfx.data.scenes import Scene, SceneError, load_scene
 from nerfx.models.pipelines import (
     MODELS,
     PIPELINES,
@@ -37,7 +34,8 @@ from nerfx.models.pipelines import (
     optimize_step,
 )
 from nerfx.ops import chosen_backends, use_backend
-from nerfx.render.views import depth_picture, render_turntable, render_view, to_uint8
+from nerfx.render.evaluate import evaluate_views, mean_scores
+from nerfx.render.views import render_turntable
 from nerfx.runs import (
     CHECKPOINT,
     CONFIG,
@@ -132,24 +130,12 @@ def camera_config(train_set: Scene, test_set: Scene) -> tuple[dict, dict]:
             {"radius": radius, "center": center.tolist(), "elevation_deg": 30.0})
 
 
-@torch.no_grad()
 def evaluate(pipeline, scene: Scene, views: list[int], out_dir: Path | None = None
              ) -> tuple[float, float]:
-    """Mean PSNR and SSIM over test views, on white; with out_dir, writes the pictures."""
-    device = next(pipeline.parameters()).device
-    white = torch.ones(3, device=device)
-    scores = []
-    for view in views:
-        pred, depth, opacity = render_view(pipeline, scene.poses[view].to(device),
-                                           scene.intrinsics[view].to(device), scene.width,
-                                           scene.height, white)
-        truth = composite_on(scene.images[view], torch.ones(3))
-        scores.append((psnr(pred, truth), ssim(pred, truth)))
-        if out_dir is not None:
-            Image.fromarray(to_uint8(torch.cat([pred, truth], dim=1))).save(
-                out_dir / f"test_{view:03d}.png")
-            Image.fromarray(depth_picture(depth, opacity)).save(out_dir / f"depth_{view:03d}.png")
-    return float(np.mean([s[0] for s in scores])), float(np.mean([s[1] for s in scores]))
+    """Mean PSNR and SSIM over test views, on white; with out_dir, writes test_<view>.png (the
+    prediction beside the truth) and depth_<view>.png."""
+    files = {"test": "vs_gt", "depth": "depth"} if out_dir is not None else None
+    return mean_scores(evaluate_views(pipeline, scene, views, out_dir, files))
 
 
 def resumed_args(args: argparse.Namespace) -> argparse.Namespace:

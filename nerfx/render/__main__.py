@@ -12,13 +12,12 @@ import sys
 from pathlib import Path
 
 import torch
-from PIL import Image
 from tqdm import tqdm
 
-from nerfx.data.scenes import SceneError, composite_on, load_scene
-from nerfx.metrics import psnr
+from nerfx.data.scenes import SceneError, load_scene
 from nerfx.ops import use_backend
-from nerfx.render.views import depth_picture, render_turntable, render_view, to_uint8
+from nerfx.render.evaluate import evaluate_views
+from nerfx.render.views import render_turntable
 from nerfx.runs import RunError, load_pipeline
 
 
@@ -50,21 +49,12 @@ def render_test_views(pipeline, config: dict, views: str | None, out: Path) -> l
     bad = [v for v in chosen if not 0 <= v < len(scene)]
     if bad:
         raise SystemExit(f"--views: {bad} out of range; the test split has {len(scene)} views")
-    device = next(pipeline.parameters()).device
-    white = torch.ones(3, device=device)
     out.mkdir(parents=True, exist_ok=True)
-    written = []
-    for view in tqdm(chosen, desc="views", unit="view"):
-        rgb, depth, opacity = render_view(pipeline, scene.poses[view].to(device),
-                                          scene.intrinsics[view].to(device), scene.width,
-                                          scene.height, white)
-        truth = composite_on(scene.images[view], torch.ones(3))
-        Image.fromarray(to_uint8(rgb)).save(out / f"rgb_{view:03d}.png")
-        Image.fromarray(depth_picture(depth, opacity)).save(out / f"depth_{view:03d}.png")
-        Image.fromarray(to_uint8(torch.cat([rgb, truth], 1))).save(out / f"vs_gt_{view:03d}.png")
-        tqdm.write(f"view {view}: PSNR {psnr(rgb, truth):.2f} dB")
-        written.append(out / f"rgb_{view:03d}.png")
-    return written
+    scores = evaluate_views(
+        pipeline, scene, tqdm(chosen, desc="views", unit="view"), out,
+        files={"rgb": "rgb", "depth": "depth", "vs_gt": "vs_gt"}, with_ssim=False,
+        on_view=lambda s: tqdm.write(f"view {s.view}: PSNR {s.psnr:.2f} dB"))
+    return [out / f"rgb_{s.view:03d}.png" for s in scores]
 
 
 def main(argv: list[str] | None = None) -> list[Path]:

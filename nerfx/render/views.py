@@ -1,5 +1,5 @@
-"""Whole images from a trained pipeline: views rendered in chunks of rays, turntable cameras,
-depth pictures and videos (mp4 when imageio-ffmpeg is installed, else an animated GIF).
+"""Whole images from a trained pipeline: views rendered in chunks of rays, depth pictures and
+turntable videos (written by nerfx.images.write_video).
 """
 
 from __future__ import annotations
@@ -9,11 +9,11 @@ from typing import Protocol
 
 import numpy as np
 import torch
-from PIL import Image
 from tqdm import tqdm
 
 from nerfx.cameras import image_rays
 from nerfx.cameras import turntable_poses as turntable_poses  # re-exported: its old home
+from nerfx.images import to_uint8, write_video
 from nerfx.specs import Composited
 
 
@@ -43,11 +43,6 @@ def render_view(pipeline: Renderable, pose: torch.Tensor, intrinsics: torch.Tens
             torch.cat(opacities).reshape(height, width))
 
 
-def to_uint8(rgb: torch.Tensor) -> np.ndarray:
-    """[H, W, 3] in [0, 1] -> uint8 array."""
-    return (rgb.clamp(0, 1).numpy() * 255 + 0.5).astype(np.uint8)
-
-
 def depth_picture(depth: torch.Tensor, opacity: torch.Tensor) -> np.ndarray:
     """Expected depth [H, W] -> grey uint8 [H, W], near bright, far dark, empty pixels black.
 
@@ -64,30 +59,6 @@ def depth_picture(depth: torch.Tensor, opacity: torch.Tensor) -> np.ndarray:
     return (shade.numpy() * 255 + 0.5).astype(np.uint8)
 
 
-def write_video(frames: list[np.ndarray], stem: Path, fps: int = 30) -> Path:
-    """uint8 frames [H, W, 3] -> stem.mp4 (imageio-ffmpeg) or stem.gif (Pillow). Returns it."""
-    if not frames:
-        raise ValueError("write_video: no frames")
-    try:
-        import imageio.v2 as imageio
-        import imageio_ffmpeg  # noqa: F401  (the mp4 writer imageio needs)
-    except ImportError:
-        path = stem.with_suffix(".gif")
-        tmp = path.with_name(path.name + ".tmp")
-        images = [Image.fromarray(frame) for frame in frames]
-        images[0].save(tmp, format="GIF", save_all=True, append_images=images[1:],
-                       duration=round(1000 / fps), loop=0)
-    else:
-        path = stem.with_suffix(".mp4")
-        tmp = path.with_name(path.stem + ".tmp.mp4")
-        # libx264 (yuv420p) needs even sizes: repeat the last row or column where one is odd.
-        h, w = frames[0].shape[:2]
-        even = [np.pad(f, ((0, h % 2), (0, w % 2), (0, 0)), mode="edge") for f in frames]
-        imageio.mimwrite(tmp, even, fps=fps, macro_block_size=1)
-    tmp.replace(path)  # written whole or not at all
-    return path
-
-
 def render_turntable(pipeline, camera: dict, turntable: dict, n_frames: int, stem: Path,
                      progress: bool = True) -> Path:
     """Renders n_frames around the scene on white and writes stem.mp4 (or .gif)."""
@@ -101,5 +72,5 @@ def render_turntable(pipeline, camera: dict, turntable: dict, n_frames: int, ste
     for pose in tqdm(poses, desc="turntable", unit="frame", disable=not progress, leave=False):
         rgb = render_view(pipeline, pose.to(device), intrinsics, camera["width"],
                           camera["height"], white)[0]
-        frames.append(to_uint8(rgb))
+        frames.append(to_uint8(rgb, (0.0, 1.0)))
     return write_video(frames, stem)

@@ -9,6 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
+from nerfx.images import write_video
 from nerfx.render import views
 from nerfx.specs import Composited
 
@@ -70,7 +71,7 @@ def _frames():
 
 def test_write_video_mp4(tmp_path):
     pytest.importorskip("imageio_ffmpeg", reason="the mp4 writer needs imageio-ffmpeg")
-    path = views.write_video(_frames(), tmp_path / "spin")
+    path = write_video(_frames(), tmp_path / "spin")
     assert path.name == "spin.mp4" and path.stat().st_size > 0
     import imageio.v2 as imageio
 
@@ -87,9 +88,32 @@ def test_write_video_falls_back_to_gif(tmp_path, monkeypatch):
         return real_import(name, *args, **kwargs)
 
     monkeypatch.setattr(builtins, "__import__", no_ffmpeg)
-    path = views.write_video(_frames(), tmp_path / "spin")
+    path = write_video(_frames(), tmp_path / "spin")
     assert path.name == "spin.gif"
     with Image.open(path) as gif:
         assert gif.n_frames == 4 and gif.size == (9, 6)
     with pytest.raises(ValueError, match="no frames"):
-        views.write_video([], tmp_path / "none")
+        write_video([], tmp_path / "none")
+
+
+def test_evaluate_views_scores_and_writes_the_pictures_asked_for(tmp_path):
+    from nerfx.data.scenes import Scene
+    from nerfx.metrics import psnr
+    from nerfx.render.evaluate import evaluate_views, mean_scores
+
+    poses = views.turntable_poses(2, 4.0, 20.0)
+    images = torch.zeros(2, 9, 12, 4, dtype=torch.uint8)  # transparent: white on white
+    scene = Scene(images, poses, torch.tensor([[20.0, 20.0, 6.0, 4.5]] * 2), ["a", "b"])
+    seen = []
+    scores = evaluate_views(_Ball(), scene, [1, 0], tmp_path,
+                            files={"test": "vs_gt", "depth": "depth", "rgb": "rgb"},
+                            on_view=seen.append)
+    assert [s.view for s in scores] == [1, 0] and seen == scores
+    rgb = views.render_view(_Ball(), poses[1], scene.intrinsics[1], 12, 9, torch.ones(3))[0]
+    assert scores[0].psnr == pytest.approx(psnr(rgb, torch.ones(9, 12, 3)))
+    assert mean_scores(scores)[0] == pytest.approx((scores[0].psnr + scores[1].psnr) / 2)
+    with Image.open(tmp_path / "test_001.png") as img:
+        assert img.size == (24, 9)  # the prediction beside the truth
+    assert (tmp_path / "depth_000.png").is_file() and (tmp_path / "rgb_001.png").is_file()
+    with pytest.raises(ValueError, match="unknown pictures"):
+        evaluate_views(_Ball(), scene, [0], tmp_path, files={"x": "normals"})
