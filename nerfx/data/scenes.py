@@ -1,10 +1,17 @@
 """Scenes on disk: NeRF-synthetic (`transforms_{train,val,test}.json`) and Instant-NGP
 (`transforms.json`) folders, read into uint8 images, camera-to-world poses and intrinsics.
 
-Messy folders are expected: a missing image is skipped with one warning that counts them (as long
-as some remain); a corrupt image, malformed or incomplete JSON, a non-invertible pose, an image
-path that leaves the folder, or lens distortion (not applied by nerfx) raises SceneError naming
-the file and the problem.
+Real captures are expected: intrinsics shared at the top level or per frame (`fl_x`, `fl_y`,
+`cx`, `cy`, `w`, `h`; `camera_angle_x` / `camera_angle_y` in radians or `x_fov` / `y_fov` in
+degrees, either axis alone), lens distortion (`k1`, `k2`, `k3`, `k4`, `p1`, `p2`, `is_fisheye`;
+undistorted at ray generation, see nerfx.cameras), `file_path` with or without an extension and
+with Windows separators, images in subfolders, PNG (8 or 16 bits) and JPEG, `aabb_scale` 1 to 128,
+and keys nerfx does not use (ignored).
+
+Messy folders are expected too: a missing image is skipped with one warning that counts them (as
+long as some remain); a corrupt image, malformed or incomplete JSON, a non-invertible pose, an
+image path that leaves the folder, or a bad camera value raises SceneError naming the file and
+the problem.
 """
 
 from __future__ import annotations
@@ -20,8 +27,14 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
+from nerfx.cameras import LENS_KEYS, focal_from_fov
+
 SPLITS = ("train", "val", "test")
-DISTORTION_KEYS = ("k1", "k2", "k3", "k4", "p1", "p2")
+DISTORTION_KEYS = LENS_KEYS[:6]  # k1, k2, k3, k4, p1, p2
+# Instant-NGP's largest scene: NERF_CASCADES() = 8 cascades of 2^k times the unit cube
+# (include/neural-graphics-primitives/nerf_device.cuh), so aabb_scale <= 2^7.
+MAX_AABB_SCALE = 128
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".PNG", ".JPG", ".JPEG")
 
 
 class SceneError(ValueError):
@@ -32,7 +45,9 @@ class SceneError(ValueError):
 class Scene:
     images: torch.Tensor  # [n, H, W, C] uint8, C = 4 (RGBA) or 3
     poses: torch.Tensor  # [n, 4, 4] float32 camera-to-world (OpenGL: camera looks down -z)
-    intrinsics: torch.Tensor  # [n, 4] float32 (fx, fy, cx, cy) in pixels of `images`
+    # [n, 4] float32 (fx, fy, cx, cy) in pixels of `images`, or [n, 11] with each image's lens
+    # (k1, k2, k3, k4, p1, p2, is_fisheye) when any image has one (layout: nerfx.cameras)
+    intrinsics: torch.Tensor
     names: list[str]  # image paths relative to the folder
     aabb_scale: int = 1  # Instant-NGP's scene extent: cascades cover 2^k times the unit cube
     scale: float = 1.0  # Instant-NGP's pose scale and offset (applied to poses already)
@@ -48,6 +63,16 @@ class Scene:
     @property
     def width(self) -> int:
         return self.images.shape[2]
+
+    @property
+    def cascades(self) -> int:
+        """Occupancy-grid cascades that cover the scene: log2(aabb_scale) + 1 (Instant-NGP)."""
+        return int(math.log2(self.aabb_scale)) + 1
+
+    @property
+    def has_lens(self) -> bool:
+        """Whether the intrinsics carry lens distortion (nerfx.cameras undistorts the rays)."""
+        return self.intrinsics.shape[-1] > 4
 
     def __len__(self) -> int:
         return self.images.shape[0]
@@ -68,6 +93,7 @@ def _read_json(path: Path) -> dict:
 
 def _inside(root: Path, relative: str, source: Path) -> Path:
     """The image a frame names, which must lie inside the scene folder."""
+    relative = relative.replace("\\", "/")  # Windows separators (as Instant-NGP reads them)
     path = (root / relative).resolve()
     if not path.is_relative_to(root.resolve()):
         raise SceneError(f"{source}: image path {relative!r} leaves the scene folder {root}")
@@ -76,24 +102,36 @@ def _inside(root: Path, relative: str, source: Path) -> Path:
 
 def _find_image(root: Path, relative: str, source: Path) -> Path | None:
     path = _inside(root, relative, source)
-    if path.suffix == "":  # NeRF-synthetic omits the extension
-        for ext in (".png", ".jpg", ".jpeg", ".PNG", ".JPG"):
-            if path.with_suffix(ext).is_file():
-                return path.with_suffix(ext)
-        return None
-    return path if path.is_file() else None
+    if path.is_file():
+        return path
+    # NeRF-synthetic and some converters omit the extension ("r_0", "frame.0001").
+    for ext in IMAGE_SUFFIXES:
+        candidate = path.with_name(path.name + ext)
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _to_8bit(img: Image.Image) -> Image.Image:
+    """16-bit greyscale (Pillow mode I;16 or I) to 8 bits by the high byte, as Pillow reads
+    16-bit RGB and RGBA PNGs; other modes pass through."""
+    if img.mode.startswith("I;16") or img.mode == "I":
+        values = np.asarray(img).astype(np.int64).clip(0, 65535)
+        return Image.fromarray((values >> 8).astype(np.uint8), "L")
+    return img
 
 
 def _load_image(path: Path, downscale: int) -> np.ndarray:
     try:
         with Image.open(path) as img:
             img.load()
-            img = img.convert("RGBA" if img.mode in ("RGBA", "LA", "P") else "RGB")
+            img = _to_8bit(img)
+            img = img.convert("RGBA" if img.mode in ("RGBA", "LA", "La", "P", "PA") else "RGB")
             if downscale > 1:
                 size = (max(img.width // downscale, 1), max(img.height // downscale, 1))
                 img = img.resize(size, Image.Resampling.BOX)
             return np.asarray(img, dtype=np.uint8)
-    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise SceneError(f"{path}: cannot read the image ({exc})") from None
 
 
@@ -111,27 +149,78 @@ def _pose(frame: dict, source: Path, index: int) -> np.ndarray:
     return pose
 
 
-def _intrinsics(meta: dict, frame: dict, width: int, height: int, source: Path) -> list[float]:
-    """(fx, fy, cx, cy) of a frame at its stored resolution, per-frame keys first."""
-    def get(key):
+def _number(value: object, key: str, where: str) -> float:
+    try:
+        number = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise SceneError(f"{where}: {key} must be a number, got {value!r}") from None
+    if not math.isfinite(number):
+        raise SceneError(f"{where}: {key} must be finite, got {value!r}")
+    return number
+
+
+def _focal(entry: dict, width: int, height: int, where: str) -> tuple[float, float] | None:
+    """(fx, fy) from one JSON object, or None when it names no focal length. Per axis Instant-NGP
+    reads x_fov (degrees), then fl_x, then camera_angle_x (radians); one axis alone serves both
+    (src/nerf_loader.cu, read_focal_length)."""
+    def axis(name: str, size: int) -> float | None:
+        if f"{name}_fov" in entry:
+            return focal_from_fov(math.radians(_number(entry[f"{name}_fov"], f"{name}_fov",
+                                                        where)), size)
+        if f"fl_{name}" in entry:
+            return _number(entry[f"fl_{name}"], f"fl_{name}", where)
+        if f"camera_angle_{name}" in entry:
+            return focal_from_fov(_number(entry[f"camera_angle_{name}"],
+                                          f"camera_angle_{name}", where), size)
+        return None
+
+    fx, fy = axis("x", width), axis("y", height)
+    if fx is None and fy is None:
+        return None
+    fx = fx if fx is not None else fy
+    fy = fy if fy is not None else fx
+    if not (fx > 0 and fy > 0):
+        raise SceneError(f"{where}: focal length must be positive, got ({fx}, {fy})")
+    return fx, fy
+
+
+def _lens(meta: dict, frame: dict, where: str) -> list[float] | None:
+    """(k1, k2, k3, k4, p1, p2, is_fisheye) of a frame, per-frame keys over the shared ones (as
+    Instant-NGP's read_lens runs on the file, then on each frame), or None for a pinhole."""
+    def get(key: str) -> object:
         return frame.get(key, meta.get(key))
 
-    for key in DISTORTION_KEYS:
-        if get(key) not in (None, 0, 0.0):
-            raise SceneError(f"{source}: lens distortion ({key}={get(key)}) is not supported; "
-                             "undistort the images first (e.g. COLMAP image_undistorter)")
-    fx, fy = get("fl_x"), get("fl_y")
-    if fx is None and get("camera_angle_x") is not None:
-        fx = 0.5 * width / math.tan(0.5 * float(get("camera_angle_x")))
-    if fy is None and get("camera_angle_y") is not None:
-        fy = 0.5 * height / math.tan(0.5 * float(get("camera_angle_y")))
-    if fx is None and fy is None:
-        raise SceneError(f"{source}: no focal length (fl_x, fl_y, camera_angle_x or _y)")
-    fx = float(fx if fx is not None else fy)
-    fy = float(fy if fy is not None else fx)
-    cx, cy = get("cx"), get("cy")
-    return [fx, fy, float(cx) if cx is not None else width / 2,
-            float(cy) if cy is not None else height / 2]
+    coeffs = [0.0 if get(key) is None else _number(get(key), key, where)
+              for key in DISTORTION_KEYS]
+    fisheye = get("is_fisheye")
+    if fisheye is None:
+        fisheye = False
+    if not isinstance(fisheye, bool | int) or fisheye not in (0, 1):
+        raise SceneError(f"{where}: is_fisheye must be true or false, got {fisheye!r}")
+    if fisheye and (coeffs[4] or coeffs[5]):
+        raise SceneError(f"{where}: is_fisheye with p1/p2 ({coeffs[4]}, {coeffs[5]}): the "
+                         "equidistant fisheye model has no tangential terms")
+    # An equidistant fisheye is not a pinhole even with zero coefficients (theta_d = theta),
+    # where Instant-NGP's read_lens would fall back to its perspective mode.
+    if not fisheye and not any(coeffs):
+        return None
+    return coeffs + [float(fisheye)]
+
+
+def _intrinsics(meta: dict, frame: dict, width: int, height: int, source: Path,
+                index: int) -> list[float]:
+    """(fx, fy, cx, cy) of a frame at its stored resolution, plus its lens
+    (k1, k2, k3, k4, p1, p2, is_fisheye) when it has one; per-frame keys first."""
+    where = f"{source}: frame {index}"
+    focal = _focal(frame, width, height, where) or _focal(meta, width, height, str(source))
+    if focal is None:
+        raise SceneError(f"{source}: no focal length (fl_x, fl_y, camera_angle_x or _y, x_fov "
+                         f"or y_fov) at the top level or in frame {index}")
+    cx, cy = frame.get("cx", meta.get("cx")), frame.get("cy", meta.get("cy"))
+    pinhole = [*focal, width / 2 if cx is None else _number(cx, "cx", where),
+               height / 2 if cy is None else _number(cy, "cy", where)]
+    lens = _lens(meta, frame, where)
+    return pinhole if lens is None else pinhole + lens
 
 
 def _read_frames(root: Path, source: Path, meta: dict, frames: list[dict], downscale: int,
@@ -148,13 +237,17 @@ def _read_frames(root: Path, source: Path, meta: dict, frames: list[dict], downs
             continue
         pixels = _load_image(path, downscale)
         h, w = pixels.shape[:2]
-        full_w = int(frame.get("w", meta.get("w", w * downscale)))
-        full_h = int(frame.get("h", meta.get("h", h * downscale)))
-        fx, fy, cx, cy = _intrinsics(meta, frame, full_w, full_h, source)
+        full_w = frame.get("w", meta.get("w", w * downscale))
+        full_h = frame.get("h", meta.get("h", h * downscale))
+        full_w = int(_number(full_w, "w", f"{source}: frame {index}"))
+        full_h = int(_number(full_h, "h", f"{source}: frame {index}"))
+        camera = _intrinsics(meta, frame, full_w, full_h, source, index)
         sx, sy = w / full_w, h / full_h
+        # Pixels scale with the image; the lens acts on normalised coordinates and does not.
+        camera[:4] = [camera[0] * sx, camera[1] * sy, camera[2] * sx, camera[3] * sy]
         images.append(pixels)
         poses.append(pose)
-        intrinsics.append([fx * sx, fy * sy, cx * sx, cy * sy])
+        intrinsics.append(camera)
         names.append(relative)
     if missing:
         if not images:
@@ -165,6 +258,9 @@ def _read_frames(root: Path, source: Path, meta: dict, frames: list[dict], downs
     shapes = {img.shape for img in images}
     if len(shapes) > 1:
         raise SceneError(f"{source}: images differ in size or channels: {sorted(shapes)}")
+    if any(len(row) > 4 for row in intrinsics):  # one layout for all: pinholes get a zero lens
+        intrinsics = [row if len(row) > 4 else row + [0.0] * len(LENS_KEYS)
+                      for row in intrinsics]
     return Scene(torch.from_numpy(np.stack(images)),
                  torch.tensor(np.stack(poses), dtype=torch.float32),
                  torch.tensor(intrinsics, dtype=torch.float32), names)
@@ -198,17 +294,26 @@ def load_scene(root: str | Path, split: str = "train", *, downscale: int = 1,
         raise SceneError(f"{root}: neither transforms_train.json (NeRF-synthetic) nor "
                          "transforms.json (Instant-NGP) found")
     meta = _read_json(source)
-    frames = sorted(meta["frames"], key=lambda f: str(f.get("file_path", "")))
+    aabb_scale = _number(meta.get("aabb_scale", 1), "aabb_scale", str(source))
+    if not aabb_scale.is_integer() or aabb_scale < 1 or int(aabb_scale) & (int(aabb_scale) - 1) \
+            or aabb_scale > MAX_AABB_SCALE:
+        raise SceneError(f"{source}: aabb_scale must be a power of two from 1 to "
+                         f"{MAX_AABB_SCALE}, got {meta.get('aabb_scale')}")
+    scale = _number(meta.get("scale", 0.33), "scale", str(source))  # Instant-NGP's NERF_SCALE
+    offset = meta.get("offset", (0.5, 0.5, 0.5))
+    offset = [offset] * 3 if not isinstance(offset, list | tuple) else offset  # scalar: all axes
+    if len(offset) != 3:
+        raise SceneError(f"{source}: offset must be a number or 3 numbers, got {offset!r}")
+    frames = sorted(meta["frames"],
+                    key=lambda f: str(f.get("file_path", "")) if isinstance(f, dict) else "")
     held_out = [f for i, f in enumerate(frames) if i % test_every == 0]
     chosen = [f for i, f in enumerate(frames) if i % test_every != 0] if split == "train" \
         else held_out
     scene = _read_frames(root, source, meta, chosen, downscale, f"{split} images")
-    scene.aabb_scale = int(meta.get("aabb_scale", 1))
-    if scene.aabb_scale < 1 or scene.aabb_scale & (scene.aabb_scale - 1):
-        raise SceneError(f"{source}: aabb_scale must be a power of two, got {scene.aabb_scale}")
+    scene.aabb_scale = int(aabb_scale)
     scene.aabb = (0.0, 0.0, 0.0, 1.0, 1.0, 1.0)
-    scene.scale = float(meta.get("scale", 0.33))
-    scene.offset = tuple(float(v) for v in meta.get("offset", (0.5, 0.5, 0.5)))
+    scene.scale = scale
+    scene.offset = tuple(_number(v, "offset", str(source)) for v in offset)
     scene.poses[:, :3, 3] = scene.poses[:, :3, 3] * scene.scale + torch.tensor(scene.offset)
     return scene
 

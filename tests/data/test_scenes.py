@@ -120,12 +120,14 @@ def test_messy_folders_name_file_and_problem(tmp_path, damage, match):
     assert str(root) in str(info.value)
 
 
-def test_distortion_is_refused_clearly(tmp_path):
+def test_distortion_is_read_not_refused(tmp_path):
     root = instant_ngp(tmp_path, k1=0.01)
-    with pytest.raises(SceneError, match="lens distortion \\(k1=0.01\\) is not supported"):
-        load_scene(root, "train")
-    root2 = instant_ngp(tmp_path / "zero", k1=0.0, p1=0)  # explicit zeros are fine
-    assert len(load_scene(root2, "train")) == 14
+    scene = load_scene(root, "train")
+    assert scene.has_lens and scene.intrinsics.shape == (14, 11)
+    torch.testing.assert_close(scene.intrinsics[0, 4:], torch.tensor([0.01] + [0.0] * 6))
+    root2 = instant_ngp(tmp_path / "zero", k1=0.0, p1=0)  # explicit zeros: a pinhole
+    scene2 = load_scene(root2, "train")
+    assert len(scene2) == 14 and not scene2.has_lens and scene2.intrinsics.shape == (14, 4)
 
 
 def test_not_a_scene(tmp_path):
