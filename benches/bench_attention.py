@@ -16,7 +16,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from benches.conftest import devices, run_benchmark
+from benches.helpers import devices, run_benchmark
 from nerfx.ops import BackendError, attention
 from nerfx.ops.attention import BACKENDS
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from benches.conftest import devices, run_benchmark
+from benches.helpers import devices, run_benchmark
 from nerfx.ops import BackendError, composite_rays
 from nerfx.ops.composite import BACKENDS
 from nerfx.ref.composite import composite_rays_padded

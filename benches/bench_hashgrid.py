@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from benches.conftest import devices, run_benchmark
+from benches.helpers import devices, run_benchmark
 from nerfx import ref
 from nerfx.ops import BackendError, HashGridEncoding, hash_encode
 from nerfx.ops.hashgrid import BACKENDS

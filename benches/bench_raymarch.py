@@ -10,7 +10,7 @@ import math
 import pytest
 import torch
 
-from benches.conftest import devices, run_benchmark
+from benches.helpers import devices, run_benchmark
 from nerfx.ops import BackendError, march_rays
 from nerfx.ops.raymarch import BACKENDS
 from nerfx.render import OccupancyGrid

@@ -15,7 +15,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from benches.conftest import devices, run_benchmark
+from benches.helpers import devices, run_benchmark
 from nerfx.data import lego
 from nerfx.data.rays import TrainingRays
 from nerfx.data.scenes import load_scene

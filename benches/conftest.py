@@ -1,4 +1,4 @@
-"""Benchmark helpers: the devices and peers available here, and one side-by-side table per group.
+"""Benchmark reporting: one side-by-side table per group at the end of a run.
 
 Each benchmark sets `benchmark.group` (what is compared) and `extra_info["items"]` (points, rays
 or samples per call). At the end of a run the groups are printed as markdown with the median
@@ -9,38 +9,11 @@ to the file named by NERFX_BENCH_MD when set.
 from __future__ import annotations
 
 import os
-import time
 
 import pytest
 import torch
 
-REFERENCE = "torch"
-
-
-def devices() -> list[str]:
-    return ["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"]
-
-
-def synchronize(device: str) -> None:
-    if device == "cuda":
-        torch.cuda.synchronize()
-
-
-def run_benchmark(benchmark, fn, device: str, group: str, items: int, unit: str) -> None:
-    """Times fn (synchronising the GPU) and records what the summary table needs."""
-    benchmark.group = group
-    benchmark.extra_info.update(items=items, unit=unit, device=device)
-
-    def timed():
-        fn()
-        synchronize(device)
-
-    start = time.perf_counter()
-    timed()  # warm-up: compilation, autotuning, allocator
-    once = time.perf_counter() - start
-    # About a second of rounds per benchmark (5 to 30), so a shared machine's hiccups average out.
-    rounds = int(min(max(1.0 / max(once, 1e-6), 5), 30))
-    benchmark.pedantic(timed, rounds=rounds, iterations=1, warmup_rounds=1)
+from benches.helpers import REFERENCE
 
 
 def _markdown(benchmarks) -> str:

@@ -1,49 +1,5 @@
-"""Shared fixtures: which backends can run here, and how to compare with a reference."""
+"""pytest configuration. The helpers the tests share live in tests/helpers.py; importing it here,
+before any test module, sets TRITON_INTERPRET=1 on a machine without a GPU, so the Triton kernels
+run (in Triton's interpreter) under the README's test command too."""
 
-from __future__ import annotations
-
-import os
-
-import pytest
-import torch
-
-HAS_CUDA = torch.cuda.is_available()
-# Without a GPU the Triton kernels run in Triton's interpreter on CPU tensors, so the README's test
-# command tests them too; the variable must be set before any Triton kernel module is imported.
-if not HAS_CUDA:
-    os.environ.setdefault("TRITON_INTERPRET", "1")
-TRITON_ON_CPU = os.environ.get("TRITON_INTERPRET") == "1"
-
-requires_cuda = pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU; runs in "
-                                   "benches/gpu_check.sh")
-
-
-def _has_triton() -> bool:
-    try:
-        import triton  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-# (backend, device) pairs every op test runs over. CUDA pairs skip without a GPU and run in
-# benches/gpu_check.sh; triton on CPU needs TRITON_INTERPRET=1, which .ci/run sets.
-BACKEND_DEVICES = [
-    pytest.param("torch", "cpu", id="torch-cpu"),
-    pytest.param("cpu", "cpu", id="cpu"),
-    pytest.param("triton", "cpu", id="triton-interp",
-                 marks=pytest.mark.skipif(not (TRITON_ON_CPU and _has_triton()),
-                                          reason="triton is not installed, or "
-                                          "TRITON_INTERPRET=0 was set")),
-    pytest.param("cuda", "cuda", id="cuda", marks=[requires_cuda, pytest.mark.cuda]),
-    pytest.param("triton", "cuda", id="triton-cuda", marks=[requires_cuda, pytest.mark.cuda]),
-    pytest.param("torch", "cuda", id="torch-cuda", marks=[requires_cuda, pytest.mark.cuda]),
-]
-
-
-def assert_lowprec_close(out: torch.Tensor, lowprec_ref: torch.Tensor, ref64: torch.Tensor,
-                         k: float = 2.0, atol: float = 1e-6) -> None:
-    """flash-attention's rule: |out - ref64| <= k * |lowprec_ref - ref64| + atol, in the max."""
-    err = (out.double() - ref64).abs().max().item()
-    torch_err = (lowprec_ref.double() - ref64).abs().max().item()
-    assert err <= k * torch_err + atol, f"error {err:.3g} vs torch's {torch_err:.3g}"
+import tests.helpers  # noqa: F401

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from nerfx.ops._dispatch import Backend, OpBackends, register, triton_available
+from nerfx.ops._library import register_op
 from nerfx.ref.attention import attention as reference_attention
 
 HEAD_DIMS = (16, 32, 40, 64, 80, 96, 128)  # served by the triton kernels
@@ -53,13 +54,6 @@ def _flash_attention(q: Tensor, k: Tensor, v: Tensor, offsets: Tensor | None,
     return kernels.forward(q, k, v, offsets, kv_offsets, max_q, max_k, scale, causal)
 
 
-@_flash_attention.register_fake
-def _(q, k, v, offsets, kv_offsets, max_q, max_k, scale, causal):
-    from nerfx.kernels.attention import empty_out
-
-    return empty_out(q, offsets), q.new_empty(_lse_shape(q, offsets), dtype=_acc_dtype(q.dtype))
-
-
 @torch.library.custom_op("nerfx::flash_attention_backward", mutates_args=())
 def _flash_attention_backward(grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor,
                               lse: Tensor, offsets: Tensor | None, kv_offsets: Tensor | None,
@@ -69,11 +63,6 @@ def _flash_attention_backward(grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor,
 
     return kernels.backward(grad_out, q, k, v, out, lse, offsets, kv_offsets, max_q, max_k,
                             scale, causal)
-
-
-@_flash_attention_backward.register_fake
-def _(grad_out, q, k, v, out, lse, offsets, kv_offsets, max_q, max_k, scale, causal):
-    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
 
 
 def _setup_context(ctx, inputs, output) -> None:
@@ -91,14 +80,20 @@ def _backward(ctx, grad_out, grad_lse):
     return dq, dk, dv, None, None, None, None, None, None
 
 
-def _no_double_backward(ctx, *grads):
-    raise NotImplementedError("attention: second-order gradients are not implemented by the "
-                              "triton backend; use backend='sdpa' or 'torch' for them")
+def _fake(q, k, v, offsets, kv_offsets, max_q, max_k, scale, causal):
+    from nerfx.kernels.attention import empty_out
+
+    return empty_out(q, offsets), q.new_empty(_lse_shape(q, offsets), dtype=_acc_dtype(q.dtype))
 
 
-_flash_attention.register_autograd(_backward, setup_context=_setup_context)
-_flash_attention_backward.register_autograd(_no_double_backward,
-                                            setup_context=lambda ctx, inputs, output: None)
+def _fake_backward(grad_out, q, k, v, out, lse, offsets, kv_offsets, max_q, max_k, scale, causal):
+    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+
+
+register_op("flash_attention", fake=_fake, setup_context=_setup_context, backward=_backward,
+            backward_op="flash_attention_backward", fake_backward=_fake_backward,
+            label="attention", no_second_order="the triton backend",
+            instead="backend='sdpa' or 'torch'")
 
 
 def _triton_limits(problem: tuple) -> str | None:

@@ -13,6 +13,7 @@ import torch
 
 from nerfx import _ext
 from nerfx.ops._dispatch import Backend, OpBackends, extension_kernel, register
+from nerfx.ops._library import register_op
 from nerfx.ref import composite as ref
 from nerfx.specs import Composited, with_background
 
@@ -37,26 +38,20 @@ def _backward(ctx, grad_color, grad_opacity, grad_depth, grad_weights):
     return grad_sigmas, grad_rgbs, None, None, None, None
 
 
-def _no_double_backward(ctx, *grads):
-    raise NotImplementedError("composite_rays: second-order gradients are not implemented by the "
-                              "cpu and cuda backends; use backend='torch' for them")
+def _fake(sigmas, rgbs, t_start, t_end, offsets, threshold):
+    n_rays = offsets.shape[0] - 1
+    return (sigmas.new_empty(n_rays, 3), sigmas.new_empty(n_rays), sigmas.new_empty(n_rays),
+            sigmas.new_empty(sigmas.shape))
+
+
+def _fake_backward(grad_color, grad_opacity, grad_depth, grad_weights, sigmas, rgbs, *rest):
+    return sigmas.new_empty(sigmas.shape), rgbs.new_empty(rgbs.shape)
 
 
 def _register_library() -> None:
-    @torch.library.register_fake("nerfx::composite_rays")
-    def _(sigmas, rgbs, t_start, t_end, offsets, threshold):
-        n_rays = offsets.shape[0] - 1
-        return (sigmas.new_empty(n_rays, 3), sigmas.new_empty(n_rays), sigmas.new_empty(n_rays),
-                sigmas.new_empty(sigmas.shape))
-
-    @torch.library.register_fake("nerfx::composite_rays_backward")
-    def _(grad_color, grad_opacity, grad_depth, grad_weights, sigmas, rgbs, *rest):
-        return sigmas.new_empty(sigmas.shape), rgbs.new_empty(rgbs.shape)
-
-    torch.library.register_autograd("nerfx::composite_rays", _backward,
-                                    setup_context=_setup_context)
-    torch.library.register_autograd("nerfx::composite_rays_backward", _no_double_backward,
-                                    setup_context=lambda ctx, inputs, output: None)
+    register_op("composite_rays", fake=_fake, setup_context=_setup_context, backward=_backward,
+                backward_op="composite_rays_backward", fake_backward=_fake_backward,
+                no_second_order="the cpu and cuda backends")
 
 
 _ext.on_load(_register_library)

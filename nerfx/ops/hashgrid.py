@@ -12,10 +12,12 @@ backwards on a GPU add with atomics, are not, and say so to torch.use_determinis
 
 from __future__ import annotations
 
+import functools
 import math
+from collections.abc import Callable
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from nerfx import _ext
 from nerfx.ops._dispatch import (
@@ -25,13 +27,17 @@ from nerfx.ops._dispatch import (
     register,
     triton_available,
 )
+from nerfx.ops._library import register_op
 from nerfx.ref.hashgrid import compute_dtype, encode_with_layout
 from nerfx.specs import GridLayout, grid_layout
 
 PARAM_DTYPES = (torch.float32, torch.float64, torch.float16)
 
 
-# --- compiled backends (cpu, cuda): torch.library autograd and fake-tensor registrations -------
+# --- torch.library registrations: fake kernels, autograd, no double backward -----------------
+# The compiled backends (cpu, cuda) are nerfx::hash_encode(_backward) from csrc/ext.cpp; the
+# triton backend is nerfx::hash_encode_triton(_backward), defined here. Both take the layout as
+# plain lists, so torch.compile(fullgraph=True) traces through every backend.
 
 def _setup_context(ctx, inputs, output) -> None:
     x, params, offsets, resolutions, n_features = inputs
@@ -39,38 +45,37 @@ def _setup_context(ctx, inputs, output) -> None:
     ctx.layout_args = (offsets, resolutions, n_features)
 
 
-def _backward(ctx, grad_out):
-    x, params = ctx.saved_tensors
-    needs_x_grad, needs_params_grad = ctx.needs_input_grad[:2]
-    grad_params, grad_x = torch.ops.nerfx.hash_encode_backward(
-        grad_out, x, params, *ctx.layout_args, needs_x_grad, needs_params_grad)
-    return ((grad_x if needs_x_grad else None), (grad_params if needs_params_grad else None),
-            None, None, None)
+def _backward_with(backward_op: Callable) -> Callable:
+    def backward(ctx, grad_out):
+        x, params = ctx.saved_tensors
+        needs_x_grad, needs_params_grad = ctx.needs_input_grad[:2]
+        grad_params, grad_x = backward_op(grad_out.contiguous(), x, params, *ctx.layout_args,
+                                          needs_x_grad, needs_params_grad)
+        return ((grad_x if needs_x_grad else None),
+                (grad_params if needs_params_grad else None), None, None, None)
+
+    return backward
 
 
-def _no_double_backward(ctx, *grads):
-    raise NotImplementedError("hash_encode: second-order gradients are not implemented by the "
-                              "cpu and cuda backends; use backend='torch' for them")
+def _fake_forward(x, params, offsets, resolutions, n_features):
+    return x.new_empty(x.shape[0], len(resolutions) * n_features)  # [N, L * F]
 
 
-def _register_library() -> None:
-    @torch.library.register_fake("nerfx::hash_encode")
-    def _(x, params, offsets, resolutions, n_features):
-        return x.new_empty(x.shape[0], len(resolutions) * n_features)
-
-    @torch.library.register_fake("nerfx::hash_encode_backward")
-    def _(grad_out, x, params, offsets, resolutions, n_features, needs_x_grad,
-          needs_params_grad):
-        grad_x = x.new_empty(x.shape) if needs_x_grad else x.new_empty(0)
-        grad_params = params.new_empty(params.shape) if needs_params_grad else params.new_empty(0)
-        return grad_params, grad_x
-
-    torch.library.register_autograd("nerfx::hash_encode", _backward, setup_context=_setup_context)
-    torch.library.register_autograd("nerfx::hash_encode_backward", _no_double_backward,
-                                    setup_context=lambda ctx, inputs, output: None)
+def _fake_backward(grad_out, x, params, offsets, resolutions, n_features, needs_x_grad,
+                   needs_params_grad):
+    grad_x = x.new_empty(x.shape) if needs_x_grad else x.new_empty(0)
+    grad_params = params.new_empty(params.shape) if needs_params_grad else params.new_empty(0)
+    return grad_params, grad_x
 
 
-_ext.on_load(_register_library)
+def _register_compiled() -> None:
+    register_op("hash_encode", fake=_fake_forward, setup_context=_setup_context,
+                backward=_backward_with(lambda *a: torch.ops.nerfx.hash_encode_backward(*a)),
+                backward_op="hash_encode_backward", fake_backward=_fake_backward,
+                no_second_order="the cpu and cuda backends")
+
+
+_ext.on_load(_register_compiled)
 
 
 def _run_compiled(x: torch.Tensor, params: torch.Tensor, layout: GridLayout) -> torch.Tensor:
@@ -79,30 +84,49 @@ def _run_compiled(x: torch.Tensor, params: torch.Tensor, layout: GridLayout) -> 
                                        layout.n_features_per_level)
 
 
-# --- triton backend --------------------------------------------------------------------------
+@functools.lru_cache(maxsize=64)
+def _layout_of(n_input_dims: int, offsets: tuple[int, ...], resolutions: tuple[int, ...],
+               n_features: int) -> GridLayout:
+    """The GridLayout the lists describe (a level is dense where its vertices fit its rows)."""
+    rows = [b - a for a, b in zip(offsets[:-1], offsets[1:], strict=True)]
+    dense = tuple((r + 1) ** n_input_dims <= n for r, n in zip(resolutions, rows, strict=True))
+    return GridLayout(n_input_dims, n_features, resolutions, offsets, dense)
 
-class _TritonHashEncode(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, params, layout):
-        from nerfx.kernels import hashgrid as kernels
 
-        ctx.save_for_backward(x, params)
-        ctx.layout = layout
-        return kernels.forward(x, params, layout)
+@torch.library.custom_op("nerfx::hash_encode_triton", mutates_args=())
+def _hash_encode_triton(x: Tensor, params: Tensor, offsets: list[int], resolutions: list[int],
+                        n_features: int) -> Tensor:
+    """x: [N, D], params: [n_params] -> [N, L * F] in x's dtype."""
+    from nerfx.kernels import hashgrid as kernels
 
-    @staticmethod
-    def backward(ctx, grad_out):
-        from nerfx.kernels import hashgrid as kernels
+    layout = _layout_of(x.shape[1], tuple(offsets), tuple(resolutions), n_features)
+    return kernels.forward(x, params, layout)
 
-        x, params = ctx.saved_tensors
-        grad_params, grad_x = kernels.backward(grad_out.contiguous(), x, params, ctx.layout,
-                                               needs_x_grad=ctx.needs_input_grad[0],
-                                               needs_params_grad=ctx.needs_input_grad[1])
-        return grad_x, grad_params, None
+
+@torch.library.custom_op("nerfx::hash_encode_triton_backward", mutates_args=())
+def _hash_encode_triton_backward(grad_out: Tensor, x: Tensor, params: Tensor, offsets: list[int],
+                                 resolutions: list[int], n_features: int, needs_x_grad: bool,
+                                 needs_params_grad: bool) -> tuple[Tensor, Tensor]:
+    """-> (grad_params [n_params] or [0], grad_x [N, D] or [0]): only those asked for."""
+    from nerfx.kernels import hashgrid as kernels
+
+    layout = _layout_of(x.shape[1], tuple(offsets), tuple(resolutions), n_features)
+    grad_params, grad_x = kernels.backward(grad_out, x, params, layout,
+                                           needs_x_grad=needs_x_grad,
+                                           needs_params_grad=needs_params_grad)
+    return (params.new_empty(0) if grad_params is None else grad_params,
+            x.new_empty(0) if grad_x is None else grad_x)
+
+
+register_op("hash_encode_triton", fake=_fake_forward, setup_context=_setup_context,
+            backward=_backward_with(lambda *a: torch.ops.nerfx.hash_encode_triton_backward(*a)),
+            backward_op="hash_encode_triton_backward", fake_backward=_fake_backward,
+            label="hash_encode", no_second_order="the triton backend")
 
 
 def _run_triton(x: torch.Tensor, params: torch.Tensor, layout: GridLayout) -> torch.Tensor:
-    return _TritonHashEncode.apply(x, params, layout)
+    return _hash_encode_triton(x, params, list(layout.offsets), list(layout.resolutions),
+                               layout.n_features_per_level)
 
 
 BACKENDS = register(OpBackends("hash_encode", [

@@ -18,6 +18,7 @@ import torch
 
 from nerfx import _ext
 from nerfx.ops._dispatch import Backend, OpBackends, extension_kernel, register
+from nerfx.ops._library import register_op
 from nerfx.ref.raymarch import march_rays_cone, march_rays_dense
 from nerfx.specs import GridGeometry, RaySamples
 
@@ -33,15 +34,16 @@ class HasOccupancy(Protocol):
     def geometry(self) -> GridGeometry: ...
 
 
-def _register_library() -> None:
-    @torch.library.register_fake("nerfx::march_rays")
-    def _(origins, directions, near, far, jitter, bitfield, center, half_size, resolution,
+def _fake(origins, directions, near, far, jitter, bitfield, center, half_size, resolution,
           cascades, step_size, cone_angle, max_samples):
-        n_samples = torch.library.get_ctx().new_dynamic_size()
-        n = origins.shape[0]
-        return (origins.new_empty(n + 1, dtype=torch.int64), origins.new_empty(n_samples),
-                origins.new_empty(n_samples), origins.new_empty(n_samples, 3),
-                origins.new_empty(n))
+    n_samples = torch.library.get_ctx().new_dynamic_size()
+    n = origins.shape[0]
+    return (origins.new_empty(n + 1, dtype=torch.int64), origins.new_empty(n_samples),
+            origins.new_empty(n_samples), origins.new_empty(n_samples, 3), origins.new_empty(n))
+
+
+def _register_library() -> None:
+    register_op("march_rays", fake=_fake)  # not differentiable: a fake kernel only
 
 
 _ext.on_load(_register_library)

@@ -11,9 +11,9 @@ import torch.nn.functional as F
 from nerfx import ref
 from nerfx.ops import BackendError, MultiHeadAttention, attention, attention_varlen
 from nerfx.ops.attention import BACKENDS, HEAD_DIMS
-from tests.conftest import TRITON_ON_CPU, _has_triton, assert_lowprec_close, requires_cuda
+from tests.helpers import TRITON_ON_CPU, assert_lowprec_close, has_triton, requires_cuda
 
-INTERP = pytest.mark.skipif(not (TRITON_ON_CPU and _has_triton()),
+INTERP = pytest.mark.skipif(not (TRITON_ON_CPU and has_triton()),
                             reason="set TRITON_INTERPRET=1 (CI does)")
 CUDA = [requires_cuda, pytest.mark.cuda]
 # (backend, device) pairs; CUDA pairs skip without a GPU and run in benches/gpu_check.sh.
@@ -293,7 +293,7 @@ def test_varlen_bad_offsets():
 def test_auto_choice_and_environment_override(monkeypatch):
     monkeypatch.delenv("NERFX_BACKEND", raising=False)
     assert BACKENDS.choose("auto", "cpu", (torch.float32,), (64,)) == "sdpa"
-    if _has_triton():  # on CUDA: triton where it serves the head dim, sdpa otherwise
+    if has_triton():  # on CUDA: triton where it serves the head dim, sdpa otherwise
         assert BACKENDS.choose("auto", "cuda", (torch.bfloat16,), (64,)) == "triton"
         assert BACKENDS.choose("auto", "cuda", (torch.bfloat16,), (48,)) == "sdpa"
     monkeypatch.setenv("NERFX_BACKEND", "torch")

@@ -12,7 +12,7 @@ import torch
 
 from nerfx.ops import BackendError, composite_rays
 from nerfx.ref import composite as ref
-from tests.conftest import BACKEND_DEVICES, requires_cuda
+from tests.helpers import BACKEND_DEVICES, requires_cuda
 
 # Compositing has no triton backend: drop those pairs.
 BACKENDS = [p for p in BACKEND_DEVICES if "triton" not in p.id]

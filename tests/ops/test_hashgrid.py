@@ -14,10 +14,11 @@ import torch
 from nerfx import ref
 from nerfx.ops import BackendError, HashGridEncoding, hash_encode, use_backend
 from nerfx.ref.hashgrid import grid_layout
-from tests.conftest import (
+from tests.helpers import (
     BACKEND_DEVICES,
     TRITON_ON_CPU,
     assert_lowprec_close,
+    has_triton,
     requires_cuda,
 )
 
@@ -421,10 +422,16 @@ def test_second_order_gradient_is_refused_clearly():
         gx.sum().backward()
 
 
+INTERP = pytest.mark.skipif(not (TRITON_ON_CPU and has_triton()),
+                            reason="set TRITON_INTERPRET=1 (CI does)")
+
+
 # --- torch.compile -----------------------------------------------------------------------------
 
-@pytest.mark.parametrize("backend", ["cpu", "torch"])
+@pytest.mark.parametrize("backend", ["cpu", "torch", pytest.param("triton", marks=INTERP)])
 def test_torch_compile_fullgraph(backend):
+    """Every backend is a torch.library op (or plain torch): the whole module traces as one
+    graph, forward and backward."""
     torch._dynamo.reset()
     enc = HashGridEncoding(n_levels=4, log2_hashmap_size=10)
     x = torch.rand(33, 3, requires_grad=True)
@@ -462,3 +469,13 @@ def test_missing_extension_is_reported_with_the_fix(monkeypatch):
         hash_encode(x, params, backend="cpu", **cfg)
     out = hash_encode(x, params, backend="auto", **cfg)  # falls back to the reference
     torch.testing.assert_close(out, ref.hash_encode(x, params, **cfg))
+
+
+@INTERP
+def test_triton_second_order_gradient_is_refused_clearly():
+    cfg = config(2)
+    x, params = make_inputs(5, 3, cfg)
+    out = hash_encode(x, params, backend="triton", **cfg)
+    (gx,) = torch.autograd.grad(out.sum(), x, create_graph=True)
+    with pytest.raises(NotImplementedError, match="not implemented by the triton backend"):
+        gx.sum().backward()

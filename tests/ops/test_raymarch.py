@@ -10,7 +10,7 @@ import torch
 from nerfx.ops import composite_rays, march_rays
 from nerfx.render import OccupancyGrid
 from nerfx.render.inference import render_rays_compacting
-from tests.conftest import BACKEND_DEVICES
+from tests.helpers import BACKEND_DEVICES
 
 KERNELS = [p for p in BACKEND_DEVICES if p.id in ("cpu", "cuda")]
 MARCHERS = [p for p in BACKEND_DEVICES if p.id in ("torch-cpu", "cpu", "cuda", "torch-cuda")]

@@ -1,0 +1,38 @@
+"""Benchmark helpers: the devices available here and one timed, recorded benchmark.
+
+Each benchmark sets `benchmark.group` (what is compared) and `extra_info["items"]` (points, rays
+or samples per call); benches/conftest.py prints the groups side by side at the end of a run.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+REFERENCE = "torch"  # the implementation every group is compared with
+
+def devices() -> list[str]:
+    return ["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"]
+
+
+def synchronize(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def run_benchmark(benchmark, fn, device: str, group: str, items: int, unit: str) -> None:
+    """Times fn (synchronising the GPU) and records what the summary table needs."""
+    benchmark.group = group
+    benchmark.extra_info.update(items=items, unit=unit, device=device)
+
+    def timed():
+        fn()
+        synchronize(device)
+
+    start = time.perf_counter()
+    timed()  # warm-up: compilation, autotuning, allocator
+    once = time.perf_counter() - start
+    # About a second of rounds per benchmark (5 to 30), so a shared machine's hiccups average out.
+    rounds = int(min(max(1.0 / max(once, 1e-6), 5), 30))
+    benchmark.pedantic(timed, rounds=rounds, iterations=1, warmup_rounds=1)
