@@ -18,7 +18,7 @@ import torch
 import triton
 import triton.language as tl
 
-from nerfx.ref.hashgrid import GridLayout
+from nerfx.specs import GridLayout
 
 BLOCK = 128
 

@@ -5,6 +5,10 @@ at a time. `run_loop` drives it: a progress bar (loss, items per second), an ato
 every `save_every` steps and at the end (the task's state, torch's RNG state, the step and the
 seconds trained), pictures every `snapshot_every` steps, and a stop at `steps` or `max_seconds`.
 A run killed at any moment resumes from its last checkpoint with the same random state.
+
+Optional task hooks: `after_step(state)` runs after each step, outside the training time (the
+NeRF trainer evaluates at the paper's clock marks there); `upgrade_checkpoint(payload)` turns a
+checkpoint of an older layout into {"step", "seconds", "task", "rng"} before resume reads it.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ class LoopSettings:
     max_seconds: float | None = None   # or after this much training time in all
     save_every: int = 500        # steps between checkpoints
     snapshot_every: int = 0      # steps between pictures (0: only at the end)
+    unit: str = "img"            # what items_per_step counts, for the progress bar's rate
 
 
 @dataclass
@@ -58,6 +63,9 @@ def save(run: Path, task: Task, state: LoopState) -> None:
 def resume(run: Path, task: Task, device: torch.device | str = "cpu") -> LoopState:
     """Loads the last checkpoint of a run into task; the loop continues where it stopped."""
     payload = load_checkpoint(run / CHECKPOINT, device)
+    upgrade = getattr(task, "upgrade_checkpoint", None)
+    if upgrade is not None and "task" not in payload:
+        payload = upgrade(payload)
     task.load_state_dict(payload["task"])
     if distributed.is_main():       # the other processes keep their own streams
         torch.set_rng_state(payload["rng"].cpu())
@@ -86,8 +94,13 @@ def run_loop(task: Task, run: Path, settings: LoopSettings, state: LoopState | N
             bar.update(1)
             rate = (task.items_per_step * distributed.world_size() * bar.format_dict["rate"]
                     if bar.format_dict.get("rate") else 0)
-            bar.set_postfix({**{k: f"{v:.4g}" for k, v in losses.items()}, "img/s": f"{rate:.0f}"},
-                            refresh=False)
+            bar.set_postfix({**{k: f"{v:.4g}" for k, v in losses.items()},
+                             f"{settings.unit}/s": f"{rate:.0f}"}, refresh=False)
+            after_step = getattr(task, "after_step", None)
+            if after_step is not None:
+                paused = time.perf_counter()
+                after_step(state)                         # not training time
+                started += time.perf_counter() - paused
             if (settings.snapshot_every and state.step % settings.snapshot_every == 0
                     and distributed.is_main()):
                 paused = time.perf_counter()

@@ -66,5 +66,6 @@ def load_pipeline(run: Path, device: torch.device | str = "cpu"
     config = read_config(run)
     state = load_checkpoint(run / CHECKPOINT, device)
     pipeline = build_pipeline(config["model"]).to(device)
-    pipeline.load_state_dict(state["pipeline"])
+    # nerfx.loop's layout keeps the trainer's state under "task"; older runs at the top level.
+    pipeline.load_state_dict(state.get("task", state)["pipeline"])
     return pipeline.eval(), config

@@ -19,16 +19,17 @@ import time
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
 from nerfx import trainers
 from nerfx.data import lego
 from nerfx.data.rays import TrainingRays
 from nerfx.data.scenes import Scene, SceneError, load_scene
+from nerfx.loop import LoopSettings, LoopState, resume, run_loop
 from nerfx.models.pipelines import (
     MODELS,
     PIPELINES,
     RUN_KEYS,
+    Pipeline,
     build_pipeline,
     make_optimizer,
     optimize_step,
@@ -40,9 +41,7 @@ from nerfx.runs import (
     CHECKPOINT,
     CONFIG,
     RunError,
-    load_checkpoint,
     read_config,
-    save_checkpoint,
     write_json,
 )
 
@@ -138,6 +137,80 @@ def evaluate(pipeline, scene: Scene, views: list[int], out_dir: Path | None = No
     return mean_scores(evaluate_views(pipeline, scene, views, out_dir, files))
 
 
+class RadianceFieldTask:
+    """A NeRF pipeline's training as a nerfx.loop Task: random rays, the pipeline's optimiser
+    step (mixed precision where the recipe says), Instant-NGP's adaptive ray count, the samples
+    per ray along the way, and test PSNR at the paper's clock marks (outside training time)."""
+
+    def __init__(self, pipeline: Pipeline, cfg: dict, rays: TrainingRays, test_set: Scene,
+                 views: list[int], seed: int):
+        device = next(pipeline.parameters()).device
+        self.pipeline, self.cfg, self.rays = pipeline, cfg, rays
+        self.test_set, self.views, self.device = test_set, views, device
+        self.optimizer = make_optimizer(pipeline)
+        mixed = cfg["precision"] == "mixed"
+        amp_dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
+        self.autocast = amp_dtype if mixed else None
+        self.scaler = torch.amp.GradScaler(device.type,
+                                           enabled=mixed and amp_dtype == torch.float16)
+        self.generator = torch.Generator(device).manual_seed(seed)
+        self.batch_rays = self.items_per_step = cfg["batch_rays"]
+        self.clock_psnr: dict[int, float] = {}  # seconds trained -> test PSNR
+        self.samples_per_ray: dict[int, float] = {}  # step -> field samples per ray
+        self.samples_total, self.step_seconds = 0, 0.0  # this process's, for samples/s
+
+    def train_step(self, step: int) -> dict[str, float]:
+        tick = time.perf_counter()
+        n_rays = self.items_per_step = self.batch_rays
+        batch = self.rays.sample(n_rays, self.generator, self.pipeline.random_background)
+        result = optimize_step(self.pipeline, self.optimizer, self.scaler, batch, step,
+                               self.generator, self.autocast)
+        self.samples_total += result.n_samples
+        if on_curve(step + 1) or step == 0:
+            self.samples_per_ray[step + 1] = round(result.n_samples / n_rays, 1)
+        self.batch_rays = self.pipeline.next_batch_rays(n_rays, result.n_samples,
+                                                        self.cfg["batch_samples"])
+        mse = result.mse.item()  # waits for the device: the step's time is all in
+        self.step_seconds += time.perf_counter() - tick
+        return {"loss": mse, "psnr": -10 * math.log10(max(mse, 1e-10)),
+                "spr": result.n_samples / n_rays}
+
+    def after_step(self, state: LoopState) -> None:
+        for mark in CLOCK_MARKS:
+            if mark not in self.clock_psnr and state.seconds >= mark:
+                self.clock_psnr[mark] = evaluate(self.pipeline, self.test_set,
+                                                 self.views[:2])[0]
+
+    def snapshot(self, run: Path, step: int) -> None:
+        """Pictures come at the end (evaluate, turntable)."""
+
+    def state_dict(self) -> dict:  # tensors and plain values only: loads with weights_only=True
+        return {"pipeline": self.pipeline.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scaler": self.scaler.state_dict(), "rng": self.generator.get_state(),
+                "batch_rays": self.batch_rays, "clock_psnr": json.dumps(self.clock_psnr),
+                "samples_per_ray": json.dumps(self.samples_per_ray)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.pipeline.load_state_dict(state["pipeline"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.generator.set_state(state["rng"].cpu())
+        self.batch_rays = int(state["batch_rays"])
+        self.clock_psnr = {int(k): v for k, v in json.loads(state["clock_psnr"]).items()}
+        self.samples_per_ray = {int(k): v for k, v in
+                                json.loads(state.get("samples_per_ray", "{}")).items()}
+
+    @staticmethod
+    def upgrade_checkpoint(payload: dict) -> dict:
+        """Checkpoints of runs before nerfx.loop kept the task's entries at the top level,
+        "elapsed" for the seconds and the generator's state as "rng"."""
+        task = {k: payload[k] for k in ("pipeline", "optimizer", "scaler", "rng", "batch_rays",
+                                        "clock_psnr")}
+        task["samples_per_ray"] = payload.get("samples_per_ray", "{}")
+        return {"step": payload["step"], "seconds": payload["elapsed"], "task": task,
+                "rng": torch.get_rng_state()}
+
+
 def resumed_args(args: argparse.Namespace) -> argparse.Namespace:
     """The saved arguments of the run being resumed, with new --steps / --max-seconds."""
     run = args.resume
@@ -175,69 +248,22 @@ def train(args: argparse.Namespace) -> dict:
     write_json(out / CONFIG, config)
 
     pipeline = build_pipeline(spec).to(device)
-    optimizer = make_optimizer(pipeline)
-    mixed = cfg["precision"] == "mixed"
-    amp_dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
-    scaler = torch.amp.GradScaler(device.type, enabled=mixed and amp_dtype == torch.float16)
-    gen = torch.Generator(device).manual_seed(args.seed)
-    step, elapsed, clock_psnr, batch_rays = 0, 0.0, {}, cfg["batch_rays"]
-    samples_per_ray: dict[int, float] = {}
-    checkpoint = out / CHECKPOINT
-    if checkpoint.is_file():
-        state = load_checkpoint(checkpoint, device)
-        pipeline.load_state_dict(state["pipeline"])
-        optimizer.load_state_dict(state["optimizer"])
-        scaler.load_state_dict(state["scaler"])
-        gen.set_state(state["rng"].cpu())
-        step, elapsed, batch_rays = int(state["step"]), float(state["elapsed"]), \
-            int(state["batch_rays"])
-        clock_psnr = {int(k): v for k, v in json.loads(state["clock_psnr"]).items()}
-        samples_per_ray = {int(k): v for k, v in
-                           json.loads(state.get("samples_per_ray", "{}")).items()}
-        print(f"nerfx: resumed {out} at step {step} ({elapsed:.1f} s trained)", flush=True)
-
-    def state_now() -> dict:  # tensors and plain values only: loads with weights_only=True
-        return {"pipeline": pipeline.state_dict(), "optimizer": optimizer.state_dict(),
-                "scaler": scaler.state_dict(), "rng": gen.get_state(), "step": step,
-                "elapsed": elapsed, "batch_rays": batch_rays,
-                "clock_psnr": json.dumps(clock_psnr),
-                "samples_per_ray": json.dumps(samples_per_ray)}
-
-    pipeline.prepare(train_set.poses, train_set.intrinsics, train_set.width, train_set.height)
-    rays = TrainingRays(train_set, device)
     views = list(range(0, len(test_set), max(len(test_set) // cfg["eval_views"], 1)))
     views = views[:cfg["eval_views"]]
-    samples_total, seconds_this_run = 0, 0.0
-    bar = tqdm(total=cfg["steps"], initial=step, desc=f"train {args.model}", unit="step")
-    while step < cfg["steps"] and elapsed < cfg["max_seconds"]:
-        tick = time.perf_counter()
-        n_rays = batch_rays
-        batch = rays.sample(n_rays, gen, pipeline.random_background)
-        result = optimize_step(pipeline, optimizer, scaler, batch, step, gen,
-                               amp_dtype if mixed else None)
-        step += 1
-        samples_total += result.n_samples
-        if on_curve(step) or step == 1:
-            samples_per_ray[step] = round(result.n_samples / n_rays, 1)
-        batch_rays = pipeline.next_batch_rays(batch_rays, result.n_samples,
-                                              cfg["batch_samples"])
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        took = time.perf_counter() - tick
-        seconds_this_run += took
-        elapsed += took
-        for mark in CLOCK_MARKS:  # evaluation time is not training time
-            if mark not in clock_psnr and elapsed >= mark:
-                clock_psnr[mark] = evaluate(pipeline, test_set, views[:2])[0]
-        mse = result.mse.item()
-        bar.update(1)
-        bar.set_postfix(loss=f"{mse:.4f}", psnr=f"{-10 * math.log10(max(mse, 1e-10)):.2f}",
-                        rays=n_rays, rays_per_s=f"{n_rays / took:.0f}",
-                        spr=f"{result.n_samples / n_rays:.0f}", t=f"{elapsed:.0f}s")
-        if step % SAVE_EVERY == 0:
-            save_checkpoint(checkpoint, state_now())
-    bar.close()
-    save_checkpoint(checkpoint, state_now())
+    task = RadianceFieldTask(pipeline, cfg, TrainingRays(train_set, device), test_set, views,
+                             args.seed)
+    loop_state = LoopState()
+    if (out / CHECKPOINT).is_file():
+        loop_state = resume(out, task, device)
+        print(f"nerfx: resumed {out} at step {loop_state.step} ({loop_state.seconds:.1f} s "
+              f"trained)", flush=True)
+    pipeline.prepare(train_set.poses, train_set.intrinsics, train_set.width, train_set.height)
+    settings = LoopSettings(steps=cfg["steps"], max_seconds=cfg["max_seconds"],
+                            save_every=SAVE_EVERY, unit="rays")
+    loop_state = run_loop(task, out, settings, loop_state, desc=f"train {args.model}")
+    step, elapsed = loop_state.step, loop_state.seconds
+    clock_psnr, samples_per_ray = task.clock_psnr, task.samples_per_ray
+    samples_total, seconds_this_run = task.samples_total, task.step_seconds
 
     test_psnr, test_ssim = evaluate(pipeline.eval(), test_set, views, out / "renders")
     video = None

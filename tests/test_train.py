@@ -50,9 +50,10 @@ def test_resume_continues_the_same_run(tmp_path, data):
     train.main(["--resume", str(tmp_path / "split"), "--steps", "12"])
     a = torch.load(tmp_path / "straight" / "checkpoint.pt", weights_only=True)
     b = torch.load(tmp_path / "split" / "checkpoint.pt", weights_only=True)
-    assert torch.equal(a["rng"], b["rng"])
-    for key, value in a["pipeline"].items():
-        torch.testing.assert_close(b["pipeline"][key], value, atol=1e-4, rtol=1e-4, msg=key)
+    assert torch.equal(a["task"]["rng"], b["task"]["rng"])
+    for key, value in a["task"]["pipeline"].items():
+        torch.testing.assert_close(b["task"]["pipeline"][key], value, atol=1e-4, rtol=1e-4,
+                                   msg=key)
 
 
 def test_nerf_model_trains_and_renders(tmp_path, data):
@@ -97,8 +98,9 @@ def test_mixed_precision_and_samples_per_step(tmp_path, data):
     assert metrics["precision"] == "mixed" and metrics["test_psnr"] > 0
     state = torch.load(run / "checkpoint.pt", weights_only=True)
     # A fresh grid gives about 140 samples per ray: 20000 samples want about 128 rays.
-    assert 128 <= state["batch_rays"] <= 256
-    assert all(torch.isfinite(v).all() for v in state["pipeline"].values() if v.is_floating_point())
+    assert 128 <= state["task"]["batch_rays"] <= 256
+    assert all(torch.isfinite(v).all() for v in state["task"]["pipeline"].values()
+               if v.is_floating_point())
 
 
 def test_bad_folders_end_with_a_message(tmp_path):
@@ -197,3 +199,19 @@ def test_recipes_are_the_pipelines_presets():
                              "--steps", "7"])
     cfg = train.recipe(args)
     assert cfg["steps"] == 7 and cfg["batch_rays"] == 1280 // (2 * 32 + 64)
+
+
+def test_runs_checkpointed_before_the_shared_loop_resume_and_render(tmp_path, data):
+    """Checkpoints written before the NeRF trainer used nerfx.loop (the trainer's entries at the
+    top level, "elapsed" for the seconds) still resume and render."""
+    run = tmp_path / "old"
+    common = TINY + ["--batch-rays", "64", "--video-frames", "0", "--eval-views", "1"]
+    train.main(common + ["--steps", "4", "--out", str(run)])
+    new = torch.load(run / "checkpoint.pt", weights_only=True)
+    old = {**new["task"], "step": new["step"], "elapsed": new["seconds"]}
+    torch.save(old, run / "checkpoint.pt")
+    assert render_cli.main([str(run), "--views", "0"])[0].is_file()
+    resumed = train.main(["--resume", str(run), "--steps", "6"])
+    assert resumed["steps"] == 6 and resumed["train_seconds"] >= new["seconds"]
+    again = torch.load(run / "checkpoint.pt", weights_only=True)
+    assert again["step"] == 6 and "task" in again
