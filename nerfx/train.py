@@ -231,9 +231,8 @@ def train(args: argparse.Namespace) -> dict:
     device = torch.device(args.device)
     folder, load_downscale, builtin = find_scene(args, cfg["downscale"])
     if device.type != "cuda":
-        size = ", ".join(f"{k} {cfg[k]}" for k in ("batch_rays", "log2_hashmap_size",
-                                                    "grid_resolution", "n_coarse", "n_fine")
-                         if k in cfg)
+        size = ", ".join(f"{k} {cfg[k]}"
+                         for k in ("batch_rays", *PIPELINES[args.model].SPEC_KEYS))
         print(f"nerfx: CPU recipe for {args.model}: {size}, images 1/{cfg['downscale']}, at "
               f"most {cfg['steps']} steps / {cfg['max_seconds']:.0f} s", flush=True)
     train_set = load_scene(folder, "train", downscale=load_downscale, test_every=args.test_every)

@@ -49,6 +49,9 @@ def use_backend(name: str) -> Iterator[None]:
 
         with nerfx.ops.use_backend("torch"):
             pipeline.render(o, d)
+
+    torch.compile reads the setting when it traces: a function compiled under one setting keeps
+    that choice (call torch._dynamo.reset() before compiling under another).
     """
     known = {"auto", *BACKENDS, *(b for op in REGISTRY.values() for b in op.backends)}
     if name not in known:
