@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from benches.helpers import devices, run_benchmark
-from nerfx.ops import BackendError, attention
+from nerfx.ops import BackendError, attention, use_backend
 from nerfx.ops.attention import BACKENDS
 
 # name: (B, H, N, D, causal)
@@ -107,9 +107,9 @@ def test_vit_train_step(benchmark, device, impl):
     except BackendError as exc:
         pytest.skip(str(exc))
     if device == "cuda":
-        config, batch = vit_config("B/16", backend=impl), 64
+        config, batch = vit_config("B/16"), 64
     else:
-        config, batch = vit_config("Ti/16", image_size=64, depth=2, backend=impl), 8
+        config, batch = vit_config("Ti/16", image_size=64, depth=2), 8
     model = ViT(config).to(device)
     opt = torch.optim.AdamW(model.param_groups(0.05), lr=1e-4)
     images = torch.randn(batch, 3, config.image_size, config.image_size, device=device)
@@ -118,7 +118,7 @@ def test_vit_train_step(benchmark, device, impl):
                 else contextlib.nullcontext())
 
     def step():
-        with autocast:
+        with use_backend(impl), autocast:
             loss = F.cross_entropy(model(images), labels)
         opt.zero_grad(set_to_none=True)
         loss.backward()

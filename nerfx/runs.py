@@ -46,14 +46,22 @@ def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> dict:
         raise RunError(f"{path}: unreadable checkpoint ({exc})") from None
 
 
-def read_config(run: Path) -> dict:
+def read_run_json(run: Path) -> dict:
+    """A run folder's config.json, any model; RunError naming the file when it is missing or
+    malformed."""
     path = run / CONFIG
     if not path.is_file():
         raise RunError(f"{run}: not a nerfx run folder ({CONFIG} missing)")
     try:
-        config = json.loads(path.read_text())
+        return json.loads(path.read_text())
     except json.JSONDecodeError as exc:
         raise RunError(f"{path}: malformed JSON ({exc})") from None
+
+
+def read_config(run: Path) -> dict:
+    """The config.json of a NeRF run, with the entries rendering needs."""
+    path = run / CONFIG
+    config = read_run_json(run)
     for key in ("model", "camera", "turntable"):
         if key not in config:
             raise RunError(f"{path}: no {key!r} entry (written by an older nerfx?)")

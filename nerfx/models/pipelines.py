@@ -133,7 +133,8 @@ class InstantNGPPipeline(Pipeline):
                 height: int) -> None:
         """Before training: cells that no training camera sees are empty for good."""
         self.grid.mark_unseen_empty(poses, tuple(intrinsics[0, :2].tolist()),
-                                    tuple(intrinsics[0, 2:].tolist()), (width, height))
+                                    tuple(intrinsics[0, 2:4].tolist()), (width, height),
+                                    intrinsics=intrinsics)   # each camera's own, lens included
 
     def train_forward(self, rays_o: torch.Tensor, rays_d: torch.Tensor, background: torch.Tensor,
                       target: torch.Tensor, step: int,

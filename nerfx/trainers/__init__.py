@@ -21,7 +21,7 @@ import torch
 
 from nerfx import distributed, loop
 from nerfx.data.images import ImageDataError, load_image_dataset
-from nerfx.runs import CONFIG, RunError, write_json
+from nerfx.runs import CONFIG, RunError, read_run_json, write_json
 
 METRICS = "metrics.json"
 
@@ -77,15 +77,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def read_run_config(run: Path) -> dict:
-    path = run / CONFIG
-    if not path.is_file():
-        raise RunError(f"{run}: not a nerfx run folder ({CONFIG} missing)")
-    try:
-        config = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise RunError(f"{path}: malformed JSON ({exc})") from None
+    """The config.json of an image-model run."""
+    config = read_run_json(run)
     if config.get("model") not in trainer_modules():
-        raise RunError(f"{path}: not an image-model run (model {config.get('model')!r})")
+        raise RunError(f"{run / CONFIG}: not an image-model run (model {config.get('model')!r})")
     return config
 
 
