@@ -153,11 +153,15 @@ def build_cached(verbose: bool = False) -> tuple[Path, bool]:
                                    archs or "visible GPUs", scratch / "cudart")
         defines = flags.define_args()
         ldflags = flags.ldflags + [f"-L{d}" for d in flags.library_dirs]
-        built = cpp_extension.load(
-            LIBRARY_NAME, flags.sources, extra_cflags=flags.cxx + defines,
-            extra_cuda_cflags=flags.nvcc + defines, extra_ldflags=ldflags,
-            extra_include_paths=flags.include_dirs, build_directory=str(scratch),
-            with_cuda=decision.build, is_python_module=False, verbose=verbose)
+        try:
+            built = cpp_extension.load(
+                LIBRARY_NAME, flags.sources, extra_cflags=flags.cxx + defines,
+                extra_cuda_cflags=flags.nvcc + defines, extra_ldflags=ldflags,
+                extra_include_paths=flags.include_dirs, build_directory=str(scratch),
+                with_cuda=decision.build, is_python_module=False, verbose=verbose)
+        except BaseException:
+            shutil.rmtree(scratch, ignore_errors=True)   # nothing half-built stays behind
+            raise
         final.parent.mkdir(exist_ok=True)
         record = {"how": "compiled at first use", "cache": str(final.parent),
                   "cuda": decision.build, "reason": decision.reason, "fix": decision.fix,

@@ -181,3 +181,51 @@ def test_failed_first_use_build_warns_once_and_auto_falls_back(monkeypatch):
     torch.testing.assert_close(out, reference(x, params, **cfg))
     with pytest.raises(BackendError, match="g\\+\\+: not found"):
         hash_encode(x, params, backend="cpu", **cfg)
+
+
+def test_first_use_cache_compiles_once_under_concurrency(tmp_path, monkeypatch):
+    """Two callers at once: one compiles under the lock, the other waits and reuses the result;
+    a failed compile leaves nothing half-written in the cache, and the next call compiles."""
+    import threading
+    import time
+    import types
+
+    from nerfx import _ext
+
+    calls = []
+
+    def fake_load(name, sources, build_directory, **kwargs):
+        calls.append(build_directory)
+        if len(calls) == 1 and fail_first:
+            raise RuntimeError("compiler crashed")
+        time.sleep(0.3)                               # long enough for the other to wait
+        out = Path(build_directory) / f"{name}.so"
+        out.write_bytes(b"library bytes")
+        return str(out)
+
+    monkeypatch.setenv("NERFX_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(_ext, "_cpp_extension", lambda: types.SimpleNamespace(
+        load=fake_load, CUDA_HOME=None))
+    monkeypatch.setattr(_ext, "_decide", lambda: (Toolkit(), _build.CudaDecision(False, "test")))
+
+    fail_first = True
+    with pytest.raises(RuntimeError, match="compiler crashed"):
+        _ext.build_cached()
+    assert not list((tmp_path / "cache" / "kernels").glob("*/nerfx_C.so"))
+    assert not list((tmp_path / "cache" / "kernels").glob("*.build-*"))
+
+    fail_first, calls[:] = False, []
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(_ext.build_cached()))
+               for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(calls) == 1
+    (path_a, built_a), (path_b, built_b) = results
+    assert path_a == path_b and {built_a, built_b} == {True, False}
+    assert path_a.read_bytes() == b"library bytes"
+    assert (path_a.parent / "build.json").is_file()
+    assert not list(path_a.parent.parent.glob("*.build-*"))      # no scratch left behind
+    assert _ext.build_cached() == (path_a, False)                  # later: from the cache
