@@ -67,6 +67,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, help="images per step (default: preset)")
     p.add_argument("--lr", type=float, help="peak learning rate (default: preset)")
     p.add_argument("--image-size", type=int, help="train at this resolution (default: preset)")
+    p.add_argument("--autoencoder", type=Path,
+                   help="ldm: take the autoencoder of this earlier ldm run (frozen)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override any preset setting (JSON values), e.g. --set depth=6")
     p.add_argument("--seed", type=int, default=0)
@@ -92,6 +94,8 @@ def settings_for(args: argparse.Namespace, module: ModuleType) -> dict:
                        ("image_size", args.image_size), ("max_seconds", args.max_seconds)):
         if value is not None:
             settings[key] = value
+    if args.autoencoder is not None:
+        settings["autoencoder_run"] = str(args.autoencoder)
     for item in args.set:
         key, sep, text = item.partition("=")
         if not sep or not key:

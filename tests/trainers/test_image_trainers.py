@@ -145,3 +145,29 @@ def test_two_processes_match_one_with_the_doubled_batch(tmp_path):
                       for k, v in one["task"]["model"].items()])
     assert diff.max() <= 3 * 1e-3
     assert (diff > 1e-5).float().mean() < 0.005, f"{(diff > 1e-5).float().mean():.2%} differ"
+
+
+def test_resume_with_another_number_of_processes(tmp_path):
+    """A run trained by 2 processes continues in 1 (the data position counts global images)."""
+    import os
+    import subprocess
+    import sys
+
+    common = ["-m", "nerfx.train", "--model", "vit", "--data", "shapes", "--fast",
+              "--device", "cpu", "--set", "depth=1", "--set", "dim=32", "--set", "heads=2",
+              "--set", "train_images=64", "--set", "test_images=8", "--batch-size", "4"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    run = tmp_path / "run"
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                          "--master_port", "29534", *common, "--steps", "3", "--out", str(run)],
+                         env=env, capture_output=True, text=True, timeout=600)
+    assert two.returncode == 0, two.stderr[-3000:]
+    state = torch.load(run / "checkpoint.pt", weights_only=True)
+    assert state["task"]["batches"]["position"] == 3 * 8          # 3 global batches of 2 x 4
+    one = subprocess.run([sys.executable, "-m", "nerfx.train", "--resume", str(run),
+                          "--steps", "5"], env=env, capture_output=True, text=True, timeout=600)
+    assert one.returncode == 0, one.stderr[-3000:]
+    state = torch.load(run / "checkpoint.pt", weights_only=True)
+    assert state["step"] == 5 and state["task"]["batches"]["position"] == 3 * 8 + 2 * 4
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["processes"] == 1 and metrics["steps"] == 5
