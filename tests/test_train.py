@@ -194,7 +194,7 @@ def test_recipes_are_the_pipelines_presets():
             assert set(pipeline.SPEC_KEYS) <= set(cfg)
     cpu_fast = train.recipe(train.parse_args(["--fast", "--device", "cpu"]))
     assert (cpu_fast["steps"], cpu_fast["batch_rays"], cpu_fast["log2_hashmap_size"]) == \
-        (3000, 1024, 17)
+        (2000, 1024, 17)
     args = train.parse_args(["--model", "nerf", "--device", "cpu", "--batch-samples", "1280",
                              "--steps", "7"])
     cfg = train.recipe(args)

@@ -83,10 +83,10 @@ class InstantNGPPipeline(Pipeline):
                 downscale=1, eval_views=200, video_frames=120, log2_hashmap_size=19,
                 grid_resolution=128, decay=0.95, step_divisor=1024)
     # 2 cores: the grid prunes by step ~64 (7-17 samples per ray from ~140), after which a step of
-    # 1024 rays takes about 22 ms on idle cores (2000 steps in 45 s, 27.0 dB): 3000 steps are
-    # about 70 s of training; max_seconds keeps the whole --fast command near 2 minutes on a
-    # slower or busier machine.
-    _CPU_FAST = dict(steps=3000, max_seconds=75.0, batch_samples=None, batch_rays=1024,
+    # 1024 rays takes about 22 ms on idle cores: 2000 steps in 45 s gave 27.00 dB on the built-in
+    # lego, 3000 steps (65 s) 26.78 dB, so 2000 it is; max_seconds keeps the whole --fast command
+    # near 2 minutes on a slower or busier machine.
+    _CPU_FAST = dict(steps=2000, max_seconds=75.0, batch_samples=None, batch_rays=1024,
                      downscale=8, eval_views=8, video_frames=24, log2_hashmap_size=17,
                      grid_resolution=64, decay=0.8, step_divisor=256)
     PRESETS = {
