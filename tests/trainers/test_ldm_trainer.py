@@ -10,16 +10,10 @@ import pytest
 import torch
 
 from nerfx import fid, sample, train, trainers
+from tests.trainers.test_image_trainers import TOY as SHARED_TOY
 
-TOY = dict(image_size=16, batch_size=4, ae_batch_size=4,
-           ae=dict(ch=8, ch_mult=(1, 2, 2), num_res_blocks=1, z_channels=3, num_groups=4),
-           ae_steps=3, ae_lr=1e-3,
-           unet=dict(ch=16, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(4, 2),
-                     dropout=0.0, num_groups=4),
-           context_dim=16, head_channels=8, transformer_depth=1, p_uncond=0.2, lr=1e-3,
-           warmup_steps=2, grad_clip=1.0, ema_decay=0.9, steps=6, save_every=100,
-           snapshot_every=0, sample_steps=2, guidance=3.0, guidance_eval=(1.0, 3.0),
-           fid_samples=0, final_per_class=2, scale_images=16, train_images=16, test_images=8)
+# The shared toy preset, a little longer (3 autoencoder steps of 6), without mid-run pictures.
+TOY = SHARED_TOY["ldm"] | dict(ae_steps=3, steps=6, save_every=100, snapshot_every=0)
 COMMON = ["--model", "ldm", "--data", "shapes", "--fast", "--device", "cpu"]
 
 
