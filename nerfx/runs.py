@@ -75,5 +75,8 @@ def load_pipeline(run: Path, device: torch.device | str = "cpu"
     state = load_checkpoint(run / CHECKPOINT, device)
     pipeline = build_pipeline(config["model"]).to(device)
     # nerfx.loop's layout keeps the trainer's state under "task"; older runs at the top level.
-    pipeline.load_state_dict(state.get("task", state)["pipeline"])
+    # Where training kept an EMA of the weights, that average is what renders.
+    task = state.get("task", state)
+    ema = task.get("ema")
+    pipeline.load_state_dict(ema["model"] if ema else task["pipeline"])
     return pipeline.eval(), config

@@ -25,6 +25,7 @@ from nerfx.data import lego
 from nerfx.data.rays import TrainingRays
 from nerfx.data.scenes import Scene, SceneError, load_scene
 from nerfx.loop import LoopSettings, LoopState, resume, run_loop
+from nerfx.models.ema import EMA
 from nerfx.models.pipelines import (
     MODELS,
     PIPELINES,
@@ -46,7 +47,13 @@ from nerfx.runs import (
 )
 
 CLOCK_MARKS = (1, 5, 15, 60, 300)  # seconds of training at which the paper reports test PSNR
+CLOCK_VIEWS = 8  # test views evaluated at each clock mark (the final evaluation uses eval_views)
 SAVE_EVERY = 250  # steps between checkpoints
+
+
+def clock_views(views: list[int]) -> list[int]:
+    """CLOCK_VIEWS of the evaluated test views, spread evenly over them."""
+    return views[::max(len(views) // CLOCK_VIEWS, 1)][:CLOCK_VIEWS]
 
 
 def on_curve(step: int) -> bool:
@@ -100,9 +107,11 @@ def recipe(args: argparse.Namespace) -> dict:
 
 def model_spec(args: argparse.Namespace, cfg: dict, scene: Scene) -> dict:
     """The plain dict that rebuilds the model (saved in config.json)."""
+    pipeline = PIPELINES[args.model]
     spec = {"name": args.model, "aabb": list(scene.aabb),
             "cascades": int(math.log2(scene.aabb_scale)) + 1}
-    return spec | {key: cfg[key] for key in PIPELINES[args.model].SPEC_KEYS}
+    return spec | pipeline.scene_spec(scene.aabb_scale) | \
+        {key: cfg[key] for key in pipeline.SPEC_KEYS}
 
 
 def find_scene(args: argparse.Namespace, downscale: int) -> tuple[Path, int, bool]:
@@ -140,7 +149,9 @@ def evaluate(pipeline, scene: Scene, views: list[int], out_dir: Path | None = No
 class RadianceFieldTask:
     """A NeRF pipeline's training as a nerfx.loop Task: random rays, the pipeline's optimiser
     step (mixed precision where the recipe says), Instant-NGP's adaptive ray count, the samples
-    per ray along the way, and test PSNR at the paper's clock marks (outside training time)."""
+    per ray along the way, and test PSNR at the paper's clock marks (outside training time).
+    Where the pipeline keeps an EMA of its weights (Instant-NGP), `model` is the averaged copy
+    that evaluation and rendering use."""
 
     def __init__(self, pipeline: Pipeline, cfg: dict, rays: TrainingRays, test_set: Scene,
                  views: list[int], seed: int):
@@ -148,6 +159,8 @@ class RadianceFieldTask:
         self.pipeline, self.cfg, self.rays = pipeline, cfg, rays
         self.test_set, self.views, self.device = test_set, views, device
         self.optimizer = make_optimizer(pipeline)
+        self.ema = EMA(pipeline, pipeline.ema_decay, warmup=False, debias=True) \
+            if pipeline.ema_decay else None
         mixed = cfg["precision"] == "mixed"
         amp_dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
         self.autocast = amp_dtype if mixed else None
@@ -165,6 +178,8 @@ class RadianceFieldTask:
         batch = self.rays.sample(n_rays, self.generator, self.pipeline.random_background)
         result = optimize_step(self.pipeline, self.optimizer, self.scaler, batch, step,
                                self.generator, self.autocast)
+        if self.ema is not None:
+            self.ema.update(self.pipeline)
         self.samples_total += result.n_samples
         if on_curve(step + 1) or step == 0:
             self.samples_per_ray[step + 1] = round(result.n_samples / n_rays, 1)
@@ -175,11 +190,16 @@ class RadianceFieldTask:
         return {"loss": mse, "psnr": -10 * math.log10(max(mse, 1e-10)),
                 "spr": result.n_samples / n_rays}
 
+    @property
+    def model(self) -> Pipeline:
+        """What evaluation and rendering use: the EMA copy where there is one."""
+        return self.ema.model if self.ema is not None else self.pipeline
+
     def after_step(self, state: LoopState) -> None:
         for mark in CLOCK_MARKS:
             if mark not in self.clock_psnr and state.seconds >= mark:
-                self.clock_psnr[mark] = evaluate(self.pipeline, self.test_set,
-                                                 self.views[:2])[0]
+                self.clock_psnr[mark] = evaluate(self.model, self.test_set,
+                                                 clock_views(self.views))[0]
 
     def snapshot(self, run: Path, step: int) -> None:
         """Pictures come at the end (evaluate, turntable)."""
@@ -187,6 +207,7 @@ class RadianceFieldTask:
     def state_dict(self) -> dict:  # tensors and plain values only: loads with weights_only=True
         return {"pipeline": self.pipeline.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "scaler": self.scaler.state_dict(), "rng": self.generator.get_state(),
+                "ema": self.ema.state_dict() if self.ema is not None else {},
                 "batch_rays": self.batch_rays, "clock_psnr": json.dumps(self.clock_psnr),
                 "samples_per_ray": json.dumps(self.samples_per_ray)}
 
@@ -194,6 +215,11 @@ class RadianceFieldTask:
         self.pipeline.load_state_dict(state["pipeline"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
+        if self.ema is not None:
+            if state.get("ema"):
+                self.ema.load_state_dict(state["ema"])
+            else:  # a run from before the EMA: the average starts from the loaded weights
+                self.ema.model.load_state_dict(state["pipeline"])
         self.generator.set_state(state["rng"].cpu())
         self.batch_rays = int(state["batch_rays"])
         self.clock_psnr = {int(k): v for k, v in json.loads(state["clock_psnr"]).items()}
@@ -264,10 +290,11 @@ def train(args: argparse.Namespace) -> dict:
     clock_psnr, samples_per_ray = task.clock_psnr, task.samples_per_ray
     samples_total, seconds_this_run = task.samples_total, task.step_seconds
 
-    test_psnr, test_ssim = evaluate(pipeline.eval(), test_set, views, out / "renders")
+    model = task.model.eval()  # the EMA weights where the pipeline keeps them
+    test_psnr, test_ssim = evaluate(model, test_set, views, out / "renders")
     video = None
     if cfg["video_frames"] > 0:
-        video = render_turntable(pipeline, camera, turntable, cfg["video_frames"],
+        video = render_turntable(model, camera, turntable, cfg["video_frames"],
                                  out / "turntable")
     metrics = {
         "scene": args.scene, "model": args.model, "builtin_scene": builtin, "steps": step,

@@ -215,3 +215,11 @@ def test_runs_checkpointed_before_the_shared_loop_resume_and_render(tmp_path, da
     assert resumed["steps"] == 6 and resumed["train_seconds"] >= new["seconds"]
     again = torch.load(run / "checkpoint.pt", weights_only=True)
     assert again["step"] == 6 and "task" in again
+
+
+def test_clock_marks_are_measured_on_eight_spread_test_views():
+    from nerfx.train import CLOCK_VIEWS, clock_views
+
+    assert CLOCK_VIEWS == 8
+    assert clock_views(list(range(0, 200))) == list(range(0, 200, 25))
+    assert clock_views([0, 5, 10]) == [0, 5, 10]

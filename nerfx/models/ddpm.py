@@ -21,14 +21,15 @@ official run_cifar.py]) lives with the trainer, nerfx/trainers/ddpm.py.
 
 from __future__ import annotations
 
-import copy
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 from tqdm import tqdm
+
+from nerfx.models.ema import EMA  # the weights' moving average DDPM samples from
 
 __all__ = ["EMA", "DiffusionConfig", "Denoiser", "GaussianDiffusion", "beta_schedule"]
 
@@ -229,47 +230,3 @@ def _randn(shape: tuple[int, ...], generator: torch.Generator | None,
 
 def _randn_like(x: Tensor, generator: torch.Generator | None) -> Tensor:
     return _randn(tuple(x.shape), generator, x.device).to(x.dtype)
-
-
-class EMA:
-    """Exponential moving average of a model's weights: θ_ema <- d θ_ema + (1 - d) θ.
-
-    With warm-up, d = min(decay, (1 + n) / (10 + n)) after n updates (TensorFlow's
-    ExponentialMovingAverage with num_updates), so early averages do not hold on to the random
-    initialisation for 10^4 steps. Decay 0.9999                          [DDPM App. B]
-    `ema.model` is a frozen copy to sample from; buffers are copied as they are.
-    """
-
-    def __init__(self, model: nn.Module, decay: float = 0.9999, warmup: bool = True):
-        if not 0.0 <= decay <= 1.0:
-            raise ValueError(f"EMA decay must be in [0, 1], got {decay}")
-        self.decay, self.warmup, self.num_updates = decay, warmup, 0
-        self.model = copy.deepcopy(model).eval().requires_grad_(False)
-
-    def current_decay(self) -> float:
-        n = self.num_updates
-        return min(self.decay, (1 + n) / (10 + n)) if self.warmup else self.decay
-
-    @torch.no_grad()
-    def update(self, model: nn.Module) -> None:
-        d = self.current_decay()
-        ema_params = [p for p in self.model.parameters()]
-        params = [p.detach().to(e.dtype) for p, e in zip(model.parameters(), ema_params,
-                                                          strict=True)]
-        torch._foreach_lerp_(ema_params, params, 1.0 - d)
-        for e, b in zip(self.model.buffers(), model.buffers(), strict=True):
-            e.copy_(b)
-        self.num_updates += 1
-
-    def copy_to(self, model: nn.Module) -> None:
-        """Loads the averaged weights into model."""
-        model.load_state_dict(self.model.state_dict())
-
-    def state_dict(self) -> dict:
-        return {"decay": self.decay, "warmup": self.warmup, "num_updates": self.num_updates,
-                "model": self.model.state_dict()}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.decay, self.warmup = state["decay"], state["warmup"]
-        self.num_updates = state["num_updates"]
-        self.model.load_state_dict(state["model"])

@@ -24,7 +24,7 @@ from nerfx.models.nerf import NeRF, NeRFConfig
 from nerfx.models.ngp import InstantNGP, NGPConfig
 from nerfx.render.inference import render_rays_compacting
 from nerfx.render.occupancy import OccupancyGrid
-from nerfx.render.renderer import render_rays
+from nerfx.render.renderer import render_rays_counted
 from nerfx.specs import Composited
 
 # Every preset holds these run settings (nerfx.train's flags of the same names override them).
@@ -35,7 +35,8 @@ RUN_KEYS = ("steps", "max_seconds", "batch_samples", "batch_rays", "downscale", 
 class TrainOutput(NamedTuple):
     loss: torch.Tensor  # scalar, what the optimiser minimises
     mse: torch.Tensor  # scalar, of the final colour (training PSNR)
-    n_samples: int  # field queries this step (all networks)
+    n_samples: int  # field queries trained this step (all networks)
+    n_marched: int | None = None  # samples marched before compaction, where the model compacts
 
 
 class Pipeline(nn.Module):
@@ -45,6 +46,7 @@ class Pipeline(nn.Module):
     betas: tuple[float, float]
     eps: float
     random_background: bool
+    ema_decay: float | None = None  # an EMA of the weights to evaluate, where the paper has one
     PRESETS: dict[str, dict]  # "gpu", "gpu-fast", "cpu", "cpu-fast" -> settings
     SPEC_KEYS: tuple[str, ...]  # preset entries that are model arguments (saved in config.json)
 
@@ -69,26 +71,49 @@ class Pipeline(nn.Module):
         raise NotImplementedError
 
     @classmethod
+    def scene_spec(cls, aabb_scale: int) -> dict:
+        """Model arguments that follow from the scene (saved in config.json); none by default."""
+        return {}
+
+    def param_groups(self) -> list[dict]:
+        """The optimiser's parameter groups (all parameters, no weight decay, by default)."""
+        return [{"params": list(self.parameters())}]
+
+    @classmethod
     def from_spec(cls, spec: dict) -> Pipeline:
         """spec: config.json's model entry without its name."""
         return cls(**spec)
 
 
 class InstantNGPPipeline(Pipeline):
-    """Instant-NGP: Adam (0.9, 0.99, 1e-15), lr 1e-2, x0.33 at 20k steps and every 10k after."""
+    """Instant-NGP as its code trains it: Adam (0.9, 0.99, 1e-15), lr 1e-2, x0.33 at 20k steps
+    and every 10k after, L2 1e-6 on the MLP weights only; training rays jittered by a random
+    fraction of a step and compacted (stopped where transmittance falls below 1e-4); Huber loss;
+    an EMA of the weights (0.95) for evaluation and rendering; cone stepping in large scenes."""
 
     lr, betas, eps = 1e-2, (0.9, 0.99), 1e-15
+    # L2 on the MLP weight matrices, not the hash table (paper sec. 4; tiny-cuda-nn adam.h adds
+    # l2_reg * weight to the matrix weights' gradient only; instant-ngp configs/nerf/base.json
+    # l2_reg 1e-6). nerfx's MLPs have biases, which tiny-cuda-nn's do not: they go undecayed.
+    mlp_weight_decay = 1e-6
+    # instant-ngp configs/nerf/base.json: "optimizer": {"otype": "Ema", "decay": 0.95, ...}.
+    ema_decay = 0.95
+    # Huber's delta in colour units [0, 1]. instant-ngp's NeRF loss is huber_loss(..., 0.1) / 5
+    # (src/testbed_nerf.cu loss_and_gradient): 0.5 d^2 / delta below delta, |d| - delta / 2
+    # above (torch's smooth_l1 with beta = delta), divided by 5 = 1 / (2 delta) so that its
+    # quadratic part is the L2 loss d^2.
+    huber_delta = 0.1
     random_background = True  # training pixels on random colours: empty space must be empty
     _GPU = dict(steps=35000, max_seconds=300.0, batch_samples=2**18, batch_rays=2**12,
                 downscale=1, eval_views=200, video_frames=120, log2_hashmap_size=19,
-                grid_resolution=128, decay=0.95, step_divisor=1024)
+                grid_resolution=128, decay=0.95, step_divisor=1024, loss="huber")
     # 2 cores: the grid prunes by step ~64 (7-17 samples per ray from ~140), after which a step of
     # 1024 rays takes about 22 ms on idle cores: 2000 steps in 45 s gave 27.00 dB on the built-in
     # lego, 3000 steps (65 s) 26.78 dB, so 2000 it is; max_seconds keeps the whole --fast command
     # near 2 minutes on a slower or busier machine.
     _CPU_FAST = dict(steps=2000, max_seconds=75.0, batch_samples=None, batch_rays=1024,
                      downscale=8, eval_views=8, video_frames=24, log2_hashmap_size=17,
-                     grid_resolution=64, decay=0.8, step_divisor=256)
+                     grid_resolution=64, decay=0.8, step_divisor=256, loss="huber")
     PRESETS = {
         "gpu": _GPU,
         "gpu-fast": _GPU | dict(max_seconds=60.0, eval_views=20, downscale=2, video_frames=60),
@@ -96,11 +121,20 @@ class InstantNGPPipeline(Pipeline):
                                 video_frames=60),
         "cpu-fast": _CPU_FAST,
     }
-    SPEC_KEYS = ("log2_hashmap_size", "grid_resolution", "decay", "step_divisor")
+    SPEC_KEYS = ("log2_hashmap_size", "grid_resolution", "decay", "step_divisor", "loss")
+    LOSSES = ("huber", "l2")
 
     def __init__(self, aabb: list[float], cascades: int = 1, log2_hashmap_size: int = 19,
-                 grid_resolution: int = 128, decay: float = 0.95, step_divisor: int = 1024):
+                 grid_resolution: int = 128, decay: float = 0.95, step_divisor: int = 1024,
+                 cone_angle: float | None = None, loss: str = "huber"):
         super().__init__()
+        if loss not in self.LOSSES:
+            raise ValueError(f"unknown loss {loss!r}; choose one of {self.LOSSES}")
+        self.loss = loss
+        # Marching step growth dt = clamp(t * cone_angle, step_size, coarsest cell) (appendix
+        # E.1: 1/256 when aabb_scale > 1, constant steps in the unit box); None: from the scene.
+        self.cone_angle = self.scene_spec(2 ** (cascades - 1))["cone_angle"] \
+            if cone_angle is None else float(cone_angle)
         outer = _outer_box(aabb, cascades)
         self.field = InstantNGP(outer, NGPConfig(log2_hashmap_size=log2_hashmap_size),
                                  aabb_scale=2 ** (cascades - 1))
@@ -117,9 +151,29 @@ class InstantNGPPipeline(Pipeline):
             lambda module, _keys: module.grid.set_step_size(module.step_size)
             if float(module.grid.step_size) > 0 else None)
 
+    @classmethod
+    def from_spec(cls, spec: dict) -> InstantNGPPipeline:
+        """Runs written before the loss was a setting trained with L2."""
+        return cls(**({"loss": "l2"} | spec))
+
     @staticmethod
     def lr_factor(step: int) -> float:
         return 0.33 ** (0 if step < 20000 else 1 + (step - 20000) // 10000)
+
+    @classmethod
+    def scene_spec(cls, aabb_scale: int) -> dict:
+        """Cone angle 1/256 for scenes larger than the unit box, 0 otherwise (instant-ngp
+        src/testbed_nerf.cu: cone_angle() is 1/256 when aabb_scale > 1; paper appendix E.1)."""
+        return {"cone_angle": 0.0 if aabb_scale <= 1 else 1 / 256}
+
+    def param_groups(self) -> list[dict]:
+        """The hash table undecayed, the MLPs' weight matrices with L2, their biases without."""
+        table = list(self.field.encoding.parameters())
+        rest = [p for name, p in self.named_parameters() if not name.startswith("field.encoding")]
+        return [{"params": table, "weight_decay": 0.0},
+                {"params": [p for p in rest if p.dim() >= 2],
+                 "weight_decay": self.mlp_weight_decay},
+                {"params": [p for p in rest if p.dim() < 2], "weight_decay": 0.0}]
 
     @staticmethod
     def next_batch_rays(batch_rays: int, n_samples: int, batch_samples: int | None) -> int:
@@ -140,16 +194,24 @@ class InstantNGPPipeline(Pipeline):
                       target: torch.Tensor, step: int,
                       generator: torch.Generator | None = None) -> TrainOutput:
         self.grid.update(step, self.field.density, step_size=self.step_size, generator=generator)
-        out, n_samples = render_rays(self.field, self.grid, rays_o, rays_d,
-                                     step_size=self.step_size, background=background)
-        mse = nn.functional.mse_loss(out.color.float(), target)
-        return TrainOutput(mse, mse.detach(), n_samples)
+        # Each ray starts at a random fraction of a step (instant-ngp advance_n_steps(..., rng))
+        # and stops where its transmittance falls below 1e-4 (compaction).
+        out, n_samples, n_marched = render_rays_counted(
+            self.field, self.grid, rays_o, rays_d, step_size=self.step_size,
+            cone_angle=self.cone_angle, background=background, perturb=True,
+            generator=generator, density_fn=self.field.density)
+        color = out.color.float()
+        mse = nn.functional.mse_loss(color, target)
+        loss = mse if self.loss == "l2" else 2 * self.huber_delta * \
+            nn.functional.smooth_l1_loss(color, target, beta=self.huber_delta)
+        return TrainOutput(loss, mse.detach(), n_samples, n_marched)
 
     @torch.no_grad()
     def render(self, rays_o: torch.Tensor, rays_d: torch.Tensor,
                background: torch.Tensor | None = None) -> Composited:
         return render_rays_compacting(rays_o, rays_d, self.grid, self.field,
-                                      step_size=self.step_size, background=background)
+                                      step_size=self.step_size, cone_angle=self.cone_angle,
+                                      background=background)
 
 
 class NeRFPipeline(Pipeline):
@@ -217,9 +279,9 @@ def make_optimizer(pipeline: nn.Module) -> torch.optim.Adam:
     than a loop over tensors) where torch supports it."""
     settings = dict(lr=pipeline.lr, betas=pipeline.betas, eps=pipeline.eps)
     try:
-        return torch.optim.Adam(pipeline.parameters(), fused=True, **settings)
+        return torch.optim.Adam(pipeline.param_groups(), fused=True, **settings)
     except (RuntimeError, ValueError):  # a device or dtype without the fused kernel
-        return torch.optim.Adam(pipeline.parameters(), **settings)
+        return torch.optim.Adam(pipeline.param_groups(), **settings)
 
 
 def _outer_box(aabb: list[float], cascades: int) -> list[float]:

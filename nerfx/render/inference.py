@@ -17,7 +17,8 @@ from nerfx.specs import Composited, with_background
 @torch.no_grad()
 def render_rays_compacting(rays_o: torch.Tensor, rays_d: torch.Tensor, grid: OccupancyGrid,
                            field: Field, *, near: float = 0.0, far: float = 1e10,
-                           step_size: float | None = None, samples_per_round: int = 8,
+                           step_size: float | None = None, cone_angle: float = 0.0,
+                           samples_per_round: int = 8,
                            transmittance_threshold: float = 1e-4,
                            background: torch.Tensor | None = None,
                            backend: str = "auto") -> Composited:
@@ -33,7 +34,8 @@ def render_rays_compacting(rays_o: torch.Tensor, rays_d: torch.Tensor, grid: Occ
     while alive.numel():
         samples = march_rays(rays_o[alive], rays_d[alive], bitfield, geometry,
                              near=resume[alive], far=far, step_size=step_size,
-                             max_samples=samples_per_round, backend=backend)
+                             cone_angle=cone_angle, max_samples=samples_per_round,
+                             backend=backend)
         sigmas, rgbs = field(samples.positions, samples.directions)
         # Within a round the ray starts fresh; its earlier rounds scale what this one adds.
         part = composite_rays(sigmas.float(), rgbs.float(), samples.t_start, samples.t_end,

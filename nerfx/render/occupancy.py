@@ -54,12 +54,15 @@ class OccupancyGrid(nn.Module):
     2^level is commented out in splat_grid_samples_nerf_max_nearest_neighbor), which is exact
     for nerfx's constant-step march and conservative (keeps more cells) under cone steps.
 
-    update() follows the paper's schedule: every `update_every` steps, decay every cell's
-    thickness by `decay`, re-evaluate all cells during the first `warmup_steps` steps and then a
-    quarter of the cells uniformly plus as many occupied ones (keeping the maximum of the decayed
-    and the fresh value), and mark a cell occupied when its thickness exceeds
-    min(threshold, mean thickness of cascade 0) (instant-ngp: grid_to_bitfield, with the mean of
-    max(value, 0) over cascade 0's cells; cells no camera sees count as 0).
+    update() follows instant-ngp's code: it runs on steps that are multiples of
+    clamp(step // 16, 1, update_every) (every step at first, every 16 from step 256;
+    src/testbed.cu, Testbed::train's n_prep_to_skip), decays every cell's thickness by `decay`,
+    re-evaluates all cells during the first `warmup_steps` steps and then a quarter of the seen
+    cells uniformly plus as many cells above the threshold (keeping the maximum of the decayed
+    and the fresh value, and of duplicate samples), and marks a cell occupied when its thickness
+    exceeds min(threshold, mean thickness of cascade 0) (instant-ngp: grid_to_bitfield, with the
+    mean of max(value, 0) over cascade 0's cells; cells no camera sees count as 0 and are never
+    sampled again).
     """
 
     def __init__(self, aabb: Sequence[float] | torch.Tensor, resolution: int = 128,
@@ -126,23 +129,16 @@ class OccupancyGrid(nn.Module):
         raw density. step_size: the marcher's minimal step dt (world units), the one passed to
         march_rays; the grid stores sigma * dt. A changed step_size rescales what is stored.
         """
-        if step % self.update_every:
+        if not self.updates_at(step):
             return False
         self.set_step_size(step_size, repack=False)
         thickness = self.optical_thickness
-        device = thickness.device
         if step < self.warmup_steps:
-            cells = torch.arange(thickness.numel(), device=device)
+            cells = torch.nonzero(self.visible).flatten()  # every cell a camera sees
         else:
             quarter = max(thickness.numel() // 4, 1)
-            uniform = torch.randint(0, thickness.numel(), (quarter,), device=device,
-                                    generator=generator)
-            occupied_cells = torch.nonzero(thickness > self._cutoff()).flatten()
-            if occupied_cells.numel():
-                pick = torch.randint(0, occupied_cells.numel(), (quarter,), device=device,
-                                     generator=generator)
-                uniform = torch.cat([uniform, occupied_cells[pick]])
-            cells = uniform
+            cells = torch.cat([self._pick(self.visible, quarter, generator),
+                               self._pick(thickness > self.threshold, quarter, generator)])
         points = self.cell_points(cells, generator=generator)
         sigma = torch.cat([density_fn(points[i:i + chunk]).reshape(-1).float()
                            for i in range(0, points.shape[0], chunk)])
@@ -153,6 +149,21 @@ class OccupancyGrid(nn.Module):
         thickness.mul_(self.visible)
         self._pack()
         return True
+
+    def updates_at(self, step: int) -> bool:
+        """Whether update() re-estimates the grid at this step: instant-ngp's interval
+        clamp(step // 16, 1, update_every) (every step until 32, every 16 from 256)."""
+        return step % min(max(step // 16, 1), self.update_every) == 0
+
+    def _pick(self, mask: torch.Tensor, n: int, generator: torch.Generator | None
+              ) -> torch.Tensor:
+        """n cells drawn uniformly (with replacement) among those where mask [n_cells] holds."""
+        candidates = torch.nonzero(mask).flatten()
+        if not candidates.numel():
+            return candidates
+        pick = torch.randint(0, candidates.numel(), (n,), device=mask.device,
+                             generator=generator)
+        return candidates[pick]
 
     @torch.no_grad()
     def set_step_size(self, step_size: float, repack: bool = True) -> None:
@@ -206,28 +217,46 @@ class OccupancyGrid(nn.Module):
                           near: float = 0.0, intrinsics: torch.Tensor | None = None) -> int:
         """Marks cells that no camera sees as empty for good; returns how many.
 
+        A cell is seen when any of its 8 corners projects into any camera's image in front of it
+        (instant-ngp's mark_untrained_density_grid), so cells that a frustum's border cuts stay.
+
         camera_to_world: [n_cams, 4, 4] (OpenGL/NeRF convention: camera looks down -z),
         focal (fx, fy), principal point (cx, cy) and image size (width, height) in pixels.
         intrinsics: optional [n_cams, 4] or [n_cams, 11] (nerfx.cameras: per camera, with its
         lens), used instead of focal and principal when given.
         """
-        n_cells = self.optical_thickness.numel()
-        centers = self.cell_points(torch.arange(n_cells, device=self.optical_thickness.device),
-                                   jitter=False)  # [n_cells, 3]
-        seen = torch.zeros(centers.shape[0], dtype=torch.bool, device=centers.device)
-        world_to_camera = torch.linalg.inv(camera_to_world.float().to(centers.device))
+        r, device = self.resolution, self.optical_thickness.device
+        corners = self._lattice_points(device)  # [cascades, r + 1, r + 1, r + 1, 3]
+        points = corners.reshape(-1, 3)
+        corner_seen = torch.zeros(points.shape[0], dtype=torch.bool, device=device)
+        world_to_camera = torch.linalg.inv(camera_to_world.float().to(device))
         if intrinsics is None:
             pinhole = [*focal[:2], *principal[:2]]  # (fx, fy, cx, cy)
             intrinsics = torch.tensor(pinhole).expand(len(world_to_camera), 4)
-        intrinsics = intrinsics.float().to(centers.device)
+        intrinsics = intrinsics.float().to(device)
         for w2c, camera in zip(world_to_camera, intrinsics, strict=True):
-            pixel, depth = project(centers, w2c, camera)  # [n_cells, 2], [n_cells]
+            pixel, depth = project(points, w2c, camera)  # [n_points, 2], [n_points]
             x, y = pixel.unbind(-1)
-            seen |= (depth > near) & (x >= 0) & (x < size[0]) & (y >= 0) & (y < size[1])
+            corner_seen |= (depth > near) & (x >= 0) & (x < size[0]) & (y >= 0) & (y < size[1])
+        # A cell is seen when any of its corners is: OR over the 2x2x2 lattice points around it.
+        lattice = corner_seen.view(self.cascades, 1, r + 1, r + 1, r + 1).float()
+        seen = torch.nn.functional.max_pool3d(lattice, kernel_size=2, stride=1)  # [c, 1, r, r, r]
+        seen = seen.reshape(-1) > 0
         self.visible &= seen
         self.optical_thickness.mul_(self.visible)
         self._pack()
         return int((~seen).sum())
+
+    def _lattice_points(self, device: torch.device) -> torch.Tensor:
+        """World positions of every cascade's cell corners. -> [cascades, r + 1, r + 1, r + 1, 3]
+        (x-major, as the cells)"""
+        r, g = self.resolution, self.geometry
+        u = torch.arange(r + 1, device=device, dtype=torch.float32) / r * 2 - 1  # [-1, 1]
+        grid = torch.stack(torch.meshgrid(u, u, u, indexing="ij"), -1)  # [r+1, r+1, r+1, 3]
+        scale = 2.0 ** torch.arange(self.cascades, device=device, dtype=torch.float32)
+        center = torch.tensor(g.center, device=device)
+        half = torch.tensor(g.half_size, device=device)
+        return center + grid[None] * scale[:, None, None, None, None] * half
 
     def occupied_fraction(self) -> float:
         return float(((self.optical_thickness > self._cutoff()) & self.visible).float().mean())

@@ -121,3 +121,67 @@ def test_checkpoints_that_stored_density_load_converted():
     again = build_pipeline(spec)
     again.load_state_dict(loaded.state_dict())
     assert torch.equal(again.grid.bitfield, loaded.grid.bitfield)
+
+
+def test_updates_run_on_instant_ngps_schedule():
+    """Every step until step 32, then every step // 16 steps, every 16 from step 256
+    (instant-ngp src/testbed.cu: n_prep_to_skip = clamp(step / 16, 1, 16))."""
+    grid = OccupancyGrid(AABB, resolution=8)
+    steps = [s for s in range(400) if grid.updates_at(s)]
+    assert steps[:32] == list(range(32))
+    assert [s for s in steps if 32 <= s < 48] == list(range(32, 48, 2))
+    assert [s for s in steps if 256 <= s] == list(range(256, 400, 16))
+    updated = [s for s in range(40)
+               if grid.update(s, lambda x: torch.zeros(x.shape[0]), step_size=0.01)]
+    assert updated == [s for s in range(40) if grid.updates_at(s)]
+
+
+def _camera_seeing_part_of_the_box() -> tuple[torch.Tensor, torch.Tensor, tuple[int, int]]:
+    pose = torch.eye(4)
+    pose[:3, 3] = torch.tensor([0.3, -0.2, 4.0])  # looks down -z at the box, off centre
+    return pose[None], torch.tensor([[90.0, 70.0, 40.0, 30.0]]), (80, 60)
+
+
+def test_a_cell_is_seen_when_any_corner_projects_into_a_camera():
+    """instant-ngp's mark_untrained_density_grid tests the 8 corners of each cell, so cells that
+    a frustum's border cuts (centre outside, a corner inside) stay trainable."""
+    from nerfx.cameras import project
+
+    grid = OccupancyGrid(AABB, resolution=8, cascades=2)
+    poses, intrinsics, size = _camera_seeing_part_of_the_box()
+    grid.mark_unseen_empty(poses, (0.0, 0.0), (0.0, 0.0), size, intrinsics=intrinsics)
+    n = grid.optical_thickness.numel()
+    centres = grid.cell_points(torch.arange(n), jitter=False)
+    half_cell = (torch.tensor(AABB[3:]) - torch.tensor(AABB[:3])) / 8 / 2
+    level = (torch.arange(n) // 8**3).float()[:, None]
+    w2c = torch.linalg.inv(poses[0])
+
+    def inside(points: torch.Tensor) -> torch.Tensor:
+        pixel, depth = project(points, w2c, intrinsics[0])
+        x, y = pixel.unbind(-1)
+        return (depth > 0) & (x >= 0) & (x < size[0]) & (y >= 0) & (y < size[1])
+
+    signs = torch.tensor([[i, j, k] for i in (-1, 1) for j in (-1, 1) for k in (-1, 1)])
+    corner_seen = torch.stack([inside(centres + s * half_cell * 2**level) for s in signs]).any(0)
+    assert torch.equal(grid.visible, corner_seen)
+    cut_by_the_border = corner_seen & ~inside(centres)
+    assert cut_by_the_border.any()  # the case centres alone would have dropped for good
+
+
+def test_cells_no_camera_sees_are_never_sampled_again():
+    grid = OccupancyGrid(AABB, resolution=8)
+    poses, intrinsics, size = _camera_seeing_part_of_the_box()
+    grid.mark_unseen_empty(poses, (0.0, 0.0), (0.0, 0.0), size, intrinsics=intrinsics)
+    assert not grid.visible.all()
+    sampled = []
+
+    def field(x: torch.Tensor) -> torch.Tensor:
+        sampled.append(x)
+        return torch.full((x.shape[0],), 50.0)
+
+    gen = torch.Generator().manual_seed(0)
+    for step in (0, 16, 256, 272):  # the warm-up's full passes and the later partial ones
+        grid.update(step, field, step_size=0.01, generator=gen)
+    points = torch.cat(sampled)
+    assert grid.occupied_at(points).all()  # every sample fell in a seen (and occupied) cell
+    assert sum(p.shape[0] for p in sampled[:2]) == 2 * int(grid.visible.sum())
