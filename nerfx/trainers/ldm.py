@@ -26,6 +26,7 @@ from nerfx import distributed
 from nerfx.data.images import ImageDataset
 from nerfx.images import save_grid
 from nerfx.loop import BatchStream
+from nerfx.models import without_run_settings
 from nerfx.models.ddpm import EMA
 from nerfx.models.ldm import (
     AutoencoderConfig,
@@ -84,13 +85,17 @@ PRESETS = {
 }
 
 
+# The "ae" and "unet" settings of runs saved before the attention backend became a run setting
+# hold an "attn_backend" key: without_run_settings drops it.
 def autoencoder_config(settings: dict, channels: int, size: int) -> AutoencoderConfig:
-    return AutoencoderConfig(resolution=size, in_channels=channels, **settings["ae"])
+    return AutoencoderConfig(resolution=size, in_channels=channels,
+                             **without_run_settings(settings["ae"]))
 
 
 def ldm_config(settings: dict, ae: AutoencoderConfig, num_classes: int) -> LDMConfig:
-    unet = UNetConfig(**{**settings["unet"], "resolution": ae.latent_resolution,
-                         "in_channels": ae.z_channels, "out_channels": ae.z_channels})
+    unet = UNetConfig(**{**without_run_settings(settings["unet"]),
+                         "resolution": ae.latent_resolution, "in_channels": ae.z_channels,
+                         "out_channels": ae.z_channels})
     return LDMConfig(num_classes=num_classes, context_dim=settings["context_dim"],
                      head_channels=settings["head_channels"],
                      transformer_depth=settings["transformer_depth"],
