@@ -43,6 +43,7 @@ from nerfx.models.unet import UNetConfig
 from nerfx.runs import CHECKPOINT, CONFIG, RunError, load_checkpoint
 
 MODEL = "ldm"
+OPS: tuple[str, ...] = ("attention",)  # the nerfx.ops it runs
 # gpu: the paper's components at 32x32 [KL-f4: configs/autoencoder/autoencoder_kl_64x64x3.yaml
 # (ch 128, ch_mult 1,2,4, 2 blocks, z 3 channels, kl_weight 1e-6, Adam betas (0.5, 0.9), lr
 # 4.5e-6 x batch as main.py scales base_learning_rate); latent U-Net as
