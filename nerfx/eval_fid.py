@@ -19,7 +19,8 @@ import torch
 from nerfx import fid, trainers
 from nerfx.data.images import ImageDataError, load_image_dataset
 from nerfx.models.ddim import DDIMConfig, DDIMSampler
-from nerfx.runs import CHECKPOINT, RunError, load_checkpoint, write_json
+from nerfx.ops import use_backend
+from nerfx.runs import CHECKPOINT, RunError, add_backend_option, load_checkpoint, write_json
 
 
 def int_list(text: str) -> list[int]:
@@ -41,6 +42,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--batch", type=int, default=250, help="samples drawn at once")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    add_backend_option(p)
     args = p.parse_args(argv)
     if args.n < 2 or not args.steps or not args.eta:
         p.error("--n must be at least 2, and --steps and --eta non-empty")
@@ -73,7 +75,7 @@ def evaluate(args: argparse.Namespace) -> dict:
         return round(fid.frechet_distance(*fid.statistics(net, images), *reference), 4)
 
     table = {"floor (train vs test images)": distance(train.float(index=slice(0, args.n))),
-             "n": args.n, "ddim": {}}
+             "n": args.n, "backends": trainers.backends_of("ddpm", args.device), "ddim": {}}
     for steps in args.steps:
         for eta in args.eta:
             sampler = DDIMSampler(diffusion, DDIMConfig(steps=steps, eta=eta))
@@ -110,7 +112,8 @@ def to_markdown(table: dict, args: argparse.Namespace) -> str:
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     try:
-        return evaluate(args)
+        with use_backend(args.backend):
+            return evaluate(args)
     except (RunError, ImageDataError) as exc:
         raise SystemExit(f"nerfx.eval_fid: {exc}") from None
 

@@ -1,4 +1,5 @@
-"""Run folders: config.json, atomic checkpoints, and loading a trained pipeline back.
+"""Run folders: config.json, atomic checkpoints, loading a trained pipeline back; and the
+--backend option every command line shares.
 
 A checkpoint holds tensors and plain values only, so it loads with weights_only=True. Checkpoints
 and the JSON files are written to a temporary file and renamed over the last one, so a run killed
@@ -7,6 +8,7 @@ at any moment leaves loadable files.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 from pathlib import Path
@@ -14,6 +16,7 @@ from pathlib import Path
 import torch
 
 from nerfx.models.pipelines import InstantNGPPipeline, NeRFPipeline, build_pipeline
+from nerfx.ops._dispatch import backend_names
 
 CHECKPOINT = "checkpoint.pt"
 CONFIG = "config.json"
@@ -21,6 +24,13 @@ CONFIG = "config.json"
 
 class RunError(ValueError):
     """A run folder that cannot be used; the message names the file and the problem."""
+
+
+def add_backend_option(parser: argparse.ArgumentParser) -> None:
+    """--backend, which every command line applies with nerfx.ops.use_backend(args.backend)."""
+    parser.add_argument("--backend", choices=backend_names(),
+                        help="backend of every op that has it, for this command: a run setting, "
+                             "not the model's (default: $NERFX_BACKEND, else auto)")
 
 
 def save_checkpoint(path: Path, payload: dict) -> None:

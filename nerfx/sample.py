@@ -21,7 +21,8 @@ from nerfx import trainers
 from nerfx.data.images import ImageDataError, load_image_dataset
 from nerfx.images import save_grid
 from nerfx.models.ddim import DDIMConfig, DDIMSampler
-from nerfx.runs import CHECKPOINT, RunError, load_checkpoint
+from nerfx.ops import use_backend
+from nerfx.runs import CHECKPOINT, RunError, add_backend_option, load_checkpoint
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -42,6 +43,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--per-class", type=int, default=8, help="ldm: images per class in the grid")
     p.add_argument("--out", type=Path, help="PNG to write (default: in the run folder)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    add_backend_option(p)
     args = p.parse_args(argv)
     if args.n < 1 or args.steps < 1 or args.per_class < 1:
         p.error("--n, --steps and --per-class must be at least 1")
@@ -131,7 +133,8 @@ def main(argv: list[str] | None = None) -> Path:
         if config["model"] not in samplers:
             raise RunError(f"{args.run} is a {config['model']} run; nerfx.sample draws from "
                            f"{', '.join(samplers)} runs")
-        out = samplers[config["model"]](args, config, state)
+        with use_backend(args.backend):
+            out = samplers[config["model"]](args, config, state)
     except (RunError, ImageDataError) as exc:
         raise SystemExit(f"nerfx.sample: {exc}") from None
     print(f"nerfx.sample: wrote {out}")

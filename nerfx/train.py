@@ -42,6 +42,7 @@ from nerfx.runs import (
     CHECKPOINT,
     CONFIG,
     RunError,
+    add_backend_option,
     read_config,
     write_json,
 )
@@ -79,8 +80,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--precision", choices=["auto", "fp32", "mixed"], default="auto",
                    help="mixed: fp16 autocast with loss scaling on a GPU, bf16 on a CPU "
                         "(auto: mixed on a GPU)")
-    p.add_argument("--backend", default="auto",
-                   help="backend for every op that has it (a run setting: nerfx.ops.use_backend)")
+    add_backend_option(p)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--eval-views", type=int, help="test views to evaluate (default: preset)")
     p.add_argument("--video-frames", type=int, help="turntable frames (0: no video)")

@@ -6,7 +6,10 @@ imports it first so that TRITON_INTERPRET is set before any Triton kernel module
 
 from __future__ import annotations
 
+import importlib
 import os
+from collections import Counter
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -51,3 +54,35 @@ def assert_lowprec_close(out: torch.Tensor, lowprec_ref: torch.Tensor, ref64: to
     err = (out.double() - ref64).abs().max().item()
     torch_err = (lowprec_ref.double() - ref64).abs().max().item()
     assert err <= k * torch_err + atol, f"error {err:.3g} vs torch's {torch_err:.3g}"
+
+
+def outputs_per_attention_backend(monkeypatch: pytest.MonkeyPatch, model: torch.nn.Module,
+                                  forward: Callable[[], torch.Tensor],
+                                  backends: tuple[str, ...] = ("torch", "sdpa")
+                                  ) -> dict[str, torch.Tensor]:
+    """forward() under nerfx.ops.use_backend(name) for each name, checking that every attention
+    layer of model reached that backend's function once: "torch" the reference in nerfx.ref,
+    "sdpa" torch's scaled_dot_product_attention. -> {name: output}."""
+    from nerfx.ops import MultiHeadAttention, use_backend
+
+    op = importlib.import_module("nerfx.ops.attention")  # the module: nerfx.ops.attention is the op
+
+    calls: Counter[str] = Counter()
+
+    def counted(name: str, fn: Callable) -> Callable:
+        def run(*args, **kwargs):
+            calls[name] += 1
+            return fn(*args, **kwargs)
+        return run
+
+    monkeypatch.setattr(op, "reference_attention", counted("torch", op.reference_attention))
+    monkeypatch.setattr(op.F, "scaled_dot_product_attention",
+                        counted("sdpa", op.F.scaled_dot_product_attention))
+    layers = sum(isinstance(m, MultiHeadAttention) for m in model.modules())
+    outputs = {}
+    for name in backends:
+        calls.clear()
+        with use_backend(name):
+            outputs[name] = forward()
+        assert dict(calls) == {name: layers}, (name, dict(calls))
+    return outputs

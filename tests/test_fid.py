@@ -44,7 +44,8 @@ def test_eval_fid_writes_the_table(tmp_path, monkeypatch):
     train.main(["--model", "ddpm", "--data", "shapes", "--fast", "--device", "cpu",
                 "--out", str(run)])
     table = eval_fid.main([str(run), "--steps", "2,3", "--eta", "0,1", "--n", "8",
-                           "--no-ddpm", "--device", "cpu"])
+                           "--no-ddpm", "--device", "cpu", "--backend", "torch"])
+    assert table["backends"] == {"attention": "torch"}
     assert set(table["ddim"]) == {"S=2, eta=0", "S=2, eta=1", "S=3, eta=0", "S=3, eta=1"}
     assert all(v >= 0 for v in table["ddim"].values())
     assert json.loads((run / "fid.json").read_text()) == table

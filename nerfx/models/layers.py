@@ -4,8 +4,8 @@
     block = TransformerBlock(320, 8, cross_dim=768)     # + cross-attention to a context (LDM)
     x = block(x, context)                               # x: [B, N, dim] -> [B, N, dim]
 
-Attention goes through nerfx.ops.MultiHeadAttention, so every block can run on any attention
-backend (`backend=` as for nerfx.ops.attention).
+Attention goes through nerfx.ops.MultiHeadAttention, so every block runs on any attention
+backend: the run's choice (nerfx.ops.use_backend), not a setting of the block.
 """
 
 from __future__ import annotations
@@ -68,14 +68,14 @@ class TransformerBlock(nn.Module):
 
     def __init__(self, dim: int, heads: int, *, mlp_ratio: float = 4.0, qkv_bias: bool = True,
                  dropout: float = 0.0, drop_path: float = 0.0, cross_dim: int | None = None,
-                 backend: str = "auto", eps: float = 1e-6):
+                 eps: float = 1e-6):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=eps)
-        self.attn = MultiHeadAttention(dim, heads, qkv_bias=qkv_bias, backend=backend)
+        self.attn = MultiHeadAttention(dim, heads, qkv_bias=qkv_bias)
         if cross_dim is not None:
             self.norm_cross = nn.LayerNorm(dim, eps=eps)
             self.cross_attn = MultiHeadAttention(dim, heads, qkv_bias=qkv_bias,
-                                                 cross_dim=cross_dim, backend=backend)
+                                                 cross_dim=cross_dim)
         self.cross_dim = cross_dim
         self.norm2 = nn.LayerNorm(dim, eps=eps)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), dropout=dropout)
@@ -96,14 +96,6 @@ class TransformerBlock(nn.Module):
         return x + self.drop_path(self.mlp(self.norm2(x)))
 
 
-def set_attention_backend(model: nn.Module, backend: str) -> nn.Module:
-    """Every MultiHeadAttention inside model uses this backend from now on; returns model."""
-    for module in model.modules():
-        if isinstance(module, MultiHeadAttention):
-            module.backend = backend
-    return model
-
-
 def trunc_normal_init(module: nn.Module, std: float = 0.02) -> None:
     """ViT/timm initialisation: linear weights ~ N(0, std) truncated at 2 std, biases 0,
     LayerNorm to identity."""
@@ -116,5 +108,4 @@ def trunc_normal_init(module: nn.Module, std: float = 0.02) -> None:
         nn.init.zeros_(module.bias)
 
 
-__all__ = ["DropPath", "Mlp", "TransformerBlock", "drop_path", "set_attention_backend",
-           "trunc_normal_init"]
+__all__ = ["DropPath", "Mlp", "TransformerBlock", "drop_path", "trunc_normal_init"]

@@ -71,7 +71,6 @@ class AutoencoderConfig:
     num_groups: int = 32  # GroupNorm groups          [model.py Normalize: 32]
     kl_weight: float = 1e-6  # [autoencoder_kl_64x64x3.yaml lossconfig: kl_weight 1e-6]
     logvar_init: float = 0.0  # learned output log-variance s  [contperceptual.py: 0.0]
-    attn_backend: str = "auto"
 
     def __post_init__(self) -> None:
         self.ch_mult = tuple(self.ch_mult)
@@ -132,7 +131,7 @@ class ResnetBlock(nn.Module):
 
 def _attn(ch: int, c: AutoencoderConfig) -> nn.Module:
     """Single-head self-attention over the H*W positions [model.py AttnBlock]: the U-Net's."""
-    return AttnBlock(ch, 1, c.num_groups, None, c.attn_backend)
+    return AttnBlock(ch, 1, c.num_groups)
 
 
 class Encoder(nn.Module):
@@ -343,15 +342,13 @@ class SpatialTransformer(AttnBlock):
     GEGLU; layers.TransformerBlock's is GELU, same width ratio 4.
     """
 
-    def __init__(self, ch: int, heads: int, context_dim: int, depth: int = 1, groups: int = 32,
-                 backend: str = "auto"):
+    def __init__(self, ch: int, heads: int, context_dim: int, depth: int = 1, groups: int = 32):
         nn.Module.__init__(self)  # not AttnBlock's layers: this block's own
         if ch % heads:
             raise ValueError(f"SpatialTransformer: {ch} channels not divisible by {heads} heads")
         self.norm = _norm(ch, groups)
         self.proj_in = nn.Conv2d(ch, ch, 1)
-        self.blocks = nn.ModuleList(TransformerBlock(ch, heads, cross_dim=context_dim,
-                                                     backend=backend, eps=1e-5)
+        self.blocks = nn.ModuleList(TransformerBlock(ch, heads, cross_dim=context_dim, eps=1e-5)
                                     for _ in range(depth))
         self.proj_out = nn.Conv2d(ch, ch, 1)
         nn.init.zeros_(self.proj_out.weight)  # [attention.py: zero_module(proj_out)]
@@ -432,7 +429,7 @@ class LatentUNet(UNet):
                     ch = child.norm.num_channels
                     setattr(module, name, SpatialTransformer(
                         ch, max(1, ch // config.head_channels), config.context_dim,
-                        config.transformer_depth, unet.num_groups, unet.attn_backend))
+                        config.transformer_depth, unet.num_groups))
                 else:
                     swap(child)
 

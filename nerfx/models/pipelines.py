@@ -20,6 +20,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
+from nerfx.models import without_run_settings
 from nerfx.models.nerf import NeRF, NeRFConfig
 from nerfx.models.ngp import InstantNGP, NGPConfig
 from nerfx.render.inference import render_rays_compacting
@@ -302,8 +303,7 @@ def build_pipeline(spec: dict) -> InstantNGPPipeline | NeRFPipeline:
 
     The backend is a run setting (nerfx.ops.use_backend); a "backend" key, which config.json files
     written by older nerfx hold, is ignored."""
-    spec = dict(spec)
-    spec.pop("backend", None)
+    spec = without_run_settings(spec)
     name = spec.pop("name")
     if name not in PIPELINES:
         raise ValueError(f"unknown model {name!r}; choose one of {MODELS}")

@@ -6,7 +6,8 @@ after the blocks of the levels whose resolution is in `attn_resolutions`, a midd
 block-attention-block, and a mirrored upward path taking one skip connection per block.
 The timestep enters as a sinusoidal embedding (Transformer-style) through a 2-layer MLP.
 
-Attention is `nerfx.ops.MultiHeadAttention` (one head, as in the paper, by default).
+Attention is `nerfx.ops.MultiHeadAttention` (one head, as in the paper, by default); its backend
+is the run's choice (nerfx.ops.use_backend), not a setting of the config.
 For latent diffusion the model takes optional class labels (`num_classes`: an embedding added to
 the time embedding, with one extra "null" label for classifier-free guidance) and an optional
 context sequence (`context_dim`: cross-attention after each self-attention).
@@ -44,7 +45,6 @@ class UNetConfig:
     resamp_with_conv: bool = True  # conv after upsampling / strided-conv downsampling [official]
     num_classes: int | None = None  # class conditioning (label num_classes = "no label")
     context_dim: int | None = None  # cross-attention on a context [B, M, context_dim]
-    attn_backend: str = "auto"  # nerfx.ops.attention backend
 
     @classmethod
     def cifar10(cls, **overrides) -> UNetConfig:
@@ -106,16 +106,15 @@ class AttnBlock(nn.Module):
     """Residual self-attention over the H*W positions (and cross-attention to a context when
     context_dim is set): x [B, C, H, W] -> [B, C, H, W]."""
 
-    def __init__(self, ch: int, heads: int, groups: int, context_dim: int | None, backend: str):
+    def __init__(self, ch: int, heads: int, groups: int, context_dim: int | None = None):
         super().__init__()
         self.norm = _norm(ch, groups)
-        self.attn = MultiHeadAttention(ch, heads, qkv_bias=True, backend=backend)
+        self.attn = MultiHeadAttention(ch, heads, qkv_bias=True)
         _zero(self.attn.proj)  # official: the output projection starts at ~0 (init_scale 1e-10)
         self.cross = None
         if context_dim is not None:
             self.cross_norm = _norm(ch, groups)
-            self.cross = MultiHeadAttention(ch, heads, qkv_bias=True, cross_dim=context_dim,
-                                            backend=backend)
+            self.cross = MultiHeadAttention(ch, heads, qkv_bias=True, cross_dim=context_dim)
             _zero(self.cross.proj)
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> Tensor:
@@ -175,7 +174,7 @@ class UNet(nn.Module):
             return ResBlock(c_in, c_out, temb, c.dropout, c.num_groups)
 
         def attn(ch: int) -> AttnBlock:
-            return AttnBlock(ch, c.attn_heads, c.num_groups, c.context_dim, c.attn_backend)
+            return AttnBlock(ch, c.attn_heads, c.num_groups, c.context_dim)
 
         self.conv_in = nn.Conv2d(c.in_channels, c.ch, 3, padding=1)
         # Down: each level's blocks (with attention where the resolution asks), then a

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from nerfx.models.layers import TransformerBlock, set_attention_backend, trunc_normal_init
+from nerfx.models.layers import TransformerBlock, trunc_normal_init
 
 
 @dataclass
@@ -160,12 +160,6 @@ class ViT(nn.Module):
         with torch.no_grad():
             self.pos_embed = nn.Parameter(self.pos_embed_for(grid).clone())
         self.config = new
-        return self
-
-    def set_backend(self, backend: str) -> ViT:
-        """Every attention layer uses this backend ("auto", "triton", "sdpa", "torch"); for a
-        whole run, prefer nerfx.ops.use_backend (the backend is not part of the config)."""
-        set_attention_backend(self, backend)
         return self
 
     def features(self, images: Tensor) -> Tensor:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 import torch
@@ -43,9 +43,10 @@ def run_backend() -> str:
 
 
 @contextlib.contextmanager
-def use_backend(name: str) -> Iterator[None]:
+def use_backend(name: str | None) -> Iterator[None]:
     """Within the block, every op called with backend="auto" uses `name` where it has a backend
-    of that name (ops without one choose as usual); "auto" restores the automatic choice.
+    of that name (ops without one choose as usual); "auto" restores the automatic choice, None
+    leaves the setting as it is (an enclosing block's, else NERFX_BACKEND's).
 
         with nerfx.ops.use_backend("torch"):
             pipeline.render(o, d)
@@ -53,14 +54,21 @@ def use_backend(name: str) -> Iterator[None]:
     torch.compile reads the setting when it traces: a function compiled under one setting keeps
     that choice (call torch._dynamo.reset() before compiling under another).
     """
-    known = {"auto", *BACKENDS, *(b for op in REGISTRY.values() for b in op.backends)}
-    if name not in known:
-        raise BackendError(f"unknown backend {name!r}; choose from {sorted(known)}")
+    if name is None:
+        yield
+        return
+    if name not in backend_names():
+        raise BackendError(f"unknown backend {name!r}; choose from {backend_names()}")
     token = _OVERRIDE.set(name)
     try:
         yield
     finally:
         _OVERRIDE.reset(token)
+
+
+def backend_names() -> list[str]:
+    """The names use_backend takes: "auto" and every backend of the registered ops."""
+    return sorted({"auto", *BACKENDS, *(b for op in REGISTRY.values() for b in op.backends)})
 
 
 def _no_reason(device: torch.device) -> str | None:
@@ -187,9 +195,11 @@ def register(op: OpBackends) -> OpBackends:
     return op
 
 
-def chosen_backends(device: torch.device | str,
-                    dtype: torch.dtype = torch.float32) -> dict[str, str]:
-    """What each registered op runs on `device` for `dtype` tensors with backend="auto", under
-    the run's setting (use_backend or NERFX_BACKEND): {op: backend, or "none (why)"}."""
+def chosen_backends(device: torch.device | str, dtype: torch.dtype = torch.float32,
+                    ops: Iterable[str] | None = None) -> dict[str, str]:
+    """What each registered op (or each of `ops`) runs on `device` for `dtype` tensors with
+    backend="auto", under the run's setting (use_backend or NERFX_BACKEND):
+    {op: backend, or "none (why)"}. Asking about a compiled op loads the extension."""
     device = torch.device(device)
-    return {name: op.describe(device, (dtype,)) for name, op in sorted(REGISTRY.items())}
+    names = sorted(REGISTRY) if ops is None else sorted(ops)
+    return {name: REGISTRY[name].describe(device, (dtype,)) for name in names}

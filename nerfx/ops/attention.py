@@ -256,18 +256,18 @@ class MultiHeadAttention(nn.Module):
 
     Self-attention (context=None) projects x with one fused `qkv` linear layer; with cross_dim
     set, queries come from x (`q`) and keys and values from the context (`kv`, cross_dim inputs).
+    The backend is the run's (nerfx.ops.use_backend), as for attention(backend="auto").
     forward(x [B, N, dim], context [B, M, cross_dim] or None) -> [B, N, dim].
     """
 
     def __init__(self, dim: int, heads: int, *, qkv_bias: bool = True,
-                 cross_dim: int | None = None, causal: bool = False, backend: str = "auto"):
+                 cross_dim: int | None = None, causal: bool = False):
         super().__init__()
         if dim % heads:
             raise ValueError(f"MultiHeadAttention: dim {dim} is not divisible by heads {heads}")
         self.dim, self.heads, self.head_dim = dim, heads, dim // heads
         self.cross_dim = cross_dim
         self.causal = causal
-        self.backend = backend
         if cross_dim is None:
             self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
         else:
@@ -296,9 +296,9 @@ class MultiHeadAttention(nn.Module):
                 q, kv = self.q(x), self.kv(context)
             q = q.reshape(b, n, h, d).transpose(1, 2)  # [B, H, N, D]
             k, v = kv.reshape(b, m, 2, h, d).permute(2, 0, 3, 1, 4).unbind(0)  # [B, H, M, D]
-        out = attention(q, k, v, causal=self.causal, backend=self.backend)  # [B, H, N, D]
+        out = attention(q, k, v, causal=self.causal)  # [B, H, N, D]
         return self.proj(out.transpose(1, 2).reshape(b, n, self.dim))
 
     def extra_repr(self) -> str:
         cross = f", cross_dim={self.cross_dim}" if self.cross_dim is not None else ""
-        return f"dim={self.dim}, heads={self.heads}{cross}, backend={self.backend!r}"
+        return f"dim={self.dim}, heads={self.heads}{cross}"

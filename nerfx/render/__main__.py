@@ -18,7 +18,7 @@ from nerfx.data.scenes import SceneError, load_scene
 from nerfx.ops import use_backend
 from nerfx.render.evaluate import evaluate_views
 from nerfx.render.views import render_turntable
-from nerfx.runs import RunError, load_pipeline
+from nerfx.runs import RunError, add_backend_option, load_pipeline
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -30,9 +30,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--views", help="test views to render, e.g. 0,5,9 (default: all)")
     p.add_argument("--out", type=Path, help="output folder (default: the run folder)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--backend", default="auto",
-                   help="backend for every op that has it (not the training run's: a run "
-                        "trained on CUDA renders on the CPU)")
+    add_backend_option(p)  # not the training run's: a run trained on CUDA renders on the CPU
     args = p.parse_args(argv)
     if args.frames < 1:
         p.error(f"--frames must be at least 1, got {args.frames}")

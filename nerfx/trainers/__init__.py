@@ -1,9 +1,11 @@
 """Trainers of the image models: `python -m nerfx.train --model vit|vae|ddpm --data shapes`.
 
 Each module here is one model's trainer: a `MODEL` name, `PRESETS` (settings for "gpu", "cpu"
-and "fast", as data) and a `Trainer` class that is a nerfx.loop.Task. Adding a model is adding a
-module; `trainer_modules()` finds them. The run folder is laid out like the NeRF runs':
-config.json, metrics.json, checkpoint.pt (atomic, `--resume RUN`) and pictures.
+and "fast", as data), `OPS` (the nerfx.ops the model runs, whose backends metrics.json records)
+and a `Trainer` class that is a nerfx.loop.Task. Adding a model is adding a module;
+`trainer_modules()` finds them. The run folder is laid out like the NeRF runs': config.json,
+metrics.json, checkpoint.pt (atomic, `--resume RUN`) and pictures. `--backend` is a setting of
+the command (nerfx.ops.use_backend), not of the run: config.json does not hold it.
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ import torch
 
 from nerfx import distributed, loop
 from nerfx.data.images import ImageDataError, load_image_dataset
-from nerfx.runs import CONFIG, RunError, read_run_json, write_json
+from nerfx.ops import chosen_backends, use_backend
+from nerfx.runs import CONFIG, RunError, add_backend_option, read_run_json, write_json
 
 METRICS = "metrics.json"
 
@@ -71,6 +74,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="ldm: take the autoencoder of this earlier ldm run (frozen)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override any preset setting (JSON values), e.g. --set depth=6")
+    add_backend_option(p)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, help="run folder (default runs/<data>-<model>-<time>)")
     p.add_argument("--resume", type=Path, help="run folder to continue")
@@ -84,6 +88,11 @@ def read_run_config(run: Path) -> dict:
     if config.get("model") not in trainer_modules():
         raise RunError(f"{run / CONFIG}: not an image-model run (model {config.get('model')!r})")
     return config
+
+
+def backends_of(model: str, device: torch.device | str) -> dict[str, str]:
+    """{op: backend} for the ops the model runs, under the run's backend setting."""
+    return chosen_backends(device, ops=trainer_modules()[model].OPS)
 
 
 def settings_for(args: argparse.Namespace, module: ModuleType) -> dict:
@@ -161,6 +170,7 @@ def train(args: argparse.Namespace) -> dict:
     metrics.update(steps=state.step, train_seconds=round(state.seconds, 1),
                    finish_seconds=round(time.perf_counter() - start, 1),
                    processes=distributed.world_size(),
+                   backends=backends_of(config["model"], device),
                    images_per_second=round(state.step * trainer.items_per_step
                                            * distributed.world_size()
                                            / max(state.seconds, 1e-9), 1))
@@ -173,7 +183,9 @@ def train(args: argparse.Namespace) -> dict:
 
 
 def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
     try:
-        return train(parse_args(argv))
+        with use_backend(args.backend):
+            return train(args)
     except (ImageDataError, RunError) as exc:
         raise SystemExit(f"nerfx.train: {exc}") from None

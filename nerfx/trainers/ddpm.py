@@ -16,6 +16,7 @@ from nerfx.models.ddpm import EMA, DiffusionConfig, GaussianDiffusion
 from nerfx.models.unet import UNet, UNetConfig
 
 MODEL = "ddpm"
+OPS: tuple[str, ...] = ("attention",)  # the nerfx.ops it runs
 # gpu: the paper's CIFAR-10 run [DDPM §4, App. B; official run_cifar.py]: 35.7M-parameter U-Net,
 # Adam 2e-4 with 5000 warm-up steps, batch 128, grad-norm clip 1, EMA 0.9999, 800k steps.
 # cpu / fast: a small U-Net on 16x16 images, minutes on 2 cores (shapes, not paper quality).

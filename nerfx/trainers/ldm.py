@@ -26,6 +26,7 @@ from nerfx import distributed
 from nerfx.data.images import ImageDataset
 from nerfx.images import save_grid
 from nerfx.loop import BatchStream
+from nerfx.models import without_run_settings
 from nerfx.models.ddpm import EMA
 from nerfx.models.ldm import (
     AutoencoderConfig,
@@ -42,6 +43,7 @@ from nerfx.models.unet import UNetConfig
 from nerfx.runs import CHECKPOINT, CONFIG, RunError, load_checkpoint
 
 MODEL = "ldm"
+OPS: tuple[str, ...] = ("attention",)  # the nerfx.ops it runs
 # gpu: the paper's components at 32x32 [KL-f4: configs/autoencoder/autoencoder_kl_64x64x3.yaml
 # (ch 128, ch_mult 1,2,4, 2 blocks, z 3 channels, kl_weight 1e-6, Adam betas (0.5, 0.9), lr
 # 4.5e-6 x batch as main.py scales base_learning_rate); latent U-Net as
@@ -84,13 +86,17 @@ PRESETS = {
 }
 
 
+# The "ae" and "unet" settings of runs saved before the attention backend became a run setting
+# hold an "attn_backend" key: without_run_settings drops it.
 def autoencoder_config(settings: dict, channels: int, size: int) -> AutoencoderConfig:
-    return AutoencoderConfig(resolution=size, in_channels=channels, **settings["ae"])
+    return AutoencoderConfig(resolution=size, in_channels=channels,
+                             **without_run_settings(settings["ae"]))
 
 
 def ldm_config(settings: dict, ae: AutoencoderConfig, num_classes: int) -> LDMConfig:
-    unet = UNetConfig(**{**settings["unet"], "resolution": ae.latent_resolution,
-                         "in_channels": ae.z_channels, "out_channels": ae.z_channels})
+    unet = UNetConfig(**{**without_run_settings(settings["unet"]),
+                         "resolution": ae.latent_resolution, "in_channels": ae.z_channels,
+                         "out_channels": ae.z_channels})
     return LDMConfig(num_classes=num_classes, context_dim=settings["context_dim"],
                      head_channels=settings["head_channels"],
                      transformer_depth=settings["transformer_depth"],

@@ -13,6 +13,7 @@ from nerfx.loop import BatchStream
 from nerfx.models.vae import VAE, VAEConfig
 
 MODEL = "vae"
+OPS: tuple[str, ...] = ()  # it runs no nerfx.ops
 # Adam as in the paper's experiments [K&W §5: AdaGrad/Adam-style SGD, minibatches of 100];
 # lr 1e-3 is the usual Adam setting for this model. Bernoulli likelihood on images in [0, 1].
 PRESETS = {

@@ -22,6 +22,7 @@ from nerfx.loop import BatchStream
 from nerfx.models.vit import ViT, vit_config
 
 MODEL = "vit"
+OPS: tuple[str, ...] = ("attention",)  # the nerfx.ops it runs
 # size: ViT-Ti/S/B/L [paper Table 1; Ti and S from DeiT]; patch 4 suits 16-32 px images.
 PRESETS = {
     "gpu": dict(size="Ti", patch_size=4, image_size=32, batch_size=256, lr=1e-3,

@@ -12,6 +12,7 @@ from nerfx.data.images import load_shapes
 from nerfx.models.ddim import DDIMConfig, DDIMSampler, ddim_timesteps, slerp
 from nerfx.models.ddpm import EMA, DiffusionConfig, GaussianDiffusion, beta_schedule
 from nerfx.models.unet import AttnBlock, UNet, UNetConfig, timestep_embedding
+from tests.helpers import outputs_per_attention_backend
 
 # ---------------------------------------------------------------------------------------------
 # schedules and closed forms
@@ -298,6 +299,18 @@ def test_unet_conditioning_hooks():
         model(x, t, context=ctx)
     with pytest.raises(ValueError, match="pass context"):
         model(x, t, y=torch.tensor([0, 1]))
+
+
+def test_the_run_setting_chooses_the_attention_backend(monkeypatch):
+    """use_backend("torch") runs the reference in every self- and cross-attention layer, "sdpa"
+    torch's SDPA; the predictions agree."""
+    torch.manual_seed(0)
+    model = UNet(UNetConfig.tiny(context_dim=6)).eval()
+    for p in model.parameters():  # leave the zero initialisation so attention reaches the output
+        p.data.add_(torch.randn_like(p) * 0.02)
+    x, t, ctx = torch.randn(2, 3, 16, 16), torch.tensor([3, 7]), torch.randn(2, 5, 6)
+    out = outputs_per_attention_backend(monkeypatch, model, lambda: model(x, t, context=ctx))
+    torch.testing.assert_close(out["sdpa"], out["torch"], rtol=1e-4, atol=1e-5)
 
 
 def test_timestep_embedding():

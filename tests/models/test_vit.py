@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from nerfx.models.layers import DropPath, TransformerBlock, drop_path
 from nerfx.models.vit import ViT, ViTConfig, resize_pos_embed, vit_config
-from nerfx.ops import MultiHeadAttention
+from tests.helpers import outputs_per_attention_backend
 
 
 def tiny_config(**overrides) -> ViTConfig:
@@ -95,14 +95,15 @@ def test_resize_keeps_the_interpolated_embeddings():
     torch.testing.assert_close(model(images), before)
 
 
-def test_attention_backends_agree():
+def test_the_run_setting_chooses_the_attention_backend(monkeypatch):
+    """use_backend("torch") runs the reference attention in every block, "sdpa" torch's SDPA;
+    the logits agree."""
     torch.manual_seed(0)
     model = ViT(tiny_config()).eval()
     torch.nn.init.normal_(model.head.weight)  # a non-zero head so the logits differ
     images = torch.randn(2, 3, 16, 16)
-    want = model.set_backend("torch")(images)
-    assert all(m.backend == "torch" for m in model.modules() if isinstance(m, MultiHeadAttention))
-    torch.testing.assert_close(model.set_backend("sdpa")(images), want)
+    out = outputs_per_attention_backend(monkeypatch, model, lambda: model(images))
+    torch.testing.assert_close(out["sdpa"], out["torch"])
 
 
 def test_transformer_block_cross_attention():

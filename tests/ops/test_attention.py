@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from nerfx import ref
-from nerfx.ops import BackendError, MultiHeadAttention, attention, attention_varlen
+from nerfx.ops import BackendError, MultiHeadAttention, attention, attention_varlen, use_backend
 from nerfx.ops.attention import BACKENDS, HEAD_DIMS
 from tests.helpers import TRITON_ON_CPU, assert_lowprec_close, has_triton, requires_cuda
 
@@ -234,12 +234,13 @@ def test_module_options_and_errors():
 @INTERP
 def test_module_triton_matches_torch_backend():
     torch.manual_seed(0)
-    mha = MultiHeadAttention(64, 2, cross_dim=40, backend="triton")
+    mha = MultiHeadAttention(64, 2, cross_dim=40)
     x, context = torch.randn(2, 9, 64, requires_grad=True), torch.randn(2, 13, 40)
-    got = mha(x, context)
+    with use_backend("triton"):
+        got = mha(x, context)
     (gx,) = torch.autograd.grad(got.square().sum(), x)
-    mha.backend = "torch"
-    want = mha(x, context)
+    with use_backend("torch"):
+        want = mha(x, context)
     (gx_want,) = torch.autograd.grad(want.square().sum(), x)
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(gx, gx_want, rtol=1e-4, atol=1e-5)
@@ -308,11 +309,12 @@ def test_auto_choice_and_environment_override(monkeypatch):
 def test_torch_compile_fullgraph(backend):
     torch._dynamo.reset()
     torch.manual_seed(0)
-    mha = MultiHeadAttention(32, 2, backend=backend)
+    mha = MultiHeadAttention(32, 2)
     x = torch.randn(2, 17, 32, requires_grad=True)
     compiled = torch.compile(mha, fullgraph=True)
-    got = compiled(x)
-    want = mha(x)
+    with use_backend(backend):  # traced, and run, under the run's setting
+        got = compiled(x)
+        want = mha(x)
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
     (gx,) = torch.autograd.grad(got.sum(), x)
     (gx_want,) = torch.autograd.grad(want.sum(), x)

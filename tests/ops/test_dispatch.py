@@ -31,6 +31,10 @@ def test_use_backend_overrides_the_environment(monkeypatch):
     assert chosen_backends("cpu")["composite_rays"] == "torch"
     with use_backend("auto"):
         assert chosen_backends("cpu")["composite_rays"] == "cpu"
+    with use_backend(None):  # a command line without --backend: the environment's setting
+        assert chosen_backends("cpu")["composite_rays"] == "torch"
+        with use_backend("sdpa"), use_backend(None):  # or the enclosing block's
+            assert chosen_backends("cpu", ops=["attention"]) == {"attention": "sdpa"}
 
 
 def test_use_backend_refuses_unknown_names():

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 
 import pytest
 import torch
 
 from nerfx import train, trainers
+from nerfx.ops._dispatch import REGISTRY
 from nerfx.runs import RunError
 
 TOY = {
@@ -50,6 +52,7 @@ def test_trains_writes_the_run_folder_and_resumes(tmp_path, toy_presets, model):
     assert config["model"] == model and config["settings"]["preset"] == "fast"
     assert json.loads((run / "metrics.json").read_text())["steps"] == 4
     assert (run / PICTURE[model]).stat().st_size > 0
+    assert metrics["backends"] == ({} if model == "vae" else {"attention": "sdpa"})
     if model == "vit":
         saved = json.loads((run / "metrics.json").read_text())
         assert sum(map(sum, saved["confusion"])) == 8 == saved["test_images"]
@@ -83,10 +86,37 @@ def test_bad_input_ends_with_a_message(tmp_path, toy_presets):
         trainers.read_run_config(tmp_path / "missing")
 
 
+def test_the_backend_is_a_setting_of_the_command(tmp_path, toy_presets, monkeypatch):
+    """--backend applies to training and sampling and metrics.json records it; config.json does
+    not hold it, so a resumed run takes the new command's (else NERFX_BACKEND's)."""
+    from nerfx import sample
+
+    op = importlib.import_module("nerfx.ops.attention")  # the module: nerfx.ops.attention is the op
+    calls = []
+    reference = op.reference_attention
+    monkeypatch.setattr(op, "reference_attention",
+                        lambda *args, **kwargs: calls.append(1) or reference(*args, **kwargs))
+    run = tmp_path / "ddpm"
+    metrics = train.main(["--model", "ddpm", "--data", "shapes", "--fast", "--device", "cpu",
+                          "--backend", "torch", "--out", str(run)])
+    assert metrics["backends"] == {"attention": "torch"} and calls
+    assert "backend" not in (run / "config.json").read_text()
+    calls.clear()
+    sample.main([str(run), "--steps", "2", "--n", "2", "--device", "cpu", "--backend", "torch"])
+    assert calls
+    monkeypatch.setenv("NERFX_BACKEND", "torch")
+    assert train.main(["--resume", str(run), "--steps", "5"])["backends"] == {"attention": "torch"}
+    resumed = train.main(["--resume", str(run), "--steps", "6", "--backend", "sdpa"])
+    assert resumed["backends"] == {"attention": "sdpa"}
+    with pytest.raises(SystemExit):
+        train.main(["--resume", str(run), "--backend", "flash"])
+
+
 def test_every_trainer_module_is_found():
     assert {"ddpm", "vae"} <= set(trainers.image_models())
     for module in trainers.trainer_modules().values():
         assert {"gpu", "cpu", "fast"} <= set(module.PRESETS)
+        assert set(module.OPS) <= set(REGISTRY)     # ops whose backends metrics.json records
 
 
 def test_sample_cli_draws_from_ddpm_and_vae_runs(tmp_path, toy_presets):

@@ -76,6 +76,23 @@ def test_autoencoder_from_an_earlier_run(tmp_path, toy):
         train.main(COMMON + ["--out", str(tmp_path / "bad")])
 
 
+def test_runs_saved_with_an_attention_backend_setting_still_load(tmp_path, toy):
+    """Older nerfx saved "attn_backend" in the model settings of config.json; it is a run
+    setting now (--backend), and the key is ignored: the model builds, resumes and samples."""
+    old = dict(TOY, ae=dict(TOY["ae"], attn_backend="torch"),
+               unet=dict(TOY["unet"], attn_backend="triton"))
+    build = trainers.trainer_modules()["ldm"].build_model
+    assert build(old, 3, 16, 8).state_dict().keys() == build(TOY, 3, 16, 8).state_dict().keys()
+    run = tmp_path / "run"
+    train.main(COMMON + ["--steps", "4", "--out", str(run)])
+    config = json.loads((run / "config.json").read_text())
+    config["settings"].update(ae=old["ae"], unet=old["unet"])
+    (run / "config.json").write_text(json.dumps(config))
+    assert train.main(["--resume", str(run), "--steps", "5"])["steps"] == 5
+    assert sample.main([str(run), "--steps", "2", "--class", "1", "--n", "2",
+                        "--device", "cpu"]).is_file()
+
+
 def test_guidance_evaluation(tmp_path, toy, monkeypatch):
     """finish() reports, per guidance scale, the Fréchet distance and the class accuracy of
     samples by nerfx's classifier (a quickly trained one here)."""
