@@ -22,6 +22,7 @@ from torch import nn
 
 from nerfx.models.nerf import NeRF, NeRFConfig
 from nerfx.models.ngp import InstantNGP, NGPConfig
+from nerfx.ops.adam import SkipZeroAdam
 from nerfx.render.inference import render_rays_compacting
 from nerfx.render.occupancy import OccupancyGrid
 from nerfx.render.renderer import render_rays
@@ -212,14 +213,25 @@ class NeRFPipeline(Pipeline):
         return self.nerf(rays_o, rays_d, background=background)[1]
 
 
-def make_optimizer(pipeline: nn.Module) -> torch.optim.Adam:
+def make_optimizer(pipeline: nn.Module) -> torch.optim.Optimizer:
     """Adam with the pipeline's settings, fused (one vectorised kernel for all parameters rather
-    than a loop over tensors) where torch supports it."""
+    than a loop over tensors) where torch supports it. Instant-NGP's hash table skips the entries
+    whose gradient is exactly 0, each bias-corrected by its own step count (paper sec. 4;
+    tiny-cuda-nn's Adam); NeRF keeps torch's Adam."""
     settings = dict(lr=pipeline.lr, betas=pipeline.betas, eps=pipeline.eps)
+    params: list = list(pipeline.parameters())
+    make: type[torch.optim.Optimizer] = torch.optim.Adam
+    if isinstance(pipeline, InstantNGPPipeline):
+        # The table leads pipeline.parameters(), so the groups keep torch Adam's order and
+        # checkpoints of earlier runs load, converted (SkipZeroAdam.load_state_dict).
+        table = {id(p) for p in pipeline.field.encoding.parameters()}
+        params = [{"params": [p for p in params if id(p) in table], "skip_zero": True},
+                  {"params": [p for p in params if id(p) not in table]}]
+        make = SkipZeroAdam
     try:
-        return torch.optim.Adam(pipeline.parameters(), fused=True, **settings)
+        return make(params, fused=True, **settings)
     except (RuntimeError, ValueError):  # a device or dtype without the fused kernel
-        return torch.optim.Adam(pipeline.parameters(), **settings)
+        return make(params, **settings)
 
 
 def _outer_box(aabb: list[float], cascades: int) -> list[float]:
