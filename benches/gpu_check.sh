@@ -62,7 +62,8 @@ python3 - "$run/metrics.json" <<'PY' 2>/dev/null | tee "$out/samples_per_ray.txt
 import json, sys
 m = json.load(open(sys.argv[1]))
 print("test PSNR at seconds:", m.get("test_psnr_at_seconds"))
-print("samples per ray at step:", m.get("samples_per_ray_at_step"))
+print("samples per ray at step (trained):", m.get("samples_per_ray_at_step"))
+print("samples per ray at step (marched, before compaction):", m.get("marched_per_ray_at_step"))
 PY
 echo "train: rc=$train_rc, total $((SECONDS - start)) s"
 fi

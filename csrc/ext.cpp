@@ -4,6 +4,7 @@
 
 #include <string>
 
+#include "adam/adam.h"
 #include "composite/composite.h"
 #include "hashgrid/hashgrid.h"
 #include "raymarch/raymarch.h"
@@ -51,6 +52,8 @@ TORCH_LIBRARY(nerfx, m) {
         "Tensor bitfield, float[] center, float[] half_size, int resolution, int cascades, "
         "float step_size, float cone_angle, int max_samples) "
         "-> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+  m.def("adam_step(Tensor(a!) param, Tensor grad, Tensor(b!) exp_avg, Tensor(c!) exp_avg_sq, "
+        "Tensor(d!) step, float lr, float beta1, float beta2, float eps) -> ()");
 }
 
 // The same implementations serve both devices: each op switches to its CUDA launcher inside.
@@ -59,7 +62,8 @@ TORCH_LIBRARY(nerfx, m) {
   m.impl("hash_encode_backward", &nerfx::hashgrid::backward);                  \
   m.impl("composite_rays", &nerfx::composite::forward);                        \
   m.impl("composite_rays_backward", &nerfx::composite::backward);              \
-  m.impl("march_rays", &nerfx::raymarch::march)
+  m.impl("march_rays", &nerfx::raymarch::march);                               \
+  m.impl("adam_step", &nerfx::adam::step)
 
 TORCH_LIBRARY_IMPL(nerfx, CPU, m) { NERFX_IMPLS(m); }
 

@@ -12,6 +12,7 @@ import glob
 import hashlib
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import tempfile
@@ -194,8 +195,12 @@ class BuildFlags:
     ldflags: list[str] = field(default_factory=lambda: ["-fopenmp"])
     library_dirs: list[str] = field(default_factory=list)
 
-    def define_args(self) -> list[str]:
-        return [f"-D{k}" if v is None else f"-D{k}={v}" for k, v in self.macros.items()]
+    def define_args(self, shell: bool = False) -> list[str]:
+        """-D flags; shell=True quotes each for a shell command line, which is how
+        torch.utils.cpp_extension.load's ninja file runs them (unquoted, the string macro
+        NERFX_CUDA_ARCHS="8.0;9.0+PTX" would lose its quotes and split at the ';')."""
+        args = [f"-D{k}" if v is None else f"-D{k}={v}" for k, v in self.macros.items()]
+        return [shlex.quote(a) for a in args] if shell else args
 
 
 def read_sources(csrc: Path) -> list[str]:

@@ -151,7 +151,7 @@ def build_cached(verbose: bool = False) -> tuple[Path, bool]:
                 os.environ["TORCH_CUDA_ARCH_LIST"] = archs
         flags = _build.build_flags(csrc, decision.build, toolkit, sys.path,
                                    archs or "visible GPUs", scratch / "cudart")
-        defines = flags.define_args()
+        defines = flags.define_args(shell=True)  # cpp_extension.load runs them through a shell
         ldflags = flags.ldflags + [f"-L{d}" for d in flags.library_dirs]
         try:
             built = cpp_extension.load(

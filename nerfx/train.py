@@ -34,6 +34,7 @@ from nerfx.models.pipelines import (
     build_pipeline,
     make_optimizer,
     optimize_step,
+    regroup_optimizer_state,
 )
 from nerfx.ops import chosen_backends, use_backend
 from nerfx.render.evaluate import evaluate_views, mean_scores
@@ -169,7 +170,8 @@ class RadianceFieldTask:
         self.generator = torch.Generator(device).manual_seed(seed)
         self.batch_rays = self.items_per_step = cfg["batch_rays"]
         self.clock_psnr: dict[int, float] = {}  # seconds trained -> test PSNR
-        self.samples_per_ray: dict[int, float] = {}  # step -> field samples per ray
+        self.samples_per_ray: dict[int, float] = {}  # step -> field samples trained per ray
+        self.marched_per_ray: dict[int, float] = {}  # step -> samples marched per ray
         self.samples_total, self.step_seconds = 0, 0.0  # this process's, for samples/s
 
     def train_step(self, step: int) -> dict[str, float]:
@@ -183,6 +185,8 @@ class RadianceFieldTask:
         self.samples_total += result.n_samples
         if on_curve(step + 1) or step == 0:
             self.samples_per_ray[step + 1] = round(result.n_samples / n_rays, 1)
+            if result.n_marched is not None:  # before compaction
+                self.marched_per_ray[step + 1] = round(result.n_marched / n_rays, 1)
         self.batch_rays = self.pipeline.next_batch_rays(n_rays, result.n_samples,
                                                         self.cfg["batch_samples"])
         mse = result.mse.item()  # waits for the device: the step's time is all in
@@ -209,11 +213,13 @@ class RadianceFieldTask:
                 "scaler": self.scaler.state_dict(), "rng": self.generator.get_state(),
                 "ema": self.ema.state_dict() if self.ema is not None else {},
                 "batch_rays": self.batch_rays, "clock_psnr": json.dumps(self.clock_psnr),
-                "samples_per_ray": json.dumps(self.samples_per_ray)}
+                "samples_per_ray": json.dumps(self.samples_per_ray),
+                "marched_per_ray": json.dumps(self.marched_per_ray)}
 
     def load_state_dict(self, state: dict) -> None:
         self.pipeline.load_state_dict(state["pipeline"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        self.optimizer.load_state_dict(
+            regroup_optimizer_state(self.pipeline, self.optimizer, state["optimizer"]))
         self.scaler.load_state_dict(state["scaler"])
         if self.ema is not None:
             if state.get("ema"):
@@ -225,6 +231,8 @@ class RadianceFieldTask:
         self.clock_psnr = {int(k): v for k, v in json.loads(state["clock_psnr"]).items()}
         self.samples_per_ray = {int(k): v for k, v in
                                 json.loads(state.get("samples_per_ray", "{}")).items()}
+        self.marched_per_ray = {int(k): v for k, v in
+                                json.loads(state.get("marched_per_ray", "{}")).items()}
 
     @staticmethod
     def upgrade_checkpoint(payload: dict) -> dict:
@@ -305,6 +313,8 @@ def train(args: argparse.Namespace) -> dict:
         "backends": chosen_backends(device),
         "test_psnr_at_seconds": {str(k): round(v, 3) for k, v in sorted(clock_psnr.items())},
         "samples_per_ray_at_step": {str(k): v for k, v in sorted(samples_per_ray.items())},
+        "marched_per_ray_at_step": {str(k): v for k, v in
+                                    sorted(task.marched_per_ray.items())},
         "video": video.name if video else None,
     }
     write_json(out / "metrics.json", metrics)

@@ -229,3 +229,21 @@ def test_first_use_cache_compiles_once_under_concurrency(tmp_path, monkeypatch):
     assert (path_a.parent / "build.json").is_file()
     assert not list(path_a.parent.parent.glob("*.build-*"))      # no scratch left behind
     assert _ext.build_cached() == (path_a, False)                  # later: from the cache
+
+
+def test_string_macros_survive_the_first_use_builds_shell(tmp_path):
+    """cpp_extension.load writes the flags into a ninja file whose commands run in a shell: the
+    CUDA archs macro must reach the compiler as a C string literal, ';' and quotes included."""
+    import subprocess
+
+    toolkit = make_toolkit(tmp_path / "cuda")
+    flags = _build.build_flags(Path(_build.__file__).parent / "_csrc"
+                               if (Path(_build.__file__).parent / "_csrc").is_dir()
+                               else Path(__file__).parents[1] / "csrc", True,
+                               found(tmp_path, {"CUDA_HOME": str(toolkit)}), [],
+                               "8.0;9.0+PTX", tmp_path / "cudart")
+    line = " ".join(flags.define_args(shell=True))
+    echoed = subprocess.run(["sh", "-c", f"printf '%s\\n' {line}"], capture_output=True,
+                            text=True, check=True).stdout.splitlines()
+    assert '-DNERFX_CUDA_ARCHS="8.0;9.0+PTX"' in echoed
+    assert echoed == flags.define_args()  # the shell hands the compiler the unquoted list

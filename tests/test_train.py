@@ -31,6 +31,8 @@ def test_train_writes_outputs_and_resumes(tmp_path, data):
     saved = json.loads((run / "metrics.json").read_text())
     assert saved["test_psnr"] == metrics["test_psnr"] and saved["test_psnr"] > 5
     assert saved["backends"]["hash_encode"] == "cpu"
+    trained, marched = saved["samples_per_ray_at_step"], saved["marched_per_ray_at_step"]
+    assert trained.keys() == marched.keys() and all(trained[k] <= marched[k] for k in trained)
     for name in ("renders/test_000.png", "renders/depth_000.png", saved["video"]):
         assert (run / name).stat().st_size > 0
     with Image.open(run / "renders" / "test_000.png") as img:

@@ -23,6 +23,7 @@ from torch import nn
 from nerfx.models import without_run_settings
 from nerfx.models.nerf import NeRF, NeRFConfig
 from nerfx.models.ngp import InstantNGP, NGPConfig
+from nerfx.ops.adam import SkipZeroAdam
 from nerfx.render.inference import render_rays_compacting
 from nerfx.render.occupancy import OccupancyGrid
 from nerfx.render.renderer import render_rays_counted
@@ -170,10 +171,11 @@ class InstantNGPPipeline(Pipeline):
         return {"cone_angle": 0.0 if aabb_scale <= 1 else 1 / 256}
 
     def param_groups(self) -> list[dict]:
-        """The hash table undecayed, the MLPs' weight matrices with L2, their biases without."""
+        """The hash table (skipping entries whose gradient is exactly 0, undecayed), the MLPs'
+        weight matrices with L2, their biases without."""
         table = list(self.field.encoding.parameters())
         rest = [p for name, p in self.named_parameters() if not name.startswith("field.encoding")]
-        return [{"params": table, "weight_decay": 0.0},
+        return [{"params": table, "weight_decay": 0.0, "skip_zero": True},
                 {"params": [p for p in rest if p.dim() >= 2],
                  "weight_decay": self.mlp_weight_decay},
                 {"params": [p for p in rest if p.dim() < 2], "weight_decay": 0.0}]
@@ -277,14 +279,37 @@ class NeRFPipeline(Pipeline):
         return self.nerf(rays_o, rays_d, background=background)[1]
 
 
-def make_optimizer(pipeline: nn.Module) -> torch.optim.Adam:
-    """Adam with the pipeline's settings, fused (one vectorised kernel for all parameters rather
-    than a loop over tensors) where torch supports it."""
+def make_optimizer(pipeline: Pipeline) -> torch.optim.Optimizer:
+    """Adam with the pipeline's settings over its parameter groups, fused (one vectorised kernel
+    for all parameters rather than a loop over tensors) where torch supports it. Groups marked
+    skip_zero (Instant-NGP's hash table) skip the entries whose gradient is exactly 0, each
+    bias-corrected by its own step count (paper sec. 4; tiny-cuda-nn's Adam): SkipZeroAdam.
+    NeRF keeps torch's Adam."""
     settings = dict(lr=pipeline.lr, betas=pipeline.betas, eps=pipeline.eps)
+    groups = pipeline.param_groups()
+    make = SkipZeroAdam if any(g.get("skip_zero") for g in groups) else torch.optim.Adam
     try:
-        return torch.optim.Adam(pipeline.param_groups(), fused=True, **settings)
+        return make(groups, fused=True, **settings)
     except (RuntimeError, ValueError):  # a device or dtype without the fused kernel
-        return torch.optim.Adam(pipeline.param_groups(), **settings)
+        return make(groups, **settings)
+
+
+def regroup_optimizer_state(pipeline: Pipeline, optimizer: torch.optim.Optimizer,
+                            state: dict) -> dict:
+    """An optimiser state saved with every parameter in one group, in pipeline.parameters()
+    order (nerfx before parameter groups), laid out as `optimizer`'s groups; other states as
+    they are. Each parameter keeps its own moments whatever group it moved to."""
+    saved = state["param_groups"]
+    if len(saved) != 1 or len(optimizer.param_groups) == 1:
+        return state
+    position = {id(p): i for i, p in enumerate(pipeline.parameters())}
+    if len(saved[0]["params"]) != len(position):
+        raise ValueError(f"the saved optimiser holds {len(saved[0]['params'])} parameters, this "
+                         f"model {len(position)}: the checkpoint belongs to another model")
+    groups = [{**{k: v for k, v in group.items() if k != "params"},
+               "params": [saved[0]["params"][position[id(p)]] for p in group["params"]]}
+              for group in optimizer.param_groups]
+    return {"state": state["state"], "param_groups": groups}
 
 
 def _outer_box(aabb: list[float], cascades: int) -> list[float]:

@@ -5,11 +5,12 @@ automatic choice; `chosen_backends(device)` says what each op runs under it.
 """
 
 from nerfx.ops._dispatch import BackendError, chosen_backends, use_backend
+from nerfx.ops.adam import SkipZeroAdam, adam_step
 from nerfx.ops.attention import MultiHeadAttention, attention, attention_varlen
 from nerfx.ops.composite import Composited, composite_rays
 from nerfx.ops.hashgrid import HashGridEncoding, hash_encode
 from nerfx.ops.raymarch import RaySamples, march_rays
 
 __all__ = ["BackendError", "Composited", "HashGridEncoding", "MultiHeadAttention", "RaySamples",
-           "attention", "attention_varlen", "chosen_backends", "composite_rays", "hash_encode",
-           "march_rays", "use_backend"]
+           "SkipZeroAdam", "adam_step", "attention", "attention_varlen", "chosen_backends",
+           "composite_rays", "hash_encode", "march_rays", "use_backend"]

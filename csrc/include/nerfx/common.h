@@ -31,6 +31,24 @@ NERFX_HD inline T exp_of(T v) {
 #endif
 }
 
+template <typename T>
+NERFX_HD inline T expm1_of(T v) {
+#ifdef __CUDA_ARCH__
+  return ::expm1(v);
+#else
+  return std::expm1(v);
+#endif
+}
+
+template <typename T>
+NERFX_HD inline T sqrt_of(T v) {
+#ifdef __CUDA_ARCH__
+  return ::sqrt(v);
+#else
+  return std::sqrt(v);
+#endif
+}
+
 // min and max that compile to one instruction on the CPU (std::fmin/fmax are library calls
 // there, for their NaN rules); CUDA's fminf/fmaxf are single instructions already. For inputs
 // that are not NaN the results are the same.

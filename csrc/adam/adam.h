@@ -1,0 +1,30 @@
+// Adam step skipping zero-gradient entries: launcher declarations and the registered op.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include "nerfx/adam.h"
+
+namespace nerfx::adam {
+
+// One parameter tensor's Adam state, all with the parameter's n entries, contiguous, one device:
+//   param      [n] float, double or half (any shape; read flat), updated in place
+//   grad       [n] param's dtype
+//   exp_avg    [n] state dtype: float for float and half params, double for double; in place
+//   exp_avg_sq [n] state dtype, in place
+//   step       [n] int32, the steps each entry took, in place
+struct State {
+  at::Tensor param, grad, exp_avg, exp_avg_sq, step;
+};
+
+void step_cpu(const State& state, double lr, double beta1, double beta2, double eps);
+#ifdef NERFX_WITH_CUDA
+void step_cuda(const State& state, double lr, double beta1, double beta2, double eps);
+#endif
+
+// The registered op nerfx::adam_step: updates param, exp_avg, exp_avg_sq and step in place.
+void step(const at::Tensor& param, const at::Tensor& grad, const at::Tensor& exp_avg,
+          const at::Tensor& exp_avg_sq, const at::Tensor& step, double lr, double beta1,
+          double beta2, double eps);
+
+}  // namespace nerfx::adam
