@@ -34,6 +34,12 @@ _OVERRIDE: contextvars.ContextVar[str | None] = contextvars.ContextVar("nerfx_ba
                                                                       default=None)
 
 
+# Inside a use_backend block: (op, device type) -> the backends chosen there (per call, or per
+# trace under torch.compile), so that a run records what really ran.
+_RAN: contextvars.ContextVar[dict[tuple[str, str], set[str]] | None] = \
+    contextvars.ContextVar("nerfx_backends_ran", default=None)
+
+
 def run_backend() -> str:
     """The run's backend setting: use_backend's, else NERFX_BACKEND's, else "auto"."""
     name = _OVERRIDE.get()
@@ -54,16 +60,16 @@ def use_backend(name: str | None) -> Iterator[None]:
     torch.compile reads the setting when it traces: a function compiled under one setting keeps
     that choice (call torch._dynamo.reset() before compiling under another).
     """
-    if name is None:
-        yield
-        return
-    if name not in backend_names():
+    if name is not None and name not in backend_names():
         raise BackendError(f"unknown backend {name!r}; choose from {backend_names()}")
-    token = _OVERRIDE.set(name)
+    token = _OVERRIDE.set(name) if name is not None else None
+    record = _RAN.set({})  # what ops run inside the block: chosen_backends reports it
     try:
         yield
     finally:
-        _OVERRIDE.reset(token)
+        _RAN.reset(record)
+        if token is not None:
+            _OVERRIDE.reset(token)
 
 
 def backend_names() -> list[str]:
@@ -187,7 +193,11 @@ REGISTRY: dict[str, OpBackends] = {}
 def _choose(op: str, requested: str, device_type: str, dtypes: tuple[torch.dtype, ...],
             problem: tuple = ()) -> str:
     # Evaluated eagerly when torch.compile traces an op: the choice is a constant of the graph.
-    return REGISTRY[op].choose(requested, device_type, dtypes, problem)
+    name = REGISTRY[op].choose(requested, device_type, dtypes, problem)
+    ran = _RAN.get()
+    if ran is not None:
+        ran.setdefault((op, device_type), set()).add(name)
+    return name
 
 
 def register(op: OpBackends) -> OpBackends:
@@ -197,9 +207,13 @@ def register(op: OpBackends) -> OpBackends:
 
 def chosen_backends(device: torch.device | str, dtype: torch.dtype = torch.float32,
                     ops: Iterable[str] | None = None) -> dict[str, str]:
-    """What each registered op (or each of `ops`) runs on `device` for `dtype` tensors with
-    backend="auto", under the run's setting (use_backend or NERFX_BACKEND):
-    {op: backend, or "none (why)"}. Asking about a compiled op loads the extension."""
+    """What each registered op (or each of `ops`) runs on `device`: inside a use_backend block,
+    the backends it has run there, where it has (e.g. "sdpa, triton" when some calls had a head
+    dim the Triton kernel does not take); else what backend="auto" picks for `dtype` tensors
+    under the run's setting (use_backend or NERFX_BACKEND): {op: backends, or "none (why)"}.
+    Asking about a compiled op that has not run loads the extension."""
     device = torch.device(device)
     names = sorted(REGISTRY) if ops is None else sorted(ops)
-    return {name: REGISTRY[name].describe(device, (dtype,)) for name in names}
+    ran = _RAN.get() or {}
+    return {name: ", ".join(sorted(ran[name, device.type])) if (name, device.type) in ran
+            else REGISTRY[name].describe(device, (dtype,)) for name in names}

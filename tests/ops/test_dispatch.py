@@ -55,3 +55,20 @@ def test_the_module_follows_the_run_setting():
     with use_backend("torch"):
         want = enc(x)
     torch.testing.assert_close(enc(x), want)
+
+
+def test_chosen_backends_reports_what_ran_in_the_block():
+    """A run records the backends its ops really ran, fallbacks included: attention with a
+    head dim over the Triton kernel's limit runs SDPA even where Triton is the choice."""
+    from nerfx.ops import attention
+
+    q = torch.randn(1, 2, 5, 8)
+    with use_backend("torch"):
+        assert chosen_backends("cpu", ops=["attention"]) == {"attention": "torch"}  # predicted
+        attention(q, q, q, backend="sdpa")
+        attention(q, q, q)
+        assert chosen_backends("cpu", ops=["attention"]) == {"attention": "sdpa, torch"}
+    with use_backend("torch"):  # a new block records afresh
+        assert chosen_backends("cpu", ops=["attention"]) == {"attention": "torch"}
+    attention(q, q, q)  # outside any block nothing is recorded
+    assert chosen_backends("cpu", ops=["attention"]) == {"attention": "sdpa"}
