@@ -128,8 +128,9 @@ def load_image_dataset(spec: str | ImageSpec, split: str = "train", size: int | 
                        seed: int = 0, n: int | None = None) -> ImageDataset:
     """Loads a split of the dataset a spec names, resized to size x size when size is given.
 
-    seed and n apply to `shapes` (which images, how many) and to the folder split;
-    `shapes` defaults to 32 x 32 and SHAPES_SIZES images.
+    seed applies to `shapes` (which images) and to the folder split; n keeps the first n images
+    of any split (of `shapes`: how many to draw); `shapes` defaults to 32 x 32 and SHAPES_SIZES
+    images.
     """
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
@@ -142,7 +143,7 @@ def load_image_dataset(spec: str | ImageSpec, split: str = "train", size: int | 
     elif spec.kind == "cifar10":
         data = load_cifar10(spec.path, split)
     else:
-        return load_image_folder(spec.path, split, size=size, seed=seed)
+        data = load_image_folder(spec.path, split, size=size, seed=seed)
     if n is not None:
         data = ImageDataset(data.images[:n], data.labels[:n], data.classes, data.name)
     return resize_dataset(data, size) if size else data

@@ -298,6 +298,8 @@ def test_folder_train_test_layout_and_resize(tmp_path):
     _write_folder(tmp_path / "test", per_class=2, size=20, mode="L")
     ds = load_image_dataset(f"folder:{tmp_path}", "test", size=8)
     assert ds.images.shape == (4, 3, 8, 8)  # RGB: the training images are, so both splits
+    first = load_image_dataset(f"folder:{tmp_path}", "test", size=8, n=3)
+    assert torch.equal(first.images, ds.images[:3]) and torch.equal(first.labels, ds.labels[:3])
     _write_folder(tmp_path / "train", per_class=3, size=20, mode="L")
     grey = load_image_folder(tmp_path, "test")
     assert grey.images.shape == (4, 1, 20, 20)
