@@ -77,10 +77,16 @@ def write_png(path: str | os.PathLike, image: np.ndarray | torch.Tensor) -> Path
 
 
 def save_grid(images: torch.Tensor, path: str | os.PathLike, nrow: int | None = None,
-              value_range: tuple[float, float] = (-1.0, 1.0), padding: int = 2) -> Path:
-    """Saves images [B, C, H, W] in value_range as one PNG grid (atomically); returns the path."""
-    grid = make_grid(images.detach().float().cpu(), nrow=nrow, padding=padding,
-                     pad_value=value_range[1])
+              value_range: tuple[float, float] = (-1.0, 1.0), padding: int = 2,
+              min_side: int = 48) -> Path:
+    """Saves images [B, C, H, W] in value_range as one PNG grid (atomically); returns the path.
+    Images smaller than min_side pixels are enlarged by a whole factor, each pixel a square
+    block (16x16 samples show at 48x48), so small samples can be seen without a viewer's blur."""
+    images = images.detach().float().cpu()
+    scale = max(1, -(-min_side // max(images.shape[-2:])))  # ceil(min_side / side)
+    if scale > 1:
+        images = images.repeat_interleave(scale, dim=-2).repeat_interleave(scale, dim=-1)
+    grid = make_grid(images, nrow=nrow, padding=padding, pad_value=value_range[1])
     return write_png(path, to_uint8(grid, value_range))
 
 

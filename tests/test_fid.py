@@ -53,3 +53,30 @@ def test_eval_fid_writes_the_table(tmp_path, monkeypatch):
     assert list((tmp_path / "cache" / "fid").glob("featurenet-*.pt"))
     with pytest.raises(SystemExit, match="not a nerfx run folder"):
         eval_fid.main([str(tmp_path / "nothing")])
+
+
+def test_eval_fid_adds_ddpm_ancestral_row(tmp_path, monkeypatch):
+    """Without --no-ddpm the table has DDPM's row: ancestral sampling through all T steps
+    (here the run's model on a 10-step schedule, to keep the test short)."""
+    from nerfx import eval_fid, train, trainers
+    from nerfx.models.ddpm import DiffusionConfig, GaussianDiffusion
+    from tests.trainers.test_image_trainers import TOY
+
+    monkeypatch.setenv("NERFX_CACHE", str(tmp_path / "cache"))
+    module = trainers.trainer_modules()["ddpm"]
+    monkeypatch.setitem(module.PRESETS, "fast", TOY["ddpm"])
+    monkeypatch.setattr(fid, "train_feature_net",
+                        lambda data, **kw: fid.FeatureNet(data.channels, len(data.classes)).eval())
+    load_trained = module.load_trained
+
+    def on_ten_steps(*args):
+        model, _ = load_trained(*args)
+        return model, GaussianDiffusion(DiffusionConfig(timesteps=10))
+
+    monkeypatch.setattr(module, "load_trained", on_ten_steps)
+    run = tmp_path / "run"
+    train.main(["--model", "ddpm", "--data", "shapes", "--fast", "--device", "cpu",
+                "--out", str(run)])
+    table = eval_fid.main([str(run), "--steps", "2", "--eta", "0", "--n", "8", "--device", "cpu"])
+    assert table["ddpm (T=10)"] >= 0
+    assert "ddpm (T=10)" in (run / "fid.md").read_text()

@@ -49,6 +49,9 @@ class DiffusionConfig:
     variance: str = "fixed_large"  # σ_t² = β_t [official run_cifar.py: model_var_type
     #                                 fixedlarge] or "fixed_small": β̃_t
     clip_denoised: bool = True  # clip x̂_0 to [-1, 1] when sampling [official: clip_denoised]
+    min_snr_gamma: float | None = None  # None: the simple loss [DDPM eq. 14]; γ: each example's
+    #   loss weighted as if it were on x_0 with weight min(SNR_t, γ) [Hang et al. 2023, "Min-SNR
+    #   weighting", §3.4: γ = 5]
 
     def __post_init__(self) -> None:
         for name, value, allowed in (("schedule", self.schedule, SCHEDULES),
@@ -58,6 +61,9 @@ class DiffusionConfig:
                 raise ValueError(f"DiffusionConfig.{name} must be one of {allowed}, got {value!r}")
         if self.timesteps < 1:
             raise ValueError(f"DiffusionConfig.timesteps must be >= 1, got {self.timesteps}")
+        if self.min_snr_gamma is not None and not self.min_snr_gamma > 0:
+            raise ValueError(f"DiffusionConfig.min_snr_gamma must be > 0 or None, got "
+                             f"{self.min_snr_gamma}")
 
 
 def beta_schedule(name: str, timesteps: int, beta_start: float = 1e-4,
@@ -166,10 +172,26 @@ class GaussianDiffusion:
 
     # --- training ------------------------------------------------------------------------
 
+    def snr(self, t: Tensor) -> Tensor:
+        """SNR_t = ᾱ_t / (1 - ᾱ_t) [B], float64."""
+        a = self.alphas_cumprod[t.cpu()]
+        return a / (1.0 - a)
+
+    def loss_weights(self, t: Tensor) -> Tensor:
+        """Min-SNR-γ weights [B] for the objective's squared error [Hang et al. 2023, eq. 10 and
+        §3.4]: the x_0 error weighted by min(SNR, γ) is, in terms of the objective's error,
+        ε: min(SNR, γ) / SNR; x_0: min(SNR, γ); v: min(SNR, γ) / (SNR + 1)."""
+        snr = self.snr(t)
+        clipped = snr.clamp(max=self.config.min_snr_gamma)
+        obj = self.config.objective
+        weight = clipped / snr if obj == "eps" else clipped if obj == "x0" else clipped / (snr + 1)
+        return weight.to(device=t.device, dtype=torch.float32)
+
     def loss(self, model: Denoiser, x0: Tensor, t: Tensor | None = None,
              noise: Tensor | None = None, generator: torch.Generator | None = None,
              model_kwargs: dict | None = None) -> Tensor:
-        """The simple loss: mean over the batch and pixels of |target - model(x_t, t)|².
+        """The simple loss: mean over the batch and pixels of |target - model(x_t, t)|²
+        (each example weighted by `loss_weights` when min_snr_gamma is set).
 
         t ~ U{0..T-1} and ε ~ N(0, I) unless given                        [DDPM Algorithm 1]
         """
@@ -181,7 +203,11 @@ class GaussianDiffusion:
             noise = _randn_like(x0, generator)
         xt = self.q_sample(x0, t, noise)
         out = model(xt, t, **(model_kwargs or {}))
-        return (out.float() - self.target(x0, t, noise).float()).pow(2).mean()
+        error = (out.float() - self.target(x0, t, noise).float()).pow(2)  # [B, ...]
+        if self.config.min_snr_gamma is None:
+            return error.mean()
+        per_example = error.flatten(1).mean(1)  # [B]
+        return (self.loss_weights(t) * per_example).mean()
 
     # --- sampling ------------------------------------------------------------------------
 

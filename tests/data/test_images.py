@@ -359,10 +359,15 @@ def test_make_grid_layout():
 
 def test_save_grid_writes_png(tmp_path):
     images = torch.rand(6, 3, 8, 8) * 2 - 1
-    path = save_grid(images, tmp_path / "sub" / "grid.png", nrow=3, padding=0)
+    path = save_grid(images, tmp_path / "sub" / "grid.png", nrow=3, padding=0, min_side=8)
     back = np.asarray(Image.open(path))
     assert back.shape == (16, 24, 3)
     assert np.array_equal(back[:8, 8:16], to_uint8(images[1]).permute(1, 2, 0).numpy())
+    # Small images are enlarged by whole pixels: 8 -> 24 for min_side 20 (x3).
+    big = np.asarray(Image.open(save_grid(images, tmp_path / "big.png", nrow=3, padding=0,
+                                          min_side=20)))
+    assert big.shape == (48, 72, 3)
+    assert np.array_equal(big[::3, ::3], back) and np.array_equal(big[2::3, 1::3], back)
     assert [p.name for p in (tmp_path / "sub").iterdir()] == ["grid.png"]  # no temporary left
     grey = write_png(tmp_path / "g.png", torch.zeros(1, 4, 5, dtype=torch.uint8))
     assert np.asarray(Image.open(grey)).shape == (4, 5)

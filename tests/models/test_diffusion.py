@@ -112,6 +112,32 @@ def test_simple_loss_is_mse_on_the_target():
     assert zero.item() == pytest.approx(target.pow(2).mean().item(), rel=1e-6)
 
 
+@pytest.mark.parametrize("objective", ["eps", "x0", "v"])
+@pytest.mark.parametrize("schedule", ["linear", "cosine"])
+def test_min_snr_loss_is_the_clipped_snr_weighted_x0_error(objective, schedule):
+    """Whatever the objective, the Min-SNR-γ loss is the mean over examples of
+    min(SNR_t, γ) |x̂_0 - x_0|² (per-pixel mean) [Hang et al. 2023, eq. 10]."""
+    gamma = 5.0
+    d = GaussianDiffusion(DiffusionConfig(schedule=schedule, objective=objective,
+                                          min_snr_gamma=gamma))
+    gen = torch.Generator().manual_seed(3)
+    x0 = torch.rand(5, 3, 4, 4, generator=gen, dtype=torch.float64) * 2 - 1
+    noise = torch.randn(x0.shape, generator=gen, dtype=torch.float64)
+    t = torch.tensor([0, 17, 250, 640, 999])  # SNR from far above γ to far below it
+    out = torch.randn(x0.shape, generator=gen, dtype=torch.float64)
+    loss = d.loss(lambda xt, tt: out, x0, t, noise)
+    xt = d.q_sample(x0, t, noise)
+    x0_hat, _ = d.predict(out, xt, t)
+    ab = d.alphas_cumprod[t]
+    snr = ab / (1 - ab)
+    expected = (snr.clamp(max=gamma) * (x0_hat - x0).pow(2).mean((1, 2, 3))).mean()
+    torch.testing.assert_close(loss.double(), expected, rtol=1e-5, atol=0)
+    # Not the simple loss in disguise: the weights are not all 1.
+    assert not torch.allclose(d.loss_weights(t).double(), torch.ones(5, dtype=torch.float64))
+    with pytest.raises(ValueError, match="min_snr_gamma"):
+        DiffusionConfig(min_snr_gamma=0.0)
+
+
 # ---------------------------------------------------------------------------------------------
 # samplers
 

@@ -32,6 +32,8 @@ TOY = {
                 fid_samples=0, final_per_class=2, scale_images=16, train_images=16,
                 test_images=8),
 }
+# A 16x16 sample in a grid: enlarged x3 by save_grid (min_side 48), plus 2 pixels of padding.
+CELL = 16 * 3 + 2
 PICTURE = {"ddpm": "samples.png", "vae": "samples.png", "vit": "confusion.png",
            "ldm": "samples.png"}
 
@@ -132,11 +134,11 @@ def test_sample_cli_draws_from_ddpm_and_vae_runs(tmp_path, toy_presets):
     b = sample.main([str(tmp_path / "ddpm"), "--steps", "3", "--n", "4", "--seed", "1",
                      "--device", "cpu", "--out", str(tmp_path / "again.png")])
     with Image.open(a) as first, Image.open(b) as second:      # seeds make sampling repeatable
-        assert first.size == (2 + 4 * 18, 2 + 18) and first.tobytes() == second.tobytes()
+        assert first.size == (2 + 4 * CELL, 2 + CELL) and first.tobytes() == second.tobytes()
     strip = sample.main([str(tmp_path / "ddpm"), "--steps", "2", "--n", "5",
                          "--interpolate", "1,2", "--device", "cpu"])
     with Image.open(strip) as img:
-        assert img.size == (2 + 5 * 18, 2 + 18)
+        assert img.size == (2 + 5 * CELL, 2 + CELL)
     out = sample.main([str(tmp_path / "vae"), "--n", "4", "--device", "cpu"])
     assert out.is_file() and out.with_name(out.stem + "_interpolation.png").is_file()
     with pytest.raises(SystemExit, match="not a nerfx run folder"):

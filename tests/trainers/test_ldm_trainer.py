@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from nerfx import fid, sample, train, trainers
+from tests.trainers.test_image_trainers import CELL
 from tests.trainers.test_image_trainers import TOY as SHARED_TOY
 
 # The shared toy preset, a little longer (3 autoencoder steps of 6), without mid-run pictures.
@@ -121,11 +122,11 @@ def test_sample_cli_on_an_ldm_run(tmp_path, toy):
     again = sample.main(args + ["--guidance", "3", "--class", "triangle", "--n", "3",
                                 "--out", str(tmp_path / "again.png")])    # class 2 by name
     with Image.open(one) as a, Image.open(again) as b:
-        assert a.size == (2 + 3 * 18, 2 + 18) and a.tobytes() == b.tobytes()
+        assert a.size == (2 + 3 * CELL, 2 + CELL) and a.tobytes() == b.tobytes()
     assert "class2_guidance3" in one.name
     grid = sample.main(args + ["--per-class", "2"])                        # every class
     with Image.open(grid) as img:
-        assert img.size == (2 + 2 * 18, 2 + 8 * 18)                       # a row per class
+        assert img.size == (2 + 2 * CELL, 2 + 8 * CELL)  # a row per class
     assert "guidance3" in grid.name                                        # the run's default
     with pytest.raises(SystemExit, match="classes are 0..7"):
         sample.main(args + ["--class", "8"])
