@@ -79,15 +79,19 @@ def evaluate(args: argparse.Namespace) -> dict:
     for steps in args.steps:
         for eta in args.eta:
             sampler = DDIMSampler(diffusion, DDIMConfig(steps=steps, eta=eta))
-            images = draw(lambda k, g, s=sampler: s.sample(model, (k, *shape), g, args.device),
+            images = draw(lambda k, g, s=sampler: s.sample(model, (k, *shape), g, args.device,
+                                                           progress=True),
                           args.n, args.batch, args.seed)
             table["ddim"][f"S={steps}, eta={eta:g}"] = distance(images)
             print(f"DDIM S={steps:<4} eta={eta:g}: {table['ddim'][f'S={steps}, eta={eta:g}']}",
                   flush=True)
     if not args.no_ddpm:
-        images = draw(lambda k, g: diffusion.sample(model, (k, *shape), g, args.device),
+        images = draw(lambda k, g: diffusion.sample(model, (k, *shape), g, args.device,
+                                                    progress=True),
                       args.n, args.batch, args.seed)
         table[f"ddpm (T={diffusion.num_timesteps})"] = distance(images)
+        print(f"DDPM T={diffusion.num_timesteps}: {table[f'ddpm (T={diffusion.num_timesteps})']}",
+              flush=True)
     write_json(args.run / "fid.json", table)
     markdown = to_markdown(table, args)
     (args.run / "fid.md").write_text(markdown)
