@@ -4,9 +4,10 @@ samples against the test images for S steps and η, and DDPM's ancestral sampler
     python -m nerfx.eval_fid runs/shapes-ddpm-... --steps 10,20,50,100 --eta 0,1 --n 1000
 
 The distance is on features of a classifier nerfx trains on the run's dataset (nerfx.fid):
-comparable between nerfx runs on the same data and size, not with published FIDs. The floor is
-printed too: the distance between the training and test images themselves. The table is written
-to RUN/fid.json and RUN/fid.md.
+comparable between nerfx runs on the same data and size, not with published FIDs. Every row
+compares n samples with all the test images (up to 10,000); the floor is n training images
+against the same test images, i.e. what a perfect model would score with n samples. The table is
+written to RUN/fid.json and RUN/fid.md.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from nerfx.data.images import ImageDataError, load_image_dataset
 from nerfx.models.ddim import DDIMConfig, DDIMSampler
 from nerfx.ops import use_backend
 from nerfx.runs import CHECKPOINT, RunError, add_backend_option, load_checkpoint, write_json
+
+REFERENCE_IMAGES = 10_000  # test images the distances are measured against, at most
 
 
 def int_list(text: str) -> list[int]:
@@ -38,7 +41,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--steps", type=int_list, default=[10, 20, 50, 100], help="DDIM steps S")
     p.add_argument("--eta", type=float_list, default=[0.0, 1.0], help="DDIM η values")
     p.add_argument("--no-ddpm", action="store_true", help="skip DDPM's T-step row")
-    p.add_argument("--n", type=int, default=1000, help="samples per entry (and test images)")
+    p.add_argument("--n", type=int, default=1000,
+                   help="samples per entry (and training images for the floor)")
     p.add_argument("--batch", type=int, default=250, help="samples drawn at once")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -69,12 +73,17 @@ def evaluate(args: argparse.Namespace) -> dict:
                               args.device)
     test = load_image_dataset(config["data"], "test", size=size, seed=config["seed"])
     train = load_image_dataset(config["data"], "train", size=size, seed=config["seed"])
-    reference = fid.statistics(net, test.float(index=slice(0, args.n)))
+    # The reference: every test image (at most REFERENCE_IMAGES); the floor: n training images
+    # against it, as many as each row's samples (a distance on 500 images moves by a few units
+    # with the draw, so the floor shows the noise level too).
+    reference = fid.statistics(net, test.float(
+        index=fid.spread_indices(len(test), REFERENCE_IMAGES)))
 
     def distance(images: torch.Tensor) -> float:
         return round(fid.frechet_distance(*fid.statistics(net, images), *reference), 4)
 
-    table = {"floor (train vs test images)": distance(train.float(index=slice(0, args.n))),
+    floor = distance(train.float(index=fid.spread_indices(len(train), args.n)))
+    table = {"floor (train vs test images)": floor,
              "n": args.n, "backends": trainers.backends_of("ddpm", args.device), "ddim": {}}
     for steps in args.steps:
         for eta in args.eta:

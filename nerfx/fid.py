@@ -82,6 +82,12 @@ def feature_net_for(spec: str, size: int, cache: Path, seed: int = 0,
 
 
 @torch.no_grad()
+def spread_indices(count: int, n: int, seed: int = 0) -> Tensor:
+    """min(n, count) distinct indices into a set of count images, by a seeded permutation: not
+    the first n, since a folder's images come sorted by class."""
+    return torch.randperm(count, generator=torch.Generator().manual_seed(seed))[:n]
+
+
 def statistics(net: FeatureNet, images: Tensor, chunk: int = 256) -> tuple[Tensor, Tensor]:
     """Mean [F] and covariance [F, F] (float64) of the features of images [N, C, H, W]."""
     device = next(net.parameters()).device

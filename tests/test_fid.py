@@ -23,6 +23,17 @@ def test_frechet_distance_of_gaussians_matches_the_closed_form():
     assert fid.frechet_distance(mu1, rot(a), mu2, rot(b)) == pytest.approx(want.item(), rel=1e-6)
 
 
+def test_spread_indices_sample_every_class_of_a_sorted_folder():
+    """A folder's images come sorted by class: the images a distance uses are a seeded draw,
+    not the first n (the first 100 of these 1000 would all be class 0)."""
+    labels = torch.arange(1000) // 100  # [1000] ten classes, sorted
+    chosen = fid.spread_indices(1000, 100)
+    assert len(set(chosen.tolist())) == 100
+    assert set(labels[chosen].tolist()) == set(range(10))
+    assert torch.equal(chosen, fid.spread_indices(1000, 100))  # the same draw every time
+    assert sorted(fid.spread_indices(5, 100).tolist()) == [0, 1, 2, 3, 4]
+
+
 def test_same_set_is_zero_and_shifts_grow():
     x = torch.randn(500, 8, dtype=torch.float64)
     stats = (x.mean(0), torch.cov(x.T))

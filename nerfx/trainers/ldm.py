@@ -356,17 +356,18 @@ class Trainer:
     def _evaluate(self, net: torch.nn.Module, n: int) -> dict:
         from nerfx import fid
 
-        test = self.test_set.float(index=slice(0, n))
+        chosen = fid.spread_indices(len(self.test_set), n)
+        test, test_labels = self.test_set.float(index=chosen), self.test_set.labels[chosen]
         reference = fid.statistics(net, test)
         labels = torch.arange(n) % len(self.classes)
+        train = self.train_set.float(index=fid.spread_indices(len(self.train_set), n))
         out: dict = {"n": n, "chance": round(1 / len(self.classes), 4),
-                     "test_accuracy": _accuracy(net, test, self.test_set.labels[:n]),
+                     "test_accuracy": _accuracy(net, test, test_labels),
                      "reconstruction_accuracy": _accuracy(
                          net, torch.cat([self.model.autoencoder.reconstruct(c.to(self.device))
-                                         for c in test.split(256)]), self.test_set.labels[:n]),
-                     "floor": round(fid.frechet_distance(
-                         *fid.statistics(net, self.train_set.float(index=slice(0, n))),
-                         *reference), 4)}
+                                         for c in test.split(256)]), test_labels),
+                     "floor": round(fid.frechet_distance(*fid.statistics(net, train),
+                                                         *reference), 4)}
         for g in self.settings["guidance_eval"]:
             images = torch.cat([self.sample(labels[i:i + 256], g, seed=self.seed + 10 + i)
                                 for i in range(0, n, 256)])
