@@ -88,6 +88,7 @@ def spread_indices(count: int, n: int, seed: int = 0) -> Tensor:
     return torch.randperm(count, generator=torch.Generator().manual_seed(seed))[:n]
 
 
+@torch.no_grad()
 def statistics(net: FeatureNet, images: Tensor, chunk: int = 256) -> tuple[Tensor, Tensor]:
     """Mean [F] and covariance [F, F] (float64) of the features of images [N, C, H, W]."""
     device = next(net.parameters()).device

@@ -51,6 +51,12 @@ def make_grid(images: torch.Tensor, nrow: int | None = None, padding: int = 2,
     return grid
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def write_png(path: str | os.PathLike, image: np.ndarray | torch.Tensor) -> Path:
     """Writes a uint8 image ([H, W], [H, W, C], or a [C, H, W] tensor) as PNG, atomically."""
     if isinstance(image, torch.Tensor):
@@ -69,6 +75,7 @@ def write_png(path: str | os.PathLike, image: np.ndarray | torch.Tensor) -> Path
     try:
         with os.fdopen(fd, "wb") as f:
             Image.fromarray(np.ascontiguousarray(image)).save(f, format="PNG")
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; readable as any other file
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

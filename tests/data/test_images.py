@@ -369,6 +369,9 @@ def test_save_grid_writes_png(tmp_path):
     assert big.shape == (48, 72, 3)
     assert np.array_equal(big[::3, ::3], back) and np.array_equal(big[2::3, 1::3], back)
     assert [p.name for p in (tmp_path / "sub").iterdir()] == ["grid.png"]  # no temporary left
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask  # as open() would make it, not 0600
     grey = write_png(tmp_path / "g.png", torch.zeros(1, 4, 5, dtype=torch.uint8))
     assert np.asarray(Image.open(grey)).shape == (4, 5)
     with pytest.raises(ValueError, match="uint8"):
