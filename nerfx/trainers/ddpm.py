@@ -54,7 +54,7 @@ PRESETS = {
                 steps=800_000, save_every=5000, snapshot_every=10_000, sample_steps=50),
     "cpu": _CPU,             # about 30 minutes on 1 CPU thread (from the step time; quality
     #                          not measured past 16000 steps)
-    # fast: the cpu recipe, shorter: 9 min 24 s on 2 idle cores (551 s of training). Its
+    # fast: the cpu recipe, shorter: 9 min 7 s on 2 idle cores (532 s of training). Its
     # Fréchet distances by `nerfx.eval_fid RUN` (1000 samples): DDIM-50 26.3 at η = 0, 22.6 at
     # η = 1, DDPM-1000 16.4; floor 1.4. train_images, test_images: how many shapes images are
     # drawn [CPU choice].
