@@ -81,7 +81,6 @@ def feature_net_for(spec: str, size: int, cache: Path, seed: int = 0,
     return net
 
 
-@torch.no_grad()
 def spread_indices(count: int, n: int, seed: int = 0) -> Tensor:
     """min(n, count) distinct indices into a set of count images, by a seeded permutation: not
     the first n, since a folder's images come sorted by class."""

@@ -20,8 +20,9 @@ OPS: tuple[str, ...] = ("attention",)  # the nerfx.ops it runs
 # gpu: the paper's CIFAR-10 run [DDPM §4, App. B; official run_cifar.py]: 35.7M-parameter U-Net,
 # linear β schedule, ε-prediction, Adam 2e-4 with 5000 warm-up steps, batch 128, grad-norm
 # clip 1, EMA 0.9999, 800k steps.
-# cpu / fast: CPU choices for the built-in shapes, measured with nerfx.eval_fid (Fréchet distance
-# of 500 DDIM-50 η=0 samples; floor 2.55) on 1 thread of a loaded 2-core VM, 2026-11-27:
+# cpu / fast: CPU choices for the built-in shapes, measured with nerfx.eval_fid as it was then
+# (Fréchet distance of 500 DDIM-50 η=0 samples against the first 500 test images; floor 2.55;
+# a single draw moves by several units) on 1 thread of a loaded 2-core VM, 2026-11-27:
 #   the old fast preset (linear, ε, lr 1e-3, EMA 0.995, batch 32, 2500 steps): 199;
 #   batch 32, lr 2e-3, EMA 0.999, 6000 steps: linear ε 96, cosine ε 80, cosine v 47
 #   (lr 4e-3: 70; 3 levels (1,2,2) with attention at 8: 75, at 4 (linear ε): 137);
