@@ -18,6 +18,18 @@ import numpy as np
 from PIL import Image
 
 
+def write_folder(scans: np.ndarray, labels: np.ndarray, out: Path) -> int:
+    """scans [N, H, W] with grey levels 0..16, labels [N] -> out/<label>/<index>.png; returns N."""
+    if out.exists() and any(out.iterdir()):
+        raise SystemExit(f"{out}: not empty; choose a new folder")
+    images = np.rint(scans * (255 / 16)).astype(np.uint8)  # [N, H, W], 0..16 -> 0..255
+    for index, (image, label) in enumerate(zip(images, labels, strict=True)):
+        folder = out / str(label)
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image).save(folder / f"{index:04d}.png")
+    return len(images)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("out", type=Path, help="folder to write (created; must be empty)")
@@ -27,15 +39,9 @@ def main(argv: list[str] | None = None) -> None:
     except ImportError:
         raise SystemExit("tools/digits_folder.py needs scikit-learn: "
                          "pip install scikit-learn") from None
-    if args.out.exists() and any(args.out.iterdir()):
-        raise SystemExit(f"{args.out}: not empty; choose a new folder")
     digits = load_digits()
-    images = np.rint(digits.images * (255 / 16)).astype(np.uint8)  # [N, 8, 8], 0..16 -> 0..255
-    for index, (image, label) in enumerate(zip(images, digits.target, strict=True)):
-        folder = args.out / str(label)
-        folder.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(image).save(folder / f"{index:04d}.png")
-    print(f"{args.out}: {len(images)} images in {len(set(digits.target))} class folders")
+    count = write_folder(digits.images, digits.target, args.out)
+    print(f"{args.out}: {count} images in {len(set(digits.target))} class folders")
 
 
 if __name__ == "__main__":
