@@ -5,10 +5,12 @@
 #   and from `python -m nerfx.train --scene lego --fast` on the GPU: train.log, metrics.json
 #   (test PSNR over time, and samples per ray by step: how fast the occupancy grid prunes),
 #   a few test renders and the turntable.
-# usage: benches/gpu_check.sh OUT_DIR [all|check|train]
-#   check: build, tests, benchmarks (about 5 minutes on an H100/H200); train: the main job only
-#   (about 4 minutes, after check has built nerfx); all (default): both. Where one command may
-#   run at most 10 minutes, run check and train as two calls.
+# usage: benches/gpu_check.sh OUT_DIR [all|check|bench|train]
+#   check: build and tests; bench: build and benchmarks; train: the main job only (after a build);
+#   all (default): the three. On an H100 (2026-11-27) the build took under a minute, and the
+#   benchmarks did not finish in 8 minutes: where one command may run at most 10 minutes, run
+#   check, bench and train as three calls. The tests run in 8 processes (pytest-xdist) where it
+#   is installed, so a test that crashes its process (a segfault) is reported and the rest run.
 set -uo pipefail
 out=$(realpath -m "${1:?usage: benches/gpu_check.sh OUT_DIR [all|check|train]}")
 what=${2:-all}
@@ -35,19 +37,25 @@ echo "build: $((SECONDS - start)) s"
 python3 -m nerfx.info >>"$out/info.txt" 2>&1
 cat "$out/info.txt"
 
-python3 -m pytest tests -q -rs -p no:cacheprovider >"$out/tests.log" 2>&1
+if [ "$what" != bench ]; then
+xdist=$(python3 -c 'import xdist' 2>/dev/null && echo "-n 8")
+python3 -m pytest tests -q -rs -p no:cacheprovider $xdist >"$out/tests.log" 2>&1
 tests_rc=$?
-tail -15 "$out/tests.log"
+grep -E "FAILED|ERROR|crashed|Segmentation" "$out/tests.log" | head -20
+tail -3 "$out/tests.log"
 echo "tests: rc=$tests_rc, $((SECONDS - start)) s"
+fi
 
+if [ "$what" != check ]; then
 NERFX_BENCH_MD="$out/bench.md" python3 -m pytest benches --benchmark-only -q -p no:cacheprovider \
-  --benchmark-json="$out/bench.json" >"$out/bench.log" 2>&1
+  --benchmark-json="$out/bench.json" --durations=15 >"$out/bench.log" 2>&1
 bench_rc=$?
 cat "$out/bench.md" 2>/dev/null || tail -30 "$out/bench.log"
 echo "benchmarks: rc=$bench_rc, $((SECONDS - start)) s"
 fi
+fi
 
-if [ "$what" != check ]; then
+if [ "$what" = all ] || [ "$what" = train ]; then
 
 # The main job on the GPU (the checkpoint stays behind: it is too big to bring back).
 run=$(mktemp -d)/lego-fast
