@@ -16,7 +16,16 @@ import os
 import sys
 from pathlib import Path
 
+import setuptools
 from setuptools import find_packages, setup
+
+# pyproject.toml's `license = "MIT"` is a PEP 639 expression, which setuptools reads from 77.0
+# on; older ones stop with a riddle about `project.license`. Python 3.11's venv ships 65.5, and
+# `--no-build-isolation` builds with whatever is installed.
+MIN_SETUPTOOLS = 77
+if int(setuptools.__version__.split(".")[0]) < MIN_SETUPTOOLS:
+    sys.exit(f"nerfx: building needs setuptools >= {MIN_SETUPTOOLS}, this environment has "
+             f"{setuptools.__version__}: run `pip install 'setuptools>={MIN_SETUPTOOLS}'` first")
 
 ROOT = Path(__file__).parent.resolve()
 CSRC = ROOT / "csrc"
