@@ -38,6 +38,12 @@ python3 -m nerfx.info >>"$out/info.txt" 2>&1
 cat "$out/info.txt"
 
 if [ "$what" != bench ]; then
+# Which compiled argument checks crash instead of raising (the H100 segfault of 2026-11-27),
+# then the test file that crashed, alone, with its native stack on a crash.
+python3 benches/probe_op_errors.py 2>&1 | tee "$out/probe_op_errors.log"
+python3 -X faulthandler -m pytest tests/ops/test_adam.py -q -p no:cacheprovider \
+  >"$out/test_adam.log" 2>&1
+echo "tests/ops/test_adam.py alone: rc=$?"; tail -3 "$out/test_adam.log"
 xdist=$(python3 -c 'import xdist' 2>/dev/null && echo "-n 8")
 python3 -m pytest tests -q -rs -p no:cacheprovider $xdist >"$out/tests.log" 2>&1
 tests_rc=$?
