@@ -56,8 +56,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> forward(
     const at::Tensor& t_end, const at::Tensor& offsets, double threshold) {
   const Packed in = checked(sigmas, rgbs, t_start, t_end, offsets);
   const int64_t n_rays = offsets.numel() - 1;
-  Outputs out{at::zeros({n_rays, 3}, sigmas.options()), at::zeros({n_rays}, sigmas.options()),
-              at::zeros({n_rays}, sigmas.options()), at::zeros_like(in.sigmas)};
+  // No zero-fill: with offsets rising from 0 to S every ray writes its totals and every sample
+  // its weight (0 past the threshold), on both devices.
+  Outputs out{at::empty({n_rays, 3}, sigmas.options()), at::empty({n_rays}, sigmas.options()),
+              at::empty({n_rays}, sigmas.options()), at::empty_like(in.sigmas)};
   if (n_rays > 0) {
 #ifdef NERFX_WITH_CUDA
     if (sigmas.is_cuda()) {
@@ -95,8 +97,9 @@ std::tuple<at::Tensor, at::Tensor> backward(
                       weights.contiguous()};
   const Outputs grads{grad_color.contiguous(), grad_opacity.contiguous(), grad_depth.contiguous(),
                       grad_weights.numel() == 0 ? at::Tensor() : grad_weights.contiguous()};
-  at::Tensor grad_sigmas = at::zeros_like(in.sigmas);
-  at::Tensor grad_rgbs = at::zeros_like(in.rgbs);
+  // Every sample writes both gradients (0 past the threshold): no zero-fill.
+  at::Tensor grad_sigmas = at::empty_like(in.sigmas);
+  at::Tensor grad_rgbs = at::empty_like(in.rgbs);
   if (offsets.numel() > 1) {
 #ifdef NERFX_WITH_CUDA
     if (sigmas.is_cuda()) {

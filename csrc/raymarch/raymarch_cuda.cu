@@ -39,8 +39,14 @@ __global__ void fill_kernel(int64_t n_rays, RayPtrs rays, MarchParams p,
   const int64_t r = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (r >= n_rays) return;
   RayMarcher m = marcher_of(rays, p, r);
-  for (int64_t i = offsets[r];
-       i < offsets[r + 1] && m.next(t_start[i], t_end[i], positions + i * 3); ++i) {
+  // next() writes every candidate it tests, kept or not: into registers, and only kept samples
+  // go to global memory (through the global arrays the bitfield's byte loads could alias them,
+  // forcing a store per candidate).
+  float start, end, position[3];
+  for (int64_t i = offsets[r]; i < offsets[r + 1] && m.next(start, end, position); ++i) {
+    t_start[i] = start;
+    t_end[i] = end;
+    for (int a = 0; a < 3; ++a) positions[i * 3 + a] = position[a];
   }
 }
 
@@ -52,7 +58,7 @@ Marched march_cuda(const Rays& rays, const MarchParams& p) {
   const auto f32 = rays.origins.options();
   const unsigned blocks = unsigned((n + kThreads - 1) / kThreads);
   auto stream = at::cuda::getCurrentCUDAStream();
-  at::Tensor counts = at::zeros({n}, f32.dtype(at::kLong));
+  at::Tensor counts = at::empty({n}, f32.dtype(at::kLong));  // every ray writes its count
   at::Tensor resume = at::empty({n}, f32);
   at::Tensor offsets = at::zeros({n + 1}, f32.dtype(at::kLong));
   if (n > 0) {

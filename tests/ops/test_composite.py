@@ -153,6 +153,28 @@ def test_early_termination_gives_no_gradient_past_it(backend, device):
     assert (grad_sigmas[dead] == 0).all()
 
 
+@pytest.mark.parametrize("backend,device", BACKENDS)
+def test_every_output_entry_is_written(backend, device):
+    """The kernels allocate their outputs and gradients unfilled: with torch's deterministic mode
+    every unfilled entry starts as NaN, so one a kernel forgets (an empty ray, a sample past the
+    threshold) shows."""
+    counts = [5, 0, 40, 1, 0, 17]
+    inputs = packed(counts, device=device, seed=3, density=200.0)  # the 40 terminate early
+    want = run_with_grads(lambda *a: ref.composite_rays(*a), *inputs)
+    fill = torch.utils.deterministic.fill_uninitialized_memory
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.utils.deterministic.fill_uninitialized_memory = True
+    try:
+        assert torch.empty(4, device=device).isnan().all()  # the fill is on
+        got = run_with_grads(lambda *a: composite_rays(*a, backend=backend), *inputs)
+    finally:
+        torch.use_deterministic_algorithms(False)
+        torch.utils.deterministic.fill_uninitialized_memory = fill
+    assert (got[3] == 0).any(), "some samples should lie past the threshold"
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+
+
 def test_bad_input_is_named():
     sigmas, rgbs, t0, t1, offsets = packed([2, 3])
     with pytest.raises(ValueError, match="rgbs must be"):
