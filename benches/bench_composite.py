@@ -1,5 +1,10 @@
 """Compositing 2^18 rays x 64 packed samples (GPU; 2^14 rays on the CPU), forward and
 forward+backward: every backend, the padded PyTorch reference, and nerfacc when importable.
+
+Compositing is memory-bound, so each row also gives its effective bandwidth over the bytes that
+must move, beside a device copy of as many bytes ("copy"): the forward reads sigma, t_start,
+t_end and rgb and writes the weights (28 B a sample in fp32); the backward reads the four again
+and writes dsigma and drgb (40 B), 68 B a sample for forward+backward.
 """
 
 from __future__ import annotations
@@ -14,7 +19,8 @@ from nerfx.ref.composite import composite_rays_padded
 
 RAYS = {"cpu": 2**14, "cuda": 2**18}
 SAMPLES = 64
-IMPLS = ["torch", "torch-padded", "cpu", "cuda", "nerfacc"]
+IMPLS = ["torch", "torch-padded", "cpu", "cuda", "nerfacc", "copy"]
+BYTES_PER_SAMPLE = {"fwd": 4 + 4 + 4 + 12 + 4, "fwd+bwd": 28 + 24 + 4 + 12}  # fp32, see above
 
 
 def make_samples(n_rays: int, device: str):
@@ -58,6 +64,15 @@ def implementation(impl: str, device: str, n_rays: int):
 @pytest.mark.parametrize("mode", ["fwd", "fwd+bwd"])
 def test_composite_rays(benchmark, device, impl, mode):
     n_rays = RAYS[device]
+    nbytes = BYTES_PER_SAMPLE[mode] * n_rays * SAMPLES
+    benchmark.extra_info["bytes"] = nbytes
+    group = f"composite_rays {mode} {device} {n_rays}x{SAMPLES}"
+    if impl == "copy":  # reads nbytes / 2 and writes as many
+        source = torch.ones(nbytes // 2, dtype=torch.uint8, device=device)
+        target = torch.empty_like(source)
+        run_benchmark(benchmark, lambda: target.copy_(source), device, group=group,
+                      items=n_rays * SAMPLES, unit="samples")
+        return
     inputs = make_samples(n_rays, device)
     fn = implementation(impl, device, n_rays)
 
@@ -70,5 +85,4 @@ def test_composite_rays(benchmark, device, impl, mode):
         torch.autograd.grad(color.sum(), inputs[:2])
 
     run_benchmark(benchmark, forward if mode == "fwd" else forward_backward, device,
-                  group=f"composite_rays {mode} {device} {n_rays}x{SAMPLES}",
-                  items=n_rays * SAMPLES, unit="samples")
+                  group=group, items=n_rays * SAMPLES, unit="samples")

@@ -3,7 +3,9 @@
 Each benchmark sets `benchmark.group` (what is compared) and `extra_info["items"]` (points, rays
 or samples per call). At the end of a run the groups are printed as markdown with the median
 time, items per second and the speed relative to the group's reference (`torch`), and written
-to the file named by NERFX_BENCH_MD when set.
+to the file named by NERFX_BENCH_MD when set. A group whose benchmarks give `extra_info["bytes"]`
+(what the op must read and write) also gets the effective bandwidth, and beside a `copy` row
+(a device copy moving as many bytes) the fraction of that bandwidth each reaches.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import os
 import pytest
 import torch
 
-from benches.helpers import REFERENCE
+from benches.helpers import COPY, REFERENCE
 
 
 def _markdown(benchmarks) -> str:
@@ -23,17 +25,31 @@ def _markdown(benchmarks) -> str:
             groups.setdefault(bench.group or "", []).append(bench)
     out = []
     for group, members in sorted(groups.items()):
-        ref = next((b for b in members if b.params and b.params.get("impl") == REFERENCE), None)
-        out += [f"\n### {group}\n", "| impl | median (ms) | rounds | items/s | vs reference |",
-                "| --- | ---: | ---: | ---: | ---: |"]
+        def impl_of(bench) -> str:
+            return (bench.params or {}).get("impl", bench.name)
+
+        ref = next((b for b in members if impl_of(b) == REFERENCE), None)
+        copy = next((b for b in members if impl_of(b) == COPY), None)
+        moved = any("bytes" in b.extra_info for b in members)
+        head = "| impl | median (ms) | rounds | items/s | vs reference |"
+        rule = "| --- | ---: | ---: | ---: | ---: |"
+        if moved:
+            head += " GB/s | of copy |"
+            rule += " ---: | ---: |"
+        out += [f"\n### {group}\n", head, rule]
         for bench in sorted(members, key=lambda b: b.stats.median):
             median = bench.stats.median
             items = bench.extra_info.get("items", 0)
             unit = bench.extra_info.get("unit", "items")
             ratio = f"{ref.stats.median / median:.2f}x" if ref is not None else "n/a"
-            impl = (bench.params or {}).get("impl", bench.name)
-            out.append(f"| {impl} | {median * 1e3:.3f} | {bench.stats.rounds} | "
-                       f"{items / median:.3e} {unit}/s | {ratio} |")
+            line = (f"| {impl_of(bench)} | {median * 1e3:.3f} | {bench.stats.rounds} | "
+                    f"{items / median:.3e} {unit}/s | {ratio} |")
+            if moved:
+                nbytes = bench.extra_info.get("bytes", 0)
+                fraction = (f"{copy.stats.median / median:.0%}"
+                            if copy is not None and nbytes else "n/a")
+                line += f" {nbytes / median / 1e9:.0f} | {fraction} |" if nbytes else " | |"
+            out.append(line)
     return "\n".join(out) + "\n"
 
 

@@ -6,14 +6,22 @@ or samples per call); benches/conftest.py prints the groups side by side at the 
 
 from __future__ import annotations
 
+import os
 import time
 
 import torch
 
 REFERENCE = "torch"  # the implementation every group is compared with
+COPY = "copy"  # a device copy of the bytes a memory-bound op must move: its bandwidth ceiling
+DEVICES_VAR = "NERFX_BENCH_DEVICES"  # e.g. "cuda": benchmark only there (gpu_check.sh)
+
 
 def devices() -> list[str]:
-    return ["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"]
+    """The devices to benchmark on: cpu and, where there is one, cuda; NERFX_BENCH_DEVICES
+    (comma-separated) narrows that."""
+    found = ["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"]
+    wanted = os.environ.get(DEVICES_VAR)
+    return [d for d in found if d in wanted.split(",")] if wanted else found
 
 
 def synchronize(device: str) -> None:

@@ -1,0 +1,101 @@
+"""Every CUDA kernel of nerfx._C once, at small awkward sizes, for compute-sanitizer.
+
+    PYTORCH_NO_CUDA_MEMORY_CACHING=1 compute-sanitizer --tool memcheck \
+        python3 benches/sanitize_kernels.py
+
+(benches/gpu_check.sh runs it under memcheck, racecheck and initcheck.) Without torch's caching
+allocator each tensor is its own allocation, so an access past a tensor's end is out of bounds
+for the sanitizer too. The hash grid runs in fp32, fp16 and fp64 with both gradients, the march
+with one and two cascades, constant and cone steps, a ray capped and resumed, compositing with
+empty rays and rays past the transmittance threshold, and the sparse Adam step. Prints each
+kernel it ran and the checksum of its outputs; exits 0 when every call returned.
+`--device cpu` runs the same calls on the cpu backend (a check of this script without a GPU).
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+
+import torch
+
+
+def main(device: str) -> int:
+    if device == "cuda" and not torch.cuda.is_available():
+        print("sanitize_kernels: no CUDA device")
+        return 1
+    from nerfx.ops import (
+        HashGridEncoding,
+        SkipZeroAdam,
+        composite_rays,
+        hash_encode,
+        march_rays,
+    )
+    from nerfx.render import OccupancyGrid
+
+    gen = torch.Generator(device).manual_seed(0)
+
+    def report(name: str, *tensors: torch.Tensor) -> None:
+        total = sum(float(t.detach().double().abs().sum()) for t in tensors if t.numel())
+        print(f"{name:48s} checksum {total:.6g}", flush=True)
+
+    # Hash grid: a small grid with dense and hashed levels, N = 1000 (not a multiple of a block).
+    for dtype in (torch.float32, torch.float16, torch.float64):
+        enc = HashGridEncoding(n_levels=5, log2_hashmap_size=10, base_resolution=3,
+                               finest_resolution=40, dtype=dtype).to(device)
+        x_dtype = torch.float64 if dtype == torch.float64 else torch.float32
+        x = torch.rand(1000, 3, generator=gen, device=device, dtype=x_dtype).requires_grad_()
+        out = hash_encode(x, enc.params, backend=device, **enc.config)
+        grads = torch.autograd.grad(out.square().sum(), (x, enc.params))
+        report(f"hash_encode fwd+bwd {dtype}", out, *grads)
+
+    # March: a random half-full grid, rays from outside, some capped at 7 samples and resumed.
+    for cascades, cone_angle in ((1, 0.0), (2, 0.0), (2, 1 / 64)):
+        grid = OccupancyGrid([-1, -1, -1, 1, 1, 1], resolution=16, cascades=cascades).to(device)
+        bits = torch.randint(0, 256, grid.bitfield.shape, generator=gen, device=device)
+        grid.bitfield.copy_(bits.to(torch.uint8))
+        d = torch.nn.functional.normalize(torch.randn(777, 3, generator=gen, device=device), dim=-1)
+        o = -3 * d + 0.2 * torch.randn(777, 3, generator=gen, device=device)
+        kwargs = dict(step_size=math.sqrt(3) / 64, cone_angle=cone_angle)
+        full = march_rays(o, d, grid, **kwargs, backend=device, perturb=True, generator=gen)
+        capped = march_rays(o, d, grid, **kwargs, backend=device, max_samples=7)
+        resumed = march_rays(o, d, grid, **kwargs, backend=device, near=capped.resume)
+        report(f"march_rays cascades={cascades} cone={cone_angle:g}", full.t_start,
+               full.positions, capped.t_start, resumed.t_start)
+
+    # Compositing: rays of 0 to 70 samples, dense enough that some end past the threshold.
+    counts = torch.randint(0, 71, (501,), generator=gen, device=device)
+    counts[::7] = 0
+    offsets = torch.cat([counts.new_zeros(1), counts.cumsum(0)])
+    n = int(offsets[-1])
+    t_start = torch.rand(n, generator=gen, device=device).sort().values * 4 + 2
+    t_end = t_start + 0.05
+    for dtype in (torch.float32, torch.float64):
+        sigmas = (torch.rand(n, generator=gen, device=device) * 100).to(dtype).requires_grad_()
+        rgbs = torch.rand(n, 3, generator=gen, device=device, dtype=dtype).requires_grad_()
+        out = composite_rays(sigmas, rgbs, t_start.to(dtype), t_end.to(dtype), offsets,
+                             backend=device)
+        grads = torch.autograd.grad(out.color.sum() + out.depth.sum() + out.weights.sum(),
+                                    (sigmas, rgbs))
+        report(f"composite_rays fwd+bwd {dtype}", *out, *grads)
+
+    # Sparse Adam on a table whose gradient is half zeros.
+    for dtype in (torch.float32, torch.float16, torch.float64):
+        table = torch.nn.Parameter(torch.randn(1025, generator=gen, device=device).to(dtype))
+        opt = SkipZeroAdam([{"params": [table], "skip_zero": True}], lr=1e-2, betas=(0.9, 0.99),
+                           eps=1e-15)
+        for _ in range(3):
+            grad = torch.randn(1025, generator=gen, device=device).to(dtype)
+            grad[torch.rand(1025, generator=gen, device=device) < 0.5] = 0
+            table.grad = grad
+            opt.step()
+        report(f"adam_step {dtype}", table.detach())
+
+    if device == "cuda":
+        torch.cuda.synchronize()
+    print("sanitize_kernels: every kernel ran")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[sys.argv.index("--device") + 1] if "--device" in sys.argv else "cuda"))
