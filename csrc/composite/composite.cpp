@@ -1,6 +1,8 @@
 // Volume compositing: argument checks, allocation and the device switch, shared by CPU and CUDA.
 #include "composite/composite.h"
 
+#include <utility>
+
 namespace nerfx::composite {
 namespace {
 
@@ -14,9 +16,15 @@ Packed checked(const at::Tensor& sigmas, const at::Tensor& rgbs, const at::Tenso
               "composite_rays: t_start and t_end must be [S]");
   TORCH_CHECK(offsets.dim() == 1 && offsets.numel() >= 1 && offsets.scalar_type() == at::kLong,
               "composite_rays: offsets must be int64 [n_rays + 1]");
-  for (const at::Tensor* t : {&rgbs, &t_start, &t_end}) {
-    TORCH_CHECK(t->scalar_type() == sigmas.scalar_type(),
-                "composite_rays: sigmas, rgbs, t_start and t_end must share a dtype");
+  const at::ScalarType type = t_start.scalar_type();
+  TORCH_CHECK((type == at::kFloat || type == at::kDouble) && t_end.scalar_type() == type,
+              "composite_rays: t_start and t_end must both be float32 or both float64, got ",
+              type, " and ", t_end.scalar_type());
+  for (const auto& [name, t] : {std::pair{"sigmas", &sigmas}, {"rgbs", &rgbs}}) {
+    const at::ScalarType stored = t->scalar_type();
+    TORCH_CHECK(stored == type || (type == at::kFloat && stored == at::kHalf),
+                "composite_rays: ", name, " must be ", type,
+                type == at::kFloat ? " or float16" : "", " like t_start, got ", stored);
   }
   for (const at::Tensor* t : {&rgbs, &t_start, &t_end, &offsets}) {
     TORCH_CHECK(t->device() == sigmas.device(), "composite_rays: all tensors must be on ",
@@ -58,8 +66,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> forward(
   const int64_t n_rays = offsets.numel() - 1;
   // No zero-fill: with offsets rising from 0 to S every ray writes its totals and every sample
   // its weight (0 past the threshold), on both devices.
-  Outputs out{at::empty({n_rays, 3}, sigmas.options()), at::empty({n_rays}, sigmas.options()),
-              at::empty({n_rays}, sigmas.options()), at::empty_like(in.sigmas)};
+  const auto options = t_start.options();  // the outputs are in t_start's type
+  Outputs out{at::empty({n_rays, 3}, options), at::empty({n_rays}, options),
+              at::empty({n_rays}, options), at::empty_like(in.t_start)};
   if (n_rays > 0) {
 #ifdef NERFX_WITH_CUDA
     if (sigmas.is_cuda()) {
@@ -81,23 +90,24 @@ std::tuple<at::Tensor, at::Tensor> backward(
     const at::Tensor& weights, double threshold) {
   const Packed in = checked(sigmas, rgbs, t_start, t_end, offsets);
   const int64_t n_rays = offsets.numel() - 1, S = sigmas.numel();
-  // The saved outputs and their gradients: [n_rays, 3], [n_rays], [n_rays], [S] (grad_weights
-  // may be [0]: no gradient).
-  check_like(color, "color", {n_rays, 3}, sigmas);
-  check_like(opacity, "opacity", {n_rays}, sigmas);
-  check_like(depth, "depth", {n_rays}, sigmas);
-  check_like(weights, "weights", {S}, sigmas);
-  check_like(grad_color, "grad_color", {n_rays, 3}, sigmas);
-  check_like(grad_opacity, "grad_opacity", {n_rays}, sigmas);
-  check_like(grad_depth, "grad_depth", {n_rays}, sigmas);
+  // The saved outputs and their gradients, in t_start's type: [n_rays, 3], [n_rays], [n_rays],
+  // [S] (grad_weights may be [0]: no gradient).
+  check_like(color, "color", {n_rays, 3}, t_start);
+  check_like(opacity, "opacity", {n_rays}, t_start);
+  check_like(depth, "depth", {n_rays}, t_start);
+  check_like(weights, "weights", {S}, t_start);
+  check_like(grad_color, "grad_color", {n_rays, 3}, t_start);
+  check_like(grad_opacity, "grad_opacity", {n_rays}, t_start);
+  check_like(grad_depth, "grad_depth", {n_rays}, t_start);
   if (grad_weights.numel() != 0 || grad_weights.sizes() != at::IntArrayRef({0})) {
-    check_like(grad_weights, "grad_weights", {S}, sigmas);
+    check_like(grad_weights, "grad_weights", {S}, t_start);
   }
   const Outputs saved{color.contiguous(), opacity.contiguous(), depth.contiguous(),
                       weights.contiguous()};
   const Outputs grads{grad_color.contiguous(), grad_opacity.contiguous(), grad_depth.contiguous(),
                       grad_weights.numel() == 0 ? at::Tensor() : grad_weights.contiguous()};
-  // Every sample writes both gradients (0 past the threshold): no zero-fill.
+  // Every sample writes both gradients (0 past the threshold), in its input's type: no
+  // zero-fill.
   at::Tensor grad_sigmas = at::empty_like(in.sigmas);
   at::Tensor grad_rgbs = at::empty_like(in.rgbs);
   if (offsets.numel() > 1) {

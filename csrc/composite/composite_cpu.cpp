@@ -1,7 +1,6 @@
 // Volume compositing on the CPU: one ray per iteration, rays in parallel. Every sample's
 // survival exp(-sigma * delta) is computed first, as one vectorised ATen op, so the per-ray loops
 // (sequential along the ray) do no exp of their own.
-#include <ATen/Dispatch.h>
 #include <ATen/Functions.h>
 #include <ATen/Parallel.h>
 
@@ -10,11 +9,12 @@
 namespace nerfx::composite {
 namespace {
 
-// survival() of every sample, [S]: exp(-sigma * (t_end - t_start)), computed as
-// exp((t_start - t_end) * sigma), which is the same float, in place in one temporary.
+// survival() of every sample, [S] in t_start's type: exp(-sigma * (t_end - t_start)), computed
+// as exp((t_start - t_end) * sigma), which is the same float, in place in one temporary (half
+// sigmas are widened first, as survival() widens them).
 at::Tensor survival_of_samples(const Packed& in) {
   at::Tensor survivals = in.t_start - in.t_end;
-  survivals.mul_(in.sigmas);
+  survivals.mul_(in.sigmas.to(survivals.scalar_type()));
   return survivals.exp_();
 }
 
@@ -24,9 +24,11 @@ void forward_cpu(const Packed& in, double threshold, Outputs& out) {
   const int64_t n_rays = in.offsets.numel() - 1;
   const int64_t* offsets = in.offsets.data_ptr<int64_t>();
   const at::Tensor survivals = survival_of_samples(in);
-  AT_DISPATCH_FLOATING_TYPES(in.sigmas.scalar_type(), "composite_rays_cpu", [&] {
+  dispatch_types(in, [&](auto scalar_tag, auto /*sigma_tag*/, auto color_tag) {
+    using scalar_t = typename decltype(scalar_tag)::type;
+    using color_t = typename decltype(color_tag)::type;
     const SurvivalFrom<scalar_t> survive{survivals.data_ptr<scalar_t>()};
-    const scalar_t* rgbs = in.rgbs.data_ptr<scalar_t>();
+    const color_t* rgbs = in.rgbs.data_ptr<color_t>();
     const scalar_t *t0 = in.t_start.data_ptr<scalar_t>(), *t1 = in.t_end.data_ptr<scalar_t>();
     scalar_t* color = out.color.data_ptr<scalar_t>();
     scalar_t* opacity = out.opacity.data_ptr<scalar_t>();
@@ -47,9 +49,12 @@ void backward_cpu(const Packed& in, double threshold, const Outputs& saved, cons
   const int64_t n_rays = in.offsets.numel() - 1;
   const int64_t* offsets = in.offsets.data_ptr<int64_t>();
   const at::Tensor survivals = survival_of_samples(in);
-  AT_DISPATCH_FLOATING_TYPES(in.sigmas.scalar_type(), "composite_rays_backward_cpu", [&] {
+  dispatch_types(in, [&](auto scalar_tag, auto sigma_tag, auto color_tag) {
+    using scalar_t = typename decltype(scalar_tag)::type;
+    using sigma_t = typename decltype(sigma_tag)::type;
+    using color_t = typename decltype(color_tag)::type;
     const SurvivalFrom<scalar_t> survive{survivals.data_ptr<scalar_t>()};
-    const scalar_t* rgbs = in.rgbs.data_ptr<scalar_t>();
+    const color_t* rgbs = in.rgbs.data_ptr<color_t>();
     const scalar_t *t0 = in.t_start.data_ptr<scalar_t>(), *t1 = in.t_end.data_ptr<scalar_t>();
     const scalar_t* weights = saved.weights.data_ptr<scalar_t>();
     const scalar_t *color = saved.color.data_ptr<scalar_t>(),
@@ -59,8 +64,8 @@ void backward_cpu(const Packed& in, double threshold, const Outputs& saved, cons
                    *g_opacity = grads.opacity.data_ptr<scalar_t>(),
                    *g_depth = grads.depth.data_ptr<scalar_t>();
     const scalar_t* grad_w = grads.weights.defined() ? grads.weights.data_ptr<scalar_t>() : nullptr;
-    scalar_t* g_sigmas = grad_sigmas.data_ptr<scalar_t>();
-    scalar_t* g_rgbs = grad_rgbs.data_ptr<scalar_t>();
+    sigma_t* g_sigmas = grad_sigmas.data_ptr<sigma_t>();
+    color_t* g_rgbs = grad_rgbs.data_ptr<color_t>();
     at::parallel_for(0, n_rays, 256, [&](int64_t begin, int64_t end) {
       for (int64_t r = begin; r < end; ++r) {
         const RayTotals<scalar_t> totals = load_totals(r, color, opacity, depth);

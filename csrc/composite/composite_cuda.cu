@@ -1,5 +1,5 @@
-// Volume compositing on CUDA: one thread per ray, looping over the shared math.
-#include <ATen/Dispatch.h>
+// Volume compositing on CUDA: one thread per ray, looping over the shared math; densities and
+// colours float or half beside float positions (dispatch_types).
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -22,11 +22,11 @@ __device__ inline bool checked_ray_range(int64_t r, int64_t n_rays, const int64_
   return valid;
 }
 
-template <typename scalar_t>
+template <typename scalar_t, typename sigma_t, typename color_t>
 __global__ void forward_kernel(int64_t n_rays, int64_t n_samples,
                                const int64_t* __restrict__ offsets,
-                               const scalar_t* __restrict__ sigmas,
-                               const scalar_t* __restrict__ rgbs,
+                               const sigma_t* __restrict__ sigmas,
+                               const color_t* __restrict__ rgbs,
                                const scalar_t* __restrict__ t_start,
                                const scalar_t* __restrict__ t_end, scalar_t threshold,
                                scalar_t* color, scalar_t* opacity, scalar_t* depth,
@@ -34,28 +34,28 @@ __global__ void forward_kernel(int64_t n_rays, int64_t n_samples,
   const int64_t r = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (r >= n_rays) return;
   if (!checked_ray_range(r, n_rays, offsets, n_samples)) return;
-  const SurvivalOf<scalar_t> survive{sigmas, t_start, t_end};
+  const SurvivalOf<scalar_t, sigma_t> survive{sigmas, t_start, t_end};
   const RayTotals<scalar_t> ray = composite_ray(offsets[r], offsets[r + 1], survive, rgbs, t_start,
                                                 t_end, threshold, weights);
   store_totals(r, ray, color, opacity, depth);
 }
 
-template <typename scalar_t>
+template <typename scalar_t, typename sigma_t, typename color_t>
 __global__ void backward_kernel(int64_t n_rays, int64_t n_samples,
                                 const int64_t* __restrict__ offsets,
-                                const scalar_t* __restrict__ sigmas,
-                                const scalar_t* __restrict__ rgbs,
+                                const sigma_t* __restrict__ sigmas,
+                                const color_t* __restrict__ rgbs,
                                 const scalar_t* __restrict__ t_start,
                                 const scalar_t* __restrict__ t_end, scalar_t threshold,
                                 const scalar_t* color, const scalar_t* opacity,
                                 const scalar_t* depth, const scalar_t* weights,
                                 const scalar_t* g_color, const scalar_t* g_opacity,
                                 const scalar_t* g_depth, const scalar_t* g_weights,
-                                scalar_t* grad_sigmas, scalar_t* grad_rgbs) {
+                                sigma_t* grad_sigmas, color_t* grad_rgbs) {
   const int64_t r = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (r >= n_rays) return;
   if (!checked_ray_range(r, n_rays, offsets, n_samples)) return;
-  const SurvivalOf<scalar_t> survive{sigmas, t_start, t_end};
+  const SurvivalOf<scalar_t, sigma_t> survive{sigmas, t_start, t_end};
   composite_ray_backward(offsets[r], offsets[r + 1], survive, rgbs, t_start, t_end, threshold,
                          weights, load_totals(r, color, opacity, depth),
                          load_totals(r, g_color, g_opacity, g_depth), g_weights, grad_sigmas,
@@ -69,10 +69,13 @@ void forward_cuda(const Packed& in, double threshold, Outputs& out) {
   const int64_t n_rays = in.offsets.numel() - 1;
   const unsigned blocks = unsigned((n_rays + kThreads - 1) / kThreads);
   auto stream = at::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES(in.sigmas.scalar_type(), "composite_rays_cuda", [&] {
-    forward_kernel<scalar_t><<<blocks, kThreads, 0, stream>>>(
+  dispatch_types(in, [&](auto scalar_tag, auto sigma_tag, auto color_tag) {
+    using scalar_t = typename decltype(scalar_tag)::type;
+    using sigma_t = typename decltype(sigma_tag)::type;
+    using color_t = typename decltype(color_tag)::type;
+    forward_kernel<scalar_t, sigma_t, color_t><<<blocks, kThreads, 0, stream>>>(
         n_rays, in.sigmas.numel(), in.offsets.data_ptr<int64_t>(),
-        in.sigmas.data_ptr<scalar_t>(), in.rgbs.data_ptr<scalar_t>(),
+        in.sigmas.data_ptr<sigma_t>(), in.rgbs.data_ptr<color_t>(),
         in.t_start.data_ptr<scalar_t>(),
         in.t_end.data_ptr<scalar_t>(), scalar_t(threshold), out.color.data_ptr<scalar_t>(),
         out.opacity.data_ptr<scalar_t>(), out.depth.data_ptr<scalar_t>(),
@@ -87,17 +90,20 @@ void backward_cuda(const Packed& in, double threshold, const Outputs& saved, con
   const int64_t n_rays = in.offsets.numel() - 1;
   const unsigned blocks = unsigned((n_rays + kThreads - 1) / kThreads);
   auto stream = at::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES(in.sigmas.scalar_type(), "composite_rays_backward_cuda", [&] {
-    backward_kernel<scalar_t><<<blocks, kThreads, 0, stream>>>(
+  dispatch_types(in, [&](auto scalar_tag, auto sigma_tag, auto color_tag) {
+    using scalar_t = typename decltype(scalar_tag)::type;
+    using sigma_t = typename decltype(sigma_tag)::type;
+    using color_t = typename decltype(color_tag)::type;
+    backward_kernel<scalar_t, sigma_t, color_t><<<blocks, kThreads, 0, stream>>>(
         n_rays, in.sigmas.numel(), in.offsets.data_ptr<int64_t>(),
-        in.sigmas.data_ptr<scalar_t>(), in.rgbs.data_ptr<scalar_t>(),
+        in.sigmas.data_ptr<sigma_t>(), in.rgbs.data_ptr<color_t>(),
         in.t_start.data_ptr<scalar_t>(),
         in.t_end.data_ptr<scalar_t>(), scalar_t(threshold), saved.color.data_ptr<scalar_t>(),
         saved.opacity.data_ptr<scalar_t>(), saved.depth.data_ptr<scalar_t>(),
         saved.weights.data_ptr<scalar_t>(), grads.color.data_ptr<scalar_t>(),
         grads.opacity.data_ptr<scalar_t>(), grads.depth.data_ptr<scalar_t>(),
         grads.weights.defined() ? grads.weights.data_ptr<scalar_t>() : nullptr,
-        grad_sigmas.data_ptr<scalar_t>(), grad_rgbs.data_ptr<scalar_t>());
+        grad_sigmas.data_ptr<sigma_t>(), grad_rgbs.data_ptr<color_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
 }

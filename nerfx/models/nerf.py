@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from nerfx.ops.composite import composite_rays
+from nerfx.ops.composite import as_composite_input, composite_rays
 from nerfx.specs import Composited, clip_to_box
 
 
@@ -126,7 +126,8 @@ class NeRF(nn.Module):
         directions = rays_d[:, None].expand(n, s, 3)
         sigmas, rgbs = field(positions.reshape(-1, 3), directions.reshape(-1, 3))
         offsets = torch.arange(0, n * s + 1, s, device=t.device)  # every ray has S samples
-        return composite_rays(sigmas.float(), rgbs.float(), t_start.reshape(-1),
+        return composite_rays(as_composite_input(sigmas), as_composite_input(rgbs),
+                              t_start.reshape(-1),
                               t_end.reshape(-1), offsets, background=background)
 
     def forward(self, rays_o: torch.Tensor, rays_d: torch.Tensor, *,

@@ -5,6 +5,11 @@
 
 Backends: `cuda` and `cpu` (nerfx._C; the backward is O(samples), from suffix sums of the saved
 outputs) and `torch` (nerfx.ref.composite). Differentiable w.r.t. sigmas, rgbs and background.
+
+Types: the arithmetic and the outputs are in promote_types(sigmas, rgbs, t_start); gradients
+come in each input's own type. The kernels take t_start and t_end in float32 or float64, with
+sigmas and rgbs in the same type or, beside float32, float16 (the half colours of a mixed-precision
+field are read as they are, with no widened copy); the torch backend takes any float types.
 """
 
 from __future__ import annotations
@@ -18,6 +23,19 @@ from nerfx.ref import composite as ref
 from nerfx.specs import Composited, with_background
 
 FLOATS = (torch.float32, torch.float64)
+KERNEL_DTYPES = FLOATS + (torch.float16,)
+
+
+def _kernel_types(problem: tuple) -> str | None:
+    """Why the kernels cannot take these (t dtype, sigmas dtype, rgbs dtype), or None."""
+    t_dtype, *values = problem
+    if t_dtype not in FLOATS:
+        return f"takes t_start/t_end in float32 or float64, not {t_dtype}"
+    allowed = (t_dtype, torch.float16) if t_dtype == torch.float32 else (t_dtype,)
+    if any(v not in allowed for v in values):
+        return (f"takes sigmas and rgbs in {' or '.join(str(a) for a in allowed)} beside "
+                f"{t_dtype} positions, not {[str(v) for v in values]}")
+    return None
 
 
 def _setup_context(ctx, inputs, output) -> None:
@@ -31,7 +49,7 @@ def _backward(ctx, grad_color, grad_opacity, grad_depth, grad_weights):
     grad_color = torch.zeros_like(color) if grad_color is None else grad_color
     grad_opacity = torch.zeros_like(opacity) if grad_opacity is None else grad_opacity
     grad_depth = torch.zeros_like(depth) if grad_depth is None else grad_depth
-    grad_weights = sigmas.new_empty(0) if grad_weights is None else grad_weights
+    grad_weights = t_start.new_empty(0) if grad_weights is None else grad_weights
     grad_sigmas, grad_rgbs = torch.ops.nerfx.composite_rays_backward(
         grad_color, grad_opacity, grad_depth, grad_weights, sigmas, rgbs, t_start, t_end,
         offsets, color, opacity, depth, weights, ctx.threshold)
@@ -39,9 +57,9 @@ def _backward(ctx, grad_color, grad_opacity, grad_depth, grad_weights):
 
 
 def _fake(sigmas, rgbs, t_start, t_end, offsets, threshold):
-    n_rays = offsets.shape[0] - 1
-    return (sigmas.new_empty(n_rays, 3), sigmas.new_empty(n_rays), sigmas.new_empty(n_rays),
-            sigmas.new_empty(sigmas.shape))
+    n_rays = offsets.shape[0] - 1  # the outputs are in t_start's type
+    return (t_start.new_empty(n_rays, 3), t_start.new_empty(n_rays), t_start.new_empty(n_rays),
+            t_start.new_empty(t_start.shape))
 
 
 def _fake_backward(grad_color, grad_opacity, grad_depth, grad_weights, sigmas, rgbs, *rest):
@@ -69,8 +87,10 @@ def _run_reference(sigmas, rgbs, t_start, t_end, offsets, threshold) -> Composit
 
 
 BACKENDS = register(OpBackends("composite_rays", [
-    Backend("cuda", ("cuda",), FLOATS, _run_compiled, extension_kernel("composite_rays")),
-    Backend("cpu", ("cpu",), FLOATS, _run_compiled, extension_kernel("composite_rays")),
+    Backend("cuda", ("cuda",), KERNEL_DTYPES, _run_compiled, extension_kernel("composite_rays"),
+            limits=_kernel_types),
+    Backend("cpu", ("cpu",), KERNEL_DTYPES, _run_compiled, extension_kernel("composite_rays"),
+            limits=_kernel_types),
     Backend("torch", ("cuda", "cpu", "mps", "xpu"), FLOATS + (torch.float16, torch.bfloat16),
             _run_reference),
 ]))
@@ -94,10 +114,13 @@ def _check(sigmas, rgbs, t_start, t_end, offsets) -> None:
         if named[name].shape != (n,):
             raise ValueError(f"composite_rays: {name} must be [S] = [{n}], got "
                              f"{tuple(named[name].shape)}")
-    for name in ("rgbs", "t_start", "t_end"):
-        if named[name].dtype != sigmas.dtype:
-            raise TypeError(f"composite_rays: {name} is {named[name].dtype}, sigmas "
-                            f"{sigmas.dtype}; they must match")
+    for name in ("rgbs", "t_start"):
+        if not named[name].is_floating_point():
+            raise TypeError(f"composite_rays: {name} must be floating point, got "
+                            f"{named[name].dtype}")
+    if t_end.dtype != t_start.dtype:
+        raise TypeError(f"composite_rays: t_end is {t_end.dtype}, t_start {t_start.dtype}; "
+                        "they must match")
     if offsets.dim() != 1 or offsets.numel() < 1 or offsets.dtype != torch.int64:
         raise ValueError(f"composite_rays: offsets must be int64 [n_rays + 1], got "
                          f"{tuple(offsets.shape)} {offsets.dtype}")
@@ -108,6 +131,13 @@ def _check(sigmas, rgbs, t_start, t_end, offsets) -> None:
     if offsets.device.type == "cpu" and not torch.compiler.is_compiling():
         if offsets[0] != 0 or offsets[-1] != n or bool((offsets.diff() < 0).any()):
             raise ValueError(f"composite_rays: offsets must rise from 0 to S = {n}")
+
+
+def as_composite_input(values: torch.Tensor) -> torch.Tensor:
+    """A field's densities or colours as compositing takes them beside float32 positions, with
+    no copy where none is needed: float16 and float32 as they are (the kernels read half), any
+    other type (bfloat16, float64) as float32."""
+    return values if values.dtype in (torch.float16, torch.float32) else values.float()
 
 
 def composite_rays(sigmas: torch.Tensor, rgbs: torch.Tensor, t_start: torch.Tensor,
@@ -121,6 +151,7 @@ def composite_rays(sigmas: torch.Tensor, rgbs: torch.Tensor, t_start: torch.Tens
     Returns Composited(color [n_rays, 3], opacity [n_rays], depth [n_rays], weights [S]).
     """
     _check(sigmas, rgbs, t_start, t_end, offsets)
-    chosen = BACKENDS.select(backend, sigmas.device, (sigmas.dtype,))
+    chosen = BACKENDS.select(backend, sigmas.device, (t_start.dtype, sigmas.dtype, rgbs.dtype),
+                             problem=(t_start.dtype, sigmas.dtype, rgbs.dtype))
     out = chosen.run(sigmas, rgbs, t_start, t_end, offsets, float(transmittance_threshold))
     return with_background(out, background)

@@ -24,7 +24,11 @@ def composite_rays(sigmas: torch.Tensor, rgbs: torch.Tensor, t_start: torch.Tens
                    t_end: torch.Tensor, offsets: torch.Tensor, *,
                    background: torch.Tensor | None = None,
                    transmittance_threshold: float = 1e-4) -> Composited:
-    """Packed samples: sigmas, t_start, t_end [S], rgbs [S, 3], offsets [n_rays + 1] (CSR)."""
+    """Packed samples: sigmas, t_start, t_end [S], rgbs [S, 3], offsets [n_rays + 1] (CSR).
+    Computed in promote_types of the three float types (gradients return in each input's)."""
+    dtype = torch.promote_types(torch.promote_types(sigmas.dtype, rgbs.dtype), t_start.dtype)
+    sigmas, rgbs = sigmas.to(dtype), rgbs.to(dtype)
+    t_start, t_end = t_start.to(dtype), t_end.to(dtype)
     n_rays = offsets.numel() - 1
     rays = ray_indices(offsets, sigmas.numel())  # [S]
     tau = sigmas * (t_end - t_start)  # optical depth of each sample, [S]

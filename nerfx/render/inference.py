@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from nerfx.ops.composite import composite_rays
+from nerfx.ops.composite import as_composite_input, composite_rays
 from nerfx.ops.raymarch import march_rays
 from nerfx.render.occupancy import OccupancyGrid
 from nerfx.render.renderer import Field
@@ -38,7 +38,8 @@ def render_rays_compacting(rays_o: torch.Tensor, rays_d: torch.Tensor, grid: Occ
                              backend=backend)
         sigmas, rgbs = field(samples.positions, samples.directions)
         # Within a round the ray starts fresh; its earlier rounds scale what this one adds.
-        part = composite_rays(sigmas.float(), rgbs.float(), samples.t_start, samples.t_end,
+        part = composite_rays(as_composite_input(sigmas), as_composite_input(rgbs),
+                              samples.t_start, samples.t_end,
                               samples.offsets, transmittance_threshold=0.0, backend=backend)
         t_alive = transmittance[alive]
         color[alive] += t_alive[:, None] * part.color

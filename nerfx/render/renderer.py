@@ -8,7 +8,7 @@ from collections.abc import Callable
 import torch
 
 from nerfx.cameras import camera_rays  # noqa: F401  (re-exported: the old home of pixel rays)
-from nerfx.ops.composite import composite_rays
+from nerfx.ops.composite import as_composite_input, composite_rays
 from nerfx.ops.raymarch import march_rays
 from nerfx.render.occupancy import OccupancyGrid
 from nerfx.specs import Composited, RaySamples
@@ -64,7 +64,8 @@ def render_rays_counted(field: Field, grid: OccupancyGrid, rays_o: torch.Tensor,
         if density_fn is not None and n_marched:
             samples = terminate(samples, density_fn(samples.positions), transmittance_threshold)
     sigmas, rgbs = field(samples.positions, samples.directions)
-    out = composite_rays(sigmas.float(), rgbs.float(), samples.t_start, samples.t_end,
+    out = composite_rays(as_composite_input(sigmas), as_composite_input(rgbs), samples.t_start,
+                         samples.t_end,
                          samples.offsets, background=background,
                          transmittance_threshold=transmittance_threshold, backend=backend)
     return out, int(samples.t_start.numel()), n_marched

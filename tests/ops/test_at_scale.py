@@ -2,7 +2,8 @@
 
 On CUDA (benches/gpu_check.sh) the sizes are the paper's: the hash grid at 2^20 points with
 L=16, F=2, T=2^19; the march at 2^18 rays through a 128^3 grid, one and three cascades, constant
-and cone steps; compositing at 2^18 rays of 0 to 128 samples (64 on average). On the CPU the same
+and cone steps; compositing at 2^18 rays of 0 to 128 samples (64 on average), with float32 and
+float16 densities and colours. On the CPU the same
 checks run at small sizes, so the test code itself runs in CI. Also here: the CUDA kernels on a
 side stream (they must launch on the current stream), and non-contiguous inputs.
 """
@@ -142,13 +143,20 @@ def composite_results(backend: str, inputs, grads) -> tuple[torch.Tensor, ...]:
     return (*out, *torch.autograd.grad(loss, (sigmas, rgbs)))
 
 
+F32, F64, HALF = torch.float32, torch.float64, torch.float16
+
+
 @pytest.mark.parametrize("backend,device", KERNELS)
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_composite_at_training_size(backend, device, dtype):
-    """Outputs and gradients within twice the torch reference's error against float64 (float32),
-    or within float64 rounding of the reference (float64)."""
+@pytest.mark.parametrize("dtype,sigmas_dtype,rgbs_dtype",
+                         [(F32, F32, F32), (F64, F64, F64), (F32, F32, HALF), (F32, HALF, HALF)],
+                         ids=["fp32", "fp64", "fp16-rgbs", "fp16-sigmas-rgbs"])
+def test_composite_at_training_size(backend, device, dtype, sigmas_dtype, rgbs_dtype):
+    """Outputs and gradients within twice the torch reference's error against float64 (float32
+    positions, the densities and colours float32 or float16), or within float64 rounding of the
+    reference (float64)."""
     n_rays = COMPOSITE_RAYS[device]
-    inputs = random_packed(n_rays, device, dtype)
+    sigmas, rgbs, *rest = random_packed(n_rays, device, dtype)
+    inputs = (sigmas.to(sigmas_dtype), rgbs.to(rgbs_dtype), *rest)
     gen = seeded(device, 5)
     n = inputs[0].shape[0]
     grads = [torch.randn(shape, generator=gen, device=device, dtype=torch.float64)
@@ -159,7 +167,7 @@ def test_composite_at_training_size(backend, device, dtype):
                                         for t in inputs], grads)
     names = ("color", "opacity", "depth", "weights", "grad_sigmas", "grad_rgbs")
     for name, a, b, c in zip(names, got, lowprec, exact, strict=True):
-        assert a.dtype == dtype
+        assert a.dtype == {"grad_sigmas": sigmas_dtype, "grad_rgbs": rgbs_dtype}.get(name, dtype)
         scale = c.abs().max().item()
         if dtype == torch.float64:
             torch.testing.assert_close(a, c, rtol=1e-10, atol=1e-12 * scale, msg=name)

@@ -12,7 +12,7 @@ import torch
 
 from nerfx.ops import BackendError, composite_rays
 from nerfx.ref import composite as ref
-from tests.helpers import BACKEND_DEVICES, requires_cuda
+from tests.helpers import BACKEND_DEVICES, assert_lowprec_close, requires_cuda
 
 # Compositing has no triton backend: drop those pairs.
 BACKENDS = [p for p in BACKEND_DEVICES if "triton" not in p.id]
@@ -173,6 +173,56 @@ def test_every_output_entry_is_written(backend, device):
     assert (got[3] == 0).any(), "some samples should lie past the threshold"
     for a, b in zip(got, want, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+
+
+HALF = torch.float16
+F32 = torch.float32
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS)
+@pytest.mark.parametrize("sigmas_dtype,rgbs_dtype", [(F32, HALF), (HALF, F32), (HALF, HALF)],
+                         ids=["half-rgbs", "half-sigmas", "both-half"])
+def test_half_densities_and_colours_beside_float_positions(backend, device, sigmas_dtype,
+                                                           rgbs_dtype):
+    """A mixed-precision field's half outputs go in as they are: the outputs are float32, each
+    gradient comes back in its input's type, all within twice the error of the reference on the
+    same inputs against float64."""
+    counts = torch.randint(0, 70, (257,), generator=torch.Generator().manual_seed(4)).tolist()
+    sigmas, rgbs, t0, t1, offsets = packed(counts, dtype=F32, device=device, seed=4, density=8.0)
+    sigmas, rgbs = sigmas.to(sigmas_dtype), rgbs.to(rgbs_dtype)
+    got = run_with_grads(lambda *a: composite_rays(*a, backend=backend), sigmas, rgbs, t0, t1,
+                         offsets)
+    lowprec = run_with_grads(lambda *a: ref.composite_rays(*a), sigmas, rgbs, t0, t1, offsets)
+    exact = run_with_grads(lambda *a: ref.composite_rays(*a), sigmas.double(), rgbs.double(),
+                           t0.double(), t1.double(), offsets)
+    assert [t.dtype for t in got] == [F32] * 4 + [sigmas_dtype, rgbs_dtype]
+    names = ("color", "opacity", "depth", "weights", "grad_sigmas", "grad_rgbs")
+    for name, a, b, c in zip(names, got, lowprec, exact, strict=True):
+        try:
+            assert_lowprec_close(a, b, c, atol=1e-6 * c.abs().max().item())
+        except AssertionError as exc:
+            raise AssertionError(f"{name}: {exc}") from None
+
+
+@pytest.mark.parametrize("backend,device", [p for p in BACKENDS if "torch" not in p.id])
+def test_kernels_name_the_types_they_take(backend, device):
+    sigmas, rgbs, t0, t1, offsets = packed([2, 3], device=device)
+    with pytest.raises(BackendError, match="t_start/t_end in float32 or float64"):
+        composite_rays(sigmas.half(), rgbs.half(), t0.half(), t1.half(), offsets, backend=backend)
+    with pytest.raises(BackendError, match="sigmas and rgbs in torch.float64"):
+        composite_rays(sigmas.half(), rgbs, t0, t1, offsets, backend=backend)  # float64 t
+    with pytest.raises(BackendError, match="not .'torch.bfloat16'"):
+        composite_rays(sigmas.bfloat16(), rgbs.float(), t0.float(), t1.float(), offsets,
+                       backend=backend)
+    # The op itself refuses them too (direct torch.ops callers, compiled graphs).
+    with pytest.raises(RuntimeError, match="sigmas must be Double like t_start, got Half"):
+        torch.ops.nerfx.composite_rays(sigmas.half(), rgbs, t0, t1, offsets, 1e-4)
+    with pytest.raises(RuntimeError, match="t_start and t_end must both be float32"):
+        torch.ops.nerfx.composite_rays(sigmas.half(), rgbs.half(), t0.half(), t1.half(),
+                                       offsets, 1e-4)
+    # Every half input keeps auto working: it falls back to the reference.
+    out = composite_rays(sigmas.half(), rgbs.half(), t0.half(), t1.half(), offsets)
+    assert out.color.dtype == torch.float16
 
 
 def test_bad_input_is_named():

@@ -3,6 +3,10 @@
 //   alpha_i = 1 - exp(-sigma_i * delta_i),  w_i = T_i * alpha_i,  T_{i+1} = T_i * (1 - alpha_i)
 // Marching stops before a sample whose incoming transmittance T_i is below the threshold; such
 // samples get zero weight and zero gradient, identically in the forward and backward passes.
+//
+// Types: scalar_t (float or double) is that of t_start, t_end, the outputs and all arithmetic;
+// densities (sigma_t) and colours (color_t) may be stored narrower (half, as a mixed-precision
+// network gives them). They are widened on load, and their gradients rounded once on store.
 #pragma once
 
 #include "nerfx/common.h"
@@ -49,11 +53,12 @@ NERFX_HD inline scalar_t survival(scalar_t sigma, scalar_t t_start, scalar_t t_e
 }
 
 // Where the compositing loops get sample i's survival: computed on the fly (CUDA) ...
-template <typename scalar_t>
+template <typename scalar_t, typename sigma_t = scalar_t>
 struct SurvivalOf {
-  const scalar_t *sigmas, *t_start, *t_end;  // [S] each
+  const sigma_t* sigmas;              // [S]
+  const scalar_t *t_start, *t_end;    // [S] each
   NERFX_HD scalar_t operator()(int64_t i) const {
-    return survival(sigmas[i], t_start[i], t_end[i]);
+    return survival(scalar_t(sigmas[i]), t_start[i], t_end[i]);
   }
 };
 
@@ -66,9 +71,9 @@ struct SurvivalFrom {
 
 // Forward over one ray's samples [begin, end). survive: sample -> survival (see above),
 // rgbs: [S, 3], t_*: [S]; weights: [S] (written)
-template <typename scalar_t, typename Survival>
+template <typename scalar_t, typename Survival, typename color_t>
 NERFX_HD inline RayTotals<scalar_t> composite_ray(int64_t begin, int64_t end, Survival survive,
-                                                  const scalar_t* rgbs, const scalar_t* t_start,
+                                                  const color_t* rgbs, const scalar_t* t_start,
                                                   const scalar_t* t_end, scalar_t threshold,
                                                   scalar_t* weights) {
   RayTotals<scalar_t> out{{0, 0, 0}, 0, 0};
@@ -81,7 +86,7 @@ NERFX_HD inline RayTotals<scalar_t> composite_ray(int64_t begin, int64_t end, Su
     const scalar_t keep = survive(i);
     const scalar_t w = transmittance * (1 - keep);
     weights[i] = w;
-    for (int k = 0; k < 3; ++k) out.color[k] += w * rgbs[i * 3 + k];
+    for (int k = 0; k < 3; ++k) out.color[k] += w * scalar_t(rgbs[i * 3 + k]);
     out.opacity += w;
     out.depth += w * scalar_t(0.5) * (t_start[i] + t_end[i]);
     transmittance *= keep;
@@ -93,14 +98,15 @@ NERFX_HD inline RayTotals<scalar_t> composite_ray(int64_t begin, int64_t end, Su
 // sum L = sum_k w_k v_k of a per-sample value v_k (grad_color . c_k + grad_opacity +
 // grad_depth * t_mid_k + grad_weight_k); with the suffix sum R_i = sum_{k>i} w_k v_k:
 //   dL/dc_i = w_i * grad_color,   dL/dsigma_i = delta_i * (T_{i+1} v_i - R_i)
-// totals: the ray's saved outputs; grads: their gradients; grad_weights: [S] or nullptr.
-template <typename scalar_t, typename Survival>
+// totals: the ray's saved outputs; grads: their gradients; grad_weights: [S] or nullptr;
+// grad_sigmas [S] and grad_rgbs [S, 3] (written) in the densities' and colours' types.
+template <typename scalar_t, typename Survival, typename color_t, typename sigma_t>
 NERFX_HD inline void composite_ray_backward(
-    int64_t begin, int64_t end, Survival survive, const scalar_t* rgbs,
+    int64_t begin, int64_t end, Survival survive, const color_t* rgbs,
     const scalar_t* t_start, const scalar_t* t_end, scalar_t threshold, const scalar_t* weights,
     const RayTotals<scalar_t>& totals, const RayTotals<scalar_t>& grads,
     const scalar_t* grad_weights,
-    scalar_t* grad_sigmas, scalar_t* grad_rgbs) {
+    sigma_t* grad_sigmas, color_t* grad_rgbs) {
   // Total of the weighted values, from the saved outputs (plus the weights' own gradient).
   scalar_t total = grads.opacity * totals.opacity + grads.depth * totals.depth;
   for (int k = 0; k < 3; ++k) total += grads.color[k] * totals.color[k];
@@ -111,8 +117,8 @@ NERFX_HD inline void composite_ray_backward(
   scalar_t transmittance = 1;
   for (int64_t i = begin; i < end; ++i) {
     if (transmittance < threshold) {
-      grad_sigmas[i] = 0;
-      for (int k = 0; k < 3; ++k) grad_rgbs[i * 3 + k] = 0;
+      grad_sigmas[i] = sigma_t(0);
+      for (int k = 0; k < 3; ++k) grad_rgbs[i * 3 + k] = color_t(0);
       continue;
     }
     const scalar_t delta = t_end[i] - t_start[i];
@@ -120,13 +126,13 @@ NERFX_HD inline void composite_ray_backward(
     const scalar_t w = transmittance * (1 - keep);
     scalar_t value = grads.opacity + grads.depth * scalar_t(0.5) * (t_start[i] + t_end[i]);
     for (int k = 0; k < 3; ++k) {
-      value += grads.color[k] * rgbs[i * 3 + k];
-      grad_rgbs[i * 3 + k] = w * grads.color[k];
+      value += grads.color[k] * scalar_t(rgbs[i * 3 + k]);
+      grad_rgbs[i * 3 + k] = color_t(w * grads.color[k]);
     }
     if (grad_weights != nullptr) value += grad_weights[i];
     transmittance *= keep;
     prefix += w * value;
-    grad_sigmas[i] = delta * (transmittance * value - (total - prefix));
+    grad_sigmas[i] = sigma_t(delta * (transmittance * value - (total - prefix)));
   }
 }
 
