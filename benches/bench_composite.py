@@ -19,8 +19,12 @@ from nerfx.ref.composite import composite_rays_padded
 
 RAYS = {"cpu": 2**14, "cuda": 2**18}
 SAMPLES = 64
-IMPLS = ["torch", "torch-padded", "cpu", "cuda", "nerfacc", "copy"]
+# "<backend>+fp16-rgbs": half colours read as they are (what a mixed-precision field gives);
+# "<backend>+cast-rgbs": the same half colours widened to float32 first, as nerfx did before.
+IMPLS = ["torch", "torch-padded", "cpu", "cuda", "cpu+fp16-rgbs", "cuda+fp16-rgbs",
+         "cuda+cast-rgbs", "nerfacc", "copy"]
 BYTES_PER_SAMPLE = {"fwd": 4 + 4 + 4 + 12 + 4, "fwd+bwd": 28 + 24 + 4 + 12}  # fp32, see above
+HALF_RGB_SAVES = {"fwd": 6, "fwd+bwd": 18}  # bytes a sample: rgb read (and drgb written) in half
 
 
 def make_samples(n_rays: int, device: str):
@@ -41,6 +45,16 @@ def implementation(impl: str, device: str, n_rays: int):
         return lambda s, c, t0, t1, off: composite_rays_padded(
             s.view(n_rays, SAMPLES), c.view(n_rays, SAMPLES, 3), t0.view(n_rays, SAMPLES),
             t1.view(n_rays, SAMPLES), mask)
+    if "+" in impl:
+        backend, variant = impl.split("+")
+        try:
+            BACKENDS.select(backend, torch.device(device), (torch.float32, torch.float16),
+                            problem=(torch.float32, torch.float32, torch.float16))
+        except BackendError as exc:
+            pytest.skip(str(exc))
+        if variant == "cast-rgbs":
+            return lambda s, c, *rest: composite_rays(s, c.float(), *rest, backend=backend)
+        return lambda *a: composite_rays(*a, backend=backend)
     if impl == "nerfacc":
         nerfacc = pytest.importorskip("nerfacc")
         if device != "cuda":
@@ -75,6 +89,9 @@ def test_composite_rays(benchmark, device, impl, mode):
         return
     inputs = make_samples(n_rays, device)
     fn = implementation(impl, device, n_rays)
+    if "rgbs" in impl:  # half colours, a leaf like the others
+        inputs = (inputs[0], inputs[1].detach().half().requires_grad_(), *inputs[2:])
+        benchmark.extra_info["bytes"] = nbytes - HALF_RGB_SAVES[mode] * n_rays * SAMPLES
 
     def forward():
         with torch.no_grad():

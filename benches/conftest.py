@@ -46,8 +46,9 @@ def _markdown(benchmarks) -> str:
                     f"{items / median:.3e} {unit}/s | {ratio} |")
             if moved:
                 nbytes = bench.extra_info.get("bytes", 0)
-                fraction = (f"{copy.stats.median / median:.0%}"
-                            if copy is not None and nbytes else "n/a")
+                copy_rate = (copy.extra_info.get("bytes", 0) / copy.stats.median
+                             if copy is not None else 0)
+                fraction = f"{nbytes / median / copy_rate:.0%}" if copy_rate else "n/a"
                 line += f" {nbytes / median / 1e9:.0f} | {fraction} |" if nbytes else " | |"
             out.append(line)
     return "\n".join(out) + "\n"
