@@ -14,7 +14,9 @@
 #   all (default) runs the three. One device command may run 10 minutes, a session has 15 of
 #   device time (starts included), and a machine idle for 30 s goes back (a fresh one rebuilds):
 #   make two calls back to back, `gpu_check.sh OUT check` then `gpu_check.sh OUT2 bench+train`
-#   (the second keeps the first's build while the machine is warm). Phase budgets in seconds,
+#   (the second keeps the first's build while the machine is warm). Run
+#   benches/fetch_peer_wheels.sh here first and carry `.whl`: the peers (nerfacc, diffusers,
+#   denoising-diffusion-pytorch) are not on the machine. Phase budgets in seconds,
 #   from the environment: TESTS_S (default 170), SANITIZE_S (100, split over the three tools),
 #   BENCH_S (200), TRAIN_S (240).
 # On an H100 (2026-11-27) the build took under a minute; the tests under xdist did not finish
@@ -28,6 +30,12 @@ export PYTHONUNBUFFERED=1
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}  # the checkout's nerfx, however it was built
 start=$SECONDS
 failed=0
+# The benchmark peers the machine lacks, where the call carried them (benches/fetch_peer_wheels.sh).
+if ls .whl/*.whl >/dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target /tmp/peers .whl/*.whl && export PYTHONPATH=$PYTHONPATH:/tmp/peers
+  echo "peers from .whl: $(ls .whl | tr '\n' ' ')"
+fi
 
 wants() { [ "$what" = all ] || [[ "+$what+" == *"+$1+"* ]]; }
 
