@@ -9,7 +9,9 @@
 #   bench:    bench.md / bench.json / bench.log: the CUDA benchmarks side by side, the NeRF
 #             kernels' first (their targets are issue 9's), then the image models'
 #   train:    `python -m nerfx.train --scene lego --fast` on the GPU: train.log, metrics.json
-#             (test PSNR over time, samples per ray by step), a few test renders, the turntable
+#             (test PSNR over time, samples per ray by step), a few test renders, the turntable,
+#             and run/profile/ (steps 300-302 profiled: trace.json, ops.txt, and syncs.txt, each
+#             host synchronisation inside a step by its line of Python)
 # usage: benches/gpu_check.sh OUT_DIR [all|check|bench|train|bench+train]
 #   all (default) runs the three. One device command may run 10 minutes, a session has 15 of
 #   device time (starts included), and a machine idle for 30 s goes back (a fresh one rebuilds):
@@ -114,11 +116,13 @@ if wants train; then
   # The main job on the GPU (the checkpoint stays behind: it is too big to bring back).
   run=$(mktemp -d)/lego-fast
   NERFX_DATA=${NERFX_DATA:-$(mktemp -d)} phase train "${TRAIN_S:-240}" "$out/train.log" \
-    python3 -m nerfx.train --scene lego --fast --out "$run" --video-frames 24
+    python3 -m nerfx.train --scene lego --fast --out "$run" --video-frames 24 --profile-step 300
   tr '\r' '\n' <"$out/train.log" | grep -v '%|' | tail -8
   mkdir -p "$out/run"
   cp "$run/metrics.json" "$run/config.json" "$run"/turntable.* "$out/run/" 2>/dev/null
   cp $(ls "$run"/renders/test_*.png 2>/dev/null | head -3) "$out/run/" 2>/dev/null
+  cp -r "$run/profile" "$out/run/" 2>/dev/null  # steps 300-302: trace, operators, host syncs
+  cat "$out/run/profile/syncs.txt" 2>/dev/null; head -30 "$out/run/profile/ops.txt" 2>/dev/null
   python3 - "$run/metrics.json" <<'PY' 2>/dev/null | tee "$out/samples_per_ray.txt"
 import json, sys
 m = json.load(open(sys.argv[1]))

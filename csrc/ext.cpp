@@ -53,7 +53,8 @@ TORCH_LIBRARY(nerfx, m) {
         "float step_size, float cone_angle, int max_samples) "
         "-> (Tensor, Tensor, Tensor, Tensor, Tensor)");
   m.def("adam_step(Tensor(a!) param, Tensor grad, Tensor(b!) exp_avg, Tensor(c!) exp_avg_sq, "
-        "Tensor(d!) step, float lr, float beta1, float beta2, float eps) -> ()");
+        "Tensor(d!) step, float lr, float beta1, float beta2, float eps, "
+        "Tensor? grad_scale=None, Tensor? found_inf=None) -> ()");
 }
 
 // The same implementations serve both devices: each op switches to its CUDA launcher inside.

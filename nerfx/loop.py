@@ -1,7 +1,9 @@
 """The optimisation loop, checkpoints and resume that the image-model trainers share.
 
 A trainer is a `Task`: it owns its model, optimiser, data order and pictures, and takes one step
-at a time. `run_loop` drives it: a progress bar (loss, items per second), an atomic checkpoint
+at a time. A step's losses may be device tensors: the loop sums them where they are and reads them
+when the progress bar redraws (every half second), so a GPU step need not wait for the device to
+report a number. `run_loop` drives it: a progress bar (loss, items per second), an atomic checkpoint
 every `save_every` steps and at the end (the task's state, torch's RNG state, the step and the
 seconds trained), pictures every `snapshot_every` steps, and a stop at `steps` or `max_seconds`.
 A run killed at any moment resumes from its last checkpoint with the same random state.
@@ -22,6 +24,7 @@ import torch
 from tqdm import tqdm
 
 from nerfx import distributed
+from nerfx.profiling import StepProfiler
 from nerfx.runs import CHECKPOINT, load_checkpoint, save_checkpoint
 
 
@@ -30,7 +33,8 @@ class Task(Protocol):
 
     items_per_step: int          # images per step, for the progress bar's rate
 
-    def train_step(self, step: int) -> dict[str, float]: ...   # one optimiser step; its losses
+    # one optimiser step; its losses (floats, or 0-dim tensors read only for display)
+    def train_step(self, step: int) -> dict[str, float | torch.Tensor]: ...
     def state_dict(self) -> dict: ...                           # tensors and plain values only
     def load_state_dict(self, state: dict) -> None: ...
     def snapshot(self, run: Path, step: int) -> None: ...      # pictures of progress
@@ -43,6 +47,7 @@ class LoopSettings:
     save_every: int = 500        # steps between checkpoints
     snapshot_every: int = 0      # steps between pictures (0: only at the end)
     unit: str = "img"            # what items_per_step counts, for the progress bar's rate
+    profile_step: int | None = None  # profile this step and the next two (nerfx.profiling)
 
 
 @dataclass
@@ -72,30 +77,52 @@ def resume(run: Path, task: Task, device: torch.device | str = "cpu") -> LoopSta
     return LoopState(int(payload["step"]), float(payload["seconds"]))
 
 
+REDRAW_SECONDS = 0.5  # the progress bar's refresh, and how often the losses are read
+
+
 def run_loop(task: Task, run: Path, settings: LoopSettings, state: LoopState | None = None,
              desc: str = "train") -> LoopState:
     """Trains until settings.steps or settings.max_seconds; returns where it stopped."""
     state = state or LoopState()
-    losses: dict[str, float] = {}
+    # Each loss summed since the bar last showed it, and over how many steps (tensors stay on
+    # their device until then).
+    sums: dict[str, tuple[float | torch.Tensor, int]] = {}
     bar = tqdm(total=settings.steps, initial=state.step, desc=desc, unit="step",
-               dynamic_ncols=True, mininterval=0.5, disable=not distributed.is_main())
+               dynamic_ncols=True, mininterval=REDRAW_SECONDS, disable=not distributed.is_main())
     started, seconds_before = time.perf_counter(), state.seconds
+    shown = started
+    profiler = (StepProfiler(run, settings.profile_step)
+                if settings.profile_step is not None and distributed.is_main() else None)
     try:
         while state.step < settings.steps:
             if settings.max_seconds is not None and distributed.any_process(
                     state.seconds >= settings.max_seconds):       # all stop at the same step
                 break
-            step_losses = task.train_step(state.step)
+            if profiler is not None and profiler.wants(state.step):
+                with profiler.step(state.step):
+                    step_losses = task.train_step(state.step)
+            else:
+                step_losses = task.train_step(state.step)
             state.step += 1
             state.seconds = seconds_before + time.perf_counter() - started
-            # A running mean over the last ~50 steps reads better than one noisy step.
+            # The mean since the last redraw reads better than one noisy step.
             for key, value in step_losses.items():
-                losses[key] = value if key not in losses else 0.98 * losses[key] + 0.02 * value
+                value = value.detach() if isinstance(value, torch.Tensor) else value
+                total, count = sums.get(key, (0.0, 0))
+                sums[key] = (total + value, count + 1)
             bar.update(1)
-            rate = (task.items_per_step * distributed.world_size() * bar.format_dict["rate"]
-                    if bar.format_dict.get("rate") else 0)
-            bar.set_postfix({**{k: f"{v:.4g}" for k, v in losses.items()},
-                             f"{settings.unit}/s": f"{rate:.0f}"}, refresh=False)
+            now = time.perf_counter()
+            if now - shown >= REDRAW_SECONDS or state.step >= settings.steps:
+                shown = now
+                rate = (task.items_per_step * distributed.world_size() * bar.format_dict["rate"]
+                        if bar.format_dict.get("rate") else 0)
+                means = {k: f"{float(total) / count:.4g}" for k, (total, count) in sums.items()}
+                bar.set_postfix({**means, f"{settings.unit}/s": f"{rate:.0f}"}, refresh=False)
+                sums = {}
+            if profiler is not None and state.step - 1 == profiler.last:
+                paused = time.perf_counter()
+                profiler.finish()                         # writing it is not training time
+                started += time.perf_counter() - paused
             after_step = getattr(task, "after_step", None)
             if after_step is not None:
                 paused = time.perf_counter()
@@ -110,6 +137,8 @@ def run_loop(task: Task, run: Path, settings: LoopSettings, state: LoopState | N
                 save(run, task, state)
     finally:
         bar.close()
+        if profiler is not None:
+            profiler.finish()                             # stopped before its last step
     save(run, task, state)
     return state
 

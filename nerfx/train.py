@@ -88,6 +88,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, help="run folder (default runs/<scene>-<model>-<time>)")
     p.add_argument("--resume", type=Path, help="run folder to continue")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--profile-step", type=int, metavar="N",
+                   help="profile steps N to N+2 into RUN/profile/ (trace, operators, host syncs)")
     return p.parse_args(argv)
 
 
@@ -174,7 +176,7 @@ class RadianceFieldTask:
         self.marched_per_ray: dict[int, float] = {}  # step -> samples marched per ray
         self.samples_total, self.step_seconds = 0, 0.0  # this process's, for samples/s
 
-    def train_step(self, step: int) -> dict[str, float]:
+    def train_step(self, step: int) -> dict[str, float | torch.Tensor]:
         tick = time.perf_counter()
         n_rays = self.items_per_step = self.batch_rays
         batch = self.rays.sample(n_rays, self.generator, self.pipeline.random_background)
@@ -189,9 +191,12 @@ class RadianceFieldTask:
                 self.marched_per_ray[step + 1] = round(result.n_marched / n_rays, 1)
         self.batch_rays = self.pipeline.next_batch_rays(n_rays, result.n_samples,
                                                         self.cfg["batch_samples"])
-        mse = result.mse.item()  # waits for the device: the step's time is all in
+        # The losses stay on the device (the loop reads them when its bar redraws): no wait here.
+        # The next step's march waits for this one (it reads its sample count), so the clock
+        # runs at most one step ahead of the device.
         self.step_seconds += time.perf_counter() - tick
-        return {"loss": mse, "psnr": -10 * math.log10(max(mse, 1e-10)),
+        mse = result.mse.detach()
+        return {"loss": mse, "psnr": -10 * torch.log10(mse.clamp_min(1e-10)),
                 "spr": result.n_samples / n_rays}
 
     @property
@@ -292,7 +297,8 @@ def train(args: argparse.Namespace) -> dict:
               f"trained)", flush=True)
     pipeline.prepare(train_set.poses, train_set.intrinsics, train_set.width, train_set.height)
     settings = LoopSettings(steps=cfg["steps"], max_seconds=cfg["max_seconds"],
-                            save_every=SAVE_EVERY, unit="rays")
+                            save_every=SAVE_EVERY, unit="rays",
+                            profile_step=getattr(args, "profile_step", None))
     loop_state = run_loop(task, out, settings, loop_state, desc=f"train {args.model}")
     step, elapsed = loop_state.step, loop_state.seconds
     clock_psnr, samples_per_ray = task.clock_psnr, task.samples_per_ray

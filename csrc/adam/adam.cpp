@@ -6,9 +6,26 @@
 
 namespace nerfx::adam {
 
+namespace {
+
+// A GradScaler scalar (grad_scale, found_inf): float32, one element, on param's device.
+at::Tensor checked_scalar(const std::optional<at::Tensor>& t, const char* name,
+                          const at::Tensor& param) {
+  if (!t.has_value() || !t->defined()) return at::Tensor();
+  TORCH_CHECK(t->scalar_type() == at::kFloat && t->numel() == 1,
+              "adam_step: ", name, " must be a float32 tensor of one element, got ",
+              t->scalar_type(), " ", t->sizes());
+  TORCH_CHECK(t->device() == param.device(), "adam_step: ", name, " is on ", t->device(),
+              ", param on ", param.device());
+  return *t;
+}
+
+}  // namespace
+
 void step(const at::Tensor& param, const at::Tensor& grad, const at::Tensor& exp_avg,
           const at::Tensor& exp_avg_sq, const at::Tensor& step, double lr, double beta1,
-          double beta2, double eps) {
+          double beta2, double eps, const std::optional<at::Tensor>& grad_scale,
+          const std::optional<at::Tensor>& found_inf) {
   const at::ScalarType stored = param.scalar_type();
   TORCH_CHECK(stored == at::kFloat || stored == at::kDouble || stored == at::kHalf,
               "adam_step: param must be float32, float64 or float16, got ", stored);
@@ -36,7 +53,9 @@ void step(const at::Tensor& param, const at::Tensor& grad, const at::Tensor& exp
   TORCH_CHECK(lr >= 0 && eps >= 0 && beta1 >= 0 && beta1 < 1 && beta2 >= 0 && beta2 < 1,
               "adam_step: needs lr >= 0, eps >= 0 and betas in [0, 1), got lr=", lr,
               ", betas=(", beta1, ", ", beta2, "), eps=", eps);
-  const State state{param, grad.contiguous(), exp_avg, exp_avg_sq, step};
+  const State state{param, grad.contiguous(), exp_avg, exp_avg_sq, step,
+                    checked_scalar(grad_scale, "grad_scale", param),
+                    checked_scalar(found_inf, "found_inf", param)};
   if (param.numel() == 0) return;
 #ifdef NERFX_WITH_CUDA
   if (param.is_cuda()) {

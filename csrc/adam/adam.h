@@ -3,6 +3,8 @@
 
 #include <ATen/ATen.h>
 
+#include <optional>
+
 #include "nerfx/adam.h"
 
 namespace nerfx::adam {
@@ -13,8 +15,11 @@ namespace nerfx::adam {
 //   exp_avg    [n] state dtype: float for float and half params, double for double; in place
 //   exp_avg_sq [n] state dtype, in place
 //   step       [n] int32, the steps each entry took, in place
+// and, from a mixed-precision step (torch.amp.GradScaler), on the same device or undefined:
+//   grad_scale [1] float32, the loss scale the gradients carry (divided out entry by entry)
+//   found_inf  [1] float32, nonzero when a gradient overflowed: then nothing changes
 struct State {
-  at::Tensor param, grad, exp_avg, exp_avg_sq, step;
+  at::Tensor param, grad, exp_avg, exp_avg_sq, step, grad_scale, found_inf;
 };
 
 void step_cpu(const State& state, double lr, double beta1, double beta2, double eps);
@@ -25,6 +30,7 @@ void step_cuda(const State& state, double lr, double beta1, double beta2, double
 // The registered op nerfx::adam_step: updates param, exp_avg, exp_avg_sq and step in place.
 void step(const at::Tensor& param, const at::Tensor& grad, const at::Tensor& exp_avg,
           const at::Tensor& exp_avg_sq, const at::Tensor& step, double lr, double beta1,
-          double beta2, double eps);
+          double beta2, double eps, const std::optional<at::Tensor>& grad_scale,
+          const std::optional<at::Tensor>& found_inf);
 
 }  // namespace nerfx::adam

@@ -102,13 +102,13 @@ struct Arrays {
 // One entry, as update_entry with the table's bias corrections (the batches' tails).
 template <typename param_t, typename state_t>
 inline void step_entry(int64_t i, const Arrays<param_t, state_t>& a, const Settings<state_t>& s,
-                       const BiasTable<state_t>& table) {
+                       const BiasTable<state_t>& table, state_t inv_scale) {
   const state_t g = state_t(a.grad[i]);
   if (g == state_t(0)) return;
   const int32_t t = a.step[i] + 1;
   a.step[i] = t;
   state_t p = state_t(a.param[i]), m = a.exp_avg[i], v = a.exp_avg_sq[i];
-  adam_update(g, table.bias1(t), table.bias2_sqrt(t), s, p, m, v);
+  adam_update(g * inv_scale, table.bias1(t), table.bias2_sqrt(t), s, p, m, v);
   a.param[i] = param_t(p);
   a.exp_avg[i] = m;
   a.exp_avg_sq[i] = v;
@@ -139,7 +139,8 @@ inline void store(T* dst, const V& lanes) {
 // must be saturated (counts past its end read its last row, 1).
 template <int Bytes, typename param_t, typename state_t>
 inline void step_batches(int64_t begin, int64_t end, const Arrays<param_t, state_t>& a,
-                         const Settings<state_t>& s, const BiasTable<state_t>& table) {
+                         const Settings<state_t>& s, const BiasTable<state_t>& table,
+                         state_t inv_scale) {
   using V = typename BatchOf<state_t, Bytes>::type;
   using Counts = typename BatchOf<state_t, Bytes>::counts;
   constexpr int kLanes = Bytes / int(sizeof(state_t));
@@ -181,12 +182,12 @@ inline void step_batches(int64_t begin, int64_t end, const Arrays<param_t, state
       }
     }
     V p_new = p, m_new = m, v_new = v;
-    adam_update(g, bc1, bc2_sqrt, s, p_new, m_new, v_new);
+    adam_update(V(g * inv_scale), bc1, bc2_sqrt, s, p_new, m_new, v_new);
     store<V, state_t>(param + i, touched ? p_new : p);  // untouched lanes keep their bits
     store<V, state_t>(exp_avg + i, touched ? m_new : m);
     store<V, state_t>(exp_avg_sq + i, touched ? v_new : v);
   }
-  for (; i < end; ++i) step_entry(i, a, s, table);
+  for (; i < end; ++i) step_entry(i, a, s, table, inv_scale);
 }
 
 // The same, compiled for AVX2: flatten inlines every callee (the batch loop, adam_update, the
@@ -195,8 +196,9 @@ template <int Bytes, typename param_t, typename state_t>
 __attribute__((target("avx2"), flatten)) void step_batches_avx2(int64_t begin, int64_t end,
                                                         const Arrays<param_t, state_t>& a,
                                                         const Settings<state_t>& s,
-                                                        const BiasTable<state_t>& table) {
-  step_batches<Bytes>(begin, end, a, s, table);
+                                                        const BiasTable<state_t>& table,
+                                                        state_t inv_scale) {
+  step_batches<Bytes>(begin, end, a, s, table, inv_scale);
 }
 
 bool has_avx2() {
@@ -209,12 +211,17 @@ bool has_avx2() {
 }  // namespace
 
 void step_cpu(const State& state, double lr, double beta1, double beta2, double eps) {
+  // A mixed-precision step's scalars live on the host here: read them once.
+  if (state.found_inf.defined() && state.found_inf.item<float>() != 0.0f) return;
+  const float inv_scale =
+      state.grad_scale.defined() ? inverse_scale(state.grad_scale.item<float>()) : 1.0f;
   const int64_t n = state.param.numel();
   constexpr int64_t kChunk = 4096;  // entries per task; a multiple of every batch width
   AT_DISPATCH_FLOATING_TYPES_AND_HALF(state.param.scalar_type(), "adam_step_cpu", [&] {
     using state_t = at::opmath_type<scalar_t>;  // float for float and half, double for double
     const Settings<state_t> s = make_settings<state_t>(lr, beta1, beta2, eps);
     const BiasTable<state_t>& table = bias_table<state_t>(beta1, beta2);
+    const state_t inv = state_t(inv_scale);
     const Arrays<scalar_t, state_t> a{
         state.param.data_ptr<scalar_t>(), state.grad.data_ptr<scalar_t>(),
         state.exp_avg.data_ptr<state_t>(), state.exp_avg_sq.data_ptr<state_t>(),
@@ -224,14 +231,14 @@ void step_cpu(const State& state, double lr, double beta1, double beta2, double 
       const int64_t begin = chunk_begin * kChunk, end = std::min(n, chunk_end * kChunk);
 #ifdef NERFX_ADAM_SIMD
       if (!table.saturated) {  // betas within ~1e-5 of 1: counts past the table computed
-        for (int64_t i = begin; i < end; ++i) step_entry(i, a, s, table);
+        for (int64_t i = begin; i < end; ++i) step_entry(i, a, s, table, inv);
       } else if (has_avx2()) {
-        step_batches_avx2<32>(begin, end, a, s, table);
+        step_batches_avx2<32>(begin, end, a, s, table, inv);
       } else {
-        step_batches<16>(begin, end, a, s, table);
+        step_batches<16>(begin, end, a, s, table, inv);
       }
 #else
-      for (int64_t i = begin; i < end; ++i) step_entry(i, a, s, table);
+      for (int64_t i = begin; i < end; ++i) step_entry(i, a, s, table, inv);
 #endif
     });
   });

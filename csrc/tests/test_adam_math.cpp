@@ -21,7 +21,7 @@ static void zero_gradient_changes_nothing() {
   float m[2] = {0.125f, -1e-3f}, v[2] = {1e-4f, 3e-7f};
   int32_t step[2] = {7, 0};
   const float before[6] = {param[0], param[1], m[0], m[1], v[0], v[1]};
-  for (int64_t i = 0; i < 2; ++i) adam::update_entry(i, param, grad, m, v, step, s);
+  for (int64_t i = 0; i < 2; ++i) adam::update_entry(i, param, grad, m, v, step, s, 1.0f);
   const float after[6] = {param[0], param[1], m[0], m[1], v[0], v[1]};
   EXPECT(std::memcmp(before, after, sizeof before) == 0);
   EXPECT(step[0] == 7 && step[1] == 0);
@@ -33,12 +33,27 @@ static void first_step_moves_by_the_learning_rate() {
   for (double g : {1e-6, -3.0, 250.0}) {
     double param[1] = {0.5}, grad[1] = {g}, m[1] = {0}, v[1] = {0};
     int32_t step[1] = {0};
-    adam::update_entry(0, param, grad, m, v, step, s);
+    adam::update_entry(0, param, grad, m, v, step, s, 1.0);
     EXPECT(step[0] == 1);
     // |g| / (|g| + eps) differs from 1 by about eps / |g|.
     const double want = 0.5 - kLr * (g > 0 ? 1 : -1);
     EXPECT(std::fabs(param[0] - want) <= kLr * kEps / std::fabs(g) + 1e-15);
   }
+}
+
+// A loss-scaled gradient with its inverse scale steps exactly as the unscaled one (GradScaler's
+// power-of-two scales; the inverse computed as its unscale_ computes it).
+static void loss_scale_is_divided_out_exactly() {
+  const adam::Settings<float> s = adam::make_settings<float>(kLr, kBeta1, kBeta2, kEps);
+  for (float scale : {65536.0f, 0.5f, 1024.0f}) {
+    float p1[1] = {0.3f}, m1[1] = {0.01f}, v1[1] = {1e-4f}, g1[1] = {-0.0123f};
+    float p2[1] = {0.3f}, m2[1] = {0.01f}, v2[1] = {1e-4f}, g2[1] = {-0.0123f * scale};
+    int32_t t1[1] = {4}, t2[1] = {4};
+    adam::update_entry(0, p1, g1, m1, v1, t1, s, 1.0f);
+    adam::update_entry(0, p2, g2, m2, v2, t2, s, adam::inverse_scale(scale));
+    EXPECT(p1[0] == p2[0] && m1[0] == m2[0] && v1[0] == v2[0] && t1[0] == t2[0]);
+  }
+  EXPECT(adam::inverse_scale(3.0f) == float(1.0 / 3.0));
 }
 
 // An entry skipped at step 2 takes its second step at step 3 with t = 2, by hand in double.
@@ -51,7 +66,7 @@ static void bias_correction_counts_the_entrys_own_steps() {
   int t = 0;
   for (double g : grads) {
     double grad[1] = {g};
-    adam::update_entry(0, param, grad, m, v, step, s);
+    adam::update_entry(0, param, grad, m, v, step, s, 1.0);
     if (g == 0) continue;
     ++t;
     want_m = kBeta1 * want_m + (1 - kBeta1) * g;
@@ -94,6 +109,7 @@ int main() {
   zero_gradient_changes_nothing();
   first_step_moves_by_the_learning_rate();
   bias_correction_counts_the_entrys_own_steps();
+  loss_scale_is_divided_out_exactly();
   bias_correction_is_accurate_in_float();
   bias_table_matches_the_direct_formula();
   if (failures == 0) std::printf("adam math: all passed\n");

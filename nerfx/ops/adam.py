@@ -35,7 +35,8 @@ __all__ = ["SkipZeroAdam", "adam_step", "state_dtype"]
 PARAM_DTYPES = (torch.float32, torch.float64, torch.float16)
 
 
-def _fake(param, grad, exp_avg, exp_avg_sq, step, lr, beta1, beta2, eps) -> None:
+def _fake(param, grad, exp_avg, exp_avg_sq, step, lr, beta1, beta2, eps, grad_scale=None,
+          found_inf=None) -> None:
     return None  # updates its arguments in place, returns nothing
 
 
@@ -48,8 +49,10 @@ _ext.on_load(_register_library)
 
 def _run_compiled(param: torch.Tensor, grad: torch.Tensor, exp_avg: torch.Tensor,
                   exp_avg_sq: torch.Tensor, step: torch.Tensor, lr: float, beta1: float,
-                  beta2: float, eps: float) -> None:
-    torch.ops.nerfx.adam_step(param, grad, exp_avg, exp_avg_sq, step, lr, beta1, beta2, eps)
+                  beta2: float, eps: float, grad_scale: torch.Tensor | None = None,
+                  found_inf: torch.Tensor | None = None) -> None:
+    torch.ops.nerfx.adam_step(param, grad, exp_avg, exp_avg_sq, step, lr, beta1, beta2, eps,
+                              grad_scale, found_inf)
 
 
 BACKENDS = register(OpBackends("adam_step", [
@@ -90,9 +93,21 @@ def _check(param: torch.Tensor, grad: torch.Tensor, exp_avg: torch.Tensor,
         raise TypeError(f"adam_step: step must be int32 (one count per entry), got {step.dtype}")
 
 
+def _check_scaler_tensor(name: str, t: torch.Tensor | None, param: torch.Tensor) -> None:
+    if t is None:
+        return
+    if not isinstance(t, torch.Tensor) or t.dtype != torch.float32 or t.numel() != 1:
+        raise TypeError(f"adam_step: {name} must be a float32 tensor of one element (as "
+                        f"torch.amp.GradScaler keeps it), got {getattr(t, 'dtype', type(t))} "
+                        f"{tuple(getattr(t, 'shape', ()))}")
+    if t.device != param.device:
+        raise ValueError(f"adam_step: {name} is on {t.device}, param on {param.device}")
+
+
 def adam_step(param: torch.Tensor, grad: torch.Tensor, exp_avg: torch.Tensor,
               exp_avg_sq: torch.Tensor, step: torch.Tensor, *, lr: float, beta1: float,
-              beta2: float, eps: float, backend: str = "auto") -> None:
+              beta2: float, eps: float, grad_scale: torch.Tensor | None = None,
+              found_inf: torch.Tensor | None = None, backend: str = "auto") -> None:
     """One Adam step in place, skipping the entries whose gradient is exactly 0.
 
     param, grad: [*shape] float32, float16 or float64 (float32/float16 tables on cpu/cuda,
@@ -101,13 +116,25 @@ def adam_step(param: torch.Tensor, grad: torch.Tensor, exp_avg: torch.Tensor,
     state are contiguous and updated in place. An entry with grad == 0 keeps all four unchanged;
     every other entry counts one more step t and takes torch.optim.Adam's update with bias
     corrections 1 - beta1^t and 1 - beta2^t of its own t.
+
+    Mixed precision (torch.amp.GradScaler's tensors, float32 of one element on param's device):
+    grad_scale, the loss scale the gradient carries, is divided out entry by entry (in the
+    moments' type: a half gradient is not rounded again); where found_inf is nonzero the step
+    changes nothing. The kernels read both on the device, with no host synchronisation.
     """
     _check(param, grad, exp_avg, exp_avg_sq, step)
     _check_settings("adam_step", lr, beta1, beta2, eps)
+    _check_scaler_tensor("grad_scale", grad_scale, param)
+    _check_scaler_tensor("found_inf", found_inf, param)
     chosen = BACKENDS.select(backend, param.device, (param.dtype,))
     with torch.no_grad():
         chosen.run(param, grad.contiguous(), exp_avg, exp_avg_sq, step, float(lr), float(beta1),
-                   float(beta2), float(eps))
+                   float(beta2), float(eps), grad_scale, found_inf)
+
+
+def _on(t: torch.Tensor | None, param: torch.Tensor) -> torch.Tensor | None:
+    """A GradScaler scalar on param's device and as adam_step takes it ([1] float32)."""
+    return None if t is None else t.to(param.device, torch.float32, non_blocking=True).reshape(1)
 
 
 def _skip_zero_state(param: torch.Tensor, saved: dict[str, Any], index: int
@@ -152,9 +179,12 @@ class SkipZeroAdam(torch.optim.Optimizer):
     weight_decay as L2, `fused` as in torch). Settings per group: lr, betas, eps, weight_decay,
     skip_zero, fused; the training loop may set group["lr"] before each step.
 
-    torch.amp.GradScaler: this optimiser does not unscale inside its step, so GradScaler.step
+    torch.amp.GradScaler: where every group is skip_zero or fused (as make_optimizer builds it),
+    the step takes the scaler's loss scale and overflow flag (`_step_supports_amp_scaling`, as
+    torch's fused Adam does): the gradients are unscaled inside the kernels and an overflowed step
+    is skipped on the device, so GradScaler.step does not wait for the GPU. Otherwise GradScaler
     unscales every gradient first (unscale_) and skips the step when one holds inf or NaN, as for
-    any such optimiser; unscaling keeps a zero gradient exactly zero. state_dict() holds tensors
+    any optimiser; either way a zero gradient stays exactly zero. state_dict() holds tensors
     and plain values only (torch.load(weights_only=True) reads it). load_state_dict() also takes
     torch.optim.Adam's state over the same parameters in the same order, whatever its groups
     (checkpoints of runs before this optimiser): each skip-zero entry starts from that Adam's
@@ -192,17 +222,27 @@ class SkipZeroAdam(torch.optim.Optimizer):
             group.setdefault("fused", None)
             group.setdefault("weight_decay", 0.0)
 
+    @property
+    def _step_supports_amp_scaling(self) -> bool:
+        """Whether GradScaler may hand step() its scale and overflow flag (set as the attributes
+        grad_scale and found_inf) instead of unscaling and checking on the host: every group's
+        kernel takes them (adam_step; torch's fused Adam)."""
+        return all(g["skip_zero"] or g["fused"] for g in self.param_groups)
+
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        # Set by torch.amp.GradScaler.step for the duration of this call (see the class doc).
+        scaler = dict(grad_scale=getattr(self, "grad_scale", None),
+                      found_inf=getattr(self, "found_inf", None))
         for group in self.param_groups:
             if group["skip_zero"]:
-                self._skip_zero_step(group)
+                self._skip_zero_step(group, **scaler)
             else:
-                self._dense_step(group)
+                self._dense_step(group, **scaler)
         return loss
 
     def _with_grads(self, group: dict[str, Any]) -> list[torch.Tensor]:
@@ -212,7 +252,8 @@ class SkipZeroAdam(torch.optim.Optimizer):
                                "dense gradient with zeros is what skip_zero groups skip")
         return params
 
-    def _skip_zero_step(self, group: dict[str, Any]) -> None:
+    def _skip_zero_step(self, group: dict[str, Any], grad_scale: torch.Tensor | None,
+                        found_inf: torch.Tensor | None) -> None:
         beta1, beta2 = group["betas"]
         for p in self._with_grads(group):
             state = self.state[p]
@@ -222,9 +263,11 @@ class SkipZeroAdam(torch.optim.Optimizer):
                 state["exp_avg"] = torch.zeros(p.shape, dtype=moments, device=p.device)
                 state["exp_avg_sq"] = torch.zeros(p.shape, dtype=moments, device=p.device)
             adam_step(p, p.grad, state["exp_avg"], state["exp_avg_sq"], state["step"],
-                      lr=group["lr"], beta1=beta1, beta2=beta2, eps=group["eps"])
+                      lr=group["lr"], beta1=beta1, beta2=beta2, eps=group["eps"],
+                      grad_scale=_on(grad_scale, p), found_inf=_on(found_inf, p))
 
-    def _dense_step(self, group: dict[str, Any]) -> None:
+    def _dense_step(self, group: dict[str, Any], grad_scale: torch.Tensor | None,
+                    found_inf: torch.Tensor | None) -> None:
         params = self._with_grads(group)
         if not params:
             return
@@ -240,7 +283,8 @@ class SkipZeroAdam(torch.optim.Optimizer):
         torch_adam(params, [p.grad for p in params], [s["exp_avg"] for s in states],
                    [s["exp_avg_sq"] for s in states], [], [s["step"] for s in states],
                    fused=group["fused"], amsgrad=False, beta1=beta1, beta2=beta2, lr=group["lr"],
-                   weight_decay=group["weight_decay"], eps=group["eps"], maximize=False)
+                   weight_decay=group["weight_decay"], eps=group["eps"], maximize=False,
+                   grad_scale=grad_scale, found_inf=found_inf)
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         state_dict = self._own_layout(state_dict)

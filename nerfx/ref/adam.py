@@ -26,15 +26,22 @@ def state_dtype(param_dtype: torch.dtype) -> torch.dtype:
 @torch.no_grad()
 def adam_step(param: torch.Tensor, grad: torch.Tensor, exp_avg: torch.Tensor,
               exp_avg_sq: torch.Tensor, step: torch.Tensor, lr: float, beta1: float,
-              beta2: float, eps: float) -> None:
+              beta2: float, eps: float, grad_scale: torch.Tensor | None = None,
+              found_inf: torch.Tensor | None = None) -> None:
     """In place. param, grad: [*shape] (the parameter's dtype); exp_avg, exp_avg_sq: [*shape]
-    (state_dtype(param.dtype)); step: [*shape] int32, the steps each entry took. All contiguous."""
+    (state_dtype(param.dtype)); step: [*shape] int32, the steps each entry took. All contiguous.
+    grad_scale, found_inf: torch.amp.GradScaler's loss scale (divided out of the gradient, in the
+    moments' type) and overflow flag (nonzero: nothing changes), or None."""
+    if found_inf is not None and bool(found_inf.reshape(()) != 0):
+        return
     touched = grad.reshape(-1).ne(0).nonzero().squeeze(1)  # [k] flat indices, k <= n
     if touched.numel() == 0:
         return
     flat = [t.view(-1) for t in (param, exp_avg, exp_avg_sq, step)]
     p, m, v, t = (f.index_select(0, touched) for f in flat)  # [k] each
     g = grad.reshape(-1).index_select(0, touched).to(m.dtype)  # [k]
+    if grad_scale is not None:  # the inverse as GradScaler.unscale_ computes it
+        g = g * grad_scale.reshape(()).double().reciprocal().float().to(m.dtype)
     t += 1
     m.lerp_(g, 1 - beta1)
     v.mul_(beta2).addcmul_(g, g, value=1 - beta2)

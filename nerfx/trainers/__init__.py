@@ -79,6 +79,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, help="run folder (default runs/<data>-<model>-<time>)")
     p.add_argument("--resume", type=Path, help="run folder to continue")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--profile-step", type=int, metavar="N",
+                   help="profile steps N to N+2 into RUN/profile/ (trace, operators, host syncs)")
     return p.parse_args(argv)
 
 
@@ -160,7 +162,8 @@ def train(args: argparse.Namespace) -> dict:
     state = loop.run_loop(trainer, run, loop.LoopSettings(
         steps=settings["steps"], max_seconds=settings.get("max_seconds"),
         save_every=settings.get("save_every", 500),
-        snapshot_every=settings.get("snapshot_every", 0)), state, desc=config["model"])
+        snapshot_every=settings.get("snapshot_every", 0),
+        profile_step=getattr(args, "profile_step", None)), state, desc=config["model"])
     if not main:                  # process 0 evaluates and writes; the others are done
         distributed.barrier()
         distributed.cleanup()

@@ -109,7 +109,7 @@ class Trainer:
         self.autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda"
                          else nullcontext())
 
-    def train_step(self, step: int) -> dict[str, float]:
+    def train_step(self, step: int) -> dict[str, torch.Tensor]:
         for group in self.optimizer.param_groups:   # linear warm-up [official: warmup 5000]
             group["lr"] = self.settings["lr"] * min(1.0, (step + 1) / self.settings["warmup_steps"])
         x0, _ = self.batches.next()
@@ -124,7 +124,7 @@ class Trainer:
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.settings["grad_clip"])
         self.optimizer.step()
         self.ema.update(self.model)
-        return {"loss": loss.item()}
+        return {"loss": loss.detach()}
 
     def sample(self, n: int, sampler: str = "ddim", steps: int = 50, eta: float = 0.0,
                seed: int = 0) -> torch.Tensor:

@@ -190,20 +190,20 @@ class Trainer:
 
     # --- training ------------------------------------------------------------------------------
 
-    def train_step(self, step: int) -> dict[str, float]:
+    def train_step(self, step: int) -> dict[str, torch.Tensor]:
         if step < self.ae_steps:
             return self._autoencoder_step(step)
         if self.latent_batches is None:
             self._enter_latent_phase()
         return self._latent_step(step - self.ae_steps)
 
-    def _autoencoder_step(self, step: int) -> dict[str, float]:
+    def _autoencoder_step(self, step: int) -> dict[str, torch.Tensor]:
         ae = self.model.autoencoder.train()
         x, _ = self.batches.next()
         noise = torch.randn((x.shape[0], *self.model.latent_shape), generator=self.noise)
         with self.autocast:
             out = ae.loss(x, noise=noise.to(self.device))
-        losses = {"ae_loss": out.loss.item(), "l1": out.l1.item(), "kl": out.kl.item()}
+        losses = {"ae_loss": out.loss.detach(), "l1": out.l1.detach(), "kl": out.kl.detach()}
         adversarial = self.discriminator is not None and step >= self.adversarial_start
         loss = out.loss
         if adversarial:  # [contperceptual.py: g_loss = -E[D(x̂)], weighted adaptively]
@@ -213,7 +213,7 @@ class Trainer:
             weight = adaptive_weight(out.nll, g_loss, ae.decoder.conv_out.weight,
                                      self.settings.get("disc_weight", 0.5))
             loss = loss + weight * g_loss
-            losses.update(g_loss=g_loss.item(), d_weight=weight.item())
+            losses.update(g_loss=g_loss.detach(), d_weight=weight.detach())
         self.ae_optimizer.zero_grad(set_to_none=True)
         loss.backward()
         distributed.average_gradients(ae.parameters())
@@ -226,7 +226,7 @@ class Trainer:
             d_loss.backward()
             distributed.average_gradients(self.discriminator.parameters())
             self.disc_optimizer.step()
-            losses["d_loss"] = d_loss.item()
+            losses["d_loss"] = d_loss.detach()
         return losses
 
     @torch.no_grad()
@@ -249,7 +249,7 @@ class Trainer:
             self.latent_batches.load_state_dict(self.latent_batches_state)
         self.items_per_step = self.settings["batch_size"]
 
-    def _latent_step(self, step: int) -> dict[str, float]:
+    def _latent_step(self, step: int) -> dict[str, torch.Tensor]:
         assert self.latent_batches is not None
         for group in self.optimizer.param_groups:  # linear warm-up
             group["lr"] = self.settings["lr"] * min(1.0, (step + 1) / self.settings["warmup_steps"])
@@ -265,7 +265,7 @@ class Trainer:
         torch.nn.utils.clip_grad_norm_(self.model.unet.parameters(), self.settings["grad_clip"])
         self.optimizer.step()
         self.ema.update(self.model.unet)
-        return {"loss": loss.item()}
+        return {"loss": loss.detach()}
 
     # --- pictures and metrics ------------------------------------------------------------------
 

@@ -54,7 +54,7 @@ class Trainer:
         self.noise = torch.Generator().manual_seed(distributed.process_seed(seed + 1))
         self.seed = seed
 
-    def train_step(self, step: int) -> dict[str, float]:
+    def train_step(self, step: int) -> dict[str, torch.Tensor]:
         x, _ = self.batches.next()
         noise = torch.randn((x.shape[0], self.model.config.latent_dim),
                             generator=self.noise).to(self.device)
@@ -63,7 +63,7 @@ class Trainer:
         out.loss.backward()
         distributed.average_gradients(self.model.parameters())
         self.optimizer.step()
-        return {"loss": out.loss.item(), "kl": out.kl.mean().item()}
+        return {"loss": out.loss.detach(), "kl": out.kl.detach().mean()}
 
     @torch.no_grad()
     def test_elbo(self, chunk: int = 256) -> float:

@@ -71,7 +71,7 @@ class Trainer:
         progress = (step - s["warmup_steps"]) / max(1, s["steps"] - s["warmup_steps"])
         return s["lr"] * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
 
-    def train_step(self, step: int) -> dict[str, float]:
+    def train_step(self, step: int) -> dict[str, torch.Tensor]:
         for group in self.optimizer.param_groups:
             group["lr"] = self.learning_rate(step)
         images, labels = self.batches.next()
@@ -83,7 +83,7 @@ class Trainer:
         loss.backward()
         distributed.average_gradients(self.model.parameters())
         self.optimizer.step()
-        return {"loss": loss.item(), "acc": (logits.argmax(1) == labels).float().mean().item()}
+        return {"loss": loss.detach(), "acc": (logits.argmax(1) == labels).float().mean()}
 
     @torch.no_grad()
     def predict(self, chunk: int = 256) -> torch.Tensor:

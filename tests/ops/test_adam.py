@@ -242,6 +242,45 @@ def test_bad_arguments_are_named():
         adam_step(param, grad, exp_avg, exp_avg_sq, step, **(NGP | dict(beta2=1.0)))
 
 
+@pytest.mark.parametrize("backend,device", PAIRS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16])
+def test_loss_scale_is_divided_out_and_overflow_skips(backend, device, dtype):
+    """A gradient times a power-of-two loss scale, with grad_scale, steps exactly as the
+    unscaled gradient; found_inf nonzero leaves everything as it was, zero changes nothing."""
+    select(backend, device, dtype)
+    n = 1025
+    plain = table(n, dtype, device, seed=11)
+    scaled, skipped, flag_zero = clone_all(plain), clone_all(plain), clone_all(plain)
+    grad = gradient(n, dtype, device, seed=12, zero_fraction=0.4)
+    scale = torch.tensor([2.0**4], device=device)
+    adam_step(plain[0], grad, *plain[1:], **NGP, backend=backend)
+    adam_step(scaled[0], grad * 2**4, *scaled[1:], **NGP, grad_scale=scale, backend=backend)
+    one, zero = torch.ones(1, device=device), torch.zeros(1, device=device)
+    adam_step(skipped[0], grad, *skipped[1:], **NGP, found_inf=one, backend=backend)
+    adam_step(flag_zero[0], grad, *flag_zero[1:], **NGP, found_inf=zero, backend=backend)
+    before = table(n, dtype, device, seed=11)
+    assert not torch.equal(plain[0], before[0])  # the step moved the table
+    for got, same, want in zip(scaled, flag_zero, plain, strict=True):
+        assert torch.equal(bits(got), bits(want))
+        assert torch.equal(bits(same), bits(want))
+    for now, then in zip(skipped, before, strict=True):
+        assert torch.equal(bits(now), bits(then))
+
+
+def test_bad_scaler_tensors_are_named():
+    param, exp_avg, exp_avg_sq, step = table(8, torch.float32, "cpu")
+    with pytest.raises(TypeError, match="grad_scale must be a float32 tensor of one element"):
+        adam_step(param, torch.ones(8), exp_avg, exp_avg_sq, step, **NGP,
+                  grad_scale=torch.ones(2))
+    with pytest.raises(TypeError, match="found_inf must be a float32"):
+        adam_step(param, torch.ones(8), exp_avg, exp_avg_sq, step, **NGP,
+                  found_inf=torch.ones(1, dtype=torch.float64))
+    select("cpu", "cpu", torch.float32)
+    with pytest.raises(RuntimeError, match="grad_scale must be a float32 tensor of one element"):
+        torch.ops.nerfx.adam_step(param, torch.ones(8), exp_avg, exp_avg_sq, step,
+                                  1e-2, 0.9, 0.99, 1e-15, torch.ones(3), None)
+
+
 def test_the_kernel_checks_its_arguments_itself():
     """The compiled op refuses what the Python checks refuse, for callers of torch.ops."""
     select("cpu", "cpu", torch.float32)
@@ -418,12 +457,16 @@ def loss_with_grads(tab, mlp, k: int, inf_at: int | None = None) -> torch.Tensor
     return (tab * g_tab).sum() + (mlp * g_mlp.view_as(mlp)).sum()
 
 
-def test_grad_scaler_unscales_and_skips_on_inf():
-    """torch.amp.GradScaler.step unscales this optimiser's gradients (a power-of-two scale:
-    exactly, zeros stay zero) and skips the step when one is inf."""
+@pytest.mark.parametrize("fused", [None, True], ids=["unscaled-first", "in-kernel"])
+def test_grad_scaler_unscales_and_skips_on_inf(fused):
+    """torch.amp.GradScaler.step with this optimiser equals unscaled training (a power-of-two
+    scale: exactly, zeros stay zero) and skips the step when a gradient is inf. With every dense
+    group fused the scaler hands its scale and flag to the step (no host sync) and leaves the
+    gradients scaled; otherwise it unscales them first."""
     tab, mlp = two_groups()
     tab2, mlp2 = (torch.nn.Parameter(p.detach().clone()) for p in (tab, mlp))
-    opt, opt2 = optimiser(tab, mlp), optimiser(tab2, mlp2)
+    opt, opt2 = optimiser(tab, mlp, fused=fused), optimiser(tab2, mlp2, fused=fused)
+    assert opt2._step_supports_amp_scaling == bool(fused)
     scaler = torch.amp.GradScaler("cpu", init_scale=2.0**12, growth_interval=1000)
     for k in range(3):
         opt.zero_grad()
@@ -433,6 +476,8 @@ def test_grad_scaler_unscales_and_skips_on_inf():
         scaler.scale(loss_with_grads(tab2, mlp2, k)).backward()
         scaler.step(opt2)
         scaler.update()
+        scale_left = 2.0**12 if fused else 1.0  # what the gradients still carry
+        assert torch.equal(tab2.grad, tab.grad * scale_left)
     assert scaler.get_scale() == 2.0**12
     assert torch.equal(tab.detach(), tab2.detach()) and torch.equal(mlp.detach(), mlp2.detach())
     before = {k: v.clone() for k, v in opt2.state[tab2].items()}

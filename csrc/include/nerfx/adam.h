@@ -69,21 +69,27 @@ NERFX_HD inline void adam_update(const V& g, const V& bc1, const V& bc2_sqrt,
   param = param - step_size * m / denom;
 }
 
+// The factor that unscales a mixed-precision step's gradients: 1 / the loss scale, computed as
+// torch.amp.GradScaler's unscale_ computes it (scale.double().reciprocal().float()), so a step
+// unscaled here equals one unscaled by GradScaler first, bit for bit, for float32 gradients.
+NERFX_HD inline float inverse_scale(float scale) { return float(1.0 / double(scale)); }
+
 // Entry i of param [n], grad [n], exp_avg [n], exp_avg_sq [n], step [n] (int32), in place, the
-// bias corrections computed for its count. A gradient of exactly 0 (either sign) leaves all five
-// untouched. (The CPU launcher steps every entry branch-free in SIMD batches instead, with the
-// bias corrections read from a table: see BiasTable.)
+// bias corrections computed for its count; the gradient is grad[i] * inv_scale (1 without a loss
+// scale: exact). A gradient of exactly 0 (either sign) leaves all five untouched. (The CPU
+// launcher steps every entry branch-free in SIMD batches instead, with the bias corrections read
+// from a table: see BiasTable.)
 template <typename param_t, typename state_t>
 NERFX_HD inline void update_entry(int64_t i, param_t* param, const param_t* grad,
                                   state_t* exp_avg, state_t* exp_avg_sq, int32_t* step,
-                                  const Settings<state_t>& s) {
+                                  const Settings<state_t>& s, state_t inv_scale) {
   const state_t g = state_t(grad[i]);
   if (g == state_t(0)) return;  // Instant-NGP sec. 4; tiny-cuda-nn `if (gradient == 0) return;`
   const int32_t t = step[i] + 1;
   step[i] = t;
   state_t p = state_t(param[i]), m = exp_avg[i], v = exp_avg_sq[i];
-  adam_update(g, bias_correction(s.log_beta1, t), sqrt_of(bias_correction(s.log_beta2, t)), s,
-              p, m, v);
+  adam_update(g * inv_scale, bias_correction(s.log_beta1, t),
+              sqrt_of(bias_correction(s.log_beta2, t)), s, p, m, v);
   param[i] = param_t(p);
   exp_avg[i] = m;
   exp_avg_sq[i] = v;
