@@ -30,6 +30,9 @@ Packed checked(const at::Tensor& sigmas, const at::Tensor& rgbs, const at::Tenso
     TORCH_CHECK(t->device() == sigmas.device(), "composite_rays: all tensors must be on ",
                 sigmas.device());
   }
+  // Sizes alone, so on every device: with no rays there is nothing to own samples.
+  TORCH_CHECK(offsets.numel() > 1 || S == 0, "composite_rays: offsets of one entry (no rays) "
+              "need S = 0, got S = ", S);
   Packed in{sigmas.contiguous(), rgbs.contiguous(), t_start.contiguous(), t_end.contiguous(),
             offsets.contiguous()};
   if (!in.offsets.is_cuda()) {

@@ -12,12 +12,17 @@ Levels make_levels(const std::vector<int64_t>& offsets, const std::vector<int64_
               "], got ", L);
   TORCH_CHECK(static_cast<int64_t>(offsets.size()) == L + 1,
               "hash_encode: offsets must have n_levels + 1 entries");
+  TORCH_CHECK(offsets[0] == 0, "hash_encode: offsets[0] must be 0 (the first level starts the "
+              "table), got ", offsets[0]);
   Levels levels{};
   levels.n_levels = static_cast<int>(L);
   for (int64_t l = 0; l <= L; ++l) levels.offsets[l] = offsets[l];
+  constexpr int64_t kLimit = int64_t(1) << 32;  // rows and resolutions are held as uint32
   for (int64_t l = 0; l < L; ++l) {
     const int64_t rows = offsets[l + 1] - offsets[l];
     TORCH_CHECK(resolutions[l] >= 1 && rows >= 1, "hash_encode: level ", l, " is empty");
+    TORCH_CHECK(resolutions[l] < kLimit && rows < kLimit, "hash_encode: level ", l,
+                " has ", rows, " rows at resolution ", resolutions[l], "; each must be < 2^32");
     levels.resolutions[l] = static_cast<uint32_t>(resolutions[l]);
     const uint64_t vertices = n_dims == 2 ? vertex_count<2>(levels.resolutions[l])
                                           : vertex_count<3>(levels.resolutions[l]);

@@ -22,6 +22,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> march(
               "march_rays: the bitfield must be uint8 on the rays' device");
   TORCH_CHECK(resolution > 0 && resolution % 2 == 0 && cascades >= 1 && cascades <= 8,
               "march_rays: bad grid resolution or cascade count");
+  // The empty-cell skip (RayMarcher::lattice_skip) relies on each coarse cell lying wholly
+  // inside or outside the finer cascade, which holds for resolution % 4 == 0.
+  TORCH_CHECK(cascades == 1 || resolution % 4 == 0, "march_rays: with ", cascades,
+              " cascades the resolution must be a multiple of 4, got ", resolution);
   TORCH_CHECK(bitfield.numel() * 8 == cascades * resolution * resolution * resolution,
               "march_rays: the bitfield must hold cascades * resolution^3 bits");
   TORCH_CHECK(center.size() == 3 && half_size.size() == 3, "march_rays: center, half_size: 3");

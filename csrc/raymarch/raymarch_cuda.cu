@@ -43,11 +43,14 @@ __global__ void fill_kernel(int64_t n_rays, RayPtrs rays, MarchParams p,
   // go to global memory (through the global arrays the bitfield's byte loads could alias them,
   // forcing a store per candidate).
   float start, end, position[3];
-  for (int64_t i = offsets[r]; i < offsets[r + 1] && m.next(start, end, position); ++i) {
+  int64_t i = offsets[r];
+  for (; i < offsets[r + 1] && m.next(start, end, position); ++i) {
     t_start[i] = start;
     t_end[i] = end;
     for (int a = 0; a < 3; ++a) positions[i * 3 + a] = position[a];
   }
+  // The count pass ran the same march: a shortfall would leave samples unwritten.
+  CUDA_KERNEL_ASSERT(i == offsets[r + 1]);
 }
 
 }  // namespace

@@ -115,6 +115,9 @@ def march_rays(rays_o: torch.Tensor, rays_d: torch.Tensor,
     if not isinstance(geometry, GridGeometry):
         raise TypeError(f"march_rays: geometry must be a GridGeometry, got "
                         f"{type(geometry).__name__}")
+    if geometry.cascades > 1 and geometry.resolution % 4:  # the kernels' empty-cell skip
+        raise ValueError(f"march_rays: with {geometry.cascades} cascades the resolution must be "
+                         f"a multiple of 4, got {geometry.resolution}")
     n_bits = geometry.cascades * geometry.resolution**3
     if bitfield.dtype != torch.uint8 or bitfield.shape != (n_bits // 8,):
         raise ValueError(f"march_rays: bitfield must be uint8 [{n_bits // 8}] for this geometry, "

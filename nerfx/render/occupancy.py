@@ -76,6 +76,9 @@ class OccupancyGrid(nn.Module):
                              f"got {aabb.tolist()}")
         if resolution < 2 or resolution % 2 or not 1 <= cascades <= 8:
             raise ValueError("OccupancyGrid: resolution must be even and cascades in [1, 8]")
+        if cascades > 1 and resolution % 4:  # the march's empty-cell skip needs it
+            raise ValueError(f"OccupancyGrid: with {cascades} cascades the resolution must be a "
+                             f"multiple of 4, got {resolution}")
         self.resolution, self.cascades = resolution, cascades
         self.decay, self.threshold = decay, threshold
         self.update_every, self.warmup_steps = update_every, warmup_steps

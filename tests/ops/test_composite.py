@@ -239,6 +239,15 @@ def test_bad_input_is_named():
         composite_rays(sigmas, rgbs, t0, t1, offsets, backend="cuda")
 
 
+def test_no_rays_with_samples_is_refused_on_every_device():
+    """The op checks this from sizes alone, so also for CUDA tensors (no synchronisation)."""
+    sigmas, rgbs, t0, t1, good = packed([3])
+    composite_rays(sigmas, rgbs, t0, t1, good, backend="cpu")  # loads nerfx._C
+    with pytest.raises(RuntimeError, match="no rays. need S = 0, got S = 3"):
+        torch.ops.nerfx.composite_rays(sigmas, rgbs, t0, t1, torch.zeros(1, dtype=torch.int64),
+                                       1e-4)
+
+
 # S = 5 samples in two rays: falling, past S, not from 0, short of S, negative.
 BAD_OFFSETS = [[0, 4, 3], [0, 3, 6], [1, 2, 5], [0, 2, 4], [0, -1, 5]]
 

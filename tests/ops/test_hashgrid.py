@@ -384,6 +384,19 @@ def test_bad_input_names_the_argument(x, params_size, exc, match):
         hash_encode(x, params, backend="cpu", **cfg)
 
 
+def test_the_op_refuses_a_table_that_does_not_start_at_0():
+    """Called directly (torch.ops), a first offset below 0 would read before the table."""
+    from nerfx.ops.hashgrid import BACKENDS
+
+    try:
+        BACKENDS.select("cpu", torch.device("cpu"), (torch.float32,))  # loads nerfx._C
+    except BackendError as exc:
+        pytest.skip(str(exc))
+    torch.ops.nerfx.hash_encode(torch.zeros(1, 2), torch.zeros(8), [0, 8], [1], 1)  # valid
+    with pytest.raises(RuntimeError, match=r"offsets\[0\] must be 0"):
+        torch.ops.nerfx.hash_encode(torch.zeros(1, 2), torch.zeros(36)[32:], [-4, 4], [1], 1)
+
+
 def test_integer_params_and_device_mismatch():
     cfg = config(2)
     n = grid_layout(3, 5, 2, 10, 3, 1.7).n_params

@@ -10,6 +10,7 @@ import torch
 from nerfx.ops import composite_rays, march_rays
 from nerfx.render import OccupancyGrid
 from nerfx.render.inference import render_rays_compacting
+from nerfx.specs import GridGeometry
 from tests.helpers import BACKEND_DEVICES
 
 KERNELS = [p for p in BACKEND_DEVICES if p.id in ("cpu", "cuda")]
@@ -215,6 +216,22 @@ def test_bad_rays_are_named():
         march_rays(torch.zeros(4, 3), torch.ones(4, 3), grid, near=torch.zeros(3))
     with pytest.raises(ValueError, match="aabb must be"):
         OccupancyGrid([0, 0, 0, 1, 1, -1])
+
+
+def test_cascades_need_a_resolution_that_is_a_multiple_of_4():
+    """With resolution % 4 == 2 a coarse cell straddles the finer cascade's box, and the
+    kernels' empty-cell skip would jump over occupied candidates: such grids are refused."""
+    with pytest.raises(ValueError, match="multiple of 4, got 6"):
+        OccupancyGrid([0, 0, 0, 1, 1, 1], resolution=6, cascades=2)
+    OccupancyGrid([0, 0, 0, 1, 1, 1], resolution=6)  # one cascade: fine
+    geometry = GridGeometry((0.5, 0.5, 0.5), (0.5, 0.5, 0.5), 6, 2)
+    bits = torch.full((2 * 6**3 // 8,), 255, dtype=torch.uint8)
+    o, d = torch.zeros(1, 3), torch.ones(1, 3)
+    with pytest.raises(ValueError, match="multiple of 4"):
+        march_rays(o, d, bits, geometry)
+    with pytest.raises(RuntimeError, match="multiple of 4"):  # the op itself too
+        torch.ops.nerfx.march_rays(o, d, torch.zeros(1), torch.ones(1), torch.zeros(1), bits,
+                                   [0.5] * 3, [0.5] * 3, 6, 2, 0.01, 0.0, 16)
 
 
 def test_march_takes_plain_tensors_and_a_host_geometry():
