@@ -87,7 +87,9 @@ void backward_cpu(const at::Tensor& grad_out, const at::Tensor& x, const at::Ten
              scalar_t* gx = grad_x.defined() ? grad_x.data_ptr<scalar_t>() : nullptr;
              // [L, kChunk, D]: level l's input gradient of the chunk's points
              std::vector<scalar_t> gx_levels(gx != nullptr ? size_t(L * kChunk * D) : 0);
-             const auto add = [](scalar_t* to, scalar_t value) { *to += value; };
+             const auto add = [](scalar_t* row, const scalar_t* values) {
+               for (int f = 0; f < NF; ++f) row[f] += values[f];
+             };
              for (int64_t chunk = 0; chunk < n_points; chunk += kChunk) {
                const int64_t chunk_end = std::min(n_points, chunk + kChunk);
                at::parallel_for(0, L, 1, [&](int64_t level_begin, int64_t level_end) {

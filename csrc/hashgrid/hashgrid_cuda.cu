@@ -5,12 +5,43 @@
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 
+#include <type_traits>
+
 #include "hashgrid/hashgrid.h"
 
 namespace nerfx::hashgrid {
 namespace {
 
 constexpr int kThreads = 256;
+
+// row[f] += values[f] for the F features of a gradient row other threads add to as well. On
+// sm_90 (Hopper) float rows take two or four features per atomic (atomicAdd on float2 / float4:
+// each element atomic, half or a quarter of the instructions: RED.E.ADD.F32x2 / F32x4 in SASS).
+// Rows are aligned for it: the table is, and a row starts at a multiple of F floats.
+template <int F>
+struct AtomicRowAdd {
+  template <typename scalar_t>
+  __device__ void operator()(scalar_t* row, const scalar_t* values) const {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    constexpr bool kFloat = std::is_same_v<scalar_t, float>;
+    constexpr bool kQuads = kFloat && F % 4 == 0, kPairs = kFloat && F % 2 == 0;
+#else
+    constexpr bool kQuads = false, kPairs = false;
+#endif
+    if constexpr (kQuads) {
+      for (int f = 0; f < F; f += 4) {
+        atomicAdd(reinterpret_cast<float4*>(row + f),
+                  make_float4(values[f], values[f + 1], values[f + 2], values[f + 3]));
+      }
+    } else if constexpr (kPairs) {
+      for (int f = 0; f < F; f += 2) {
+        atomicAdd(reinterpret_cast<float2*>(row + f), make_float2(values[f], values[f + 1]));
+      }
+    } else {
+      for (int f = 0; f < F; ++f) atomicAdd(row + f, values[f]);
+    }
+  }
+};
 
 // x: [N, D], params: [n_rows * F], out: [N, L * F]
 template <int D, int F, typename scalar_t, typename param_t>
@@ -37,8 +68,7 @@ __global__ void backward_kernel(int64_t n_points, const scalar_t* __restrict__ x
   for (int f = 0; f < F; ++f) g[f] = grad_out[(i * levels.n_levels + level) * F + f];
   scalar_t gx[D];
   for (int d = 0; d < D; ++d) gx[d] = scalar_t(0);
-  backward_level<D, F>(x + i * D, params, levels, level, g, grad_params,
-                       [](scalar_t* to, scalar_t value) { atomicAdd(to, value); },
+  backward_level<D, F>(x + i * D, params, levels, level, g, grad_params, AtomicRowAdd<F>{},
                        grad_x != nullptr ? gx : nullptr);
   if (grad_x != nullptr) {
     for (int d = 0; d < D; ++d) atomicAdd(grad_x + i * D + d, gx[d]);

@@ -110,8 +110,9 @@ NERFX_HD inline void encode_level(const scalar_t* x, const param_t* params, cons
 }
 
 // Both gradients of a located cell, visiting each corner once:
-//  - where grad_table is not null, weight * grad_out added to the corner's gradient row with
-//    add(pointer, value) (a plain += where rows are owned, an atomic add where they are shared);
+//  - where grad_table is not null, weight * grad_out ([F]) added to the corner's gradient row
+//    with add(row, values): row[f] += values[f] for f < F (plain adds where rows are owned,
+//    atomic adds where they are shared);
 //  - where grad_x is not null, the input gradient added to it:
 //    d weight / d frac_d = +-(product of the other factors), d frac_d / d x_d = resolution.
 // table: the level's rows [n_rows, F] (read only for grad_x), grad_out: [F],
@@ -124,7 +125,9 @@ NERFX_HD inline void backward_cell(const Cell<D, scalar_t>& cell, const param_t*
   for (int c = 0; c < Cell<D, scalar_t>::kCorners; ++c) {
     const int64_t row = int64_t(cell.rows[c]) * F;
     if (grad_table != nullptr) {
-      for (int f = 0; f < F; ++f) add(grad_table + row + f, cell.weights[c] * grad_out[f]);
+      scalar_t values[F];
+      for (int f = 0; f < F; ++f) values[f] = cell.weights[c] * grad_out[f];
+      add(grad_table + row, values);
     }
     if (grad_x != nullptr) {
       scalar_t dot = scalar_t(0);  // grad_out . feature of this corner
