@@ -70,7 +70,9 @@ static void backward_matches_finite_differences_and_linearity() {
   const double x[3] = {0.31, 0.57, 0.83};
   const double grad_out[2] = {0.7, -1.3};
   double grad_x[3] = {0, 0, 0}, untouched[3] = {0, 0, 0};
-  const auto add = [](double* to, double value) { *to += value; };
+  const auto add = [](double* row, const double* values) {  // row[f] += values[f], F = 2
+    for (int f = 0; f < 2; ++f) row[f] += values[f];
+  };
   for (int l = 0; l < 2; ++l) {
     backward_level<3, 2>(x, params, levels, l, grad_out, grad_params, add, grad_x);
     backward_level<3, 2>(x, params, levels, l, grad_out, alone, add, (double*)nullptr);
