@@ -60,16 +60,23 @@ if wants check || wants bench; then
   export TORCH_CUDA_ARCH_LIST=$cap NERFX_BUILD_CUDA=1 MAX_JOBS=${MAX_JOBS:-16}
   { nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv
     git rev-parse HEAD 2>/dev/null || echo "commit: unknown"; date -u; } >"$out/info.txt" 2>&1
-  if [ -f nerfx/_C.build.json ] && python3 -c 'from nerfx import _ext; _ext.load(); assert \
-      _ext.build_info()["cuda"]' 2>/dev/null && [ -z "$(find csrc setup.py nerfx/_build.py \
-      -newer nerfx/_C.build.json -print -quit)" ]; then
+  # A build of the same sources stays between calls on a warm machine (the copied tree has new
+  # file times, so the sources' digest decides, not their times).
+  digest=$(python3 -c 'from pathlib import Path; from nerfx import _build
+print(_build.sources_digest(Path("csrc")))')
+  stamp=build/gpu_check.digest
+  if [ -f nerfx/_C.build.json ] && [ "$(cat "$stamp" 2>/dev/null)" = "$digest" ] && python3 -c \
+      'from nerfx import _ext; _ext.load(); assert _ext.build_info()["cuda"]' 2>/dev/null; then
     echo "build: kept from the previous call"
-  elif ! python3 -m pip install --no-build-isolation --no-deps -e . >"$out/build.log" 2>&1; then
-    # An environment pip may not write to: build in place and import from the checkout.
-    echo "pip install failed; building in place" | tee -a "$out/build.log"
-    if ! python3 setup.py build_ext --inplace >>"$out/build.log" 2>&1; then
-      tail -40 "$out/build.log"; echo "build failed"; exit 1
+  else
+    if ! python3 -m pip install --no-build-isolation --no-deps -e . >"$out/build.log" 2>&1; then
+      # An environment pip may not write to: build in place and import from the checkout.
+      echo "pip install failed; building in place" | tee -a "$out/build.log"
+      if ! python3 setup.py build_ext --inplace >>"$out/build.log" 2>&1; then
+        tail -40 "$out/build.log"; echo "build failed"; exit 1
+      fi
     fi
+    mkdir -p build && echo "$digest" >"$stamp"
   fi
   echo "build: $((SECONDS - start)) s"
   python3 -m nerfx.info >>"$out/info.txt" 2>&1
