@@ -1,7 +1,7 @@
 """Instant-NGP training steps on the built-in lego, one backend per row: steps and samples per
 second (the table's items are field samples).
 
-The step is the trainer's own (nerfx.models.pipelines.optimize_step on
+The step is the trainer's own (nerfx.trainers.radiance.optimize_step on
 nerfx.data.rays.TrainingRays, the preset's model): random
 pixels on random backgrounds, occupancy-grid update, march, field, composite, Adam. The model is
 fresh, so every grid cell is still occupied (the start of training, where steps are slowest; as
@@ -19,10 +19,12 @@ from benches.helpers import devices, run_benchmark
 from nerfx.data import lego
 from nerfx.data.rays import TrainingRays
 from nerfx.data.scenes import load_scene
-from nerfx.models.pipelines import InstantNGPPipeline, build_pipeline, make_optimizer, optimize_step
+from nerfx.models.pipelines import InstantNGPPipeline, build_pipeline
 from nerfx.ops import BackendError, use_backend
 from nerfx.ops.hashgrid import BACKENDS as HASH_BACKENDS
 from nerfx.ops.raymarch import BACKENDS as MARCH_BACKENDS
+from nerfx.trainers import ngp, preset_name
+from nerfx.trainers.radiance import make_optimizer, optimize_step
 
 IMAGE_SIZE = 32  # pixels of the built-in lego's views; the step's cost does not depend on it
 CPU_RAYS = 1024
@@ -41,10 +43,10 @@ def make_pipeline(impl: str, device: str):
         registry.select(impl, torch.device(device), (torch.float32,))
     except BackendError as exc:
         pytest.skip(str(exc))
-    preset = InstantNGPPipeline.preset(device, fast=True)
-    spec = {"name": "ngp", "aabb": [-1.5, -1.5, -1.5, 1.5, 1.5, 1.5], "cascades": 1}
-    spec |= {key: preset[key] for key in InstantNGPPipeline.SPEC_KEYS}
-    return build_pipeline(spec).to(device)
+    preset = ngp.PRESETS[preset_name(device, fast=True)]
+    args = {"name": "ngp", "aabb": [-1.5, -1.5, -1.5, 1.5, 1.5, 1.5], "cascades": 1}
+    args |= {key: preset[key] for key in InstantNGPPipeline.BUILD_SETTINGS}
+    return build_pipeline(args).to(device)
 
 
 @pytest.mark.parametrize("device", devices())

@@ -18,10 +18,11 @@ from pathlib import Path
 import torch
 
 from nerfx import fid, trainers
-from nerfx.data.images import ImageDataError, load_image_dataset
+from nerfx.cli import add_backend_option, add_device_option, user_errors
+from nerfx.data import load_image_dataset
 from nerfx.models.ddim import DDIMConfig, DDIMSampler
-from nerfx.ops import use_backend
-from nerfx.runs import CHECKPOINT, RunError, add_backend_option, load_checkpoint, write_json
+from nerfx.ops import chosen_backends, use_backend
+from nerfx.runs import read_run_checkpoint, read_run_config, write_json
 
 REFERENCE_IMAGES = 10_000  # test images the distances are measured against, at most
 
@@ -45,7 +46,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="samples per entry (and training images for the floor)")
     p.add_argument("--batch", type=int, default=250, help="samples drawn at once")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    add_device_option(p)
     add_backend_option(p)
     args = p.parse_args(argv)
     if args.n < 2 or not args.steps or not args.eta:
@@ -61,12 +62,9 @@ def draw(sample_batch, n: int, batch: int, seed: int) -> torch.Tensor:
 
 
 def evaluate(args: argparse.Namespace) -> dict:
-    config = trainers.read_run_config(args.run)
-    if config["model"] != "ddpm":
-        raise RunError(f"{args.run} is a {config['model']} run; eval_fid evaluates ddpm runs")
-    state = load_checkpoint(args.run / CHECKPOINT, args.device)["task"]
-    model, diffusion = trainers.trainer_modules()["ddpm"].load_trained(config, state,
-                                                                        args.device)
+    config = read_run_config(args.run, ("ddpm",))
+    state = read_run_checkpoint(args.run, config, args.device)["task"]
+    model, diffusion = trainers.trainer("ddpm").load_trained(config, state, args.device)
     shape = tuple(config["image_shape"])
     size = shape[-1]
     net = fid.feature_net_for(config["data"], size, fid.default_cache(), config["seed"],
@@ -83,8 +81,9 @@ def evaluate(args: argparse.Namespace) -> dict:
         return round(fid.frechet_distance(*fid.statistics(net, images), *reference), 4)
 
     floor = distance(train.float(index=fid.spread_indices(len(train), args.n)))
-    table = {"floor (train vs test images)": floor,
-             "n": args.n, "backends": trainers.backends_of("ddpm", args.device), "ddim": {}}
+    table = {"floor (train vs test images)": floor, "n": args.n,
+             "backends": chosen_backends(args.device, ops=trainers.trainer("ddpm").OPS),
+             "ddim": {}}
     for steps in args.steps:
         for eta in args.eta:
             sampler = DDIMSampler(diffusion, DDIMConfig(steps=steps, eta=eta))
@@ -124,11 +123,8 @@ def to_markdown(table: dict, args: argparse.Namespace) -> str:
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
-    try:
-        with use_backend(args.backend):
-            return evaluate(args)
-    except (RunError, ImageDataError) as exc:
-        raise SystemExit(f"nerfx.eval_fid: {exc}") from None
+    with user_errors("nerfx.eval_fid"), use_backend(args.backend):
+        return evaluate(args)
 
 
 if __name__ == "__main__":

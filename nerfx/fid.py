@@ -65,19 +65,20 @@ def train_feature_net(data: ImageDataset, steps: int = 400, batch_size: int = 64
     return net.eval().requires_grad_(False)
 
 
-def feature_net_for(spec: str, size: int, cache: Path, seed: int = 0,
+def feature_net_for(data: str, size: int, cache: Path, seed: int = 0,
                     device: torch.device | str = "cpu") -> FeatureNet:
-    """The classifier of a dataset at an image size, trained once and cached (atomically)."""
-    key = hashlib.sha256(f"{spec}|{size}|{seed}".encode()).hexdigest()[:12]
+    """The classifier of a dataset (as --data names it) at an image size, trained once and
+    cached (atomically)."""
+    key = hashlib.sha256(f"{data}|{size}|{seed}".encode()).hexdigest()[:12]
     path = cache / f"featurenet-{key}.pt"
-    data = load_image_dataset(spec, "train", size=size, seed=seed)
-    net = FeatureNet(data.channels, len(data.classes))
+    train_set = load_image_dataset(data, "train", size=size, seed=seed)
+    net = FeatureNet(train_set.channels, len(train_set.classes))
     if path.is_file():
         net.load_state_dict(load_checkpoint(path)["model"])
         return net.to(device).eval().requires_grad_(False)
-    net = train_feature_net(data, seed=seed, device=device)
+    net = train_feature_net(train_set, seed=seed, device=device)
     cache.mkdir(parents=True, exist_ok=True)
-    save_checkpoint(path, {"model": net.state_dict(), "spec": spec, "size": size})
+    save_checkpoint(path, {"model": net.state_dict(), "data": data, "size": size})
     return net
 
 

@@ -8,9 +8,8 @@ every `save_every` steps and at the end (the task's state, torch's RNG state, th
 seconds trained), pictures every `snapshot_every` steps, and a stop at `steps` or `max_seconds`.
 A run killed at any moment resumes from its last checkpoint with the same random state.
 
-Optional task hooks: `after_step(state)` runs after each step, outside the training time (the
-NeRF trainer evaluates at the paper's clock marks there); `upgrade_checkpoint(payload)` turns a
-checkpoint of an older layout into {"step", "seconds", "task", "rng"} before resume reads it.
+Optional task hook: `after_step(state)` runs after each step, outside the training time (the
+radiance-field trainer evaluates at the paper's clock marks there).
 """
 
 from __future__ import annotations
@@ -25,7 +24,7 @@ from tqdm import tqdm
 
 from nerfx import distributed
 from nerfx.profiling import StepProfiler
-from nerfx.runs import CHECKPOINT, load_checkpoint, save_checkpoint
+from nerfx.runs import CHECKPOINT, checkpoint_payload, read_run_checkpoint, save_checkpoint
 
 
 class Task(Protocol):
@@ -60,17 +59,15 @@ def save(run: Path, task: Task, state: LoopState) -> None:
     """Process 0 writes the checkpoint (the others hold the same weights)."""
     if not distributed.is_main():
         return
-    save_checkpoint(run / CHECKPOINT, {"step": state.step, "seconds": state.seconds,
-                                       "task": task.state_dict(),
-                                       "rng": torch.get_rng_state()})
+    save_checkpoint(run / CHECKPOINT,
+                    checkpoint_payload(state.step, state.seconds, task.state_dict()))
 
 
-def resume(run: Path, task: Task, device: torch.device | str = "cpu") -> LoopState:
-    """Loads the last checkpoint of a run into task; the loop continues where it stopped."""
-    payload = load_checkpoint(run / CHECKPOINT, device)
-    upgrade = getattr(task, "upgrade_checkpoint", None)
-    if upgrade is not None and "task" not in payload:
-        payload = upgrade(payload)
+def resume(run: Path, config: dict, task: Task, device: torch.device | str = "cpu"
+           ) -> LoopState:
+    """Loads the last checkpoint of a run into task; the loop continues where it stopped.
+    config: the run's config.json (nerfx.runs.read_run_config)."""
+    payload = read_run_checkpoint(run, config, device)
     task.load_state_dict(payload["task"])
     if distributed.is_main():       # the other processes keep their own streams
         torch.set_rng_state(payload["rng"].cpu())

@@ -1,5 +1,5 @@
-"""Run folders: config.json, atomic checkpoints, loading a trained pipeline back; and the
---backend option every command line shares.
+"""Run folders, for every model: config.json, checkpoint.pt, metrics.json, written atomically and
+read back at the current format (nerfx.run_format upgrades what earlier versions wrote).
 
 A checkpoint holds tensors and plain values only, so it loads with weights_only=True. Checkpoints
 and the JSON files are written to a temporary file and renamed over the last one, so a run killed
@@ -8,29 +8,21 @@ at any moment leaves loadable files.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 from pathlib import Path
 
 import torch
 
-from nerfx.models.pipelines import InstantNGPPipeline, NeRFPipeline, build_pipeline
-from nerfx.ops._dispatch import backend_names
+from nerfx.run_format import FORMAT_VERSION, FormatError, upgrade_checkpoint, upgrade_config
 
 CHECKPOINT = "checkpoint.pt"
 CONFIG = "config.json"
+METRICS = "metrics.json"
 
 
 class RunError(ValueError):
     """A run folder that cannot be used; the message names the file and the problem."""
-
-
-def add_backend_option(parser: argparse.ArgumentParser) -> None:
-    """--backend, which every command line applies with nerfx.ops.use_backend(args.backend)."""
-    parser.add_argument("--backend", choices=backend_names(),
-                        help="backend of every op that has it, for this command: a run setting, "
-                             "not the model's (default: $NERFX_BACKEND, else auto)")
 
 
 def save_checkpoint(path: Path, payload: dict) -> None:
@@ -48,6 +40,7 @@ def write_json(path: Path, value: dict) -> None:
 
 
 def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> dict:
+    """Any checkpoint file nerfx wrote, as it is on disk."""
     if not path.is_file():
         raise RunError(f"{path}: no checkpoint (the run saved none yet?)")
     try:
@@ -56,37 +49,35 @@ def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> dict:
         raise RunError(f"{path}: unreadable checkpoint ({exc})") from None
 
 
-def read_run_json(run: Path) -> dict:
-    """A run folder's config.json, any model; RunError naming the file when it is missing or
-    malformed."""
+def read_run_config(run: Path, models: tuple[str, ...] | None = None) -> dict:
+    """A run folder's config.json at the current format; with models, refused unless the run
+    trained one of them. RunError names the file when it is missing or malformed."""
     path = run / CONFIG
     if not path.is_file():
         raise RunError(f"{run}: not a nerfx run folder ({CONFIG} missing)")
     try:
-        return json.loads(path.read_text())
+        config = upgrade_config(json.loads(path.read_text()))
     except json.JSONDecodeError as exc:
         raise RunError(f"{path}: malformed JSON ({exc})") from None
-
-
-def read_config(run: Path) -> dict:
-    """The config.json of a NeRF run, with the entries rendering needs."""
-    path = run / CONFIG
-    config = read_run_json(run)
-    for key in ("model", "camera", "turntable"):
-        if key not in config:
-            raise RunError(f"{path}: no {key!r} entry (written by an older nerfx?)")
+    except FormatError as exc:
+        raise RunError(f"{path}: {exc}") from None
+    if models is not None and config.get("model") not in models:
+        raise RunError(f"{run} is a {config.get('model')!r} run; this takes runs of "
+                       f"{', '.join(models)}")
     return config
 
 
-def load_pipeline(run: Path, device: torch.device | str = "cpu"
-                  ) -> tuple[InstantNGPPipeline | NeRFPipeline, dict]:
-    """-> (the trained pipeline in eval mode, the run's config dict)."""
-    config = read_config(run)
-    state = load_checkpoint(run / CHECKPOINT, device)
-    pipeline = build_pipeline(config["model"]).to(device)
-    # nerfx.loop's layout keeps the trainer's state under "task"; older runs at the top level.
-    # Where training kept an EMA of the weights, that average is what renders.
-    task = state.get("task", state)
-    ema = task.get("ema")
-    pipeline.load_state_dict(ema["model"] if ema else task["pipeline"])
-    return pipeline.eval(), config
+def read_run_checkpoint(run: Path, config: dict, device: torch.device | str = "cpu") -> dict:
+    """The run's checkpoint.pt at the current format: {"format_version", "step", "seconds",
+    "task", "rng"}; config: the run's, from read_run_config."""
+    payload = load_checkpoint(run / CHECKPOINT, device)
+    try:
+        return upgrade_checkpoint(payload, config)
+    except (FormatError, KeyError) as exc:
+        raise RunError(f"{run / CHECKPOINT}: {exc}") from None
+
+
+def checkpoint_payload(step: int, seconds: float, task_state: dict) -> dict:
+    """What save_checkpoint writes for a training run (torch's RNG state included)."""
+    return {"format_version": FORMAT_VERSION, "step": step, "seconds": seconds,
+            "task": task_state, "rng": torch.get_rng_state()}

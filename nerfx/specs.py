@@ -9,6 +9,7 @@ Imports torch only: nerfx.ref, nerfx.ops and nerfx.render import it, never the r
 from __future__ import annotations
 
 import functools
+import math
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -147,3 +148,13 @@ def clip_to_box(o: torch.Tensor, d: torch.Tensor, lo: torch.Tensor, hi: torch.Te
     t_exit = torch.where(moving, torch.maximum(t1, t2), inf).amin(-1)
     inside_slabs = (moving | ((o >= lo) & (o <= hi))).all(-1)
     return t_enter, t_exit, inside_slabs & (t_enter <= t_exit)
+
+
+# Instant-NGP's minimal marching step is sqrt(3) / 1024 of the cascade-0 box's side
+# (MIN_CONE_STEPSIZE(), NERF_STEPS() = 1024 in instant-ngp's src/nerf_device.cuh).
+PAPER_STEPS_PER_BOX = 1024
+
+
+def paper_step_size(box_side: float, steps_per_box: int = PAPER_STEPS_PER_BOX) -> float:
+    """The marching step, in the box's units: sqrt(3) / steps_per_box of its largest side."""
+    return math.sqrt(3) / steps_per_box * box_side

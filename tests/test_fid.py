@@ -48,7 +48,7 @@ def test_eval_fid_writes_the_table(tmp_path, monkeypatch):
     from tests.trainers.test_image_trainers import TOY
 
     monkeypatch.setenv("NERFX_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setitem(trainers.trainer_modules()["ddpm"].PRESETS, "fast", TOY["ddpm"])
+    monkeypatch.setitem(trainers.trainer_modules()["ddpm"].PRESETS, "cpu-fast", TOY["ddpm"])
     monkeypatch.setattr(fid, "train_feature_net",
                         lambda data, **kw: fid.FeatureNet(data.channels, len(data.classes)).eval())
     run = tmp_path / "run"
@@ -75,7 +75,7 @@ def test_eval_fid_adds_ddpm_ancestral_row(tmp_path, monkeypatch):
 
     monkeypatch.setenv("NERFX_CACHE", str(tmp_path / "cache"))
     module = trainers.trainer_modules()["ddpm"]
-    monkeypatch.setitem(module.PRESETS, "fast", TOY["ddpm"])
+    monkeypatch.setitem(module.PRESETS, "cpu-fast", TOY["ddpm"])
     monkeypatch.setattr(fid, "train_feature_net",
                         lambda data, **kw: fid.FeatureNet(data.channels, len(data.classes)).eval())
     load_trained = module.load_trained

@@ -12,8 +12,9 @@ from PIL import Image
 
 from nerfx import train
 from nerfx.data.rays import TrainingRays
+from nerfx.models.pipelines import load_pipeline
 from nerfx.render import __main__ as render_cli
-from nerfx.runs import RunError, load_pipeline, write_json
+from nerfx.runs import RunError, write_json
 
 TINY = ["--scene", "lego", "--fast", "--downscale", "100", "--eval-views", "2",
         "--video-frames", "3", "--device", "cpu"]
@@ -64,7 +65,7 @@ def test_nerf_model_trains_and_renders(tmp_path, data):
                                  "--out", str(run)])
     assert metrics["model"] == "nerf" and metrics["steps"] == 20 and metrics["test_psnr"] > 5
     pipeline, config = load_pipeline(run)
-    assert config["model"]["name"] == "nerf" and config["model"]["n_fine"] == 64
+    assert config["model"] == "nerf" and config["pipeline"]["n_fine"] == 64
     written = render_cli.main([str(run), "--views", "0,1"])
     assert [p.name for p in written] == ["rgb_000.png", "rgb_001.png"]
     for name in ("depth_000.png", "vs_gt_001.png"):
@@ -80,8 +81,8 @@ def test_bad_run_folders_are_named(tmp_path):
     with pytest.raises(RunError, match="malformed JSON"):
         load_pipeline(tmp_path)
     (tmp_path / "config.json").write_text(json.dumps(
-        {"model": {"name": "ngp", "aabb": [-1, -1, -1, 1, 1, 1]}, "camera": {},
-         "turntable": {}}))
+        {"format_version": 2, "model": "ngp", "pipeline": {"name": "ngp",
+                                                           "aabb": [-1, -1, -1, 1, 1, 1]}}))
     with pytest.raises(RunError, match="no checkpoint"):
         load_pipeline(tmp_path)
     (tmp_path / "checkpoint.pt").write_bytes(b"truncated")
@@ -165,62 +166,34 @@ def test_metrics_record_the_backend_that_ran(tmp_path, data):
                                  "--eval-views", "1", "--backend", "torch", "--out", str(run)])
     assert metrics["backends"]["hash_encode"] == "torch"
     assert metrics["backends"]["march_rays"] == "torch"
-    assert "backend" not in json.loads((run / "config.json").read_text())["model"]
+    assert "backend" not in json.dumps(json.loads((run / "config.json").read_text()))
 
 
-def test_render_on_another_device_than_the_run_named(tmp_path, data):
-    """A run whose config.json says backend cuda (as older runs trained on a GPU do) renders on
-    the CPU: the backend is a setting of the render, not of the model."""
-    run = tmp_path / "run"
-    train.main(TINY + ["--steps", "2", "--batch-rays", "64", "--video-frames", "0",
-                       "--eval-views", "1", "--out", str(run)])
-    config = json.loads((run / "config.json").read_text())
-    config["model"]["backend"] = "cuda"
-    config["args"]["backend"] = "cuda"
-    write_json(run / "config.json", config)
-    written = render_cli.main([str(run), "--views", "0", "--device", "cpu"])
-    assert [p.name for p in written] == ["rgb_000.png"]
+def test_presets_by_device_and_fast_with_the_command_line_over_them():
+    """The driver takes the trainer module's preset for the device and --fast; flags override
+    it, and a flag the model has no setting for is refused."""
+    from nerfx import trainers
 
-
-def test_recipes_are_the_pipelines_presets():
-    """train.recipe reads the pipeline's PRESETS; the command line overrides them."""
-    from nerfx.models.pipelines import PIPELINES
-
-    for model, pipeline in PIPELINES.items():
+    for model in ("ngp", "nerf"):
+        presets = trainers.trainer(model).PRESETS
         for device, fast in (("cpu", True), ("cpu", False), ("cuda", True), ("cuda", False)):
-            args = train.parse_args(["--model", model, "--device", device]
-                                    + (["--fast"] if fast else []))
-            cfg = train.recipe(args)
-            want = pipeline.preset(device, fast)
-            assert {k: cfg[k] for k in want} == want, (model, device, fast)
-            assert set(pipeline.SPEC_KEYS) <= set(cfg)
-    cpu_fast = train.recipe(train.parse_args(["--fast", "--device", "cpu"]))
+            config = trainers.new_config(train.request_of(train.parse_args(
+                ["--model", model, "--device", device] + (["--fast"] if fast else []))))
+            want = presets[trainers.preset_name(device, fast)]
+            assert {k: config["settings"][k] for k in want} == want, (model, device, fast)
+    cpu_fast = trainers.new_config(train.request_of(train.parse_args(["--fast"])))["settings"]
     assert (cpu_fast["steps"], cpu_fast["batch_rays"], cpu_fast["log2_hashmap_size"]) == \
         (2000, 1024, 17)
-    args = train.parse_args(["--model", "nerf", "--device", "cpu", "--batch-samples", "1280",
-                             "--steps", "7"])
-    cfg = train.recipe(args)
-    assert cfg["steps"] == 7 and cfg["batch_rays"] == 1280 // (2 * 32 + 64)
-
-
-def test_runs_checkpointed_before_the_shared_loop_resume_and_render(tmp_path, data):
-    """Checkpoints written before the NeRF trainer used nerfx.loop (the trainer's entries at the
-    top level, "elapsed" for the seconds) still resume and render."""
-    run = tmp_path / "old"
-    common = TINY + ["--batch-rays", "64", "--video-frames", "0", "--eval-views", "1"]
-    train.main(common + ["--steps", "4", "--out", str(run)])
-    new = torch.load(run / "checkpoint.pt", weights_only=True)
-    old = {**new["task"], "step": new["step"], "elapsed": new["seconds"]}
-    torch.save(old, run / "checkpoint.pt")
-    assert render_cli.main([str(run), "--views", "0"])[0].is_file()
-    resumed = train.main(["--resume", str(run), "--steps", "6"])
-    assert resumed["steps"] == 6 and resumed["train_seconds"] >= new["seconds"]
-    again = torch.load(run / "checkpoint.pt", weights_only=True)
-    assert again["step"] == 6 and "task" in again
+    assert cpu_fast["preset"] == "cpu-fast"
+    nerf = trainers.new_config(train.request_of(train.parse_args(
+        ["--model", "nerf", "--batch-samples", "1280", "--steps", "7"])))["settings"]
+    assert nerf["steps"] == 7 and nerf["batch_samples"] == 1280
+    with pytest.raises(SystemExit, match="lr: not a setting of ngp"):
+        train.main(["--lr", "0.1", "--steps", "1"])
 
 
 def test_clock_marks_are_measured_on_eight_spread_test_views():
-    from nerfx.train import CLOCK_VIEWS, clock_views
+    from nerfx.trainers.radiance import CLOCK_VIEWS, clock_views
 
     assert CLOCK_VIEWS == 8
     assert clock_views(list(range(0, 200))) == list(range(0, 200, 25))

@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
-from nerfx.models.ddpm import Denoiser, GaussianDiffusion, _randn, _randn_like
+from nerfx.models.ddpm import Denoiser, GaussianDiffusion, gaussian_noise, gaussian_noise_like
 
 __all__ = ["DDIMConfig", "DDIMSampler", "ddim_timesteps", "slerp"]
 
@@ -112,7 +112,8 @@ class DDIMSampler:
         sigma = self.sigma(t, t_prev, eta)
         x_prev = a_prev ** 0.5 * x0 + max(1 - a_prev - sigma ** 2, 0.0) ** 0.5 * eps
         if sigma > 0:
-            x_prev = x_prev + sigma * (noise if noise is not None else _randn_like(x, generator))
+            z = noise if noise is not None else gaussian_noise_like(x, generator)
+            x_prev = x_prev + sigma * z
         return x_prev, x0
 
     @torch.no_grad()
@@ -121,7 +122,7 @@ class DDIMSampler:
                noise: Tensor | None = None, eta: float | None = None,
                model_kwargs: dict | None = None, progress: bool = False) -> Tensor:
         """x_T (noise, or drawn from generator) -> x_0 in S steps."""
-        x = noise if noise is not None else _randn(shape, generator, device)
+        x = noise if noise is not None else gaussian_noise(shape, generator, device)
         seq = self.timesteps
         for i in tqdm(range(len(seq) - 1, -1, -1), disable=not progress, desc="ddim",
                       leave=False):

@@ -10,7 +10,8 @@ x_{t-1} = μ̃_t(x_t, x̂_0) + σ_t z with σ_t² = β_t ("fixed large", the pap
 
 The model is any callable (x_t [B, C, H, W], t [B] int64) -> [B, C, H, W]; class labels or a
 context go in through `model_kwargs`, or by wrapping the model (e.g. for classifier-free
-guidance). `EMA` keeps the exponential moving average of the weights that the samples come from.
+guidance). The samples come from an exponential moving average of the weights
+(nerfx.models.ema).
 The training recipe (Adam 2e-4, warm-up 5000, batch 128, clip 1, EMA 0.9999 [DDPM App. B,
 official run_cifar.py]) lives with the trainer, nerfx/trainers/ddpm.py.
 
@@ -29,9 +30,8 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
-from nerfx.models.ema import EMA  # the weights' moving average DDPM samples from
-
-__all__ = ["EMA", "DiffusionConfig", "Denoiser", "GaussianDiffusion", "beta_schedule"]
+__all__ = ["DiffusionConfig", "Denoiser", "GaussianDiffusion", "beta_schedule", "gaussian_noise",
+           "gaussian_noise_like"]
 
 Denoiser = Callable[..., Tensor]  # (x_t [B, ...], t [B] int64, **kwargs) -> [B, ...]
 OBJECTIVES = ("eps", "x0", "v")
@@ -200,7 +200,7 @@ class GaussianDiffusion:
             t = torch.randint(0, self.num_timesteps, (b,), generator=generator,
                               device=generator.device if generator else "cpu").to(x0.device)
         if noise is None:
-            noise = _randn_like(x0, generator)
+            noise = gaussian_noise_like(x0, generator)
         xt = self.q_sample(x0, t, noise)
         out = model(xt, t, **(model_kwargs or {}))
         error = (out.float() - self.target(x0, t, noise).float()).pow(2)  # [B, ...]
@@ -229,7 +229,7 @@ class GaussianDiffusion:
                                                                           [DDPM Algorithm 2]"""
         mean, log_var, x0 = self.p_mean_variance(model, xt, t, model_kwargs)
         if noise is None:
-            noise = _randn_like(xt, generator)
+            noise = gaussian_noise_like(xt, generator)
         nonzero = (t != 0).to(xt.dtype).view(-1, *([1] * (xt.dim() - 1)))
         return mean + nonzero * torch.exp(0.5 * log_var) * noise, x0
 
@@ -238,7 +238,7 @@ class GaussianDiffusion:
                None = None, device: torch.device | str = "cpu", noise: Tensor | None = None,
                model_kwargs: dict | None = None, progress: bool = False) -> Tensor:
         """Ancestral sampling from x_T ~ N(0, I) through all T steps -> x_0 [shape]."""
-        x = noise if noise is not None else _randn(shape, generator, device)
+        x = noise if noise is not None else gaussian_noise(shape, generator, device)
         steps = range(self.num_timesteps - 1, -1, -1)
         for i in tqdm(steps, disable=not progress, desc="ddpm", leave=False):
             t = torch.full((x.shape[0],), i, device=x.device, dtype=torch.long)
@@ -246,7 +246,7 @@ class GaussianDiffusion:
         return x
 
 
-def _randn(shape: tuple[int, ...], generator: torch.Generator | None,
+def gaussian_noise(shape: tuple[int, ...], generator: torch.Generator | None,
            device: torch.device | str) -> Tensor:
     """Noise drawn on the generator's device (so a CPU generator gives the same numbers for any
     model device), then moved."""
@@ -254,5 +254,5 @@ def _randn(shape: tuple[int, ...], generator: torch.Generator | None,
     return torch.randn(shape, generator=generator, device=gen_device).to(device)
 
 
-def _randn_like(x: Tensor, generator: torch.Generator | None) -> Tensor:
-    return _randn(tuple(x.shape), generator, x.device).to(x.dtype)
+def gaussian_noise_like(x: Tensor, generator: torch.Generator | None) -> Tensor:
+    return gaussian_noise(tuple(x.shape), generator, x.device).to(x.dtype)

@@ -135,12 +135,12 @@ class NeRF(nn.Module):
                 generator: torch.Generator | None = None) -> tuple[Composited, Composited]:
         """Rays [n, 3] (unit directions) -> (coarse, fine) renders. Rays that miss the box get
         empty segments and show the background."""
-        cfg = self.config
+        config = self.config
         t_enter, t_exit, hit = clip_to_box(rays_o, rays_d, self.aabb[:3], self.aabb[3:])
         near = torch.where(hit, t_enter.clamp(min=0.0), torch.zeros_like(t_enter))  # [n]
         far = torch.where(hit, torch.maximum(t_exit, near), near)  # [n]
         # Stratified: one sample in each of n_coarse equal bins, at its centre without perturb.
-        edges = torch.linspace(0.0, 1.0, cfg.n_coarse + 1, device=rays_o.device)  # [C + 1]
+        edges = torch.linspace(0.0, 1.0, config.n_coarse + 1, device=rays_o.device)  # [C + 1]
         bins = near[:, None] + (far - near)[:, None] * edges  # [n, C + 1]
         if perturb:
             jitter = torch.rand(bins[:, :-1].shape, generator=generator, device=rays_o.device)
@@ -151,7 +151,7 @@ class NeRF(nn.Module):
         with torch.no_grad():  # the fine samples follow the coarse weights, without gradient
             mids = 0.5 * (t_coarse[:, 1:] + t_coarse[:, :-1])  # [n, C - 1]
             weights = coarse.weights.reshape(t_coarse.shape)[:, 1:-1]  # [n, C - 2]
-            t_new = sample_pdf(mids, weights, cfg.n_fine, generator, perturb)  # [n, F]
+            t_new = sample_pdf(mids, weights, config.n_fine, generator, perturb)  # [n, F]
             t_fine = torch.sort(torch.cat([t_coarse, t_new], -1), -1).values  # [n, C + F]
         fine = self._composite(self.fine, rays_o, rays_d, t_fine, far, background)
         return coarse, fine

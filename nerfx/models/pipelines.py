@@ -1,37 +1,33 @@
 """What the trainer and the renderer drive: a model with its sampler, one interface per paper.
 
-    pipeline = build_pipeline(spec)              # spec: the plain dict saved in config.json
+    pipeline = build_pipeline(args)              # args: config.json's "pipeline" entry
     out = pipeline.train_forward(o, d, background, target, step, generator)
     out.loss.backward()
     image = pipeline.render(o, d, background)     # no gradient, one chunk of rays
 
 `ngp` is Instant-NGP: the hash-grid field with its occupancy grid, marched and composited by
 nerfx.ops. `nerf` is the original NeRF: coarse and fine MLPs with hierarchical sampling,
-composited by the same op. Each states, as data, its optimiser settings, learning-rate schedule
-and training presets (PRESETS: "gpu", "gpu-fast", "cpu", "cpu-fast"; SPEC_KEYS: the preset
-entries that build the model). A new pipeline is a class here and an entry in PIPELINES.
+composited by the same op. Each states, as data, its optimiser settings and learning-rate
+schedule, and which run settings are its constructor's arguments (BUILD_SETTINGS); its training
+presets live with its trainer (nerfx/trainers/<model>.py). A new pipeline is a class here and an
+entry in PIPELINES. `load_pipeline(run)` rebuilds a trained one from its run folder.
 """
 
 from __future__ import annotations
 
-import math
+from pathlib import Path
 from typing import NamedTuple
 
 import torch
 from torch import nn
 
-from nerfx.models import without_run_settings
 from nerfx.models.nerf import NeRF, NeRFConfig
 from nerfx.models.ngp import InstantNGP, NGPConfig
-from nerfx.ops.adam import SkipZeroAdam
 from nerfx.render.inference import render_rays_compacting
 from nerfx.render.occupancy import OccupancyGrid
 from nerfx.render.renderer import render_rays_counted
-from nerfx.specs import Composited
-
-# Every preset holds these run settings (nerfx.train's flags of the same names override them).
-RUN_KEYS = ("steps", "max_seconds", "batch_samples", "batch_rays", "downscale", "eval_views",
-            "video_frames")
+from nerfx.runs import read_run_checkpoint, read_run_config
+from nerfx.specs import Composited, paper_step_size
 
 
 class TrainOutput(NamedTuple):
@@ -49,14 +45,7 @@ class Pipeline(nn.Module):
     eps: float
     random_background: bool
     ema_decay: float | None = None  # an EMA of the weights to evaluate, where the paper has one
-    PRESETS: dict[str, dict]  # "gpu", "gpu-fast", "cpu", "cpu-fast" -> settings
-    SPEC_KEYS: tuple[str, ...]  # preset entries that are model arguments (saved in config.json)
-
-    @classmethod
-    def preset(cls, device_type: str, fast: bool) -> dict:
-        """A copy of the preset for a device type ("cuda" takes the GPU preset)."""
-        name = ("gpu" if device_type == "cuda" else "cpu") + ("-fast" if fast else "")
-        return dict(cls.PRESETS[name])
+    BUILD_SETTINGS: tuple[str, ...]  # run settings that are constructor arguments
 
     @classmethod
     def first_batch_rays(cls, settings: dict) -> int:
@@ -73,7 +62,7 @@ class Pipeline(nn.Module):
         raise NotImplementedError
 
     @classmethod
-    def scene_spec(cls, aabb_scale: int) -> dict:
+    def scene_args(cls, aabb_scale: int) -> dict:
         """Model arguments that follow from the scene (saved in config.json); none by default."""
         return {}
 
@@ -82,9 +71,9 @@ class Pipeline(nn.Module):
         return [{"params": list(self.parameters())}]
 
     @classmethod
-    def from_spec(cls, spec: dict) -> Pipeline:
-        """spec: config.json's model entry without its name."""
-        return cls(**spec)
+    def from_args(cls, args: dict) -> Pipeline:
+        """args: config.json's "pipeline" entry without its name."""
+        return cls(**args)
 
 
 class InstantNGPPipeline(Pipeline):
@@ -106,26 +95,7 @@ class InstantNGPPipeline(Pipeline):
     # quadratic part is the L2 loss d^2.
     huber_delta = 0.1
     random_background = True  # training pixels on random colours: empty space must be empty
-    _GPU = dict(steps=35000, max_seconds=300.0, batch_samples=2**18, batch_rays=2**12,
-                downscale=1, eval_views=200, video_frames=120, log2_hashmap_size=19,
-                grid_resolution=128, decay=0.95, step_divisor=1024, loss="huber")
-    # 2 cores: the grid prunes by step ~20 (from ~140 samples per ray), after which a step of
-    # 1024 rays takes about 24 ms of one core. PSNR on 8 test views of the built-in lego against
-    # one core's CPU time (2000 steps): L2 27.47 dB in 64 s, Huber 26.92 dB in 67 s (Huber is
-    # instant-ngp's, kept for the GPU; L2 measures better here), grid decay 0.95 27.02 dB in 62 s
-    # against 0.8's 27.47 in 64 s; 3000 steps added 0.06 dB for 21 s. max_seconds keeps the whole
-    # --fast command near 2 minutes on a slower or busier machine.
-    _CPU_FAST = dict(steps=2000, max_seconds=75.0, batch_samples=None, batch_rays=1024,
-                     downscale=8, eval_views=8, video_frames=24, log2_hashmap_size=17,
-                     grid_resolution=64, decay=0.8, step_divisor=256, loss="l2")
-    PRESETS = {
-        "gpu": _GPU,
-        "gpu-fast": _GPU | dict(max_seconds=60.0, eval_views=20, downscale=2, video_frames=60),
-        "cpu": _CPU_FAST | dict(steps=10000, max_seconds=3600.0, downscale=4, eval_views=50,
-                                video_frames=60),
-        "cpu-fast": _CPU_FAST,
-    }
-    SPEC_KEYS = ("log2_hashmap_size", "grid_resolution", "decay", "step_divisor", "loss")
+    BUILD_SETTINGS = ("log2_hashmap_size", "grid_resolution", "decay", "step_divisor", "loss")
     LOSSES = ("huber", "l2")
 
     def __init__(self, aabb: list[float], cascades: int = 1, log2_hashmap_size: int = 19,
@@ -137,7 +107,7 @@ class InstantNGPPipeline(Pipeline):
         self.loss = loss
         # Marching step growth dt = clamp(t * cone_angle, step_size, coarsest cell) (appendix
         # E.1: 1/256 when aabb_scale > 1, constant steps in the unit box); None: from the scene.
-        self.cone_angle = self.scene_spec(2 ** (cascades - 1))["cone_angle"] \
+        self.cone_angle = self.scene_args(2 ** (cascades - 1))["cone_angle"] \
             if cone_angle is None else float(cone_angle)
         outer = _outer_box(aabb, cascades)
         self.field = InstantNGP(outer, NGPConfig(log2_hashmap_size=log2_hashmap_size),
@@ -148,24 +118,19 @@ class InstantNGPPipeline(Pipeline):
         # The marching step (world units), defined once: the march takes it and the grid stores
         # the optical thickness sigma * step_size of it. The paper's is sqrt(3)/1024 of the
         # cascade-0 box (step_divisor 1024; instant-ngp MIN_CONE_STEPSIZE()).
-        self.step_size = math.sqrt(3) * extent / step_divisor
-        # Checkpoints whose grid predates optical thickness load with raw densities converted
-        # to a unit step; re-express them for this step at once (and re-threshold the bitfield).
+        self.step_size = paper_step_size(extent, step_divisor)
+        # A loaded grid whose thickness is for another step (nerfx.run_format's upgrade of a
+        # grid of densities: a unit step) is re-expressed for this one, and re-thresholded.
         self.register_load_state_dict_post_hook(
             lambda module, _keys: module.grid.set_step_size(module.step_size)
             if float(module.grid.step_size) > 0 else None)
-
-    @classmethod
-    def from_spec(cls, spec: dict) -> InstantNGPPipeline:
-        """Runs written before the loss was a setting trained with L2."""
-        return cls(**({"loss": "l2"} | spec))
 
     @staticmethod
     def lr_factor(step: int) -> float:
         return 0.33 ** (0 if step < 20000 else 1 + (step - 20000) // 10000)
 
     @classmethod
-    def scene_spec(cls, aabb_scale: int) -> dict:
+    def scene_args(cls, aabb_scale: int) -> dict:
         """Cone angle 1/256 for scenes larger than the unit box, 0 otherwise (instant-ngp
         src/testbed_nerf.cu: cone_angle() is 1/256 when aabb_scale > 1; paper appendix E.1)."""
         return {"cone_angle": 0.0 if aabb_scale <= 1 else 1 / 256}
@@ -225,18 +190,7 @@ class NeRFPipeline(Pipeline):
 
     lr, betas, eps = 5e-4, (0.9, 0.999), 1e-7
     random_background = False  # NeRF trains its synthetic scenes on white
-    # GPU: 4096 rays of 64 + 128 samples, trained for days in the paper.
-    _GPU = dict(steps=300_000, max_seconds=48 * 3600.0, batch_samples=None, batch_rays=4096,
-                downscale=1, eval_views=200, video_frames=120, n_coarse=64, n_fine=128)
-    _CPU_FAST = dict(steps=1000, max_seconds=300.0, batch_samples=None, batch_rays=256,
-                     downscale=16, eval_views=4, video_frames=12, n_coarse=32, n_fine=64)
-    PRESETS = {
-        "gpu": _GPU,
-        "gpu-fast": _GPU | dict(max_seconds=60.0, eval_views=20, downscale=2, video_frames=60),
-        "cpu": _CPU_FAST | dict(steps=20000, max_seconds=3600.0, downscale=8, eval_views=20),
-        "cpu-fast": _CPU_FAST,
-    }
-    SPEC_KEYS = ("n_coarse", "n_fine")
+    BUILD_SETTINGS = ("n_coarse", "n_fine")
 
     @classmethod
     def first_batch_rays(cls, settings: dict) -> int:
@@ -247,9 +201,9 @@ class NeRFPipeline(Pipeline):
         return max(settings["batch_samples"] // per_ray, 1)
 
     @classmethod
-    def from_spec(cls, spec: dict) -> NeRFPipeline:
-        spec = dict(spec)  # NeRF has no cascades: its samples span the outermost box
-        return cls(_outer_box(spec.pop("aabb"), spec.pop("cascades", 1)), **spec)
+    def from_args(cls, args: dict) -> NeRFPipeline:
+        args = dict(args)  # NeRF has no cascades: its samples span the outermost box
+        return cls(_outer_box(args.pop("aabb"), args.pop("cascades", 1)), **args)
 
     def __init__(self, aabb: list[float], n_coarse: int = 64, n_fine: int = 128,
                  width: int = 256):
@@ -279,39 +233,6 @@ class NeRFPipeline(Pipeline):
         return self.nerf(rays_o, rays_d, background=background)[1]
 
 
-def make_optimizer(pipeline: Pipeline) -> torch.optim.Optimizer:
-    """Adam with the pipeline's settings over its parameter groups, fused (one vectorised kernel
-    for all parameters rather than a loop over tensors) where torch supports it. Groups marked
-    skip_zero (Instant-NGP's hash table) skip the entries whose gradient is exactly 0, each
-    bias-corrected by its own step count (paper sec. 4; tiny-cuda-nn's Adam): SkipZeroAdam.
-    NeRF keeps torch's Adam."""
-    settings = dict(lr=pipeline.lr, betas=pipeline.betas, eps=pipeline.eps)
-    groups = pipeline.param_groups()
-    make = SkipZeroAdam if any(g.get("skip_zero") for g in groups) else torch.optim.Adam
-    try:
-        return make(groups, fused=True, **settings)
-    except (RuntimeError, ValueError):  # a device or dtype without the fused kernel
-        return make(groups, **settings)
-
-
-def regroup_optimizer_state(pipeline: Pipeline, optimizer: torch.optim.Optimizer,
-                            state: dict) -> dict:
-    """An optimiser state saved with every parameter in one group, in pipeline.parameters()
-    order (nerfx before parameter groups), laid out as `optimizer`'s groups; other states as
-    they are. Each parameter keeps its own moments whatever group it moved to."""
-    saved = state["param_groups"]
-    if len(saved) != 1 or len(optimizer.param_groups) == 1:
-        return state
-    position = {id(p): i for i, p in enumerate(pipeline.parameters())}
-    if len(saved[0]["params"]) != len(position):
-        raise ValueError(f"the saved optimiser holds {len(saved[0]['params'])} parameters, this "
-                         f"model {len(position)}: the checkpoint belongs to another model")
-    groups = [{**{k: v for k, v in group.items() if k != "params"},
-               "params": [saved[0]["params"][position[id(p)]] for p in group["params"]]}
-              for group in optimizer.param_groups]
-    return {"state": state["state"], "param_groups": groups}
-
-
 def _outer_box(aabb: list[float], cascades: int) -> list[float]:
     """The box of the outermost cascade: the aabb grown 2^(cascades - 1) times about its centre."""
     scale = 2 ** (cascades - 1)
@@ -325,34 +246,28 @@ PIPELINES: dict[str, type[Pipeline]] = {"ngp": InstantNGPPipeline, "nerf": NeRFP
 MODELS = tuple(PIPELINES)
 
 
-def build_pipeline(spec: dict) -> InstantNGPPipeline | NeRFPipeline:
-    """spec: {"name": "ngp" | "nerf", "aabb": [6], ...the model's keyword arguments}.
-
-    The backend is a run setting (nerfx.ops.use_backend); a "backend" key, which config.json files
-    written by older nerfx hold, is ignored."""
-    spec = without_run_settings(spec)
-    name = spec.pop("name")
+def build_pipeline(args: dict) -> InstantNGPPipeline | NeRFPipeline:
+    """args: {"name": "ngp" | "nerf", "aabb": [6], ...the pipeline's keyword arguments}."""
+    args = dict(args)
+    name = args.pop("name")
     if name not in PIPELINES:
         raise ValueError(f"unknown model {name!r}; choose one of {MODELS}")
-    return PIPELINES[name].from_spec(spec)
+    return PIPELINES[name].from_args(args)
 
 
-def optimize_step(pipeline: Pipeline, optimizer: torch.optim.Optimizer,
-                  scaler: torch.amp.GradScaler, batch: tuple[torch.Tensor, ...], step: int,
-                  generator: torch.Generator, autocast_dtype: torch.dtype | None = None
-                  ) -> TrainOutput:
-    """One step: the schedule's learning rate, forward (autocast when a dtype is given), scaled
-    backward, Adam. batch: (origins, directions, backgrounds, targets), [n_rays, 3] each."""
-    for group in optimizer.param_groups:
-        group["lr"] = pipeline.lr * pipeline.lr_factor(step)
-    device_type = batch[0].device.type
-    with torch.autocast(device_type, dtype=autocast_dtype or torch.float32,
-                        enabled=autocast_dtype is not None):
-        result = pipeline.train_forward(*batch, step, generator)
-    # set_to_none=False (zeroing the gradient buffers in place) was tried: no change in system
-    # time on 2 CPU cores (15 steps of 1024 rays: 2.70 s vs 2.63 s), so the default stays.
-    optimizer.zero_grad(set_to_none=True)
-    scaler.scale(result.loss).backward()
-    scaler.step(optimizer)
-    scaler.update()
-    return result
+def load_pipeline(run: Path, device: torch.device | str = "cpu"
+                  ) -> tuple[InstantNGPPipeline | NeRFPipeline, dict]:
+    """-> (the trained pipeline of a run folder, in eval mode; the run's config). Where training
+    kept an EMA of the weights, that average is what it loads."""
+    config = read_run_config(run, MODELS)
+    task_state = read_run_checkpoint(run, config, device)["task"]
+    return trained_pipeline(config["pipeline"], task_state, device), config
+
+
+def trained_pipeline(args: dict, task_state: dict, device: torch.device | str = "cpu"
+                     ) -> InstantNGPPipeline | NeRFPipeline:
+    """args: config.json's "pipeline"; task_state: a checkpoint's "task" (current format)."""
+    pipeline = build_pipeline(args).to(device)
+    ema = task_state.get("ema")
+    pipeline.load_state_dict(ema["model"] if ema else task_state["pipeline"])
+    return pipeline.eval()

@@ -11,7 +11,6 @@ march_rays_cone follows the kernels' cone-step rule with all rays at once).
 
 from __future__ import annotations
 
-import math
 from typing import Protocol
 
 import torch
@@ -20,7 +19,7 @@ from nerfx import _ext
 from nerfx.ops._dispatch import Backend, OpBackends, extension_kernel, register
 from nerfx.ops._library import register_op
 from nerfx.ref.raymarch import march_rays_cone, march_rays_dense
-from nerfx.specs import GridGeometry, RaySamples
+from nerfx.specs import GridGeometry, RaySamples, paper_step_size
 
 __all__ = ["HasOccupancy", "RaySamples", "default_step_size", "march_rays"]
 
@@ -70,8 +69,8 @@ BACKENDS = register(OpBackends("march_rays", [
 
 
 def default_step_size(geometry: GridGeometry) -> float:
-    """Instant-NGP's step: sqrt(3) / 1024 of the cascade-0 box's largest side."""
-    return math.sqrt(3) / 1024 * 2 * max(geometry.half_size)
+    """Instant-NGP's step for the cascade-0 box of the grid."""
+    return paper_step_size(2 * max(geometry.half_size))
 
 
 def _per_ray(value: float | torch.Tensor, n: int, like: torch.Tensor, name: str) -> torch.Tensor:

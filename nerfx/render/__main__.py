@@ -11,14 +11,15 @@ import argparse
 import sys
 from pathlib import Path
 
-import torch
 from tqdm import tqdm
 
-from nerfx.data.scenes import SceneError, load_scene
+from nerfx.cli import add_backend_option, add_device_option, user_errors
+from nerfx.data.scenes import load_scene
+from nerfx.models.pipelines import load_pipeline
 from nerfx.ops import use_backend
 from nerfx.render.evaluate import evaluate_views
 from nerfx.render.views import render_turntable
-from nerfx.runs import RunError, add_backend_option, load_pipeline
+from nerfx.runs import RunError
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -29,7 +30,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--elevation", type=float, help="turntable elevation in degrees")
     p.add_argument("--views", help="test views to render, e.g. 0,5,9 (default: all)")
     p.add_argument("--out", type=Path, help="output folder (default: the run folder)")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    add_device_option(p)
     add_backend_option(p)  # not the training run's: a run trained on CUDA renders on the CPU
     args = p.parse_args(argv)
     if args.frames < 1:
@@ -38,15 +39,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def render_test_views(pipeline, config: dict, views: str | None, out: Path) -> list[Path]:
-    scene = load_scene(config["scene"], "test", downscale=config.get("load_downscale", 1),
-                       test_every=config["args"].get("test_every", 8))
+    scene = load_scene(config["scene"], "test", downscale=config["load_downscale"],
+                       test_every=config["settings"]["test_every"])
     try:
         chosen = range(len(scene)) if views is None else [int(v) for v in views.split(",")]
     except ValueError:
-        raise SystemExit(f"--views: expected indices like 0,5,9, got {views!r}") from None
+        raise RunError(f"--views: expected indices like 0,5,9, got {views!r}") from None
     bad = [v for v in chosen if not 0 <= v < len(scene)]
     if bad:
-        raise SystemExit(f"--views: {bad} out of range; the test split has {len(scene)} views")
+        raise RunError(f"--views: {bad} out of range; the test split has {len(scene)} views")
     out.mkdir(parents=True, exist_ok=True)
     scores = evaluate_views(
         pipeline, scene, tqdm(chosen, desc="views", unit="view"), out,
@@ -57,15 +58,12 @@ def render_test_views(pipeline, config: dict, views: str | None, out: Path) -> l
 
 def main(argv: list[str] | None = None) -> list[Path]:
     args = parse_args(argv)
-    with use_backend(args.backend):
-        return _render(args)
+    with user_errors("nerfx.render"), use_backend(args.backend):
+        return render(args)
 
 
-def _render(args: argparse.Namespace) -> list[Path]:
-    try:
-        pipeline, config = load_pipeline(args.run, args.device)
-    except RunError as exc:
-        raise SystemExit(f"nerfx.render: {exc}") from None
+def render(args: argparse.Namespace) -> list[Path]:
+    pipeline, config = load_pipeline(args.run, args.device)
     out = args.out or args.run
     if args.video:
         turntable = dict(config["turntable"])
@@ -76,10 +74,7 @@ def _render(args: argparse.Namespace) -> list[Path]:
                                 out / "turntable")
         print(f"nerfx.render: {args.frames} frames -> {path}")
         return [path]
-    try:
-        written = render_test_views(pipeline, config, args.views, out / "render")
-    except SceneError as exc:
-        raise SystemExit(f"nerfx.render: the run's scene cannot be read: {exc}") from None
+    written = render_test_views(pipeline, config, args.views, out / "render")
     print(f"nerfx.render: {len(written)} views -> {out / 'render'}")
     return written
 

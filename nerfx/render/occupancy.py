@@ -13,35 +13,28 @@ when it exceeds `min(NERF_MIN_OPTICAL_THICKNESS(), mean)` in grid_to_bitfield). 
 sigma itself would be in the wrong units: with dt = sqrt(3)/1024 of a 3-unit box a density of
 0.01 is an opacity of 5e-5 per step, so nearly empty space would stay occupied.
 
-State lives in buffers, so the grid saves and loads with the model's state_dict. Checkpoints
-written before the grid stored thickness (a `density` buffer) still load: see
-OccupancyGrid._load_from_state_dict.
+State lives in buffers, so the grid saves and loads with the model's state_dict.
 """
 
 from __future__ import annotations
 
-import math
-import warnings
 from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
 
 from nerfx.cameras import project
-from nerfx.specs import GridGeometry, locate, occupied
+from nerfx.specs import GridGeometry, locate, occupied, paper_step_size
 
 # Dimensionless optical thickness of one minimal step above which a cell is occupied (instant-ngp
 # NERF_MIN_OPTICAL_THICKNESS() = 0.01; paper appendix E.2).
 MIN_OPTICAL_THICKNESS = 0.01
-# Instant-NGP's minimal step: sqrt(3) / 1024 of the cascade-0 box's side (MIN_CONE_STEPSIZE(),
-# NERF_STEPS() = 1024 in instant-ngp's nerf_device.cuh), in that box's units.
-PAPER_STEPS_PER_BOX = 1024
 
 
-def paper_step_size(aabb: Sequence[float] | torch.Tensor) -> float:
-    """Instant-NGP's minimal step, sqrt(3)/1024 of the largest side of `aabb` (world units)."""
+def box_step_size(aabb: Sequence[float] | torch.Tensor) -> float:
+    """Instant-NGP's minimal step for the box `aabb` (world units)."""
     aabb = torch.as_tensor(aabb, dtype=torch.float32).flatten()
-    return math.sqrt(3) / PAPER_STEPS_PER_BOX * float((aabb[3:] - aabb[:3]).max())
+    return paper_step_size(float((aabb[3:] - aabb[:3]).max()))
 
 
 class OccupancyGrid(nn.Module):
@@ -197,19 +190,6 @@ class OccupancyGrid(nn.Module):
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
                               unexpected_keys, error_msgs):
-        """Checkpoints from before the grid stored thickness hold `density` (sigma, 1 / world
-        unit, thresholded as such): sigma is sigma * dt for dt = 1 world unit, so it loads as the
-        thickness of a unit step; the next update() or set_step_size() rescales it to the
-        marcher's step (InstantNGPPipeline does so on load) and re-thresholds the bitfield."""
-        legacy = prefix + "density"
-        if legacy in state_dict and prefix + "optical_thickness" not in state_dict:
-            warnings.warn("OccupancyGrid: this checkpoint predates optical-thickness grids (it "
-                          "stores raw density); converting it: sigma * dt, dt rescaled to the "
-                          "marching step (by InstantNGPPipeline at load, else at the next "
-                          "update)",
-                          stacklevel=2)
-            state_dict[prefix + "optical_thickness"] = state_dict.pop(legacy).float()
-            state_dict[prefix + "step_size"] = torch.ones(())
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
                                       unexpected_keys, error_msgs)
         self._geometry = self._geometry_of(self.aabb)  # one read of the box per load

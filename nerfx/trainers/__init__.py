@@ -1,36 +1,52 @@
-"""Trainers of the image models: `python -m nerfx.train --model vit|vae|ddpm --data shapes`.
+"""Every model's trainer: a registry of the modules in this package, and the driver that runs one.
 
-Each module here is one model's trainer: a `MODEL` name, `PRESETS` (settings for "gpu", "cpu"
-and "fast", as data), `OPS` (the nerfx.ops the model runs, whose backends metrics.json records)
-and a `Trainer` class that is a nerfx.loop.Task. Adding a model is adding a module;
-`trainer_modules()` finds them. The run folder is laid out like the NeRF runs': config.json,
-metrics.json, checkpoint.pt (atomic, `--resume RUN`) and pictures. `--backend` is a setting of
-the command (nerfx.ops.use_backend), not of the run: config.json does not hold it.
+A trainer module is one model's: adding a model is adding a module here (and its paper in
+nerfx/models), with no list to edit. It holds
+
+    MODEL      the name --model takes
+    DEFAULT_DATA  what it trains on without --data ("lego", "shapes")
+    PRESETS    settings as data: "gpu", "cpu", "gpu-fast" and "cpu-fast" (--fast), each a dict
+    OPS        the nerfx.ops the model runs (metrics.json records the backend each ran on)
+    make_task(config, device) -> a nerfx.loop Task: loads the data, builds the model, and adds to
+               config what the run folder must keep to rebuild it (classes, cameras, ...)
+    load_trained(config, task_state, device) -> the trained model (EMA weights where kept)
+    sample(options, run, config, task_state) -> Path   (optional: `python -m nerfx.sample`)
+
+and its Task, beyond nerfx.loop's, has `finish(run) -> metrics` (evaluation and pictures),
+`summary(metrics) -> str` (the final line) and optionally `begin()` (before the first step, after
+any resume) and `unit` (what items_per_step counts; "img" by default).
+
+The driver, `train(request)`, is the same for every model: the preset for the device with the
+request's overrides, the run folder (config.json, atomic checkpoints, metrics.json), resume,
+the loop, the final evaluation. The command line is nerfx/train.py; nothing here parses one.
 """
 
 from __future__ import annotations
 
-import argparse
 import importlib
-import json
 import pkgutil
 import time
+from dataclasses import dataclass, field
 from datetime import datetime
+from functools import cache
 from pathlib import Path
 from types import ModuleType
 
 import torch
 
 from nerfx import distributed, loop
-from nerfx.data.images import ImageDataError, load_image_dataset
-from nerfx.ops import chosen_backends, use_backend
-from nerfx.runs import CONFIG, RunError, add_backend_option, read_run_json, write_json
+from nerfx.ops import chosen_backends
+from nerfx.run_format import FORMAT_VERSION
+from nerfx.runs import CHECKPOINT, CONFIG, METRICS, RunError, read_run_config, write_json
 
-METRICS = "metrics.json"
+PRESET_NAMES = ("gpu", "cpu", "gpu-fast", "cpu-fast")
+# Settings every model takes whether or not its presets name them.
+COMMON_SETTINGS = ("steps", "max_seconds")
 
 
+@cache
 def trainer_modules() -> dict[str, ModuleType]:
-    """{model name: its trainer module}, for every module in this package."""
+    """{model name: its trainer module}, for every module in this package that has a MODEL."""
     found = {}
     for info in pkgutil.iter_modules(__path__):
         module = importlib.import_module(f"{__name__}.{info.name}")
@@ -39,156 +55,120 @@ def trainer_modules() -> dict[str, ModuleType]:
     return found
 
 
-def image_models() -> tuple[str, ...]:
+def models() -> tuple[str, ...]:
     return tuple(sorted(trainer_modules()))
 
 
-def handles(argv: list[str]) -> bool:
-    """Whether a `python -m nerfx.train` command line is for an image model: --model names one,
-    or --resume names a run folder whose config.json does."""
-    peek = argparse.ArgumentParser(add_help=False)
-    peek.add_argument("--model")
-    peek.add_argument("--resume", type=Path)
-    known, _ = peek.parse_known_args(argv)
-    if known.resume is not None:
-        try:
-            return json.loads((known.resume / CONFIG).read_text()).get("model") in image_models()
-        except (OSError, ValueError):
-            return False
-    return known.model in image_models()
+def trainer(model: str) -> ModuleType:
+    modules = trainer_modules()
+    if model not in modules:
+        raise RunError(f"unknown model {model!r}; nerfx trains {', '.join(sorted(modules))}")
+    return modules[model]
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m nerfx.train",
-                                description="train an image model (ViT, VAE, DDPM)")
-    p.add_argument("--model", choices=image_models(), help="the image model to train")
-    p.add_argument("--data", default="shapes",
-                   help="shapes (built in), mnist:PATH, cifar10:PATH or folder:PATH")
-    p.add_argument("--fast", action="store_true", help="a short run (minutes on a CPU)")
-    p.add_argument("--steps", type=int, help="training steps (default: preset)")
-    p.add_argument("--max-seconds", type=float, help="stop training after this much time")
-    p.add_argument("--batch-size", type=int, help="images per step (default: preset)")
-    p.add_argument("--lr", type=float, help="peak learning rate (default: preset)")
-    p.add_argument("--image-size", type=int, help="train at this resolution (default: preset)")
-    p.add_argument("--autoencoder", type=Path,
-                   help="ldm: take the autoencoder of this earlier ldm run (frozen)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override any preset setting (JSON values), e.g. --set depth=6")
-    add_backend_option(p)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", type=Path, help="run folder (default runs/<data>-<model>-<time>)")
-    p.add_argument("--resume", type=Path, help="run folder to continue")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--profile-step", type=int, metavar="N",
-                   help="profile steps N to N+2 into RUN/profile/ (trace, operators, host syncs)")
-    return p.parse_args(argv)
+def preset_name(device: str, fast: bool) -> str:
+    """"gpu" on a CUDA device, else "cpu"; "-fast" for a short run."""
+    return ("gpu" if device.startswith("cuda") else "cpu") + ("-fast" if fast else "")
 
 
-def read_run_config(run: Path) -> dict:
-    """The config.json of an image-model run."""
-    config = read_run_json(run)
-    if config.get("model") not in trainer_modules():
-        raise RunError(f"{run / CONFIG}: not an image-model run (model {config.get('model')!r})")
-    return config
+@dataclass
+class TrainRequest:
+    """What to train: a new run (model, data, preset overrides) or the run to resume."""
+
+    model: str = "ngp"
+    data: str | None = None           # the model's data (None: its DEFAULT_DATA)
+    fast: bool = False
+    seed: int = 0
+    device: str = "cpu"
+    out: Path | None = None           # run folder (default runs/<data>-<model>-<time>)
+    resume: Path | None = None        # run folder to continue (its own settings)
+    settings: dict = field(default_factory=dict)  # overrides of preset settings it must have
+    extra_settings: dict = field(default_factory=dict)  # overrides that may add settings
+    profile_step: int | None = None
 
 
-def backends_of(model: str, device: torch.device | str) -> dict[str, str]:
-    """{op: backend} for the ops the model runs, under the run's backend setting."""
-    return chosen_backends(device, ops=trainer_modules()[model].OPS)
+def merged_settings(module: ModuleType, preset: str, settings: dict, extra: dict) -> dict:
+    """The preset's settings with the overrides; an override of a setting the model does not
+    have is refused (extra may add settings)."""
+    merged = {**module.PRESETS[preset], "preset": preset}
+    unknown = sorted(k for k in settings if k not in merged and k not in COMMON_SETTINGS)
+    if unknown:
+        raise RunError(f"{', '.join(unknown)}: not a setting of {module.MODEL} (its settings: "
+                       f"{', '.join(sorted(merged))})")
+    return merged | settings | extra
 
 
-def settings_for(args: argparse.Namespace, module: ModuleType) -> dict:
-    """The preset for this device (or --fast), with the command line's overrides."""
-    preset = "fast" if args.fast else ("gpu" if args.device.startswith("cuda") else "cpu")
-    settings = {**module.PRESETS[preset], "preset": preset}
-    for key, value in (("steps", args.steps), ("batch_size", args.batch_size), ("lr", args.lr),
-                       ("image_size", args.image_size), ("max_seconds", args.max_seconds)):
-        if value is not None:
-            settings[key] = value
-    if args.autoencoder is not None:
-        settings["autoencoder_run"] = str(args.autoencoder)
-    for item in args.set:
-        key, sep, text = item.partition("=")
-        if not sep or not key:
-            raise SystemExit(f"nerfx.train: --set takes KEY=VALUE, got {item!r}")
-        try:
-            settings[key] = json.loads(text)
-        except json.JSONDecodeError:
-            settings[key] = text            # a plain string, e.g. --set size=S
-    return settings
+def new_config(request: TrainRequest) -> dict:
+    module = trainer(request.model)
+    settings = merged_settings(module, preset_name(request.device, request.fast),
+                               request.settings, request.extra_settings)
+    return {"format_version": FORMAT_VERSION, "model": request.model,
+            "data": request.data or module.DEFAULT_DATA,
+            "seed": request.seed, "settings": settings}
 
 
-def train(args: argparse.Namespace) -> dict:
-    if args.resume:
-        run = args.resume
-        config = read_run_config(run)
-        if args.steps is not None:
-            config["settings"]["steps"] = args.steps
-        if args.max_seconds is not None:
-            config["settings"]["max_seconds"] = args.max_seconds
+def run_folder_name(config: dict) -> str:
+    """<data>-<model>-<time>: the data's kind (shapes, mnist, ...) or folder's name."""
+    data = config["data"]
+    name = data.split(":")[0] if ":" in data else Path(data).name
+    return f"{name}-{config['model']}-{datetime.now():%Y%m%d-%H%M%S}"
+
+
+def train(request: TrainRequest) -> dict:
+    """Trains (or resumes), evaluates, writes the run folder; returns metrics.json's contents."""
+    if request.resume is not None:
+        run = request.resume
+        config = read_run_config(run, models())
+        config["settings"].update({k: v for k, v in request.settings.items()
+                                   if k in COMMON_SETTINGS})
     else:
-        if args.model is None:
-            raise SystemExit("nerfx.train: choose --model")
-        module = trainer_modules()[args.model]
-        data_name = str(args.data).split(":")[0]
-        run = args.out or Path("runs") / f"{data_name}-{args.model}-" \
-                                         f"{datetime.now():%Y%m%d-%H%M%S}"
-        config = {"model": args.model, "data": args.data, "seed": args.seed,
-                  "settings": settings_for(args, module)}
-    module = trainer_modules()[config["model"]]
-    settings = config["settings"]
-    device = distributed.setup(torch.device(args.device).type) or torch.device(args.device)
+        config, run = new_config(request), request.out
+    module = trainer(config["model"])
+    device = distributed.setup(torch.device(request.device).type) or torch.device(request.device)
     torch.manual_seed(config["seed"])       # the same initial weights in every process
-    main = distributed.is_main()
+    task = module.make_task(config, device)
+    torch.manual_seed(distributed.process_seed(config["seed"]))   # then each its own stream
+    run = run or Path("runs") / run_folder_name(config)
+    settings, main = config["settings"], distributed.is_main()
     if main:
         world = distributed.world_size()
-        print(f"nerfx.train: {config['model']} on {config['data']} ({settings['preset']} "
-              f"preset, {device}{f', {world} processes' if world > 1 else ''}); run folder "
-              f"{run}", flush=True)
-    size = settings.get("image_size")
-    train_set = load_image_dataset(config["data"], "train", size=size, seed=config["seed"],
-                                   n=settings.get("train_images"))
-    test_set = load_image_dataset(config["data"], "test", size=size, seed=config["seed"],
-                                  n=settings.get("test_images"))
-    trainer = module.Trainer(settings, train_set, test_set, device, config["seed"])
-    torch.manual_seed(distributed.process_seed(config["seed"]))   # then each its own stream
-    config["classes"] = list(train_set.classes)
-    config["image_shape"] = list(train_set.images.shape[1:])
-    if main:
+        print(f"nerfx.train: {config['model']} on {config['data']} "
+              f"({settings['preset']} preset, {device}"
+              f"{f', {world} processes' if world > 1 else ''}); run folder {run}", flush=True)
         run.mkdir(parents=True, exist_ok=True)
         write_json(run / CONFIG, config)
     distributed.barrier()
-    state = loop.resume(run, trainer, device) if args.resume else None
-    state = loop.run_loop(trainer, run, loop.LoopSettings(
+    state = loop.LoopState()
+    if (run / CHECKPOINT).is_file():
+        state = loop.resume(run, config, task, device)
+        if main:
+            print(f"nerfx.train: resumed {run} at step {state.step} ({state.seconds:.1f} s "
+                  "trained)", flush=True)
+    if hasattr(task, "begin"):
+        task.begin()
+    unit = getattr(task, "unit", "img")
+    state = loop.run_loop(task, run, loop.LoopSettings(
         steps=settings["steps"], max_seconds=settings.get("max_seconds"),
         save_every=settings.get("save_every", 500),
-        snapshot_every=settings.get("snapshot_every", 0),
-        profile_step=getattr(args, "profile_step", None)), state, desc=config["model"])
+        snapshot_every=settings.get("snapshot_every", 0), unit=unit,
+        profile_step=request.profile_step), state, desc=f"train {config['model']}")
     if not main:                  # process 0 evaluates and writes; the others are done
         distributed.barrier()
         distributed.cleanup()
         return {"steps": state.step}
     start = time.perf_counter()
-    metrics = trainer.finish(run)
-    metrics.update(steps=state.step, train_seconds=round(state.seconds, 1),
-                   finish_seconds=round(time.perf_counter() - start, 1),
-                   processes=distributed.world_size(),
-                   backends=backends_of(config["model"], device),
-                   images_per_second=round(state.step * trainer.items_per_step
-                                           * distributed.world_size()
-                                           / max(state.seconds, 1e-9), 1))
+    metrics = {"model": config["model"], "data": config["data"], **task.finish(run),
+               "steps": state.step, "train_seconds": round(state.seconds, 2),
+               "finish_seconds": round(time.perf_counter() - start, 1),
+               "processes": distributed.world_size(), "device": str(device),
+               "backends": chosen_backends(device, ops=module.OPS)}
+    if unit == "img":
+        metrics["images_per_second"] = round(state.step * task.items_per_step
+                                             * distributed.world_size()
+                                             / max(state.seconds, 1e-9), 1)
     write_json(run / METRICS, metrics)
-    print(f"nerfx.train: {config['model']} {state.step} steps in {state.seconds:.0f} s: "
-          f"{trainer.summary(metrics)}; {run}", flush=True)
+    print(f"nerfx.train: {config['model']} {state.step} steps in {state.seconds:.1f} s: "
+          f"{task.summary(metrics)} -> {run}", flush=True)
     distributed.barrier()
     distributed.cleanup()
     return metrics
-
-
-def main(argv: list[str] | None = None) -> dict:
-    args = parse_args(argv)
-    try:
-        with use_backend(args.backend):
-            return train(args)
-    except (ImageDataError, RunError) as exc:
-        raise SystemExit(f"nerfx.train: {exc}") from None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -12,22 +13,22 @@ from nerfx.data.images import ImageDataset
 from nerfx.images import save_grid
 from nerfx.loop import BatchStream
 from nerfx.models.ddim import DDIMConfig, DDIMSampler
-from nerfx.models.ddpm import EMA, DiffusionConfig, GaussianDiffusion
+from nerfx.models.ddpm import DiffusionConfig, GaussianDiffusion
+from nerfx.models.ema import EMA
 from nerfx.models.unet import UNet, UNetConfig
+from nerfx.runs import RunError
+from nerfx.trainers.image_data import load_image_data
 
 MODEL = "ddpm"
+DEFAULT_DATA = "shapes"  # nerfx's procedural shapes (nerfx.data)
+# The options of `python -m nerfx.sample` that only some models take, this one's:
+SAMPLE_OPTIONS: tuple[str, ...] = ("interpolate",)
 OPS: tuple[str, ...] = ("attention",)  # the nerfx.ops it runs
 # gpu: the paper's CIFAR-10 run [DDPM §4, App. B; official run_cifar.py]: 35.7M-parameter U-Net,
 # linear β schedule, ε-prediction, Adam 2e-4 with 5000 warm-up steps, batch 128, grad-norm
 # clip 1, EMA 0.9999, 800k steps.
-# cpu / fast: CPU choices for the built-in shapes, measured with nerfx.eval_fid as it was then
-# (Fréchet distance of 500 DDIM-50 η=0 samples against the first 500 test images; floor 2.55;
-# a single draw moves by several units) on 1 thread of a loaded 2-core VM, 2026-11-27:
-#   the old fast preset (linear, ε, lr 1e-3, EMA 0.995, batch 32, 2500 steps): 199;
-#   batch 32, lr 2e-3, EMA 0.999, 6000 steps: linear ε 96, cosine ε 80, cosine v 47
-#   (lr 4e-3: 70; 3 levels (1,2,2) with attention at 8: 75, at 4 (linear ε): 137);
-#   cosine v, 8000 steps: lr 2e-3 33, lr 1e-3 52, cosine lr decay 35;
-#   cosine v, lr 2e-3, batch 16 x 16000 steps (the same images): 21; batch 8 x 22000: 74.
+# cpu / fast: choices for the built-in shapes on a CPU, each chosen by the Fréchet distance of
+# its samples (the recipes tried and their figures: benches/RESULTS.md, "Image models, CPU").
 # The sampling grids use DDIM, 50 steps, η = 0, from the EMA weights.
 _CPU = dict(
     unet="tiny",         # UNetConfig.tiny: ch 32, mult (1,2), 1 block per level, attention at
@@ -37,7 +38,7 @@ _CPU = dict(
     #                      noise at low resolution]
     objective="v",       # the model predicts v [Salimans & Ho 2022, §4]
     batch_size=16,       # images per step [CPU choice: more steps beat bigger batches here]
-    lr=2e-3,             # Adam's peak learning rate [CPU choice, measured above]
+    lr=2e-3,             # Adam's peak learning rate [CPU choice]
     warmup_steps=200,    # steps of linear lr warm-up [official: 5000; CPU choice]
     grad_clip=1.0,       # max global gradient norm [official run_cifar.py: 1]
     ema_decay=0.999,     # per step, after warm-up (1+n)/(10+n) [CPU choice: ~1000-step window
@@ -46,36 +47,34 @@ _CPU = dict(
     save_every=1000,     # steps between checkpoints
     snapshot_every=2000,  # steps between sample grids (run/samples/)
     sample_steps=50,     # DDIM steps for the grids [DDIM Table 1: 50]
-    sample_eta=0.0,      # DDIM η for the grids [DDIM §5: η = 0, deterministic; on the fast
-    #                      runs at 50 steps η = 1 measured better on shapes, worse on digits]
+    sample_eta=0.0,      # DDIM η for the grids [DDIM §5: η = 0, deterministic]
 )
+
 PRESETS = {
     "gpu": dict(unet="cifar10", image_size=32, schedule="linear", objective="eps",
                 batch_size=128, lr=2e-4, warmup_steps=5000, grad_clip=1.0, ema_decay=0.9999,
                 steps=800_000, save_every=5000, snapshot_every=10_000, sample_steps=50),
-    "cpu": _CPU,             # about 30 minutes on 1 CPU thread (from the step time; quality
-    #                          not measured past 16000 steps)
-    # fast: the cpu recipe, shorter: 9 min 7 s on 2 idle cores (532 s of training). Its
-    # Fréchet distances by `nerfx.eval_fid RUN` (1000 samples): DDIM-50 26.3 at η = 0, 22.6 at
-    # η = 1, DDPM-1000 16.4; floor 1.4. train_images, test_images: how many shapes images are
-    # drawn [CPU choice].
-    "fast": _CPU | dict(steps=13_000, snapshot_every=1000, train_images=4000, test_images=256),
+    "cpu": _CPU,
+    # fast: the cpu recipe, shorter (under 10 minutes on 2 cores). train_images, test_images:
+    # how many shapes images are drawn [CPU choice].
+    "cpu-fast": _CPU | dict(steps=13_000, snapshot_every=1000, train_images=4000, test_images=256),
 }
+PRESETS["gpu-fast"] = PRESETS["cpu-fast"]  # a short run: the same on either device
 
 
 def build_unet(settings: dict, channels: int, size: int, num_classes: int | None = None) -> UNet:
     """settings["unet"]: "cifar10", "tiny" (UNetConfig's presets) or a dict of UNetConfig fields
     over UNetConfig's defaults (lists, as config.json holds them, become tuples), e.g.
     --set 'unet={"ch": 32, "ch_mult": [1, 2, 2], "attn_resolutions": [8], "num_groups": 8}'."""
-    spec = settings["unet"]
-    if isinstance(spec, dict):
-        fields = {k: tuple(v) if isinstance(v, list) else v for k, v in spec.items()}
+    unet = settings["unet"]
+    if isinstance(unet, dict):
+        fields = {k: tuple(v) if isinstance(v, list) else v for k, v in unet.items()}
         config = UNetConfig(**fields)
-    elif spec in ("cifar10", "tiny"):
-        config = getattr(UNetConfig, spec)()
+    elif unet in ("cifar10", "tiny"):
+        config = getattr(UNetConfig, unet)()
     else:
         raise ValueError(f"ddpm setting unet must be 'cifar10', 'tiny' or a dict of UNetConfig "
-                         f"fields, got {spec!r}")
+                         f"fields, got {unet!r}")
     config.resolution, config.in_channels, config.out_channels = size, channels, channels
     config.num_classes = num_classes
     return UNet(config)
@@ -169,6 +168,10 @@ class Trainer:
             self.noise.set_state(state["noise"].cpu())
 
 
+def make_task(config: dict, device: torch.device) -> Trainer:
+    return Trainer(config["settings"], *load_image_data(config), device, config["seed"])
+
+
 def load_trained(config: dict, task_state: dict, device: torch.device
                  ) -> tuple[UNet, GaussianDiffusion]:
     """The EMA U-Net of a finished or interrupted run (eval mode) and its diffusion."""
@@ -178,3 +181,32 @@ def load_trained(config: dict, task_state: dict, device: torch.device
     model.load_state_dict(task_state["ema"]["model"])
     diffusion = diffusion_of(settings)
     return model.eval().requires_grad_(False), diffusion
+
+
+def sample(options: argparse.Namespace, run: Path, config: dict, task_state: dict) -> Path:
+    """`python -m nerfx.sample RUN`'s pictures of this run (options: its command line)."""
+    model, diffusion = load_trained(config, task_state, options.device)
+    shape = tuple(config["image_shape"])
+    ddim = DDIMSampler(diffusion, DDIMConfig(steps=options.steps, eta=options.eta,
+                                             spacing=options.spacing))
+    if options.interpolate:
+        try:
+            a, b = (int(s) for s in options.interpolate.split(","))
+        except ValueError:
+            raise RunError("--interpolate takes two seeds, as in 3,7") from None
+        z0, z1 = (torch.randn((1, *shape), generator=torch.Generator().manual_seed(s))
+                  for s in (a, b))
+        images = ddim.interpolate(model, z0.to(options.device), z1.to(options.device), options.n)
+        name = f"interpolate_{a}_{b}_ddim{options.steps}.png"
+    else:
+        generator = torch.Generator().manual_seed(options.seed)
+        if options.sampler == "ddpm":
+            images = diffusion.sample(model, (options.n, *shape), generator, options.device,
+                                      progress=True)
+            name = f"samples_ddpm{diffusion.num_timesteps}_seed{options.seed}.png"
+        else:
+            images = ddim.sample(model, (options.n, *shape), generator, options.device,
+                                 progress=True)
+            name = f"samples_ddim{options.steps}_eta{options.eta:g}_seed{options.seed}.png"
+    nrow = options.n if options.interpolate else min(options.n, 8)      # a strip, or rows of 8
+    return save_grid(images, options.out or run / name, nrow=nrow)

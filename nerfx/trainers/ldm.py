@@ -16,7 +16,7 @@ fid_samples > 0, the Fréchet distance and nerfx-classifier class accuracy per g
 
 from __future__ import annotations
 
-import json
+import argparse
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -26,8 +26,7 @@ from nerfx import distributed
 from nerfx.data.images import ImageDataset
 from nerfx.images import save_grid
 from nerfx.loop import BatchStream
-from nerfx.models import without_run_settings
-from nerfx.models.ddpm import EMA
+from nerfx.models.ema import EMA
 from nerfx.models.ldm import (
     AutoencoderConfig,
     DiagonalGaussian,
@@ -40,9 +39,13 @@ from nerfx.models.ldm import (
     hinge_d_loss,
 )
 from nerfx.models.unet import UNetConfig
-from nerfx.runs import CHECKPOINT, CONFIG, RunError, load_checkpoint
+from nerfx.runs import RunError, read_run_checkpoint, read_run_config
+from nerfx.trainers.image_data import load_image_data
 
 MODEL = "ldm"
+DEFAULT_DATA = "shapes"  # nerfx's procedural shapes (nerfx.data)
+# The options of `python -m nerfx.sample` that only some models take, this one's:
+SAMPLE_OPTIONS: tuple[str, ...] = ("guidance", "label", "per_class")
 OPS: tuple[str, ...] = ("attention",)  # the nerfx.ops it runs
 # gpu: the paper's components at 32x32 [KL-f4: configs/autoencoder/autoencoder_kl_64x64x3.yaml
 # (ch 128, ch_mult 1,2,4, 2 blocks, z 3 channels, kl_weight 1e-6, Adam betas (0.5, 0.9), lr
@@ -55,8 +58,7 @@ OPS: tuple[str, ...] = ("attention",)  # the nerfx.ops it runs
 # on from autoencoder step N (disc_weight 0.5, disc_layers 3 [contperceptual.py defaults]; use
 # 2 layers below 32x32).
 # cpu / fast: small networks on 16x16 shapes, f=4: 4x4 latents, with 4 channels rather than
-# KL-f4's 3 (measured on shapes: nerfx's classifier names the class of 57% of test
-# reconstructions with 4, 51% with 3, after 3000 steps at lr 2e-3); minutes on 2 cores.
+# KL-f4's 3 (the better reconstructions on shapes: benches/RESULTS.md); minutes on 2 cores.
 # fast: the cpu preset, shorter.
 _CPU = dict(image_size=16, batch_size=64, ae_batch_size=32,
             ae=dict(ch=16, ch_mult=(1, 2, 2), num_res_blocks=1, z_channels=4, num_groups=8),
@@ -67,7 +69,7 @@ _CPU = dict(image_size=16, batch_size=64, ae_batch_size=32,
             lr=1e-3, warmup_steps=100, grad_clip=1.0, ema_decay=0.999,
             steps=20_000, save_every=500, snapshot_every=1000, sample_steps=50,
             guidance=3.0, guidance_eval=(1.0, 3.0, 5.0), fid_samples=1000,
-            scale_images=2048)
+            scale_images=2048, autoencoder_run=None)
 
 PRESETS = {
     "gpu": dict(image_size=32, batch_size=128, ae_batch_size=64,
@@ -79,22 +81,21 @@ PRESETS = {
                 lr=1e-6 * 128, warmup_steps=1000, grad_clip=1.0, ema_decay=0.9999,
                 steps=250_000, save_every=5000, snapshot_every=10_000, sample_steps=50,
                 guidance=3.0, guidance_eval=(1.0, 3.0, 5.0), fid_samples=2000,
-                scale_images=4096),
+                scale_images=4096, autoencoder_run=None),
     "cpu": _CPU,
-    "fast": _CPU | dict(ae_steps=3000, ema_decay=0.995, steps=7000, fid_samples=512,
+    "cpu-fast": _CPU | dict(ae_steps=3000, ema_decay=0.995, steps=7000, fid_samples=512,
                         train_images=4000, test_images=512),
 }
+PRESETS["gpu-fast"] = PRESETS["cpu-fast"]  # a short run: the same on either device
 
 
-# The "ae" and "unet" settings of runs saved before the attention backend became a run setting
-# hold an "attn_backend" key: without_run_settings drops it.
 def autoencoder_config(settings: dict, channels: int, size: int) -> AutoencoderConfig:
     return AutoencoderConfig(resolution=size, in_channels=channels,
-                             **without_run_settings(settings["ae"]))
+                             **settings["ae"])
 
 
 def ldm_config(settings: dict, ae: AutoencoderConfig, num_classes: int) -> LDMConfig:
-    unet = UNetConfig(**{**without_run_settings(settings["unet"]),
+    unet = UNetConfig(**{**settings["unet"],
                          "resolution": ae.latent_resolution, "in_channels": ae.z_channels,
                          "out_channels": ae.z_channels})
     return LDMConfig(num_classes=num_classes, context_dim=settings["context_dim"],
@@ -173,12 +174,10 @@ class Trainer:
         """The autoencoder weights of an earlier ldm run; its architecture goes into settings
         (so this run's config.json records it) and this run trains no autoencoder."""
         try:
-            other = json.loads((run / CONFIG).read_text())
-        except (OSError, ValueError) as exc:
-            raise RunError(f"{run}: cannot read the autoencoder run's {CONFIG} ({exc})") from None
-        if other.get("model") != MODEL:
-            raise RunError(f"{run} is a {other.get('model')!r} run; --autoencoder takes an ldm run")
-        payload = load_checkpoint(run / CHECKPOINT)
+            other = read_run_config(run, (MODEL,))
+            payload = read_run_checkpoint(run, other)
+        except RunError as exc:
+            raise RunError(f"cannot read the autoencoder run: {exc}") from None
         if payload["step"] < other["settings"].get("ae_steps", 0):
             raise RunError(f"{run}: its autoencoder trained {payload['step']} of "
                            f"{other['settings']['ae_steps']} steps; finish that run first")
@@ -346,7 +345,7 @@ class Trainer:
         The classifier is nerfx.fid's, trained on the run's dataset (cached)."""
         from nerfx import fid
 
-        config = json.loads((run / CONFIG).read_text())
+        config = read_run_config(run)
         size = self.train_set.resolution
         net = fid.feature_net_for(config["data"], size, fid.default_cache(), config["seed"],
                                   self.device)               # trained (with gradients) once
@@ -428,6 +427,10 @@ def _accuracy(net: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor) 
     return round(float((predicted == labels.cpu()).float().mean()), 4)
 
 
+def make_task(config: dict, device: torch.device) -> Trainer:
+    return Trainer(config["settings"], *load_image_data(config), device, config["seed"])
+
+
 def load_trained(config: dict, task_state: dict, device: torch.device | str) -> LatentDiffusion:
     """The latent diffusion model of a finished or interrupted run, in eval mode: its
     autoencoder, the EMA weights of its latent U-Net and its scale factor."""
@@ -437,3 +440,29 @@ def load_trained(config: dict, task_state: dict, device: torch.device | str) -> 
     model.load_state_dict(task_state["model"])
     model.unet.load_state_dict(task_state["ema"]["model"])
     return model.to(device).eval().requires_grad_(False)
+
+
+def sample(options: argparse.Namespace, run: Path, config: dict, task_state: dict) -> Path:
+    """`python -m nerfx.sample RUN`'s pictures of this run (options: its command line)."""
+    model = load_trained(config, task_state, options.device)
+    classes, per_class = list(config["classes"]), options.per_class or 8
+    guidance = (config["settings"].get("guidance", 1.0) if options.guidance is None
+                else options.guidance)
+    if options.label is None:
+        labels = torch.arange(len(classes)).repeat_interleave(per_class)  # a row per class
+        nrow, what = per_class, "classes"
+    else:
+        label = int(options.label) if options.label.lstrip("-").isdigit() else (
+            classes.index(options.label) if options.label in classes else -1)
+        if not 0 <= label < len(classes):
+            raise RunError(f"--class {options.label}: this run's classes are 0..{len(classes) - 1} "
+                           f"({', '.join(classes)})")
+        labels = torch.full((options.n,), label)
+        nrow, what = min(options.n, 8), f"class{label}"
+    generator = torch.Generator().manual_seed(options.seed)
+    images = model.sample(labels, guidance, options.sampler, options.steps, options.eta, generator,
+                          progress=True)
+    steps = (f"ddpm{model.diffusion.num_timesteps}" if options.sampler == "ddpm"
+             else f"ddim{options.steps}_eta{options.eta:g}")
+    name = f"samples_{what}_guidance{guidance:g}_{steps}_seed{options.seed}.png"
+    return save_grid(images, options.out or run / name, nrow=nrow)

@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 import torch
 
 from nerfx import distributed
-from nerfx.data.images import ImageDataset
+from nerfx.data.images import ImageDataset, load_image_dataset
 from nerfx.images import save_grid
 from nerfx.loop import BatchStream
 from nerfx.models.vae import VAE, VAEConfig
+from nerfx.trainers.image_data import load_image_data
 
 MODEL = "vae"
+DEFAULT_DATA = "shapes"  # nerfx's procedural shapes (nerfx.data)
+# The options of `python -m nerfx.sample` that only some models take, this one's:
+SAMPLE_OPTIONS: tuple[str, ...] = ()
 OPS: tuple[str, ...] = ()  # it runs no nerfx.ops
 # Adam as in the paper's experiments [K&W §5: AdaGrad/Adam-style SGD, minibatches of 100];
 # lr 1e-3 is the usual Adam setting for this model. Bernoulli likelihood on images in [0, 1].
@@ -21,14 +26,12 @@ PRESETS = {
                 steps=30_000, beta=1.0, save_every=2000, snapshot_every=5000),
     "cpu": dict(channels=(32, 64), latent_dim=16, image_size=16, batch_size=64, lr=1e-3,
                 steps=4000, beta=1.0, save_every=500, snapshot_every=1000),
-    # fast: 8000 steps, 152 s on one thread of the 2-core VM (2026-11-27). On shapes the samples
-    # show discs and rings; the angular shapes come out as blobs, as a VAE's prior samples blur
-    # (1500 steps: blurrier; latent 32, 3 levels or a Gaussian likelihood with σ 0.1-0.3: no
-    # clearer samples, measured by eye on the same seed).
-    "fast": dict(channels=(32, 64), latent_dim=16, image_size=16, batch_size=64, lr=2e-3,
-                 steps=8000, beta=1.0, save_every=1000, snapshot_every=2000, train_images=4000,
-                 test_images=512),
+    # fast: minutes on 2 cores (the variants tried: benches/RESULTS.md, "Image models, CPU").
+    "cpu-fast": dict(channels=(32, 64), latent_dim=16, image_size=16, batch_size=64, lr=2e-3,
+                     steps=8000, beta=1.0, save_every=1000, snapshot_every=2000,
+                     train_images=4000, test_images=512),
 }
+PRESETS["gpu-fast"] = PRESETS["cpu-fast"]  # a short run: the same on either device
 VALUE_RANGE = (0.0, 1.0)     # the Bernoulli likelihood models pixels in [0, 1]
 
 
@@ -115,6 +118,10 @@ class Trainer:
             self.noise.set_state(state["noise"].cpu())
 
 
+def make_task(config: dict, device: torch.device) -> Trainer:
+    return Trainer(config["settings"], *load_image_data(config), device, config["seed"])
+
+
 def load_trained(config: dict, task_state: dict, device: torch.device) -> VAE:
     """The VAE of a finished or interrupted run, in eval mode."""
     settings = config["settings"]
@@ -122,3 +129,22 @@ def load_trained(config: dict, task_state: dict, device: torch.device) -> VAE:
     model = VAE(vae_config(settings, channels, size))
     model.load_state_dict(task_state["model"])
     return model.to(device).eval().requires_grad_(False)
+
+
+def sample(options: argparse.Namespace, run: Path, config: dict, task_state: dict) -> Path:
+    """`python -m nerfx.sample RUN`'s pictures of this run (options: its command line)."""
+    model = load_trained(config, task_state, options.device)
+    value_range = (0.0, 1.0)
+    generator = torch.Generator().manual_seed(options.seed)
+    samples = model.sample(options.n, generator, options.device)
+    _, size, _ = config["image_shape"]
+    test = load_image_dataset(config["data"], "test", size=size, seed=config["seed"], n=16)
+    x = test.float(value_range).to(options.device)
+    pairs = torch.stack([x, model.reconstruct(x)], 1).flatten(0, 1)
+    strip = model.interpolate(x[0], x[1], 10)
+    out = options.out or run / f"vae_samples_seed{options.seed}.png"
+    for images, suffix, nrow in ((samples, "", 8), (pairs, "_reconstructions", 8),
+                                 (strip, "_interpolation", 10)):
+        save_grid(images, out.with_name(out.stem + suffix + out.suffix),
+                  nrow=min(len(images), nrow), value_range=value_range)
+    return out

@@ -20,8 +20,10 @@ from nerfx.data.images import ImageDataset
 from nerfx.images import save_grid, to_uint8, write_png
 from nerfx.loop import BatchStream
 from nerfx.models.vit import ViT, vit_config
+from nerfx.trainers.image_data import load_image_data
 
 MODEL = "vit"
+DEFAULT_DATA = "shapes"  # nerfx's procedural shapes (nerfx.data)
 OPS: tuple[str, ...] = ("attention",)  # the nerfx.ops it runs
 # size: ViT-Ti/S/B/L [paper Table 1; Ti and S from DeiT]; patch 4 suits 16-32 px images.
 PRESETS = {
@@ -31,12 +33,14 @@ PRESETS = {
     "cpu": dict(size="Ti", patch_size=4, image_size=16, batch_size=64, lr=1e-3,
                 weight_decay=0.05, warmup_steps=100, steps=1500, label_smoothing=0.1,
                 drop_path=0.1, save_every=250),
-    # fast: Ti's width and heads at half its depth; on 16 px shapes (2 idle cores, 600 steps)
-    # lr 3e-4 reached 24 % test accuracy where 1e-3 reached 14 % and 3e-3 11 % (chance 12.5 %).
-    "fast": dict(size="Ti", depth=6, patch_size=4, image_size=16, batch_size=64, lr=3e-4,
-                 weight_decay=0.05, warmup_steps=100, steps=2000, label_smoothing=0.1,
-                 drop_path=0.0, save_every=500, train_images=6000, test_images=800),
+    # fast: Ti's width and heads at half its depth; lr chosen on 16 px shapes
+    # (benches/RESULTS.md, "Image models, CPU").
+    "cpu-fast": dict(size="Ti", depth=6, patch_size=4, image_size=16, batch_size=64,
+                     lr=3e-4, weight_decay=0.05, warmup_steps=100, steps=2000,
+                     label_smoothing=0.1, drop_path=0.0, save_every=500, train_images=6000,
+                     test_images=800),
 }
+PRESETS["gpu-fast"] = PRESETS["cpu-fast"]  # a short run: the same on either device
 
 
 def build_vit(settings: dict, channels: int, size: int, num_classes: int) -> ViT:
@@ -149,3 +153,7 @@ def prediction_borders(images: torch.Tensor, correct: torch.Tensor, width: int =
     mask = torch.ones_like(rgb[:1, :1], dtype=torch.bool)
     mask[..., width:-width, width:-width] = False
     return torch.where(mask, colour, rgb)
+
+
+def make_task(config: dict, device: torch.device) -> Trainer:
+    return Trainer(config["settings"], *load_image_data(config), device, config["seed"])

@@ -10,10 +10,11 @@ import pytest
 import torch
 
 from nerfx.models.ema import EMA
-from nerfx.models.pipelines import InstantNGPPipeline, build_pipeline, make_optimizer
+from nerfx.models.pipelines import InstantNGPPipeline, build_pipeline
 from nerfx.ops.raymarch import march_rays
 from nerfx.render import renderer
 from nerfx.render.occupancy import OccupancyGrid
+from nerfx.trainers.radiance import make_optimizer
 
 AABB = [-1.5, -1.5, -1.5, 1.5, 1.5, 1.5]
 SPEC = {"name": "ngp", "aabb": AABB, "cascades": 1, "log2_hashmap_size": 12,
@@ -54,8 +55,8 @@ def test_training_rays_start_at_a_random_fraction_of_a_step():
 
 
 def test_the_cone_angle_follows_the_scene_and_reaches_the_march(monkeypatch):
-    assert InstantNGPPipeline.scene_spec(1) == {"cone_angle": 0.0}
-    assert InstantNGPPipeline.scene_spec(16) == {"cone_angle": 1 / 256}
+    assert InstantNGPPipeline.scene_args(1) == {"cone_angle": 0.0}
+    assert InstantNGPPipeline.scene_args(16) == {"cone_angle": 1 / 256}
     assert build_pipeline(SPEC).cone_angle == 0.0
     # aabb_scale 4, the paper's step (sqrt(3)/1024 of the unit box), cone angle from the scene
     big = build_pipeline(SPEC | {"cascades": 3, "step_divisor": 1024})
@@ -83,11 +84,12 @@ def test_the_cone_angle_follows_the_scene_and_reaches_the_march(monkeypatch):
 def test_run_configs_save_the_cone_angle(tmp_path, monkeypatch):
     from argparse import Namespace
 
-    from nerfx.train import model_spec
+    from nerfx.trainers import ngp
+    from nerfx.trainers.radiance import pipeline_args
 
     scene = Namespace(aabb=AABB, aabb_scale=4)
-    spec = model_spec(Namespace(model="ngp"), InstantNGPPipeline.preset("cpu", True), scene)
-    assert spec["cone_angle"] == 1 / 256 and spec["cascades"] == 3
+    args = pipeline_args("ngp", ngp.PRESETS["cpu-fast"], scene)
+    assert args["cone_angle"] == 1 / 256 and args["cascades"] == 3
 
 
 def test_compaction_keeps_exactly_the_samples_compositing_weights():
@@ -176,9 +178,6 @@ def test_the_huber_loss_is_instant_ngps():
     assert float(out.loss.detach()) == float(out.mse)
     with pytest.raises(ValueError, match="unknown loss"):
         build_pipeline(SPEC | {"loss": "l1"})
-    # Runs from before the loss was a setting trained with L2 and resume with it.
-    legacy = {k: v for k, v in SPEC.items() if k != "loss"}
-    assert build_pipeline(legacy).loss == "l2"
 
 
 def test_weight_decay_is_on_the_mlp_weights_only():

@@ -61,7 +61,8 @@ def test_the_occupancy_grid_prunes_empty_space_within_a_few_hundred_steps(tmp_pa
     warm-up (by step 64 here), where a raw-density threshold kept about 140 for 300 steps."""
     from nerfx.data.rays import TrainingRays
     from nerfx.data.scenes import load_scene
-    from nerfx.models.pipelines import build_pipeline, make_optimizer, optimize_step
+    from nerfx.models.pipelines import build_pipeline
+    from nerfx.trainers.radiance import make_optimizer, optimize_step
 
     scene = load_scene(lego.generate(12, root=tmp_path, progress=False), "train")
     spec = {"name": "ngp", "aabb": list(scene.aabb), "cascades": 1, "log2_hashmap_size": 14,

@@ -509,7 +509,7 @@ def small_pipeline(name: str):
 
 
 def test_make_optimizer_skips_zeros_in_the_ngp_hash_table_only():
-    from nerfx.models.pipelines import make_optimizer
+    from nerfx.trainers.radiance import make_optimizer
 
     ngp = small_pipeline("ngp")
     opt = make_optimizer(ngp)
@@ -527,7 +527,8 @@ def test_make_optimizer_skips_zeros_in_the_ngp_hash_table_only():
 def test_an_ngp_run_saved_with_torch_adam_resumes():
     """What --resume of a run from before SkipZeroAdam (and before parameter groups) does: the
     trainer's load_state_dict; every parameter keeps its own moments."""
-    from nerfx.models.pipelines import make_optimizer, regroup_optimizer_state
+    from nerfx.run_format import upgrade_checkpoint
+    from nerfx.trainers.radiance import make_optimizer
 
     ngp = small_pipeline("ngp")
     old = torch.optim.Adam(ngp.parameters(), lr=ngp.lr, betas=ngp.betas, eps=ngp.eps,
@@ -539,7 +540,9 @@ def test_an_ngp_run_saved_with_torch_adam_resumes():
     torch.save(old.state_dict(), buffer)
     buffer.seek(0)
     opt = make_optimizer(ngp)
-    opt.load_state_dict(regroup_optimizer_state(ngp, opt, torch.load(buffer, weights_only=True)))
+    payload = {"step": 1, "elapsed": 0.5, "pipeline": ngp.state_dict(),   # format 1
+               "optimizer": torch.load(buffer, weights_only=True)}
+    opt.load_state_dict(upgrade_checkpoint(payload, {"model": "ngp"})["task"]["optimizer"])
     table = ngp.field.encoding.params
     assert (opt.state[table]["step"] == 1).all()
     assert torch.equal(opt.state[table]["exp_avg_sq"], old.state[table]["exp_avg_sq"])

@@ -9,8 +9,7 @@ import math
 import pytest
 import torch
 
-from nerfx.models.pipelines import build_pipeline
-from nerfx.render.occupancy import MIN_OPTICAL_THICKNESS, OccupancyGrid, paper_step_size
+from nerfx.render.occupancy import MIN_OPTICAL_THICKNESS, OccupancyGrid, box_step_size
 
 AABB = [-1.5, -1.5, -1.5, 1.5, 1.5, 1.5]  # the built-in lego's box (world units)
 RES = 32
@@ -37,7 +36,7 @@ def all_cells() -> torch.Tensor:
 
 
 def test_blob_keeps_exactly_the_cells_whose_step_is_thick_enough():
-    dt = paper_step_size(AABB)  # sqrt(3)/1024 * 3 world units
+    dt = box_step_size(AABB)  # sqrt(3)/1024 * 3 world units
     grid = OccupancyGrid(AABB, resolution=RES)
     gen = torch.Generator().manual_seed(0)
     for step in range(grid.warmup_steps):  # the warm-up: every cell, every 16 steps
@@ -59,7 +58,7 @@ def test_blob_keeps_exactly_the_cells_whose_step_is_thick_enough():
 
 
 def test_threshold_falls_to_the_mean_for_a_faint_scene():
-    dt = paper_step_size(AABB)
+    dt = box_step_size(AABB)
     grid = OccupancyGrid(AABB, resolution=RES)
     faint = 1e-3 / dt  # thickness 1e-3 < 0.01 everywhere in the blob's shape
     grid.update(0, lambda x: blob_field(x) / SIGMA0 * faint, step_size=dt)
@@ -98,29 +97,6 @@ def test_an_untouched_grid_marches_every_visible_cell():
     centres = grid.cell_points(torch.arange(8**3), jitter=False)
     assert torch.equal(grid.occupied_at(centres), grid.visible)
     assert grid.visible.any() and not grid.visible.all()
-
-
-def test_checkpoints_that_stored_density_load_converted():
-    spec = {"name": "ngp", "aabb": AABB, "cascades": 1, "log2_hashmap_size": 12,
-            "grid_resolution": 16, "decay": 0.8, "step_divisor": 256}
-    pipeline = build_pipeline(spec)
-    state = pipeline.state_dict()
-    sigma = torch.rand(16**3, generator=torch.Generator().manual_seed(0)) * 4  # 1 / world unit
-    old = {k: v for k, v in state.items() if k not in ("grid.optical_thickness", "grid.step_size")}
-    old["grid.density"] = sigma  # as nerfx wrote it before the grid stored thickness
-    old["grid.bitfield"] = torch.full_like(state["grid.bitfield"], 255)
-    loaded = build_pipeline(spec)
-    with pytest.warns(UserWarning, match="predates optical-thickness"):
-        loaded.load_state_dict(old)
-    torch.testing.assert_close(loaded.grid.optical_thickness, sigma * pipeline.step_size)
-    assert float(loaded.grid.step_size) == pytest.approx(pipeline.step_size)
-    centres = loaded.grid.cell_points(torch.arange(16**3), jitter=False)
-    assert torch.equal(loaded.grid.occupied_at(centres),
-                       sigma * pipeline.step_size > MIN_OPTICAL_THICKNESS)
-    # A current checkpoint round-trips without a warning.
-    again = build_pipeline(spec)
-    again.load_state_dict(loaded.state_dict())
-    assert torch.equal(again.grid.bitfield, loaded.grid.bitfield)
 
 
 def test_updates_run_on_instant_ngps_schedule():

@@ -26,14 +26,14 @@ def test_unet_setting_is_a_preset_name_or_config_fields():
 
 
 def _trainer(**overrides) -> ddpm.Trainer:
-    settings = {**ddpm.PRESETS["fast"], "batch_size": 4, **overrides}
+    settings = {**ddpm.PRESETS["cpu-fast"], "batch_size": 4, **overrides}
     data = load_shapes("train", size=settings["image_size"], n=8)
     return ddpm.Trainer(settings, data, data, torch.device("cpu"), seed=0)
 
 
 def test_fast_preset_trains_and_samples_at_its_size():
     trainer = _trainer()
-    fast = ddpm.PRESETS["fast"]
+    fast = ddpm.PRESETS["cpu-fast"]
     assert trainer.diffusion.config.schedule == fast.get("schedule", "linear")
     assert trainer.diffusion.config.objective == fast.get("objective", "eps")
     loss = trainer.train_step(0)["loss"]

@@ -22,7 +22,7 @@ COMMON = ["--model", "ldm", "--data", "shapes", "--fast", "--device", "cpu"]
 def toy(monkeypatch):
     """Sets the ldm fast preset to TOY plus overrides; returns the setter."""
     def set_preset(**overrides):
-        monkeypatch.setitem(trainers.trainer_modules()["ldm"].PRESETS, "fast",
+        monkeypatch.setitem(trainers.trainer_modules()["ldm"].PRESETS, "cpu-fast",
                             {**TOY, **overrides})
     set_preset()
     return set_preset
@@ -82,12 +82,11 @@ def test_runs_saved_with_an_attention_backend_setting_still_load(tmp_path, toy):
     setting now (--backend), and the key is ignored: the model builds, resumes and samples."""
     old = dict(TOY, ae=dict(TOY["ae"], attn_backend="torch"),
                unet=dict(TOY["unet"], attn_backend="triton"))
-    build = trainers.trainer_modules()["ldm"].build_model
-    assert build(old, 3, 16, 8).state_dict().keys() == build(TOY, 3, 16, 8).state_dict().keys()
     run = tmp_path / "run"
     train.main(COMMON + ["--steps", "4", "--out", str(run)])
     config = json.loads((run / "config.json").read_text())
     config["settings"].update(ae=old["ae"], unet=old["unet"])
+    del config["format_version"]            # as nerfx wrote it then
     (run / "config.json").write_text(json.dumps(config))
     assert train.main(["--resume", str(run), "--steps", "5"])["steps"] == 5
     assert sample.main([str(run), "--steps", "2", "--class", "1", "--n", "2",
@@ -130,7 +129,7 @@ def test_sample_cli_on_an_ldm_run(tmp_path, toy):
     assert "guidance3" in grid.name                                        # the run's default
     with pytest.raises(SystemExit, match="classes are 0..7"):
         sample.main(args + ["--class", "8"])
-    with pytest.raises(SystemExit, match="interpolate is for ddpm"):
+    with pytest.raises(SystemExit, match="--interpolate is not for it"):
         sample.main(args + ["--interpolate", "1,2"])
 
 
