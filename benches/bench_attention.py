@@ -1,7 +1,7 @@
 """Attention, bf16, forward and forward+backward: nerfx's triton kernels beside SDPA's flash,
 cuDNN, memory-efficient and math backends, SDPA's own choice and the fp32 reference (`torch`).
 
-Shapes of issue 11 on a GPU: ViT-B/16 (B=256, H=12, N=197, D=64), a diffusion U-Net's 32 x 32
+Shapes on a GPU: ViT-B/16 (B=256, H=12, N=197, D=64), a diffusion U-Net's 32 x 32
 attention (B=32, H=8, N=1024, D=64), long sequences (B=8, H=8, N=4096, D=64, also causal) and
 D=128 (B=16, H=16, N=1024); a small ViT-like shape on the CPU (the Triton interpreter is not
 benchmarked). Throughput is in TFLOP/s counted as flash-attention does (4·B·H·N²·D forward,

@@ -20,7 +20,8 @@ from nerfx.ref.composite import composite_rays_padded
 RAYS = {"cpu": 2**14, "cuda": 2**18}
 SAMPLES = 64
 # "<backend>+fp16-rgbs": half colours read as they are (what a mixed-precision field gives);
-# "<backend>+cast-rgbs": the same half colours widened to float32 first, as nerfx did before.
+# "<backend>+cast-rgbs": the same half colours widened to float32 first (the copy the kernels'
+# half reads avoid).
 IMPLS = ["torch", "torch-padded", "cpu", "cuda", "cpu+fp16-rgbs", "cuda+fp16-rgbs",
          "cuda+cast-rgbs", "nerfacc", "copy"]
 BYTES_PER_SAMPLE = {"fwd": 4 + 4 + 4 + 12 + 4, "fwd+bwd": 28 + 24 + 4 + 12}  # fp32, see above

@@ -20,9 +20,7 @@
 #   benches/fetch_peer_wheels.sh here first and carry `.whl`: the peers (nerfacc, diffusers,
 #   denoising-diffusion-pytorch) are not on the machine. Phase budgets in seconds,
 #   from the environment: TESTS_S (default 170), SANITIZE_S (100, split over the three tools),
-#   BENCH_S (200), TRAIN_S (240).
-# On an H100 (2026-11-27) the build took under a minute; the tests under xdist did not finish
-# in 100 s, and the benchmarks (CPU rows included, then) not in 8 minutes.
+#   BENCH_S (200), TRAIN_S (240). Past timings of each phase: benches/RESULTS.md, GPU.
 set -uo pipefail
 out=$(realpath -m "${1:?usage: benches/gpu_check.sh OUT_DIR [all|check|bench|train|bench+train]}")
 what=${2:-all}
@@ -84,7 +82,7 @@ print(_build.sources_digest(Path("csrc")))')
 fi
 
 if wants check; then
-  # Which compiled argument checks crash instead of raising (the H100 segfault of 2026-11-27).
+  # Which compiled argument checks crash instead of raising (benches/RESULTS.md, GPU).
   phase probe 90 "$out/probe_op_errors.log" python3 benches/probe_op_errors.py
   cat "$out/probe_op_errors.log"
 

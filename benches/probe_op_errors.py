@@ -1,10 +1,9 @@
 """Do the compiled ops' argument checks raise, or crash the process? One subprocess per case.
 
-On an H100 (torch 2.11, CUDA build) `torch.ops.nerfx.adam_step` on CPU tensors with a wrong step
-dtype killed pytest with a segmentation fault, where every CPU machine raises RuntimeError (also
-with torch 2.11+cu130 and a CUDA build, no GPU). Each case below runs alone, so the table says
-which calls crash: only adam_step, or any op's TORCH_CHECK; before or after CUDA is initialised;
-on CPU or CUDA tensors. Prints one line per case; exits 1 if any case crashed.
+A failing TORCH_CHECK must raise RuntimeError; a GPU machine's CUDA build has been seen to crash
+instead (benches/RESULTS.md, GPU). Each case below runs alone, so the table says which calls
+crash: only adam_step, or any op's TORCH_CHECK; before or after CUDA is initialised; on CPU or
+CUDA tensors. Prints one line per case; exits 1 if any case crashed.
 usage: python benches/probe_op_errors.py
 """
 
