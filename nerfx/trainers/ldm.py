@@ -27,18 +27,16 @@ from nerfx.data.images import ImageDataset
 from nerfx.images import save_grid
 from nerfx.loop import BatchStream
 from nerfx.models import without_run_settings
-from nerfx.models.ddpm import EMA
-from nerfx.models.ldm import (
+from nerfx.models.autoencoder import (
     AutoencoderConfig,
     DiagonalGaussian,
     KLAutoencoder,
-    LatentDiffusion,
-    LDMConfig,
     PatchDiscriminator,
     adaptive_weight,
-    class_grid_labels,
     hinge_d_loss,
 )
+from nerfx.models.ddpm import EMA
+from nerfx.models.ldm import LatentDiffusion, LDMConfig, class_grid_labels
 from nerfx.models.unet import UNetConfig
 from nerfx.runs import CHECKPOINT, CONFIG, RunError, load_checkpoint
 

@@ -11,7 +11,8 @@ import torch
 from nerfx.data.images import load_shapes
 from nerfx.models.ddim import DDIMConfig, DDIMSampler, ddim_timesteps, slerp
 from nerfx.models.ddpm import EMA, DiffusionConfig, GaussianDiffusion, beta_schedule
-from nerfx.models.unet import AttnBlock, UNet, UNetConfig, timestep_embedding
+from nerfx.models.layers import AttnBlock
+from nerfx.models.unet import UNet, UNetConfig, timestep_embedding
 from tests.helpers import outputs_per_attention_backend
 
 # ---------------------------------------------------------------------------------------------

@@ -9,19 +9,12 @@ import pytest
 import torch
 
 from nerfx.data.images import load_shapes
+from nerfx.models.autoencoder import AutoencoderConfig, DiagonalGaussian, KLAutoencoder
 from nerfx.models.ddpm import DiffusionConfig
-from nerfx.models.ldm import (
-    AutoencoderConfig,
-    ClassifierFreeGuidance,
-    DiagonalGaussian,
-    KLAutoencoder,
-    LatentDiffusion,
-    LatentUNet,
-    LDMConfig,
-    SpatialTransformer,
-    drop_labels,
-)
-from nerfx.models.unet import AttnBlock, UNetConfig
+from nerfx.models.guidance import ClassifierFreeGuidance, drop_labels
+from nerfx.models.layers import AttnBlock, SpatialTransformer
+from nerfx.models.ldm import LatentDiffusion, LatentUNet, LDMConfig
+from nerfx.models.unet import UNetConfig
 
 
 def tiny_ae(**overrides) -> KLAutoencoder:
@@ -283,7 +276,7 @@ def test_tiny_latent_run_follows_the_requested_class():
 
 
 def test_patch_discriminator_and_hinge_loss():
-    from nerfx.models.ldm import PatchDiscriminator, hinge_d_loss
+    from nerfx.models.autoencoder import PatchDiscriminator, hinge_d_loss
 
     torch.manual_seed(0)
     assert PatchDiscriminator(3, 8, n_layers=3)(torch.randn(2, 3, 32, 32)).shape == (2, 1, 2, 2)
@@ -294,7 +287,7 @@ def test_patch_discriminator_and_hinge_loss():
 
 
 def test_adaptive_weight_is_the_gradient_norm_ratio():
-    from nerfx.models.ldm import adaptive_weight
+    from nerfx.models.autoencoder import adaptive_weight
 
     w = torch.randn(4, 3, requires_grad=True)
     x = torch.randn(5, 4)
