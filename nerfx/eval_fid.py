@@ -18,7 +18,8 @@ from pathlib import Path
 import torch
 
 from nerfx import fid, trainers
-from nerfx.data.images import ImageDataError, load_image_dataset
+from nerfx.data.image_datasets import ImageDataError
+from nerfx.data.image_specs import load_image_dataset
 from nerfx.models.ddim import DDIMConfig, DDIMSampler
 from nerfx.ops import use_backend
 from nerfx.runs import CHECKPOINT, RunError, add_backend_option, load_checkpoint, write_json

@@ -17,7 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from nerfx.data.images import ImageDataset, load_image_dataset
+from nerfx.data.image_datasets import ImageDataset
+from nerfx.data.image_specs import load_image_dataset
 from nerfx.runs import load_checkpoint, save_checkpoint
 
 FEATURES = 128          # width of the feature layer the distance is computed on

@@ -18,7 +18,8 @@ from pathlib import Path
 import torch
 
 from nerfx import trainers
-from nerfx.data.images import ImageDataError, load_image_dataset
+from nerfx.data.image_datasets import ImageDataError
+from nerfx.data.image_specs import load_image_dataset
 from nerfx.images import save_grid
 from nerfx.models.ddim import DDIMConfig, DDIMSampler
 from nerfx.ops import use_backend

@@ -22,7 +22,8 @@ from types import ModuleType
 import torch
 
 from nerfx import distributed, loop
-from nerfx.data.images import ImageDataError, load_image_dataset
+from nerfx.data.image_datasets import ImageDataError
+from nerfx.data.image_specs import load_image_dataset
 from nerfx.ops import chosen_backends, use_backend
 from nerfx.runs import CONFIG, RunError, add_backend_option, read_run_json, write_json
 

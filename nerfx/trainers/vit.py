@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from nerfx import distributed
-from nerfx.data.images import ImageDataset
+from nerfx.data.image_datasets import ImageDataset
 from nerfx.images import save_grid, to_uint8, write_png
 from nerfx.loop import BatchStream
 from nerfx.models.vit import ViT, vit_config

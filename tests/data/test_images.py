@@ -15,14 +15,8 @@ import torch
 from PIL import Image
 
 from nerfx.data import ImageDataError, ImageSpec, load_image_dataset, make_shapes, parse_image_spec
-from nerfx.data.images import (
-    CIFAR10_CLASSES,
-    SHAPE_CLASSES,
-    load_cifar10,
-    load_image_folder,
-    load_mnist,
-    load_shapes,
-)
+from nerfx.data.image_readers import CIFAR10_CLASSES, load_cifar10, load_image_folder, load_mnist
+from nerfx.data.shapes import SHAPE_CLASSES, load_shapes
 from nerfx.images import make_grid, save_grid, to_uint8, write_png
 
 # ---------------------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from nerfx.data.images import load_shapes
+from nerfx.data.shapes import load_shapes
 from nerfx.models.ddim import DDIMConfig, DDIMSampler, ddim_timesteps, slerp
 from nerfx.models.ddpm import EMA, DiffusionConfig, GaussianDiffusion, beta_schedule
 from nerfx.models.layers import AttnBlock

@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from nerfx.data.images import load_shapes
+from nerfx.data.shapes import load_shapes
 from nerfx.models.autoencoder import AutoencoderConfig, DiagonalGaussian, KLAutoencoder
 from nerfx.models.ddpm import DiffusionConfig
 from nerfx.models.guidance import ClassifierFreeGuidance, drop_labels

@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from nerfx.data.images import load_shapes
+from nerfx.data.shapes import load_shapes
 from nerfx.models.vae import (
     MIN_LOGVAR,
     VAE,
