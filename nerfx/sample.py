@@ -111,7 +111,7 @@ def sample_vae(args: argparse.Namespace, config: dict, state: dict) -> Path:
     samples = model.sample(args.n, generator, args.device)
     _, size, _ = config["image_shape"]
     test = load_image_dataset(config["data"], "test", size=size, seed=config["seed"], n=16)
-    x = test.float(value_range).to(args.device)
+    x = test.as_float(value_range).to(args.device)
     pairs = torch.stack([x, model.reconstruct(x)], 1).flatten(0, 1)
     strip = model.interpolate(x[0], x[1], 10)
     out = args.out or args.run / f"vae_samples_seed{args.seed}.png"

@@ -1,7 +1,7 @@
 """The image models' dataset type (ViT, VAE, diffusion): images kept as uint8 [N, C, H, W] with
 one label each, the error every image reader raises, and resizing.
 
-`ImageDataset.float(value_range)` gives the float tensor a model wants ([-1, 1] for
+`ImageDataset.as_float(value_range)` gives the float tensor a model wants ([-1, 1] for
 diffusion, [0, 1] for the VAE). The sets themselves: nerfx.data.shapes (built in),
 nerfx.data.image_readers (MNIST, CIFAR-10, image folders); nerfx.data.image_specs loads the one a
 spec (`shapes`, `mnist:PATH`, ...) names.
@@ -51,8 +51,8 @@ class ImageDataset:
         """The side of the (square) images."""
         return self.images.shape[-1]
 
-    def float(self, value_range: tuple[float, float] = (-1.0, 1.0),
-              index: torch.Tensor | slice | None = None) -> torch.Tensor:
+    def as_float(self, value_range: tuple[float, float] = (-1.0, 1.0),
+                 index: torch.Tensor | slice | None = None) -> torch.Tensor:
         """The images (or images[index]) as float32 [n, C, H, W] mapped onto value_range."""
         x = self.images if index is None else self.images[index]
         lo, hi = value_range
@@ -66,7 +66,7 @@ class ImageDataset:
         stop = len(self) - batch_size + 1 if drop_last else len(self)
         for i in range(0, max(stop, 0), batch_size):
             idx = order[i:i + batch_size]
-            yield self.float(value_range, idx), self.labels[idx]
+            yield self.as_float(value_range, idx), self.labels[idx]
 
 
 def resize_dataset(data: ImageDataset, size: int) -> ImageDataset:

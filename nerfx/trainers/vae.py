@@ -71,7 +71,7 @@ class Trainer:
         self.model.eval()
         total, generator = 0.0, torch.Generator().manual_seed(self.seed)
         for i in range(0, len(self.test_set), chunk):
-            x = self.test_set.float(VALUE_RANGE, slice(i, i + chunk)).to(self.device)
+            x = self.test_set.as_float(VALUE_RANGE, slice(i, i + chunk)).to(self.device)
             noise = torch.randn((x.shape[0], self.model.config.latent_dim),
                                 generator=generator).to(self.device)
             total += self.model.loss(x, noise).elbo.sum().item()
@@ -83,7 +83,7 @@ class Trainer:
         generator = torch.Generator().manual_seed(self.seed)
         save_grid(self.model.sample(64, generator, self.device), run / f"{prefix}samples.png",
                   nrow=8, value_range=VALUE_RANGE)
-        x = self.test_set.float(VALUE_RANGE, slice(0, 16)).to(self.device)
+        x = self.test_set.as_float(VALUE_RANGE, slice(0, 16)).to(self.device)
         pairs = torch.stack([x, self.model.reconstruct(x)], 1).flatten(0, 1)   # truth, recon
         save_grid(pairs, run / f"{prefix}reconstructions.png", nrow=8, value_range=VALUE_RANGE)
         self.model.train()
@@ -94,7 +94,7 @@ class Trainer:
     def finish(self, run: Path) -> dict:
         self.pictures(run, "")
         self.model.eval()
-        a, b = self.test_set.float(VALUE_RANGE, slice(0, 2)).to(self.device)
+        a, b = self.test_set.as_float(VALUE_RANGE, slice(0, 2)).to(self.device)
         save_grid(self.model.interpolate(a, b, 10), run / "interpolation.png", nrow=10,
                   value_range=VALUE_RANGE)
         return {"test_elbo_nats": round(self.test_elbo(), 3), "samples": "samples.png",

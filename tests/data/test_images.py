@@ -79,9 +79,9 @@ def test_shapes_splits_differ():
     assert torch.equal(ds.images, test.images)
 
 
-def test_dataset_float_and_batches():
+def test_dataset_as_float_and_batches():
     ds = load_shapes("train", size=8, n=10)
-    x = ds.float((-1, 1))
+    x = ds.as_float((-1, 1))
     assert x.dtype == torch.float32 and x.min() >= -1 and x.max() <= 1
     assert torch.allclose((x + 1) * 127.5, ds.images.float(), atol=1e-4)
     g = torch.Generator().manual_seed(0)

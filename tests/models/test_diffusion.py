@@ -388,7 +388,7 @@ def test_tiny_training_loss_falls(objective):
     first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
     assert last < 0.6 * first, (first, last)
     # The EMA model denoises too (better than predicting zeros).
-    x0 = data.float(index=slice(0, 32))
+    x0 = data.as_float(index=slice(0, 32))
     with torch.no_grad():
         ema_loss = d.loss(ema.model, x0, generator=torch.Generator().manual_seed(1)).item()
         zero = d.loss(lambda xt, t: torch.zeros_like(xt), x0,

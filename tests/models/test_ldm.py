@@ -88,7 +88,7 @@ def test_autoencoder_loss_is_the_formula():
 def test_tiny_autoencoder_round_trip():
     """100 steps on 16 shapes images: reconstructions (at the posterior mean) beat the best
     constant image (the per-pixel mean), which the untrained autoencoder does not."""
-    x = load_shapes("train", size=16, n=16).float()
+    x = load_shapes("train", size=16, n=16).as_float()
     ae = tiny_ae()
     baseline = (x - x.mean(0)).abs().mean().item()
     assert (ae.reconstruct(x) - x).abs().mean().item() > baseline
@@ -114,7 +114,7 @@ def test_scale_factor_gives_unit_std():
     ldm = tiny_ldm()
     with torch.no_grad():               # latent means spread wider, as a trained KL-f4's are
         ldm.autoencoder.quant_conv.weight[:3] *= 20
-    x = load_shapes("train", size=16, n=256).float()
+    x = load_shapes("train", size=16, n=256).as_float()
     factor = ldm.measure_scale_factor(x, chunk=100, generator=torch.Generator().manual_seed(1))
     z = ldm.autoencoder.encode(x).sample(torch.Generator().manual_seed(1))
     assert factor == pytest.approx(1 / z.double().std().item(), rel=1e-5)   # pooled, by hand
@@ -123,7 +123,7 @@ def test_scale_factor_gives_unit_std():
     assert float(ldm.scale_factor) == pytest.approx(factor)
     assert ldm.encode(x, torch.Generator().manual_seed(1)).std().item() == pytest.approx(
         1.0, abs=1e-4)
-    other = load_shapes("test", size=16, n=256).float()
+    other = load_shapes("test", size=16, n=256).as_float()
     assert ldm.encode(other).std().item() == pytest.approx(1.0, abs=0.1)
     # decode undoes the scaling: decode(s z) = D(z)
     torch.testing.assert_close(ldm.decode(factor * z[:4]),
