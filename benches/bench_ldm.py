@@ -34,7 +34,8 @@ import torch
 from torch import nn
 
 from benches.helpers import devices, run_benchmark
-from nerfx.models.ldm import LDMConfig, drop_labels
+from nerfx.models.guidance import drop_labels
+from nerfx.models.ldm import LDMConfig
 from nerfx.ops import BackendError, use_backend
 from nerfx.ops.attention import BACKENDS as ATTENTION_BACKENDS
 from nerfx.trainers.ldm import PRESETS, build_model

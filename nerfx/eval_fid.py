@@ -74,13 +74,13 @@ def evaluate(args: argparse.Namespace) -> dict:
     # The reference: every test image (at most REFERENCE_IMAGES); the floor: n training images
     # against it, as many as each row's samples (a distance on 500 images moves by a few units
     # with the draw, so the floor shows the noise level too).
-    reference = fid.statistics(net, test.float(
+    reference = fid.statistics(net, test.as_float(
         index=fid.spread_indices(len(test), REFERENCE_IMAGES)))
 
     def distance(images: torch.Tensor) -> float:
         return round(fid.frechet_distance(*fid.statistics(net, images), *reference), 4)
 
-    floor = distance(train.float(index=fid.spread_indices(len(train), args.n)))
+    floor = distance(train.as_float(index=fid.spread_indices(len(train), args.n)))
     table = {"floor (train vs test images)": floor, "n": args.n,
              "backends": chosen_backends(args.device, ops=trainers.trainer("ddpm").OPS),
              "ddim": {}}

@@ -17,7 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from nerfx.data.images import ImageDataset, load_image_dataset
+from nerfx.data.image_datasets import ImageDataset
+from nerfx.data.image_specs import load_image_dataset
 from nerfx.runs import load_checkpoint, save_checkpoint
 
 FEATURES = 128          # width of the feature layer the distance is computed on
@@ -55,7 +56,7 @@ def train_feature_net(data: ImageDataset, steps: int = 400, batch_size: int = 64
     optimizer = torch.optim.Adam(net.parameters(), lr=2e-3)
     for _ in range(steps):
         index = torch.randint(0, len(data), (batch_size,), generator=generator)
-        x = data.float(index=index).to(device)
+        x = data.as_float(index=index).to(device)
         flip = torch.rand(batch_size, generator=generator) < 0.5
         x = torch.where(flip.to(device)[:, None, None, None], x.flip(-1), x)
         loss = F.cross_entropy(net(x), data.labels[index].to(device))

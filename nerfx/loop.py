@@ -172,7 +172,7 @@ class BatchStream:
         start = self.position + self.rank * self.batch_size       # this process's slice
         index = self._order[start:start + self.batch_size]
         self.position += self.global_batch
-        images = self.data.float(self.value_range, index).to(self.device, non_blocking=True)
+        images = self.data.as_float(self.value_range, index).to(self.device, non_blocking=True)
         return images, self.data.labels[index].to(self.device, non_blocking=True)
 
     def state_dict(self) -> dict:

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from nerfx.data.images import load_image_folder
+from nerfx.data.image_readers import load_image_folder
 
 TOOLS = Path(__file__).resolve().parents[1] / "tools"
 

@@ -11,6 +11,8 @@ is the run's choice (nerfx.ops.use_backend), not a setting of the config.
 For latent diffusion the model takes optional class labels (`num_classes`: an embedding added to
 the time embedding, with one extra "null" label for classifier-free guidance) and an optional
 context sequence (`context_dim`: cross-attention after each self-attention).
+Its blocks (ResBlock, AttnBlock, Downsample, Upsample) are nerfx.models.layers', shared with the
+latent U-Net and the KL autoencoder.
 
     model = UNet(UNetConfig.cifar10())       # 35.7M parameters
     eps = model(x, t)                        # x [B, 3, 32, 32], t [B] int -> [B, 3, 32, 32]
@@ -25,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from nerfx.ops import MultiHeadAttention
+from nerfx.models.layers import AttnBlock, Downsample, ResBlock, Upsample, group_norm, zero_module
 
 __all__ = ["UNet", "UNetConfig", "timestep_embedding"]
 
@@ -70,90 +72,6 @@ def timestep_embedding(t: Tensor, dim: int, max_period: float = 10000.0) -> Tens
     return F.pad(emb, (0, 1)) if dim % 2 else emb
 
 
-def _norm(ch: int, groups: int) -> nn.GroupNorm:
-    return nn.GroupNorm(min(groups, ch), ch, eps=1e-6)  # official: tf group_norm eps 1e-6
-
-
-def _zero(module: nn.Module) -> nn.Module:
-    """The official code initialises the last layer of each residual branch (and the output
-    conv) with scale 1e-10; zeros give the same start: every block begins as the identity."""
-    for p in module.parameters():
-        nn.init.zeros_(p)
-    return module
-
-
-class ResBlock(nn.Module):
-    """x [B, C_in, H, W], temb [B, T] -> [B, C_out, H, W]."""
-
-    def __init__(self, c_in: int, c_out: int, temb_dim: int, dropout: float, groups: int):
-        super().__init__()
-        self.norm1 = _norm(c_in, groups)
-        self.conv1 = nn.Conv2d(c_in, c_out, 3, padding=1)
-        self.temb_proj = nn.Linear(temb_dim, c_out)
-        self.norm2 = _norm(c_out, groups)
-        self.dropout = nn.Dropout(dropout)
-        self.conv2 = _zero(nn.Conv2d(c_out, c_out, 3, padding=1))
-        self.skip = nn.Conv2d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
-
-    def forward(self, x: Tensor, temb: Tensor) -> Tensor:
-        h = self.conv1(F.silu(self.norm1(x)))
-        h = h + self.temb_proj(F.silu(temb))[:, :, None, None]
-        h = self.conv2(self.dropout(F.silu(self.norm2(h))))
-        return self.skip(x) + h
-
-
-class AttnBlock(nn.Module):
-    """Residual self-attention over the H*W positions (and cross-attention to a context when
-    context_dim is set): x [B, C, H, W] -> [B, C, H, W]."""
-
-    def __init__(self, ch: int, heads: int, groups: int, context_dim: int | None = None):
-        super().__init__()
-        self.norm = _norm(ch, groups)
-        self.attn = MultiHeadAttention(ch, heads, qkv_bias=True)
-        _zero(self.attn.proj)  # official: the output projection starts at ~0 (init_scale 1e-10)
-        self.cross = None
-        if context_dim is not None:
-            self.cross_norm = _norm(ch, groups)
-            self.cross = MultiHeadAttention(ch, heads, qkv_bias=True, cross_dim=context_dim)
-            _zero(self.cross.proj)
-
-    def forward(self, x: Tensor, context: Tensor | None = None) -> Tensor:
-        b, c, h, w = x.shape
-        seq = self.norm(x).flatten(2).transpose(1, 2)  # [B, HW, C]
-        x = x + self.attn(seq).transpose(1, 2).reshape(b, c, h, w)
-        if self.cross is not None:
-            if context is None:
-                raise ValueError("this U-Net has cross-attention (context_dim set): pass context")
-            seq = self.cross_norm(x).flatten(2).transpose(1, 2)
-            x = x + self.cross(seq, context).transpose(1, 2).reshape(b, c, h, w)
-        return x
-
-
-class Downsample(nn.Module):
-    """[B, C, H, W] -> [B, C, H/2, W/2]: 3x3 conv with stride 2 (official: pad right/bottom)."""
-
-    def __init__(self, ch: int, with_conv: bool):
-        super().__init__()
-        self.conv = nn.Conv2d(ch, ch, 3, stride=2) if with_conv else None
-
-    def forward(self, x: Tensor) -> Tensor:
-        if self.conv is None:
-            return F.avg_pool2d(x, 2)
-        return self.conv(F.pad(x, (0, 1, 0, 1)))
-
-
-class Upsample(nn.Module):
-    """[B, C, H, W] -> [B, C, 2H, 2W]: nearest neighbour, then a 3x3 conv."""
-
-    def __init__(self, ch: int, with_conv: bool):
-        super().__init__()
-        self.conv = nn.Conv2d(ch, ch, 3, padding=1) if with_conv else None
-
-    def forward(self, x: Tensor) -> Tensor:
-        x = F.interpolate(x, scale_factor=2.0, mode="nearest")
-        return x if self.conv is None else self.conv(x)
-
-
 class UNet(nn.Module):
     """forward(x [B, C, R, R], t [B] (ints in [0, T) or floats), y [B] labels | None,
     context [B, M, context_dim] | None) -> [B, out_channels, R, R]."""
@@ -171,7 +89,7 @@ class UNet(nn.Module):
                           if c.num_classes is not None else None)
 
         def block(c_in: int, c_out: int) -> ResBlock:
-            return ResBlock(c_in, c_out, temb, c.dropout, c.num_groups)
+            return ResBlock(c_in, c_out, c.dropout, c.num_groups, temb_dim=temb, zero_out=True)
 
         def attn(ch: int) -> AttnBlock:
             return AttnBlock(ch, c.attn_heads, c.num_groups, c.context_dim)
@@ -206,8 +124,8 @@ class UNet(nn.Module):
                 level["upsample"] = Upsample(ch, c.resamp_with_conv)
                 res *= 2
             self.up.append(level)
-        self.norm_out = _norm(ch, c.num_groups)
-        self.conv_out = _zero(nn.Conv2d(ch, c.out_channels, 3, padding=1))
+        self.norm_out = group_norm(ch, c.num_groups)
+        self.conv_out = zero_module(nn.Conv2d(ch, c.out_channels, 3, padding=1))
 
     def forward(self, x: Tensor, t: Tensor, y: Tensor | None = None,
                 context: Tensor | None = None) -> Tensor:

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from nerfx import distributed
-from nerfx.data.images import ImageDataset
+from nerfx.data.image_datasets import ImageDataset
 from nerfx.images import save_grid
 from nerfx.loop import BatchStream
 from nerfx.models.ddim import DDIMConfig, DDIMSampler

@@ -23,21 +23,19 @@ from pathlib import Path
 import torch
 
 from nerfx import distributed
-from nerfx.data.images import ImageDataset
+from nerfx.data.image_datasets import ImageDataset
 from nerfx.images import save_grid
 from nerfx.loop import BatchStream
-from nerfx.models.ema import EMA
-from nerfx.models.ldm import (
+from nerfx.models.autoencoder import (
     AutoencoderConfig,
     DiagonalGaussian,
     KLAutoencoder,
-    LatentDiffusion,
-    LDMConfig,
     PatchDiscriminator,
     adaptive_weight,
-    class_grid_labels,
     hinge_d_loss,
 )
+from nerfx.models.ema import EMA
+from nerfx.models.ldm import LatentDiffusion, LDMConfig, class_grid_labels
 from nerfx.models.unet import UNetConfig
 from nerfx.runs import RunError, read_run_checkpoint, read_run_config
 from nerfx.trainers.image_data import load_image_data
@@ -119,7 +117,7 @@ class _Moments:
     def __len__(self) -> int:
         return len(self.labels)
 
-    def float(self, _value_range: tuple[float, float], index: torch.Tensor) -> torch.Tensor:
+    def as_float(self, _value_range: tuple[float, float], index: torch.Tensor) -> torch.Tensor:
         return self.moments[index]
 
 
@@ -238,10 +236,10 @@ class Trainer:
             n = min(len(self.train_set), self.settings.get("scale_images", 2048))
             generator = torch.Generator().manual_seed(self.seed + 2)
             self.model.set_scale_factor(self.model.measure_scale_factor(
-                self.train_set.float(index=slice(0, n)), generator=generator))
+                self.train_set.as_float(index=slice(0, n)), generator=generator))
             self.scale_measured = True
         moments = torch.cat([ae.quant_conv(ae.encoder(chunk.to(self.device)))
-                             for chunk in self.train_set.float().split(512)])
+                             for chunk in self.train_set.as_float().split(512)])
         self.latent_batches = BatchStream(_Moments(moments, self.train_set.labels),
                                           self.settings["batch_size"], self.seed + 3, self.device)
         if self.latent_batches_state is not None:
@@ -278,7 +276,7 @@ class Trainer:
 
     @torch.no_grad()
     def reconstruction_pictures(self, path: Path, n: int = 16) -> None:
-        x = self.test_set.float(index=slice(0, n)).to(self.device)
+        x = self.test_set.as_float(index=slice(0, n)).to(self.device)
         pairs = torch.stack([x, self.model.autoencoder.reconstruct(x)], 1).flatten(0, 1)
         save_grid(pairs, path, nrow=8)
 
@@ -305,7 +303,7 @@ class Trainer:
         latents = []
         generator = torch.Generator().manual_seed(self.seed)
         for i in range(0, len(self.test_set), chunk):
-            x = self.test_set.float(index=slice(i, i + chunk)).to(self.device)
+            x = self.test_set.as_float(index=slice(i, i + chunk)).to(self.device)
             err = x - ae.reconstruct(x)
             abs_err += err.abs().mean((1, 2, 3)).sum().item()
             sq_err += (err / 2).pow(2).mean((1, 2, 3)).sum().item()      # on [0, 1]
@@ -356,10 +354,10 @@ class Trainer:
         from nerfx import fid
 
         chosen = fid.spread_indices(len(self.test_set), n)
-        test, test_labels = self.test_set.float(index=chosen), self.test_set.labels[chosen]
+        test, test_labels = self.test_set.as_float(index=chosen), self.test_set.labels[chosen]
         reference = fid.statistics(net, test)
         labels = torch.arange(n) % len(self.classes)
-        train = self.train_set.float(index=fid.spread_indices(len(self.train_set), n))
+        train = self.train_set.as_float(index=fid.spread_indices(len(self.train_set), n))
         out: dict = {"n": n, "chance": round(1 / len(self.classes), 4),
                      "test_accuracy": _accuracy(net, test, test_labels),
                      "reconstruction_accuracy": _accuracy(

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from nerfx import distributed
-from nerfx.data.images import ImageDataset, load_image_dataset
+from nerfx.data import ImageDataset, load_image_dataset
 from nerfx.images import save_grid
 from nerfx.loop import BatchStream
 from nerfx.models.vae import VAE, VAEConfig
@@ -74,7 +74,7 @@ class Trainer:
         self.model.eval()
         total, generator = 0.0, torch.Generator().manual_seed(self.seed)
         for i in range(0, len(self.test_set), chunk):
-            x = self.test_set.float(VALUE_RANGE, slice(i, i + chunk)).to(self.device)
+            x = self.test_set.as_float(VALUE_RANGE, slice(i, i + chunk)).to(self.device)
             noise = torch.randn((x.shape[0], self.model.config.latent_dim),
                                 generator=generator).to(self.device)
             total += self.model.loss(x, noise).elbo.sum().item()
@@ -86,7 +86,7 @@ class Trainer:
         generator = torch.Generator().manual_seed(self.seed)
         save_grid(self.model.sample(64, generator, self.device), run / f"{prefix}samples.png",
                   nrow=8, value_range=VALUE_RANGE)
-        x = self.test_set.float(VALUE_RANGE, slice(0, 16)).to(self.device)
+        x = self.test_set.as_float(VALUE_RANGE, slice(0, 16)).to(self.device)
         pairs = torch.stack([x, self.model.reconstruct(x)], 1).flatten(0, 1)   # truth, recon
         save_grid(pairs, run / f"{prefix}reconstructions.png", nrow=8, value_range=VALUE_RANGE)
         self.model.train()
@@ -97,7 +97,7 @@ class Trainer:
     def finish(self, run: Path) -> dict:
         self.pictures(run, "")
         self.model.eval()
-        a, b = self.test_set.float(VALUE_RANGE, slice(0, 2)).to(self.device)
+        a, b = self.test_set.as_float(VALUE_RANGE, slice(0, 2)).to(self.device)
         save_grid(self.model.interpolate(a, b, 10), run / "interpolation.png", nrow=10,
                   value_range=VALUE_RANGE)
         return {"test_elbo_nats": round(self.test_elbo(), 3), "samples": "samples.png",
@@ -139,7 +139,7 @@ def sample(options: argparse.Namespace, run: Path, config: dict, task_state: dic
     samples = model.sample(options.n, generator, options.device)
     _, size, _ = config["image_shape"]
     test = load_image_dataset(config["data"], "test", size=size, seed=config["seed"], n=16)
-    x = test.float(value_range).to(options.device)
+    x = test.as_float(value_range).to(options.device)
     pairs = torch.stack([x, model.reconstruct(x)], 1).flatten(0, 1)
     strip = model.interpolate(x[0], x[1], 10)
     out = options.out or run / f"vae_samples_seed{options.seed}.png"

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from nerfx import distributed
-from nerfx.data.images import ImageDataset
+from nerfx.data.image_datasets import ImageDataset
 from nerfx.images import save_grid, to_uint8, write_png
 from nerfx.loop import BatchStream
 from nerfx.models.vit import ViT, vit_config
@@ -95,7 +95,7 @@ class Trainer:
         self.model.eval()
         out = []
         for i in range(0, len(self.test_set), chunk):
-            images = self.test_set.float(index=slice(i, i + chunk)).to(self.device)
+            images = self.test_set.as_float(index=slice(i, i + chunk)).to(self.device)
             with self.autocast:
                 out.append(self.model(images).argmax(1).cpu())
         self.model.train()
@@ -111,7 +111,7 @@ class Trainer:
         per_class = {name: round((confusion[i, i] / confusion[i].sum().clamp(min=1)).item(), 4)
                      for i, name in enumerate(self.classes)}
         write_png(run / "confusion.png", confusion_picture(confusion))
-        save_grid(prediction_borders(self.test_set.float(index=slice(0, 64)),
+        save_grid(prediction_borders(self.test_set.as_float(index=slice(0, 64)),
                                      predicted[:64] == truth[:64]),
                   run / "predictions.png", nrow=8)
         return {"test_accuracy": round((predicted == truth).float().mean().item(), 4),

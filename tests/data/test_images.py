@@ -15,14 +15,8 @@ import torch
 from PIL import Image
 
 from nerfx.data import ImageDataError, ImageSpec, load_image_dataset, make_shapes, parse_image_spec
-from nerfx.data.images import (
-    CIFAR10_CLASSES,
-    SHAPE_CLASSES,
-    load_cifar10,
-    load_image_folder,
-    load_mnist,
-    load_shapes,
-)
+from nerfx.data.image_readers import CIFAR10_CLASSES, load_cifar10, load_image_folder, load_mnist
+from nerfx.data.shapes import SHAPE_CLASSES, load_shapes
 from nerfx.images import make_grid, save_grid, to_uint8, write_png
 
 # ---------------------------------------------------------------------------------------------
@@ -85,9 +79,9 @@ def test_shapes_splits_differ():
     assert torch.equal(ds.images, test.images)
 
 
-def test_dataset_float_and_batches():
+def test_dataset_as_float_and_batches():
     ds = load_shapes("train", size=8, n=10)
-    x = ds.float((-1, 1))
+    x = ds.as_float((-1, 1))
     assert x.dtype == torch.float32 and x.min() >= -1 and x.max() <= 1
     assert torch.allclose((x + 1) * 127.5, ds.images.float(), atol=1e-4)
     g = torch.Generator().manual_seed(0)

@@ -8,11 +8,12 @@ import math
 import pytest
 import torch
 
-from nerfx.data.images import load_shapes
+from nerfx.data.shapes import load_shapes
 from nerfx.models.ddim import DDIMConfig, DDIMSampler, ddim_timesteps, slerp
 from nerfx.models.ddpm import DiffusionConfig, GaussianDiffusion, beta_schedule
 from nerfx.models.ema import EMA
-from nerfx.models.unet import AttnBlock, UNet, UNetConfig, timestep_embedding
+from nerfx.models.layers import AttnBlock
+from nerfx.models.unet import UNet, UNetConfig, timestep_embedding
 from tests.helpers import outputs_per_attention_backend
 
 # ---------------------------------------------------------------------------------------------
@@ -388,7 +389,7 @@ def test_tiny_training_loss_falls(objective):
     first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
     assert last < 0.6 * first, (first, last)
     # The EMA model denoises too (better than predicting zeros).
-    x0 = data.float(index=slice(0, 32))
+    x0 = data.as_float(index=slice(0, 32))
     with torch.no_grad():
         ema_loss = d.loss(ema.model, x0, generator=torch.Generator().manual_seed(1)).item()
         zero = d.loss(lambda xt, t: torch.zeros_like(xt), x0,

@@ -8,20 +8,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from nerfx.data.images import load_shapes
+from nerfx.data.shapes import load_shapes
+from nerfx.models.autoencoder import AutoencoderConfig, DiagonalGaussian, KLAutoencoder
 from nerfx.models.ddpm import DiffusionConfig
-from nerfx.models.ldm import (
-    AutoencoderConfig,
-    ClassifierFreeGuidance,
-    DiagonalGaussian,
-    KLAutoencoder,
-    LatentDiffusion,
-    LatentUNet,
-    LDMConfig,
-    SpatialTransformer,
-    drop_labels,
-)
-from nerfx.models.unet import AttnBlock, UNetConfig
+from nerfx.models.guidance import ClassifierFreeGuidance, drop_labels
+from nerfx.models.layers import AttnBlock, SpatialTransformer
+from nerfx.models.ldm import LatentDiffusion, LatentUNet, LDMConfig
+from nerfx.models.unet import UNetConfig
 
 
 def tiny_ae(**overrides) -> KLAutoencoder:
@@ -95,7 +88,7 @@ def test_autoencoder_loss_is_the_formula():
 def test_tiny_autoencoder_round_trip():
     """100 steps on 16 shapes images: reconstructions (at the posterior mean) beat the best
     constant image (the per-pixel mean), which the untrained autoencoder does not."""
-    x = load_shapes("train", size=16, n=16).float()
+    x = load_shapes("train", size=16, n=16).as_float()
     ae = tiny_ae()
     baseline = (x - x.mean(0)).abs().mean().item()
     assert (ae.reconstruct(x) - x).abs().mean().item() > baseline
@@ -121,7 +114,7 @@ def test_scale_factor_gives_unit_std():
     ldm = tiny_ldm()
     with torch.no_grad():               # latent means spread wider, as a trained KL-f4's are
         ldm.autoencoder.quant_conv.weight[:3] *= 20
-    x = load_shapes("train", size=16, n=256).float()
+    x = load_shapes("train", size=16, n=256).as_float()
     factor = ldm.measure_scale_factor(x, chunk=100, generator=torch.Generator().manual_seed(1))
     z = ldm.autoencoder.encode(x).sample(torch.Generator().manual_seed(1))
     assert factor == pytest.approx(1 / z.double().std().item(), rel=1e-5)   # pooled, by hand
@@ -130,7 +123,7 @@ def test_scale_factor_gives_unit_std():
     assert float(ldm.scale_factor) == pytest.approx(factor)
     assert ldm.encode(x, torch.Generator().manual_seed(1)).std().item() == pytest.approx(
         1.0, abs=1e-4)
-    other = load_shapes("test", size=16, n=256).float()
+    other = load_shapes("test", size=16, n=256).as_float()
     assert ldm.encode(other).std().item() == pytest.approx(1.0, abs=0.1)
     # decode undoes the scaling: decode(s z) = D(z)
     torch.testing.assert_close(ldm.decode(factor * z[:4]),
@@ -283,7 +276,7 @@ def test_tiny_latent_run_follows_the_requested_class():
 
 
 def test_patch_discriminator_and_hinge_loss():
-    from nerfx.models.ldm import PatchDiscriminator, hinge_d_loss
+    from nerfx.models.autoencoder import PatchDiscriminator, hinge_d_loss
 
     torch.manual_seed(0)
     assert PatchDiscriminator(3, 8, n_layers=3)(torch.randn(2, 3, 32, 32)).shape == (2, 1, 2, 2)
@@ -294,7 +287,7 @@ def test_patch_discriminator_and_hinge_loss():
 
 
 def test_adaptive_weight_is_the_gradient_norm_ratio():
-    from nerfx.models.ldm import adaptive_weight
+    from nerfx.models.autoencoder import adaptive_weight
 
     w = torch.randn(4, 3, requires_grad=True)
     x = torch.randn(5, 4)

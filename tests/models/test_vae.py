@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from nerfx.data.images import load_shapes
+from nerfx.data.shapes import load_shapes
 from nerfx.models.vae import (
     MIN_LOGVAR,
     VAE,
@@ -130,6 +130,6 @@ def test_tiny_training_loss_falls(likelihood, std):
     first, last = sum(losses[:8]) / 8, sum(losses[-8:]) / 8
     assert last < (0.9 * first if likelihood == "bernoulli" else 0.25 * first), (first, last)
     if likelihood == "bernoulli":  # reconstructions beat the data's mean image
-        x = data.float((0, 1), slice(0, 128))
+        x = data.as_float((0, 1), slice(0, 128))
         err = (vae.reconstruct(x) - x).pow(2).mean()
         assert err < 0.85 * (x.mean(0, keepdim=True) - x).pow(2).mean()

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from nerfx.data.images import load_shapes
+from nerfx.data.shapes import load_shapes
 from nerfx.trainers import ddpm
 
 
