@@ -143,15 +143,6 @@ def test_split_intrinsics_names_the_layouts():
         split_intrinsics(torch.zeros(3, 6))
 
 
-def test_old_homes_still_import_the_camera_functions():
-    from nerfx.data.lego import look_at
-    from nerfx.render.renderer import camera_rays as renderer_rays
-    from nerfx.render.views import turntable_poses
-
-    assert look_at is cameras.look_at and renderer_rays is cameras.camera_rays
-    assert turntable_poses is cameras.turntable_poses
-
-
 def test_a_fisheye_sees_cells_a_pinhole_of_its_focal_length_does_not():
     from nerfx.render import OccupancyGrid
 

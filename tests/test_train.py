@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -98,7 +99,7 @@ def test_mixed_precision_and_samples_per_step(tmp_path, data):
     metrics = train.main(TINY + ["--steps", "2", "--precision", "mixed", "--batch-rays", "512",
                                  "--batch-samples", "20000", "--video-frames", "0",
                                  "--out", str(run)])
-    assert metrics["precision"] == "mixed" and metrics["test_psnr"] > 0
+    assert metrics["precision"] == "mixed" and math.isfinite(metrics["test_psnr"])
     state = torch.load(run / "checkpoint.pt", weights_only=True)
     # A fresh grid gives about 140 samples per ray: 20000 samples want about 128 rays.
     assert 128 <= state["task"]["batch_rays"] <= 256
@@ -114,7 +115,7 @@ def test_bad_folders_end_with_a_message(tmp_path):
 
 
 def test_training_rays_on_random_or_white_backgrounds():
-    from nerfx.data.lego import look_at
+    from nerfx.cameras import look_at
     from nerfx.data.scenes import Scene
 
     images = torch.zeros(2, 4, 5, 4, dtype=torch.uint8)  # fully transparent pixels

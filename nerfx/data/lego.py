@@ -23,8 +23,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from nerfx.cameras import focal_from_fov, image_rays
-from nerfx.cameras import look_at as look_at  # re-exported: its old home
+from nerfx.cameras import focal_from_fov, image_rays, look_at
 
 CAMERA_ANGLE_X = 0.6911112070083618
 RADIUS = 4.031128857175551

@@ -7,7 +7,6 @@ from collections.abc import Callable
 
 import torch
 
-from nerfx.cameras import camera_rays  # noqa: F401  (re-exported: the old home of pixel rays)
 from nerfx.ops.composite import as_composite_input, composite_rays
 from nerfx.ops.raymarch import march_rays
 from nerfx.render.occupancy import OccupancyGrid

@@ -11,8 +11,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from nerfx.cameras import image_rays
-from nerfx.cameras import turntable_poses as turntable_poses  # re-exported: its old home
+from nerfx.cameras import image_rays, turntable_poses
 from nerfx.images import to_uint8, write_video
 from nerfx.specs import Composited
 

@@ -7,10 +7,11 @@ import math
 import numpy as np
 import torch
 
+from nerfx.cameras import camera_rays
 from nerfx.data import lego
 from nerfx.models.ngp import InstantNGP, NGPConfig
 from nerfx.render import OccupancyGrid
-from nerfx.render.renderer import camera_rays, render_rays
+from nerfx.render.renderer import render_rays
 
 
 def test_loss_falls_and_the_field_finds_the_toy():

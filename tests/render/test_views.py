@@ -9,6 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
+from nerfx.cameras import turntable_poses
 from nerfx.images import write_video
 from nerfx.render import views
 from nerfx.specs import Composited
@@ -30,7 +31,7 @@ class _Ball:
 
 
 def test_render_view_is_the_same_in_any_chunk_size():
-    pose = views.turntable_poses(1, 4.0, 20.0)[0]
+    pose = turntable_poses(1, 4.0, 20.0)[0]
     intrinsics = torch.tensor([30.0, 30.0, 11.5, 8.0])
     whole = views.render_view(_Ball(), pose, intrinsics, 23, 17, torch.ones(3), chunk=2**14)
     pieces = views.render_view(_Ball(), pose, intrinsics, 23, 17, torch.ones(3), chunk=7)
@@ -43,7 +44,7 @@ def test_render_view_is_the_same_in_any_chunk_size():
 
 
 def test_turntable_circles_the_centre_and_looks_at_it():
-    poses = views.turntable_poses(8, 3.0, 30.0, center=(0.5, -1.0, 0.0))
+    poses = turntable_poses(8, 3.0, 30.0, center=(0.5, -1.0, 0.0))
     assert poses.shape == (8, 4, 4)
     center = torch.tensor([0.5, -1.0, 0.0])
     offset = poses[:, :3, 3] - center
@@ -53,7 +54,7 @@ def test_turntable_circles_the_centre_and_looks_at_it():
     torch.testing.assert_close(look, -offset / 3.0, atol=1e-6, rtol=0)
     assert len({tuple(p.round(decimals=4).tolist()) for p in offset}) == 8
     with pytest.raises(ValueError, match="n_frames"):
-        views.turntable_poses(0, 3.0)
+        turntable_poses(0, 3.0)
 
 
 def test_depth_picture_near_is_bright_and_empty_is_black():
@@ -101,7 +102,7 @@ def test_evaluate_views_scores_and_writes_the_pictures_asked_for(tmp_path):
     from nerfx.metrics import psnr
     from nerfx.render.evaluate import evaluate_views, mean_scores
 
-    poses = views.turntable_poses(2, 4.0, 20.0)
+    poses = turntable_poses(2, 4.0, 20.0)
     images = torch.zeros(2, 9, 12, 4, dtype=torch.uint8)  # transparent: white on white
     scene = Scene(images, poses, torch.tensor([[20.0, 20.0, 6.0, 4.5]] * 2), ["a", "b"])
     seen = []
