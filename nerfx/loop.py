@@ -25,6 +25,7 @@ from tqdm import tqdm
 from nerfx import distributed
 from nerfx.profiling import StepProfiler
 from nerfx.runs import CHECKPOINT, checkpoint_payload, read_run_checkpoint, save_checkpoint
+from nerfx.threads import FreeCores, available_cores
 
 
 class Task(Protocol):
@@ -47,6 +48,7 @@ class LoopSettings:
     snapshot_every: int = 0      # steps between pictures (0: only at the end)
     unit: str = "img"            # what items_per_step counts, for the progress bar's rate
     profile_step: int | None = None  # profile this step and the next two (nerfx.profiling)
+    threads: int | None = None   # CPU threads; None: the free cores, followed (nerfx.threads)
 
 
 @dataclass
@@ -90,11 +92,17 @@ def run_loop(task: Task, run: Path, settings: LoopSettings, state: LoopState | N
     shown = started
     profiler = (StepProfiler(run, settings.profile_step)
                 if settings.profile_step is not None and distributed.is_main() else None)
+    threads_before = torch.get_num_threads()
+    free_cores = FreeCores() if settings.threads is None else None
+    if settings.threads is not None:
+        torch.set_num_threads(max(1, min(settings.threads, available_cores())))
     try:
         while state.step < settings.steps:
             if settings.max_seconds is not None and distributed.any_process(
                     state.seconds >= settings.max_seconds):       # all stop at the same step
                 break
+            if free_cores is not None:
+                free_cores.update()
             if profiler is not None and profiler.wants(state.step):
                 with profiler.step(state.step):
                     step_losses = task.train_step(state.step)
@@ -133,6 +141,7 @@ def run_loop(task: Task, run: Path, settings: LoopSettings, state: LoopState | N
             if state.step % settings.save_every == 0:
                 save(run, task, state)
     finally:
+        torch.set_num_threads(threads_before)
         bar.close()
         if profiler is not None:
             profiler.finish()                             # stopped before its last step

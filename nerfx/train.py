@@ -67,6 +67,9 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, help="run folder (default runs/<data>-<model>-<time>)")
     p.add_argument("--resume", type=Path, help="run folder to continue")
+    p.add_argument("--threads", type=int, metavar="N",
+                   help="CPU threads to train with (default: the cores other processes leave "
+                        "free, followed as they change)")
     p.add_argument("--profile-step", type=int, metavar="N",
                    help="profile steps N to N+2 into RUN/profile/ (trace, operators, host syncs)")
 
@@ -101,7 +104,7 @@ def request_of(args: argparse.Namespace) -> trainers.TrainRequest:
         device=args.device, out=args.out, resume=args.resume,
         settings={key: getattr(args, key) for key in SETTING_FLAGS
                   if getattr(args, key) is not None},
-        extra_settings=extra, profile_step=args.profile_step)
+        extra_settings=extra, profile_step=args.profile_step, threads=args.threads)
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -43,6 +43,7 @@ def test_same_set_is_zero_and_shifts_grow():
         pytest.approx(8 * 0.25, rel=1e-6)
 
 
+@pytest.mark.slow
 def test_eval_fid_writes_the_table(tmp_path, monkeypatch):
     from nerfx import eval_fid, train, trainers
     from tests.trainers.test_image_trainers import TOY
@@ -67,6 +68,7 @@ def test_eval_fid_writes_the_table(tmp_path, monkeypatch):
         eval_fid.main([str(tmp_path / "nothing")])
 
 
+@pytest.mark.slow
 def test_eval_fid_adds_ddpm_ancestral_row(tmp_path, monkeypatch):
     """Without --no-ddpm the table has DDPM's row: ancestral sampling through all T steps
     (here the run's model on a 10-step schedule, to keep the test short)."""

@@ -19,7 +19,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("nerfx.render",),
     ("nerfx.data",),
     ("nerfx.cameras", "nerfx.images", "nerfx.metrics", "nerfx.loop", "nerfx.runs",
-     "nerfx.run_format", "nerfx.distributed", "nerfx.profiling"),   # services
+     "nerfx.run_format", "nerfx.distributed", "nerfx.profiling", "nerfx.threads"),  # services
     ("nerfx.ops",),
     ("nerfx.ref", "nerfx.kernels", "nerfx.specs", "nerfx._ext", "nerfx._build", "nerfx"),
 ]

@@ -77,6 +77,7 @@ def test_a_run_stopping_inside_the_profiled_steps_still_writes_them(tmp_path):
     assert "train step 2" in {event.get("name") for event in trace["traceEvents"]}
 
 
+@pytest.mark.slow
 def test_train_command_profiles(tmp_path, monkeypatch):
     monkeypatch.setenv("NERFX_DATA", str(tmp_path / "data"))
     run = tmp_path / "run"
@@ -98,3 +99,24 @@ def test_host_synchronisations_are_found_by_line(tmp_path):
     report = (tmp_path / "profile" / "syncs.txt").read_text()
     assert report.startswith("host synchronisations: 1 per step"), report
     assert f"{Path(__file__).name}:" in report
+
+
+def test_threads_follow_the_cores_other_processes_leave(monkeypatch):
+    """FreeCores sets torch's threads to the cores not taken by other runnable threads,
+    averaged over its window, within [1, max_threads]; it leaves them alone without /proc."""
+    from nerfx import threads
+
+    busy = iter([0, 0, 2, 2, 2, 2, 2, 2, 0, 0, 0, 0, 0, 0])
+    monkeypatch.setattr(threads, "runnable_elsewhere", lambda: next(busy))
+    monkeypatch.setattr(threads, "available_cores", lambda: 4)
+    before = torch.get_num_threads()
+    try:
+        free = threads.FreeCores(max_threads=3, interval=0.0, window=2)
+        counts = [free.update() for _ in range(13)]
+        assert counts[:2] == [3, 3]            # idle: every core up to the cap
+        assert counts[5] == 2                  # two busy threads: two cores left
+        assert counts[-1] == 3 == torch.get_num_threads()  # free again, and set in torch
+        monkeypatch.setattr(threads, "runnable_elsewhere", lambda: None)
+        assert not threads.FreeCores().enabled
+    finally:
+        torch.set_num_threads(before)

@@ -41,6 +41,7 @@ def as_format_1(config: dict) -> dict:
             "builtin_scene": config["builtin_scene"]}
 
 
+@pytest.mark.slow
 def test_an_instant_ngp_run_of_format_1_renders_and_resumes(tmp_path, data):
     """The oldest layout: the trainer's entries at the top level of the checkpoint, "elapsed"
     seconds, no EMA, torch's Adam with one group, a grid of raw densities, a backend in the
@@ -83,6 +84,7 @@ def test_an_instant_ngp_run_of_format_1_renders_and_resumes(tmp_path, data):
     assert len(again["task"]["optimizer"]["param_groups"]) == 3
 
 
+@pytest.mark.slow
 def test_a_checkpoint_of_the_shared_loop_without_format_version_resumes(tmp_path, data):
     """Between the two: the loop's layout, but no format_version and no per-step sample
     counts."""

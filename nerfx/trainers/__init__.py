@@ -85,6 +85,7 @@ class TrainRequest:
     settings: dict = field(default_factory=dict)  # overrides of preset settings it must have
     extra_settings: dict = field(default_factory=dict)  # overrides that may add settings
     profile_step: int | None = None
+    threads: int | None = None        # CPU threads (None: follow the free cores)
 
 
 def merged_settings(module: ModuleType, preset: str, settings: dict, extra: dict) -> dict:
@@ -151,7 +152,8 @@ def train(request: TrainRequest) -> dict:
         steps=settings["steps"], max_seconds=settings.get("max_seconds"),
         save_every=settings.get("save_every", 500),
         snapshot_every=settings.get("snapshot_every", 0), unit=unit,
-        profile_step=request.profile_step), state, desc=f"train {config['model']}")
+        profile_step=request.profile_step, threads=request.threads), state,
+        desc=f"train {config['model']}")
     if not main:                  # process 0 evaluates and writes; the others are done
         distributed.barrier()
         distributed.cleanup()

@@ -44,6 +44,7 @@ def toy_presets(monkeypatch):
         monkeypatch.setitem(trainers.trainer_modules()[name].PRESETS, "cpu-fast", settings)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model", sorted(TOY))
 def test_trains_writes_the_run_folder_and_resumes(tmp_path, toy_presets, model):
     run = tmp_path / model
@@ -65,13 +66,14 @@ def test_trains_writes_the_run_folder_and_resumes(tmp_path, toy_presets, model):
     assert resumed["steps"] == 6
 
 
+@pytest.mark.slow
 def test_resume_continues_the_same_run(tmp_path, toy_presets):
     """4 steps straight and 2 + 2 with a resume reach the same weights (data order, noise and
     optimiser state all restored)."""
-    common = ["--model", "vae", "--data", "shapes", "--fast", "--device", "cpu"]
+    common = ["--model", "vae", "--data", "shapes", "--fast", "--device", "cpu", "--threads", "1"]
     train.main(common + ["--out", str(tmp_path / "straight")])
     train.main(common + ["--steps", "2", "--out", str(tmp_path / "split")])
-    train.main(["--resume", str(tmp_path / "split"), "--steps", "4"])
+    train.main(["--resume", str(tmp_path / "split"), "--steps", "4", "--threads", "1"])
     a = torch.load(tmp_path / "straight" / "checkpoint.pt", weights_only=True)["task"]["model"]
     b = torch.load(tmp_path / "split" / "checkpoint.pt", weights_only=True)["task"]["model"]
     for key, value in a.items():
@@ -88,6 +90,7 @@ def test_bad_input_ends_with_a_message(tmp_path, toy_presets):
         read_run_config(tmp_path / "missing")
 
 
+@pytest.mark.slow
 def test_the_backend_is_a_setting_of_the_command(tmp_path, toy_presets, monkeypatch):
     """--backend applies to training and sampling and metrics.json records it; config.json does
     not hold it, so a resumed run takes the new command's (else NERFX_BACKEND's)."""
@@ -121,6 +124,7 @@ def test_every_trainer_module_is_found():
         assert set(module.OPS) <= set(REGISTRY)     # ops whose backends metrics.json records
 
 
+@pytest.mark.slow
 def test_sample_cli_draws_from_ddpm_and_vae_runs(tmp_path, toy_presets):
     from PIL import Image
 
@@ -148,6 +152,7 @@ def test_sample_cli_draws_from_ddpm_and_vae_runs(tmp_path, toy_presets):
 
 
 
+@pytest.mark.slow
 def test_two_processes_match_one_with_the_doubled_batch(tmp_path):
     """torchrun with 2 CPU processes (gloo), 4 images each, reaches the weights of 1 process
     with 8 images per step: each process its slice of the batch, gradients averaged."""
@@ -179,6 +184,7 @@ def test_two_processes_match_one_with_the_doubled_batch(tmp_path):
     assert (diff > 1e-5).float().mean() < 0.005, f"{(diff > 1e-5).float().mean():.2%} differ"
 
 
+@pytest.mark.slow
 def test_resume_with_another_number_of_processes(tmp_path):
     """A run trained by 2 processes continues in 1 (the data position counts global images)."""
     import os

@@ -32,11 +32,13 @@ def task_state(run):
     return torch.load(run / "checkpoint.pt", weights_only=True)["task"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stop", [2, 3, 4])      # in the autoencoder phase, at the switch, after
 def test_resume_in_either_phase_matches_a_straight_run(tmp_path, toy, stop):
-    train.main(COMMON + ["--out", str(tmp_path / "straight")])
-    train.main(COMMON + ["--steps", str(stop), "--out", str(tmp_path / "split")])
-    train.main(["--resume", str(tmp_path / "split"), "--steps", "6"])
+    one = ["--threads", "1"]     # the same reductions in every run, whatever the machine does
+    train.main(COMMON + one + ["--out", str(tmp_path / "straight")])
+    train.main(COMMON + one + ["--steps", str(stop), "--out", str(tmp_path / "split")])
+    train.main(["--resume", str(tmp_path / "split"), "--steps", "6", *one])
     a, b = task_state(tmp_path / "straight"), task_state(tmp_path / "split")
     assert a["scale_measured"] and b["scale_measured"]
     for part in ("model", ):
@@ -47,6 +49,7 @@ def test_resume_in_either_phase_matches_a_straight_run(tmp_path, toy, stop):
     assert a["latent_batches"] == b["latent_batches"]
 
 
+@pytest.mark.slow
 def test_phases_share_one_step_counter(tmp_path, toy):
     metrics = train.main(COMMON + ["--out", str(tmp_path / "run")])
     state = task_state(tmp_path / "run")
@@ -57,6 +60,7 @@ def test_phases_share_one_step_counter(tmp_path, toy):
     assert metrics["scale_factor"] > 0 and metrics["latent_shape"] == [3, 4, 4]
 
 
+@pytest.mark.slow
 def test_autoencoder_from_an_earlier_run(tmp_path, toy):
     ae_only = train.main(COMMON + ["--steps", "3", "--out", str(tmp_path / "ae")])
     assert not (tmp_path / "ae" / "samples.png").exists() and "scale_factor" not in ae_only
@@ -77,6 +81,7 @@ def test_autoencoder_from_an_earlier_run(tmp_path, toy):
         train.main(COMMON + ["--out", str(tmp_path / "bad")])
 
 
+@pytest.mark.slow
 def test_runs_saved_with_an_attention_backend_setting_still_load(tmp_path, toy):
     """Older nerfx saved "attn_backend" in the model settings of config.json; it is a run
     setting now (--backend), and the key is ignored: the model builds, resumes and samples."""
@@ -93,6 +98,7 @@ def test_runs_saved_with_an_attention_backend_setting_still_load(tmp_path, toy):
                         "--device", "cpu"]).is_file()
 
 
+@pytest.mark.slow
 def test_guidance_evaluation(tmp_path, toy, monkeypatch):
     """finish() reports, per guidance scale, the Fréchet distance and the class accuracy of
     samples by nerfx's classifier (a quickly trained one here)."""
@@ -111,6 +117,7 @@ def test_guidance_evaluation(tmp_path, toy, monkeypatch):
     assert saved["guidance_eval"] == table
 
 
+@pytest.mark.slow
 def test_sample_cli_on_an_ldm_run(tmp_path, toy):
     from PIL import Image
 
@@ -133,6 +140,7 @@ def test_sample_cli_on_an_ldm_run(tmp_path, toy):
         sample.main(args + ["--interpolate", "1,2"])
 
 
+@pytest.mark.slow
 def test_adversarial_option_trains_and_resumes(tmp_path, toy):
     """adversarial_start=1: from autoencoder step 1 on, the generator term and the
     discriminator's hinge step; the discriminator and its optimiser resume exactly."""
