@@ -114,6 +114,26 @@ def frechet_distance(mu1: Tensor, sigma1: Tensor, mu2: Tensor, sigma2: Tensor) -
     return float(value.clamp(min=0))
 
 
+@torch.no_grad()
+def class_accuracy(net: FeatureNet, images: Tensor, labels: Tensor, chunk: int = 256) -> float:
+    """How often the classifier names labels [N] for images [N, C, H, W], to 4 places."""
+    device = next(net.parameters()).device
+    predicted = torch.cat([net(c.to(device)).argmax(1).cpu() for c in images.split(chunk)])
+    return round(float((predicted == labels.cpu()).float().mean()), 4)
+
+
+def score_samples(net: FeatureNet, images: Tensor, reference: tuple[Tensor, Tensor],
+                  labels: Tensor | None = None) -> dict[str, float]:
+    """A batch of samples against reference statistics (statistics() of the real images):
+    {"frechet": the Fréchet distance of images [N, C, H, W] to them, to 4 places} and, given
+    the labels [N] the samples were drawn for, "class_accuracy": how often the classifier names
+    them."""
+    out = {"frechet": round(frechet_distance(*statistics(net, images), *reference), 4)}
+    if labels is not None:
+        out["class_accuracy"] = class_accuracy(net, images, labels)
+    return out
+
+
 def default_cache() -> Path:
     base = os.environ.get("NERFX_CACHE") or os.path.join(
         os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "nerfx")

@@ -43,6 +43,22 @@ def test_same_set_is_zero_and_shifts_grow():
         pytest.approx(8 * 0.25, rel=1e-6)
 
 
+def test_score_samples_against_reference_statistics():
+    """The distance of a batch to the statistics of the same images is 0; with the labels the
+    batch was drawn for, the class accuracy is the classifier's agreement with them."""
+    torch.manual_seed(0)
+    net = fid.FeatureNet(1, 3).eval()
+    images = torch.rand(40, 1, 8, 8) * 2 - 1
+    predicted = net(images).argmax(1)
+    score = fid.score_samples(net, images, fid.statistics(net, images))
+    assert score == {"frechet": pytest.approx(0.0, abs=1e-4)}
+    labels = predicted.clone()
+    labels[:10] = (labels[:10] + 1) % 3                         # a quarter named wrongly
+    score = fid.score_samples(net, images, fid.statistics(net, images.flip(-1)), labels)
+    assert score["class_accuracy"] == fid.class_accuracy(net, images, labels) == 0.75
+    assert score["frechet"] > 1e-4                            # mirrored: other statistics
+
+
 @pytest.mark.slow
 def test_eval_fid_writes_the_table(tmp_path, monkeypatch):
     from nerfx import eval_fid, train, trainers

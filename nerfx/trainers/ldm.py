@@ -12,6 +12,10 @@ earlier ldm run instead (its architecture and weights; ae_steps becomes 0):
 
 finish() writes samples.png (one row per class, guidance settings["guidance"]) and, with
 fid_samples > 0, the Fréchet distance and nerfx-classifier class accuracy per guidance scale.
+
+The Trainer here drives the pieces beside it: ldm_autoencoder.py (the autoencoder phase, its
+reconstruction metrics), ldm_latent.py (entering the latent phase, its steps) and
+ldm_evaluation.py (the guidance evaluation).
 """
 
 from __future__ import annotations
@@ -25,20 +29,14 @@ import torch
 from nerfx import distributed
 from nerfx.data.image_datasets import ImageDataset
 from nerfx.images import save_grid
-from nerfx.loop import BatchStream
-from nerfx.models.autoencoder import (
-    AutoencoderConfig,
-    DiagonalGaussian,
-    KLAutoencoder,
-    PatchDiscriminator,
-    adaptive_weight,
-    hinge_d_loss,
-)
-from nerfx.models.ema import EMA
+from nerfx.models.autoencoder import AutoencoderConfig, KLAutoencoder
 from nerfx.models.ldm import LatentDiffusion, LDMConfig, class_grid_labels
 from nerfx.models.unet import UNetConfig
 from nerfx.runs import RunError, read_run_checkpoint, read_run_config
 from nerfx.trainers.image_data import load_image_data
+from nerfx.trainers.ldm_autoencoder import AutoencoderPhase, test_reconstruction
+from nerfx.trainers.ldm_evaluation import guidance_evaluation
+from nerfx.trainers.ldm_latent import LatentPhase
 
 MODEL = "ldm"
 DEFAULT_DATA = "shapes"  # nerfx's procedural shapes (nerfx.data)
@@ -107,22 +105,9 @@ def build_model(settings: dict, channels: int, size: int, num_classes: int) -> L
     return LatentDiffusion(KLAutoencoder(ae), ldm_config(settings, ae, num_classes))
 
 
-class _Moments:
-    """The training set's cached posterior moments [N, 2 z_ch, r, r] seen as a dataset, so a
-    BatchStream draws them in seeded epochs (its value range is ignored)."""
-
-    def __init__(self, moments: torch.Tensor, labels: torch.Tensor):
-        self.moments, self.labels = moments, labels
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def as_float(self, _value_range: tuple[float, float], index: torch.Tensor) -> torch.Tensor:
-        return self.moments[index]
-
-
 class Trainer:
-    """nerfx.loop.Task for latent diffusion: autoencoder steps, then latent U-Net steps."""
+    """nerfx.loop.Task for latent diffusion: autoencoder steps (AutoencoderPhase), then latent
+    U-Net steps (LatentPhase), on one step counter."""
 
     def __init__(self, settings: dict, train_set: ImageDataset, test_set: ImageDataset,
                  device: torch.device, seed: int):
@@ -138,33 +123,19 @@ class Trainer:
                                  len(self.classes)).to(device)
         if ae_state is not None:
             self.model.autoencoder.load_state_dict(ae_state)
-        ae = self.model.autoencoder
-        # [ldm/models/autoencoder.py AutoencoderKL.configure_optimizers: Adam betas (0.5, 0.9)]
-        self.ae_optimizer = torch.optim.Adam(ae.parameters(), lr=settings["ae_lr"],
-                                             betas=(0.5, 0.9))
-        # [ldm/models/diffusion/ddpm.py LatentDiffusion.configure_optimizers: AdamW]
-        self.optimizer = torch.optim.AdamW(self.model.unet.parameters(), lr=settings["lr"])
-        self.ema = EMA(self.model.unet, settings["ema_decay"])
-        self.adversarial_start = settings.get("adversarial_start")
-        self.discriminator = self.disc_optimizer = None
-        if self.adversarial_start is not None:
-            self.discriminator = PatchDiscriminator(
-                train_set.channels, settings.get("disc_ndf", 64),
-                settings.get("disc_layers", 3)).to(device)
-            # [autoencoder.py configure_optimizers: the discriminator's Adam, betas (0.5, 0.9)]
-            self.disc_optimizer = torch.optim.Adam(self.discriminator.parameters(),
-                                                   lr=settings["ae_lr"], betas=(0.5, 0.9))
-        self.batches = BatchStream(train_set, settings.get("ae_batch_size",
-                                                           settings["batch_size"]), seed, device)
         # All training randomness (posterior samples, t, ε, label dropout), drawn on the CPU;
         # each process its own stream under torchrun.
         self.noise = torch.Generator().manual_seed(distributed.process_seed(seed + 1))
-        self.latent_batches: BatchStream | None = None  # made on entering the latent phase
-        self.latent_batches_state: dict | None = None
-        self.scale_measured = False
-        self.items_per_step = self.batches.batch_size if self.ae_steps else settings["batch_size"]
-        self.autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda"
-                         else nullcontext())
+        autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda"
+                    else nullcontext())
+        phase = (self.model, settings, train_set, device, seed, self.noise, autocast)
+        self.ae_phase, self.latent_phase = AutoencoderPhase(*phase), LatentPhase(*phase)
+
+    @property
+    def items_per_step(self) -> int:
+        if self.ae_steps and not self.latent_phase.entered:
+            return self.ae_phase.batches.batch_size
+        return self.settings["batch_size"]
 
     # --- the autoencoder from another run ----------------------------------------------------
 
@@ -189,80 +160,10 @@ class Trainer:
 
     def train_step(self, step: int) -> dict[str, torch.Tensor]:
         if step < self.ae_steps:
-            return self._autoencoder_step(step)
-        if self.latent_batches is None:
-            self._enter_latent_phase()
-        return self._latent_step(step - self.ae_steps)
-
-    def _autoencoder_step(self, step: int) -> dict[str, torch.Tensor]:
-        ae = self.model.autoencoder.train()
-        x, _ = self.batches.next()
-        noise = torch.randn((x.shape[0], *self.model.latent_shape), generator=self.noise)
-        with self.autocast:
-            out = ae.loss(x, noise=noise.to(self.device))
-        losses = {"ae_loss": out.loss.detach(), "l1": out.l1.detach(), "kl": out.kl.detach()}
-        adversarial = self.discriminator is not None and step >= self.adversarial_start
-        loss = out.loss
-        if adversarial:  # [contperceptual.py: g_loss = -E[D(x̂)], weighted adaptively]
-            assert self.discriminator is not None
-            self.discriminator.train()  # batch statistics, as in the official loss
-            g_loss = -self.discriminator(out.recon).mean()
-            weight = adaptive_weight(out.nll, g_loss, ae.decoder.conv_out.weight,
-                                     self.settings.get("disc_weight", 0.5))
-            loss = loss + weight * g_loss
-            losses.update(g_loss=g_loss.detach(), d_weight=weight.detach())
-        self.ae_optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        distributed.average_gradients(ae.parameters())
-        self.ae_optimizer.step()
-        if adversarial:  # the discriminator's step: hinge loss on real and reconstructed
-            assert self.discriminator is not None and self.disc_optimizer is not None
-            # real and fake in separate calls: BatchNorm statistics per kind, as the official
-            d_loss = hinge_d_loss(self.discriminator(x), self.discriminator(out.recon.detach()))
-            self.disc_optimizer.zero_grad(set_to_none=True)
-            d_loss.backward()
-            distributed.average_gradients(self.discriminator.parameters())
-            self.disc_optimizer.step()
-            losses["d_loss"] = d_loss.detach()
-        return losses
-
-    @torch.no_grad()
-    def _enter_latent_phase(self) -> None:
-        """Freezes the autoencoder, measures the scale factor (once per run) and caches the
-        training set's posterior moments (recomputed on resume: a deterministic function of the
-        frozen encoder)."""
-        ae = self.model.autoencoder.eval().requires_grad_(False)
-        if not self.scale_measured:
-            n = min(len(self.train_set), self.settings.get("scale_images", 2048))
-            generator = torch.Generator().manual_seed(self.seed + 2)
-            self.model.set_scale_factor(self.model.measure_scale_factor(
-                self.train_set.as_float(index=slice(0, n)), generator=generator))
-            self.scale_measured = True
-        moments = torch.cat([ae.quant_conv(ae.encoder(chunk.to(self.device)))
-                             for chunk in self.train_set.as_float().split(512)])
-        self.latent_batches = BatchStream(_Moments(moments, self.train_set.labels),
-                                          self.settings["batch_size"], self.seed + 3, self.device)
-        if self.latent_batches_state is not None:
-            self.latent_batches.load_state_dict(self.latent_batches_state)
-        self.items_per_step = self.settings["batch_size"]
-
-    def _latent_step(self, step: int) -> dict[str, torch.Tensor]:
-        assert self.latent_batches is not None
-        for group in self.optimizer.param_groups:  # linear warm-up
-            group["lr"] = self.settings["lr"] * min(1.0, (step + 1) / self.settings["warmup_steps"])
-        moments, y = self.latent_batches.next()
-        eps = torch.randn((moments.shape[0], *self.model.latent_shape), generator=self.noise)
-        z0 = self.model.scale_factor * DiagonalGaussian(moments).sample(noise=eps)
-        self.model.unet.train()
-        with self.autocast:
-            loss = self.model.loss(z0, y, generator=self.noise)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        distributed.average_gradients(self.model.unet.parameters())
-        torch.nn.utils.clip_grad_norm_(self.model.unet.parameters(), self.settings["grad_clip"])
-        self.optimizer.step()
-        self.ema.update(self.model.unet)
-        return {"loss": loss.detach()}
+            return self.ae_phase.step(step)
+        if not self.latent_phase.entered:
+            self.latent_phase.enter()
+        return self.latent_phase.step(step - self.ae_steps)
 
     # --- pictures and metrics ------------------------------------------------------------------
 
@@ -272,7 +173,7 @@ class Trainer:
         generator = torch.Generator().manual_seed(seed)
         return self.model.sample(labels, guidance, sampler,
                                  steps or self.settings["sample_steps"],
-                                 generator=generator, unet=self.ema.model)
+                                 generator=generator, unet=self.latent_phase.ema.model)
 
     @torch.no_grad()
     def reconstruction_pictures(self, path: Path, n: int = 16) -> None:
@@ -290,89 +191,33 @@ class Trainer:
     def snapshot(self, run: Path, step: int) -> None:
         self.model.autoencoder.eval()
         self.reconstruction_pictures(run / "progress" / f"step_{step:07d}_reconstructions.png")
-        if step > self.ae_steps and self.latent_batches is not None:
+        if step > self.ae_steps and self.latent_phase.entered:
             self.class_grid(run / "progress" / f"step_{step:07d}_samples.png", 4,
                             self.settings["guidance"])
 
-    @torch.no_grad()
-    def test_reconstruction(self, chunk: int = 256) -> dict:
-        """Mean |x - x̂| (images in [-1, 1]) and PSNR (on [0, 1]) over the test split, and the
-        standard deviation of the scaled test latents (≈ 1 when the scale factor transfers)."""
-        ae = self.model.autoencoder.eval()
-        abs_err = sq_err = 0.0
-        latents = []
-        generator = torch.Generator().manual_seed(self.seed)
-        for i in range(0, len(self.test_set), chunk):
-            x = self.test_set.as_float(index=slice(i, i + chunk)).to(self.device)
-            err = x - ae.reconstruct(x)
-            abs_err += err.abs().mean((1, 2, 3)).sum().item()
-            sq_err += (err / 2).pow(2).mean((1, 2, 3)).sum().item()      # on [0, 1]
-            latents.append(self.model.encode(x, generator).cpu())
-        n = len(self.test_set)
-        mse = sq_err / n
-        out = {"test_l1": round(abs_err / n, 5),
-               "test_psnr_db": round(float(-10 * torch.log10(torch.tensor(mse))), 2)}
-        if self.scale_measured:         # (an autoencoder-only run has not measured it)
-            out.update(scale_factor=round(float(self.model.scale_factor), 5),
-                       scaled_test_latent_std=round(float(torch.cat(latents).std()), 4))
-        return out
-
     def finish(self, run: Path) -> dict:
         s = self.settings
-        if self.latent_batches is None and s["steps"] > self.ae_steps:
-            self._enter_latent_phase()  # a run resumed at the boundary, then stopped
+        if not self.latent_phase.entered and s["steps"] > self.ae_steps:
+            self.latent_phase.enter()  # a run resumed at the boundary, then stopped
         metrics: dict = {"parameters_autoencoder": _count(self.model.autoencoder),
                          "parameters_unet": _count(self.model.unet),
                          "latent_shape": list(self.model.latent_shape),
                          "factor": self.model.autoencoder.config.factor}
         self.reconstruction_pictures(run / "reconstructions.png")
-        metrics.update(self.test_reconstruction(), reconstructions="reconstructions.png")
-        if self.latent_batches is None:  # only the autoencoder was trained
+        metrics.update(test_reconstruction(self.model, self.test_set, self.device, self.seed,
+                                           self.latent_phase.scale_measured),
+                       reconstructions="reconstructions.png")
+        if not self.latent_phase.entered:  # only the autoencoder was trained
             return metrics
         self.class_grid(run / "samples.png", s.get("final_per_class", 8), s["guidance"])
         metrics.update(samples="samples.png", classes=list(self.classes),
                        sampler=f"ddim, {s['sample_steps']} steps, eta 0, EMA weights, "
                                f"guidance {s['guidance']:g}; one row per class")
         if s.get("fid_samples", 0) > 0:
-            metrics["guidance_eval"] = self.evaluate(run, s["fid_samples"])
+            metrics["guidance_eval"] = guidance_evaluation(
+                run, self.sample, self.model.autoencoder, self.train_set, self.test_set,
+                s["guidance_eval"], s["fid_samples"], self.seed, self.device)
         return metrics
-
-    def evaluate(self, run: Path, n: int) -> dict:
-        """Per guidance scale: the Fréchet distance of n class-balanced samples to the test
-        images, and how often nerfx's classifier names the requested class (chance 1/classes).
-        The classifier is nerfx.fid's, trained on the run's dataset (cached)."""
-        from nerfx import fid
-
-        config = read_run_config(run)
-        size = self.train_set.resolution
-        net = fid.feature_net_for(config["data"], size, fid.default_cache(), config["seed"],
-                                  self.device)               # trained (with gradients) once
-        with torch.no_grad():
-            return self._evaluate(net, n)
-
-    def _evaluate(self, net: torch.nn.Module, n: int) -> dict:
-        from nerfx import fid
-
-        chosen = fid.spread_indices(len(self.test_set), n)
-        test, test_labels = self.test_set.as_float(index=chosen), self.test_set.labels[chosen]
-        reference = fid.statistics(net, test)
-        labels = torch.arange(n) % len(self.classes)
-        train = self.train_set.as_float(index=fid.spread_indices(len(self.train_set), n))
-        out: dict = {"n": n, "chance": round(1 / len(self.classes), 4),
-                     "test_accuracy": _accuracy(net, test, test_labels),
-                     "reconstruction_accuracy": _accuracy(
-                         net, torch.cat([self.model.autoencoder.reconstruct(c.to(self.device))
-                                         for c in test.split(256)]), test_labels),
-                     "floor": round(fid.frechet_distance(*fid.statistics(net, train),
-                                                         *reference), 4)}
-        for g in self.settings["guidance_eval"]:
-            images = torch.cat([self.sample(labels[i:i + 256], g, seed=self.seed + 10 + i)
-                                for i in range(0, n, 256)])
-            out[f"guidance {g:g}"] = {
-                "frechet": round(fid.frechet_distance(*fid.statistics(net, images),
-                                                      *reference), 4),
-                "class_accuracy": _accuracy(net, images, labels)}
-        return out
 
     def summary(self, metrics: dict) -> str:
         text = f"autoencoder f={metrics['factor']} test PSNR {metrics['test_psnr_db']} dB"
@@ -387,42 +232,19 @@ class Trainer:
     # --- checkpoints ---------------------------------------------------------------------------
 
     def state_dict(self) -> dict:
-        return {"model": self.model.state_dict(), "ae_optimizer": self.ae_optimizer.state_dict(),
-                "optimizer": self.optimizer.state_dict(), "ema": self.ema.state_dict(),
-                "batches": self.batches.state_dict(), "noise": self.noise.get_state(),
-                "scale_measured": self.scale_measured,
-                "latent_batches": (self.latent_batches.state_dict() if self.latent_batches
-                                   else self.latent_batches_state or {}),
-                **({"discriminator": self.discriminator.state_dict(),
-                    "disc_optimizer": self.disc_optimizer.state_dict()}
-                   if self.discriminator is not None and self.disc_optimizer is not None
-                   else {})}
+        return {"model": self.model.state_dict(), **self.ae_phase.state_dict(),
+                **self.latent_phase.state_dict(), "noise": self.noise.get_state()}
 
     def load_state_dict(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
-        self.ae_optimizer.load_state_dict(state["ae_optimizer"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.ema.load_state_dict(state["ema"])
-        self.batches.load_state_dict(state["batches"])
+        self.ae_phase.load_state_dict(state)
+        self.latent_phase.load_state_dict(state)
         if distributed.is_main():               # the other processes keep their own streams
             self.noise.set_state(state["noise"].cpu())
-        self.scale_measured = bool(state["scale_measured"])
-        if self.discriminator is not None and self.disc_optimizer is not None:
-            self.discriminator.load_state_dict(state["discriminator"])
-            self.disc_optimizer.load_state_dict(state["disc_optimizer"])
-        self.latent_batches = None  # rebuilt from the loaded encoder at the next latent step
-        self.latent_batches_state = state["latent_batches"] or None
 
 
 def _count(module: torch.nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
-
-
-@torch.no_grad()
-def _accuracy(net: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor) -> float:
-    device = next(net.parameters()).device
-    predicted = torch.cat([net(c.to(device)).argmax(1).cpu() for c in images.split(256)])
-    return round(float((predicted == labels.cpu()).float().mean()), 4)
 
 
 def make_task(config: dict, device: torch.device) -> Trainer:
