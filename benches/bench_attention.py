@@ -39,6 +39,16 @@ def flops(batch: int, heads: int, len_q: int, len_k: int, head_dim: int, causal:
     return fwd * (1.0 if mode == "fwd" else 3.5)
 
 
+def skip_unless_runnable(impl: str, device: str) -> None:
+    """Skips the benchmark, with the reason, where nerfx's backend `impl` cannot run on device."""
+    if impl == "triton" and device == "cpu":
+        pytest.skip("the Triton interpreter is a test tool, not a benchmark")
+    try:
+        BACKENDS.select(impl, torch.device(device), (torch.bfloat16,), (64,))
+    except BackendError as exc:
+        pytest.skip(str(exc))
+
+
 def make_impl(impl: str, device: str):
     """A callable (q, k, v, causal) -> out for this implementation, or a pytest skip."""
     if impl in SDPA_KINDS:
@@ -51,12 +61,7 @@ def make_impl(impl: str, device: str):
                 return F.scaled_dot_product_attention(q, k, v, is_causal=causal)
 
         return run
-    if impl == "triton" and device == "cpu":
-        pytest.skip("the Triton interpreter is a test tool, not a benchmark")
-    try:
-        BACKENDS.select(impl, torch.device(device), (torch.bfloat16,), (64,))
-    except BackendError as exc:
-        pytest.skip(str(exc))
+    skip_unless_runnable(impl, device)
     return lambda q, k, v, causal: attention(q, k, v, causal=causal, backend=impl)
 
 
@@ -100,12 +105,7 @@ def test_vit_train_step(benchmark, device, impl):
     batch 8, fp32 on the CPU. Images per second of forward, backward and AdamW step."""
     from nerfx.models.vit import ViT, vit_config
 
-    if impl == "triton" and device == "cpu":
-        pytest.skip("the Triton interpreter is a test tool, not a benchmark")
-    try:
-        BACKENDS.select(impl, torch.device(device), (torch.bfloat16,), (64,))
-    except BackendError as exc:
-        pytest.skip(str(exc))
+    skip_unless_runnable(impl, device)
     if device == "cuda":
         config, batch = vit_config("B/16"), 64
     else:

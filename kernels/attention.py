@@ -4,9 +4,9 @@ Forward: one program per (block of queries, batch x head); it walks the keys in 
 online softmax in base 2 (scores pre-multiplied by scale·log2 e, so exp2 replaces exp), never
 materialising the score matrix, and saves the log-sum-exp (base 2) of each query's row.
 Backward: a pre-pass delta_i = sum_d O_id dO_id; a dK/dV pass (one program per key block, looping
-over the query blocks that see it) and a dQ pass (one program per query block, looping over keys);
-the probabilities are recomputed from the saved log-sum-exp. No atomics: every output element is
-written by one program, so the passes are deterministic.
+over the query blocks that see it) and a dQ pass (one program per query block, looping over keys),
+two specialisations of one kernel; the probabilities are recomputed from the saved log-sum-exp.
+No atomics: every output element is written by one program, so the passes are deterministic.
 
 Precision: fp16/bf16 inputs multiply in their dtype with fp32 accumulation (softmax statistics,
 accumulators and gradients in fp32); fp32 inputs multiply in IEEE fp32, or TF32 when torch allows
@@ -32,6 +32,13 @@ INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 # --- device functions ------------------------------------------------------------------------
 
 @triton.jit
+def _batch_head(n_heads):
+    """(batch, head) of this program: axis 1 runs over batch x head."""
+    bh = tl.program_id(1)
+    return bh // n_heads, (bh % n_heads).to(tl.int64)
+
+
+@triton.jit
 def _sequence(offsets_ptr, b, fixed_len, VARLEN: tl.constexpr):
     """(first row, length) of sequence b: from the CSR offsets, or b and the fixed length."""
     if VARLEN:
@@ -44,12 +51,76 @@ def _sequence(offsets_ptr, b, fixed_len, VARLEN: tl.constexpr):
 
 
 @triton.jit
+def _program(q_offsets, k_offsets, n_heads, len_q, len_k, VARLEN: tl.constexpr):
+    """This program's head and its sequence's queries and keys, each as (first row, length)."""
+    b, h = _batch_head(n_heads)
+    q_start, lq = _sequence(q_offsets, b, len_q, VARLEN)
+    k_start, lk = _sequence(k_offsets, b, len_k, VARLEN)
+    return h, q_start, lq, k_start, lk
+
+
+@triton.jit
+def _rows(start, BLOCK: tl.constexpr, length, d_ok):
+    """Rows start .. start + BLOCK of a sequence of `length` rows, and the mask of their
+    [BLOCK, Dp] tile."""
+    rows = start + tl.arange(0, BLOCK)
+    return rows, (rows[:, None] < length) & d_ok[None, :]
+
+
+@triton.jit
+def _load(base, rows, row_stride, dims, mask):
+    """The [rows, Dp] tile at base (unit last stride), zeros where masked."""
+    return tl.load(base + rows[:, None] * row_stride + dims[None, :], mask=mask, other=0.0)
+
+
+@triton.jit
+def _store(base, rows, row_stride, dims, value, mask):
+    """Stores a [rows, Dp] tile at base (unit last stride) in base's dtype."""
+    tl.store(base + rows[:, None] * row_stride + dims[None, :], value.to(base.dtype.element_ty),
+             mask=mask)
+
+
+@triton.jit
 def _dot(a, b, UPCAST: tl.constexpr, PRECISION: tl.constexpr):
     # The interpreter multiplies bf16 wrongly (TOOLCHAIN.md): it gets fp32 operands there.
     if UPCAST:
         a = a.to(tl.float32)
         b = b.to(tl.float32)
     return tl.dot(a, b, input_precision=PRECISION)
+
+
+@triton.jit
+def _scores(a, b, qk_scale, UPCAST: tl.constexpr, PRECISION: tl.constexpr):
+    """a · bᵀ · scale · log2(e) in the accumulator dtype (qk_scale's): [M, N] for queries a and
+    keys b, [N, M] the other way round."""
+    return _dot(a, tl.trans(b), UPCAST, PRECISION).to(qk_scale.dtype) * qk_scale
+
+
+@triton.jit
+def _keys_end(start_m, lk, CAUSAL: tl.constexpr, BLOCK_M: tl.constexpr):
+    """End of the keys that queries start_m .. start_m + BLOCK_M see."""
+    hi = lk
+    if CAUSAL:
+        hi = tl.minimum(lk, start_m + BLOCK_M)
+    return hi
+
+
+@triton.jit
+def _visible(rows, cols, lk, CAUSAL: tl.constexpr):
+    """[M, N]: which of the keys cols each of the queries rows sees."""
+    visible = cols[None, :] < lk
+    if CAUSAL:
+        visible = visible & (cols[None, :] <= rows[:, None])
+    return visible
+
+
+@triton.jit
+def _row_stats(Lse, Delta, l_base, rows, lq):
+    """The saved log-sum-exp and delta of these query rows; past the sequence lse = inf, so that
+    their probabilities are 0."""
+    ok = rows < lq
+    return (tl.load(Lse + l_base + rows, mask=ok, other=float("inf")),
+            tl.load(Delta + l_base + rows, mask=ok, other=0.0))
 
 
 # --- forward ------------------------------------------------------------------------------
@@ -62,52 +133,36 @@ def _forward_kernel(Q, K, V, Out, Lse, Scales, q_offsets, k_offsets,
                     VARLEN: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     start_m = tl.program_id(0) * BLOCK_M
-    bh = tl.program_id(1)
-    b = bh // n_heads
-    h = (bh % n_heads).to(tl.int64)
-    q_start, lq = _sequence(q_offsets, b, len_q, VARLEN)
-    k_start, lk = _sequence(k_offsets, b, len_k, VARLEN)
+    h, q_start, lq, k_start, lk = _program(q_offsets, k_offsets, n_heads, len_q, len_k, VARLEN)
     if start_m >= lq:
         return
     qk_scale = tl.load(Scales)  # scale * log2(e), in the accumulator dtype
-    rows = start_m + tl.arange(0, BLOCK_M)  # [M]
-    cols0 = tl.arange(0, BLOCK_N)  # [N]
+    acc_dtype = qk_scale.dtype
     dims = tl.arange(0, BLOCK_D)  # [Dp]
     d_ok = dims < HEAD_DIM
-    q_ok = (rows[:, None] < lq) & d_ok[None, :]
-    q = tl.load(Q + q_start * sqb + h * sqh + rows[:, None] * sqs + dims[None, :], mask=q_ok,
-                other=0.0)  # [M, Dp]
+    rows, q_ok = _rows(start_m, BLOCK_M, lq, d_ok)  # [M]
+    q = _load(Q + q_start * sqb + h * sqh, rows, sqs, dims, q_ok)  # [M, Dp]
     k_base = K + k_start * skb + h * skh
     v_base = V + k_start * svb + h * svh
-    acc_dtype = qk_scale.dtype
     m_i = tl.full([BLOCK_M], -1.0e30, acc_dtype)  # running max (finite: empty rows stay NaN-free)
     l_i = tl.zeros([BLOCK_M], acc_dtype)  # running sum of exp2
     acc = tl.zeros([BLOCK_M, BLOCK_D], acc_dtype)
-    hi = lk
-    if CAUSAL:
-        hi = tl.minimum(lk, start_m + BLOCK_M)
-    for start_n in range(0, hi, BLOCK_N):
-        cols = start_n + cols0
-        kv_ok = (cols[:, None] < lk) & d_ok[None, :]
-        k = tl.load(k_base + cols[:, None] * sks + dims[None, :], mask=kv_ok, other=0.0)
-        s = _dot(q, tl.trans(k), UPCAST, PRECISION).to(acc_dtype) * qk_scale  # [M, N]
-        visible = cols[None, :] < lk
-        if CAUSAL:
-            visible = visible & (cols[None, :] <= rows[:, None])
-        s = tl.where(visible, s, float("-inf"))
+    for start_n in range(0, _keys_end(start_m, lk, CAUSAL, BLOCK_M), BLOCK_N):
+        cols, kv_ok = _rows(start_n, BLOCK_N, lk, d_ok)  # [N]
+        k = _load(k_base, cols, sks, dims, kv_ok)
+        s = tl.where(_visible(rows, cols, lk, CAUSAL), _scores(q, k, qk_scale, UPCAST, PRECISION),
+                     float("-inf"))  # [M, N]
         m_new = tl.maximum(m_i, tl.max(s, 1))
         alpha = tl.exp2(m_i - m_new)
         p = tl.exp2(s - m_new[:, None])  # [M, N]
         l_i = l_i * alpha + tl.sum(p, 1)
-        v = tl.load(v_base + cols[:, None] * svs + dims[None, :], mask=kv_ok, other=0.0)
+        v = _load(v_base, cols, svs, dims, kv_ok)
         acc = acc * alpha[:, None] + _dot(p.to(v.dtype), v, UPCAST, PRECISION).to(acc_dtype)
         m_i = m_new
     empty = l_i == 0.0
     l_safe = tl.where(empty, 1.0, l_i)
-    out = acc / l_safe[:, None]
     lse = tl.where(empty, float("inf"), m_i + tl.log2(l_safe))  # inf: zero probabilities in bwd
-    tl.store(Out + q_start * sob + h * soh + rows[:, None] * sos + dims[None, :],
-             out.to(Out.dtype.element_ty), mask=q_ok)
+    _store(Out + q_start * sob + h * soh, rows, sos, dims, acc / l_safe[:, None], q_ok)
     tl.store(Lse + q_start * slb + h * slh + rows, lse, mask=rows < lq)
 
 
@@ -119,133 +174,90 @@ def _delta_kernel(Out, dOut, Delta, q_offsets, sob, soh, sos, sgb, sgh, sgs, slb
                   BLOCK_M: tl.constexpr):
     """delta_i = sum_d O_id dO_id, one value per query row, in Delta's (the lse's) layout."""
     start_m = tl.program_id(0) * BLOCK_M
-    bh = tl.program_id(1)
-    b = bh // n_heads
-    h = (bh % n_heads).to(tl.int64)
+    b, h = _batch_head(n_heads)
     q_start, lq = _sequence(q_offsets, b, len_q, VARLEN)
     if start_m >= lq:
         return
-    rows = start_m + tl.arange(0, BLOCK_M)
     dims = tl.arange(0, BLOCK_D)
-    ok = (rows[:, None] < lq) & (dims[None, :] < HEAD_DIM)
+    rows, ok = _rows(start_m, BLOCK_M, lq, dims < HEAD_DIM)
     acc_dtype = Delta.dtype.element_ty
-    o = tl.load(Out + q_start * sob + h * soh + rows[:, None] * sos + dims[None, :], mask=ok,
-                other=0.0).to(acc_dtype)
-    do = tl.load(dOut + q_start * sgb + h * sgh + rows[:, None] * sgs + dims[None, :], mask=ok,
-                 other=0.0).to(acc_dtype)
+    o = _load(Out + q_start * sob + h * soh, rows, sos, dims, ok).to(acc_dtype)
+    do = _load(dOut + q_start * sgb + h * sgh, rows, sgs, dims, ok).to(acc_dtype)
     tl.store(Delta + q_start * slb + h * slh + rows, tl.sum(o * do, 1), mask=rows < lq)
 
 
 @triton.jit
-def _dkdv_kernel(Q, K, V, dOut, Lse, Delta, dK, dV, Scales, q_offsets, k_offsets,
-                 sqb, sqh, sqs, skb, skh, sks, svb, svh, svs, sgb, sgh, sgs, slb, slh,
-                 sdkb, sdkh, sdks, sdvb, sdvh, sdvs, n_heads, len_q, len_k, LQ_KEY, LK_KEY,
-                 HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr,
-                 VARLEN: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
-                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    """One block of keys: dV = sum_i P_ij dO_i, dK = scale * sum_i dS_ij Q_i over the queries."""
-    start_n = tl.program_id(0) * BLOCK_N
-    bh = tl.program_id(1)
-    b = bh // n_heads
-    h = (bh % n_heads).to(tl.int64)
-    q_start, lq = _sequence(q_offsets, b, len_q, VARLEN)
-    k_start, lk = _sequence(k_offsets, b, len_k, VARLEN)
-    if start_n >= lk:
-        return
+def _backward_kernel(Q, K, V, dOut, Lse, Delta, dQ, dK, dV, Scales, q_offsets, k_offsets,
+                     sqb, sqh, sqs, skb, skh, sks, svb, svh, svs, sgb, sgh, sgs, slb, slh,
+                     sdqb, sdqh, sdqs, sdkb, sdkh, sdks, sdvb, sdvh, sdvs,
+                     n_heads, len_q, len_k, LQ_KEY, LK_KEY, KEYS: tl.constexpr,
+                     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr,
+                     VARLEN: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
+                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """The two passes of the backward, one program per block of keys (KEYS) or of queries.
+
+    KEYS, the dK/dV pass: dV = sum_i P_ij dO_i, dK = scale * sum_i dS_ij Q_i over the queries
+    that see the block's keys. Otherwise the dQ pass: dQ = scale * sum_j dS_ij K_j over the keys
+    that the block's queries see. Each pass writes only its own gradients.
+    """
+    h, q_start, lq, k_start, lk = _program(q_offsets, k_offsets, n_heads, len_q, len_k, VARLEN)
+    if KEYS:
+        start_n = tl.program_id(0) * BLOCK_N
+        if start_n >= lk:
+            return
+    else:
+        start_m = tl.program_id(0) * BLOCK_M
+        if start_m >= lq:
+            return
     qk_scale = tl.load(Scales)
     scale = tl.load(Scales + 1)
     acc_dtype = qk_scale.dtype
-    cols = start_n + tl.arange(0, BLOCK_N)  # [N] keys of this program
-    rows0 = tl.arange(0, BLOCK_M)
     dims = tl.arange(0, BLOCK_D)
     d_ok = dims < HEAD_DIM
-    kv_ok = (cols[:, None] < lk) & d_ok[None, :]
-    k = tl.load(K + k_start * skb + h * skh + cols[:, None] * sks + dims[None, :], mask=kv_ok,
-                other=0.0)  # [N, Dp]
-    v = tl.load(V + k_start * svb + h * svh + cols[:, None] * svs + dims[None, :], mask=kv_ok,
-                other=0.0)  # [N, Dp]
-    dk = tl.zeros([BLOCK_N, BLOCK_D], acc_dtype)
-    dv = tl.zeros([BLOCK_N, BLOCK_D], acc_dtype)
     q_base = Q + q_start * sqb + h * sqh
     g_base = dOut + q_start * sgb + h * sgh
     l_base = q_start * slb + h * slh
-    lo = 0
-    if CAUSAL:
-        lo = (start_n // BLOCK_M) * BLOCK_M  # earlier queries see none of these keys
-    for start_m in range(lo, lq, BLOCK_M):
-        rows = start_m + rows0
-        q_ok = (rows[:, None] < lq) & d_ok[None, :]
-        q = tl.load(q_base + rows[:, None] * sqs + dims[None, :], mask=q_ok, other=0.0)
-        do = tl.load(g_base + rows[:, None] * sgs + dims[None, :], mask=q_ok, other=0.0)
-        lse = tl.load(Lse + l_base + rows, mask=rows < lq, other=float("inf"))  # [M]
-        delta = tl.load(Delta + l_base + rows, mask=rows < lq, other=0.0)  # [M]
-        s_t = _dot(k, tl.trans(q), UPCAST, PRECISION).to(acc_dtype) * qk_scale  # [N, M]
-        p_t = tl.exp2(s_t - lse[None, :])  # rows past lq: lse = inf, p = 0
-        if CAUSAL:
-            p_t = tl.where(cols[:, None] <= rows[None, :], p_t, 0.0)
-        dv += _dot(p_t.to(do.dtype), do, UPCAST, PRECISION).to(acc_dtype)
-        dp_t = _dot(v, tl.trans(do), UPCAST, PRECISION).to(acc_dtype)  # [N, M]
-        ds_t = p_t * (dp_t - delta[None, :])
-        dk += _dot(ds_t.to(q.dtype), q, UPCAST, PRECISION).to(acc_dtype)
-    tl.store(dK + k_start * sdkb + h * sdkh + cols[:, None] * sdks + dims[None, :],
-             (dk * scale).to(dK.dtype.element_ty), mask=kv_ok)
-    tl.store(dV + k_start * sdvb + h * sdvh + cols[:, None] * sdvs + dims[None, :],
-             dv.to(dV.dtype.element_ty), mask=kv_ok)
-
-
-@triton.jit
-def _dq_kernel(Q, K, V, dOut, Lse, Delta, dQ, Scales, q_offsets, k_offsets,
-               sqb, sqh, sqs, skb, skh, sks, svb, svh, svs, sgb, sgh, sgs, slb, slh,
-               sdqb, sdqh, sdqs, n_heads, len_q, len_k, LQ_KEY, LK_KEY,
-               HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr,
-               VARLEN: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
-               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    """One block of queries: dQ = scale * sum_j dS_ij K_j over the keys it sees."""
-    start_m = tl.program_id(0) * BLOCK_M
-    bh = tl.program_id(1)
-    b = bh // n_heads
-    h = (bh % n_heads).to(tl.int64)
-    q_start, lq = _sequence(q_offsets, b, len_q, VARLEN)
-    k_start, lk = _sequence(k_offsets, b, len_k, VARLEN)
-    if start_m >= lq:
-        return
-    qk_scale = tl.load(Scales)
-    scale = tl.load(Scales + 1)
-    acc_dtype = qk_scale.dtype
-    rows = start_m + tl.arange(0, BLOCK_M)
-    cols0 = tl.arange(0, BLOCK_N)
-    dims = tl.arange(0, BLOCK_D)
-    d_ok = dims < HEAD_DIM
-    q_ok = (rows[:, None] < lq) & d_ok[None, :]
-    q = tl.load(Q + q_start * sqb + h * sqh + rows[:, None] * sqs + dims[None, :], mask=q_ok,
-                other=0.0)  # [M, Dp]
-    do = tl.load(dOut + q_start * sgb + h * sgh + rows[:, None] * sgs + dims[None, :],
-                 mask=q_ok, other=0.0)  # [M, Dp]
-    l_base = q_start * slb + h * slh
-    lse = tl.load(Lse + l_base + rows, mask=rows < lq, other=float("inf"))  # [M]
-    delta = tl.load(Delta + l_base + rows, mask=rows < lq, other=0.0)  # [M]
     k_base = K + k_start * skb + h * skh
     v_base = V + k_start * svb + h * svh
-    dq = tl.zeros([BLOCK_M, BLOCK_D], acc_dtype)
-    hi = lk
-    if CAUSAL:
-        hi = tl.minimum(lk, start_m + BLOCK_M)
-    for start_n in range(0, hi, BLOCK_N):
-        cols = start_n + cols0
-        kv_ok = (cols[:, None] < lk) & d_ok[None, :]
-        k = tl.load(k_base + cols[:, None] * sks + dims[None, :], mask=kv_ok, other=0.0)
-        v = tl.load(v_base + cols[:, None] * svs + dims[None, :], mask=kv_ok, other=0.0)
-        s = _dot(q, tl.trans(k), UPCAST, PRECISION).to(acc_dtype) * qk_scale  # [M, N]
-        p = tl.exp2(s - lse[:, None])
-        visible = cols[None, :] < lk
+    if KEYS:
+        cols, kv_ok = _rows(start_n, BLOCK_N, lk, d_ok)  # [N] keys of this program
+        k = _load(k_base, cols, sks, dims, kv_ok)  # [N, Dp]
+        v = _load(v_base, cols, svs, dims, kv_ok)  # [N, Dp]
+        dk = tl.zeros([BLOCK_N, BLOCK_D], acc_dtype)
+        dv = tl.zeros([BLOCK_N, BLOCK_D], acc_dtype)
+        lo = 0
         if CAUSAL:
-            visible = visible & (cols[None, :] <= rows[:, None])
-        p = tl.where(visible, p, 0.0)
-        dp = _dot(do, tl.trans(v), UPCAST, PRECISION).to(acc_dtype)  # [M, N]
-        ds = p * (dp - delta[:, None])
-        dq += _dot(ds.to(k.dtype), k, UPCAST, PRECISION).to(acc_dtype)
-    tl.store(dQ + q_start * sdqb + h * sdqh + rows[:, None] * sdqs + dims[None, :],
-             (dq * scale).to(dQ.dtype.element_ty), mask=q_ok)
+            lo = (start_n // BLOCK_M) * BLOCK_M  # earlier queries see none of these keys
+        for start_m in range(lo, lq, BLOCK_M):
+            rows, q_ok = _rows(start_m, BLOCK_M, lq, d_ok)
+            q = _load(q_base, rows, sqs, dims, q_ok)
+            do = _load(g_base, rows, sgs, dims, q_ok)
+            lse, delta = _row_stats(Lse, Delta, l_base, rows, lq)  # [M]
+            p_t = tl.exp2(_scores(k, q, qk_scale, UPCAST, PRECISION) - lse[None, :])  # [N, M]
+            if CAUSAL:
+                p_t = tl.where(cols[:, None] <= rows[None, :], p_t, 0.0)
+            dv += _dot(p_t.to(do.dtype), do, UPCAST, PRECISION).to(acc_dtype)
+            dp_t = _dot(v, tl.trans(do), UPCAST, PRECISION).to(acc_dtype)  # [N, M]
+            ds_t = p_t * (dp_t - delta[None, :])
+            dk += _dot(ds_t.to(q.dtype), q, UPCAST, PRECISION).to(acc_dtype)
+        _store(dK + k_start * sdkb + h * sdkh, cols, sdks, dims, dk * scale, kv_ok)
+        _store(dV + k_start * sdvb + h * sdvh, cols, sdvs, dims, dv, kv_ok)
+    else:
+        rows, q_ok = _rows(start_m, BLOCK_M, lq, d_ok)  # [M] queries of this program
+        q = _load(q_base, rows, sqs, dims, q_ok)  # [M, Dp]
+        do = _load(g_base, rows, sgs, dims, q_ok)  # [M, Dp]
+        lse, delta = _row_stats(Lse, Delta, l_base, rows, lq)  # [M]
+        dq = tl.zeros([BLOCK_M, BLOCK_D], acc_dtype)
+        for start_n in range(0, _keys_end(start_m, lk, CAUSAL, BLOCK_M), BLOCK_N):
+            cols, kv_ok = _rows(start_n, BLOCK_N, lk, d_ok)
+            k = _load(k_base, cols, sks, dims, kv_ok)
+            v = _load(v_base, cols, svs, dims, kv_ok)
+            p = tl.exp2(_scores(q, k, qk_scale, UPCAST, PRECISION) - lse[:, None])  # [M, N]
+            p = tl.where(_visible(rows, cols, lk, CAUSAL), p, 0.0)
+            dp = _dot(do, tl.trans(v), UPCAST, PRECISION).to(acc_dtype)  # [M, N]
+            ds = p * (dp - delta[:, None])
+            dq += _dot(ds.to(k.dtype), k, UPCAST, PRECISION).to(acc_dtype)
+        _store(dQ + q_start * sdqb + h * sdqh, rows, sdqs, dims, dq * scale, q_ok)
 
 
 # --- launch configuration ----------------------------------------------------------------------
@@ -301,7 +313,7 @@ _tuned: dict[str, object] = {}
 
 def _kernel(kind: str, q: torch.Tensor, head_dim_pad: int):
     """The kernel to launch and its meta-parameters (none when autotuned)."""
-    raw = {"fwd": _forward_kernel, "dkdv": _dkdv_kernel, "dq": _dq_kernel}[kind]
+    raw = _forward_kernel if kind == "fwd" else _backward_kernel
     if q.device.type != "cuda":
         return raw, dict(INTERPRETER_BLOCKS)
     if os.environ.get(AUTOTUNE_VAR) != "1":
@@ -311,6 +323,11 @@ def _kernel(kind: str, q: torch.Tensor, head_dim_pad: int):
     if name not in _tuned:
         _tuned[name] = triton.autotune(_configs(kind, head_dim_pad), key=_KEY)(raw)
     return _tuned[name], {}
+
+
+def _grid(length: int, block: str, n_batch_heads: int):
+    """The launch grid: blocks of meta[block] rows over `length` rows, times batch x head."""
+    return lambda meta: (triton.cdiv(length, meta[block]), n_batch_heads)
 
 
 def _length_key(n: int) -> int:
@@ -384,15 +401,12 @@ def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, offsets: torch.Te
     offsets_q = offsets if varlen else lse  # unused pointer when dense
     offsets_k = kv_offsets if varlen else lse
     kernel, meta = _kernel("fwd", q, block_d)
-
-    def grid(m):
-        return (triton.cdiv(max_q, m["BLOCK_M"]), n_batch * n_heads)
-
-    kernel[grid](q, k, v, out, lse, _scales(scale, q.dtype, q.device), offsets_q, offsets_k,
-                 *_strides(q, varlen), *_strides(k, varlen), *_strides(v, varlen),
-                 *_strides(out, varlen), *_lse_strides(lse, varlen), n_heads, max_q, max_k,
-                 _length_key(max_q), _length_key(max_k), HEAD_DIM=head_dim, BLOCK_D=block_d,
-                 CAUSAL=causal, VARLEN=varlen, **_dot_settings(q.dtype, q.device), **meta)
+    kernel[_grid(max_q, "BLOCK_M", n_batch * n_heads)](
+        q, k, v, out, lse, _scales(scale, q.dtype, q.device), offsets_q, offsets_k,
+        *_strides(q, varlen), *_strides(k, varlen), *_strides(v, varlen), *_strides(out, varlen),
+        *_lse_strides(lse, varlen), n_heads, max_q, max_k, _length_key(max_q), _length_key(max_k),
+        HEAD_DIM=head_dim, BLOCK_D=block_d, CAUSAL=causal, VARLEN=varlen,
+        **_dot_settings(q.dtype, q.device), **meta)
     return out, lse
 
 
@@ -425,24 +439,13 @@ def backward(grad_out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.
         out, grad_out, delta, offsets_q, *_strides(out, varlen), *g_st, *l_st, n_heads, max_q,
         BLOCK_M=delta_block, **common)
 
-    kernel, meta = _kernel("dkdv", q, block_d)
-
-    def grid_k(m):
-        return (triton.cdiv(max_k, m["BLOCK_N"]), n_batch * n_heads)
-
-    kernel[grid_k](q, k, v, grad_out, lse, delta, dk, dv, scales, offsets_q, offsets_k,
-                   *q_st, *k_st, *v_st, *g_st, *l_st, *_strides(dk, varlen),
-                   *_strides(dv, varlen), n_heads, max_q, max_k, *keys, CAUSAL=causal,
-                   **common, **dots, **meta)
-
-    kernel, meta = _kernel("dq", q, block_d)
-
-    def grid_q(m):
-        return (triton.cdiv(max_q, m["BLOCK_M"]), n_batch * n_heads)
-
-    kernel[grid_q](q, k, v, grad_out, lse, delta, dq, scales, offsets_q, offsets_k,
-                   *q_st, *k_st, *v_st, *g_st, *l_st, *_strides(dq, varlen), n_heads, max_q,
-                   max_k, *keys, CAUSAL=causal, **common, **dots, **meta)
+    args = (q, k, v, grad_out, lse, delta, dq, dk, dv, scales, offsets_q, offsets_k, *q_st, *k_st,
+            *v_st, *g_st, *l_st, *_strides(dq, varlen), *_strides(dk, varlen),
+            *_strides(dv, varlen), n_heads, max_q, max_k, *keys)
+    for kind, length, block in (("dkdv", max_k, "BLOCK_N"), ("dq", max_q, "BLOCK_M")):
+        kernel, meta = _kernel(kind, q, block_d)
+        kernel[_grid(length, block, n_batch * n_heads)](
+            *args, KEYS=kind == "dkdv", CAUSAL=causal, **common, **dots, **meta)
     return dq, dk, dv
 
 

@@ -24,7 +24,10 @@ BLOCK = 128
 
 
 @triton.jit
-def _level_geometry(offsets_ptr, resolutions_ptr, level, D: tl.constexpr):
+def _level_geometry(offsets_ptr, resolutions_ptr, D: tl.constexpr):
+    """This program's level (axis 1) and its table: (level, first row, rows, resolution, whether
+    its vertices fit the rows one to one)."""
+    level = tl.program_id(1)
     start = tl.load(offsets_ptr + level)
     n_rows = tl.load(offsets_ptr + level + 1) - start
     res = tl.load(resolutions_ptr + level)
@@ -33,7 +36,7 @@ def _level_geometry(offsets_ptr, resolutions_ptr, level, D: tl.constexpr):
         vertices = vertices * (res + 1) * (res + 1)
     else:
         vertices = vertices * (res + 1)
-    return start, n_rows, res, vertices <= n_rows
+    return level, start, n_rows, res, vertices <= n_rows
 
 
 @triton.jit
@@ -41,6 +44,13 @@ def _block_points(block, BLOCK: tl.constexpr):
     """The point indices [BLOCK] of block `block` (an int32 program id), int64 so that neither
     points * D nor points * (L * F) can wrap."""
     return block.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+
+
+@triton.jit
+def _program_points(n_points, BLOCK: tl.constexpr):
+    """This program's points (axis 0 runs over blocks of points) and which of them exist."""
+    points = _block_points(tl.program_id(0), BLOCK)
+    return points, points < n_points
 
 
 @triton.jit
@@ -57,6 +67,16 @@ def _axis(x_ptr, points, mask, d: tl.constexpr, D: tl.constexpr, res):
     pos = tl.minimum(tl.maximum(xd, 0.0), 1.0) * res.to(xd.dtype)
     corner = tl.minimum(pos.to(tl.int64), res - 1)  # pos >= 0, so truncation is floor
     return corner, pos - corner.to(xd.dtype), inside
+
+
+@triton.jit
+def _cell(x_ptr, points, mask, res, D: tl.constexpr):
+    """Corner, fraction and in-range flag on each axis of the points' cells (in 2-D the third
+    axis repeats the second)."""
+    c0, f0, in0 = _axis(x_ptr, points, mask, 0, D, res)
+    c1, f1, in1 = _axis(x_ptr, points, mask, 1, D, res)
+    c2, f2, in2 = _axis(x_ptr, points, mask, D - 1, D, res)
+    return c0, f0, in0, c1, f1, in1, c2, f2, in2
 
 
 @triton.jit
@@ -82,13 +102,9 @@ def _weight(f, bit: tl.constexpr):
 def _forward_kernel(x_ptr, params_ptr, offsets_ptr, resolutions_ptr, out_ptr, n_points, n_levels,
                     D: tl.constexpr, CORNERS: tl.constexpr, F: tl.constexpr,
                     BLOCK: tl.constexpr):
-    level = tl.program_id(1)
-    points = _block_points(tl.program_id(0), BLOCK)
-    mask = points < n_points
-    start, n_rows, res, dense = _level_geometry(offsets_ptr, resolutions_ptr, level, D)
-    c0, f0, _ = _axis(x_ptr, points, mask, 0, D, res)
-    c1, f1, _ = _axis(x_ptr, points, mask, 1, D, res)
-    c2, f2, _ = _axis(x_ptr, points, mask, D - 1, D, res)
+    points, mask = _program_points(n_points, BLOCK)
+    level, start, n_rows, res, dense = _level_geometry(offsets_ptr, resolutions_ptr, D)
+    c0, f0, _, c1, f1, _, c2, f2, _ = _cell(x_ptr, points, mask, res, D)
     feats = tl.arange(0, F)
     acc = tl.zeros((BLOCK, F), dtype=f0.dtype)
     for c in tl.static_range(CORNERS):
@@ -110,13 +126,9 @@ def _backward_kernel(x_ptr, params_ptr, offsets_ptr, resolutions_ptr, grad_out_p
                      NEEDS_X: tl.constexpr, D: tl.constexpr, CORNERS: tl.constexpr,
                      F: tl.constexpr, BLOCK: tl.constexpr):
     """Both gradients from one location of each (point, level) cell, each only if asked for."""
-    level = tl.program_id(1)
-    points = _block_points(tl.program_id(0), BLOCK)
-    mask = points < n_points
-    start, n_rows, res, dense = _level_geometry(offsets_ptr, resolutions_ptr, level, D)
-    c0, f0, in0 = _axis(x_ptr, points, mask, 0, D, res)
-    c1, f1, in1 = _axis(x_ptr, points, mask, 1, D, res)
-    c2, f2, in2 = _axis(x_ptr, points, mask, D - 1, D, res)
+    points, mask = _program_points(n_points, BLOCK)
+    level, start, n_rows, res, dense = _level_geometry(offsets_ptr, resolutions_ptr, D)
+    c0, f0, in0, c1, f1, in1, c2, f2, in2 = _cell(x_ptr, points, mask, res, D)
     feats = tl.arange(0, F)
     grad = tl.load(grad_out_ptr + _row_offsets(points, level, n_levels, F), mask=mask[:, None],
                    other=0.0)
