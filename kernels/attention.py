@@ -24,103 +24,22 @@ import os
 import torch
 import triton
 import triton.language as tl
+from nerfx.kernels.attention_tiles import (
+    batch_head,
+    dot,
+    keys_end,
+    load_tile,
+    program_rows,
+    row_stats,
+    scores,
+    sequence,
+    store_tile,
+    tile_rows,
+    visible_keys,
+)
 
 LOG2E = 1.4426950408889634
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
-
-
-# --- device functions ------------------------------------------------------------------------
-
-@triton.jit
-def _batch_head(n_heads):
-    """(batch, head) of this program: axis 1 runs over batch x head."""
-    bh = tl.program_id(1)
-    return bh // n_heads, (bh % n_heads).to(tl.int64)
-
-
-@triton.jit
-def _sequence(offsets_ptr, b, fixed_len, VARLEN: tl.constexpr):
-    """(first row, length) of sequence b: from the CSR offsets, or b and the fixed length."""
-    if VARLEN:
-        start = tl.load(offsets_ptr + b)
-        length = (tl.load(offsets_ptr + b + 1) - start).to(tl.int32)
-    else:
-        start = b.to(tl.int64)
-        length = fixed_len
-    return start, length
-
-
-@triton.jit
-def _program(q_offsets, k_offsets, n_heads, len_q, len_k, VARLEN: tl.constexpr):
-    """This program's head and its sequence's queries and keys, each as (first row, length)."""
-    b, h = _batch_head(n_heads)
-    q_start, lq = _sequence(q_offsets, b, len_q, VARLEN)
-    k_start, lk = _sequence(k_offsets, b, len_k, VARLEN)
-    return h, q_start, lq, k_start, lk
-
-
-@triton.jit
-def _rows(start, BLOCK: tl.constexpr, length, d_ok):
-    """Rows start .. start + BLOCK of a sequence of `length` rows, and the mask of their
-    [BLOCK, Dp] tile."""
-    rows = start + tl.arange(0, BLOCK)
-    return rows, (rows[:, None] < length) & d_ok[None, :]
-
-
-@triton.jit
-def _load(base, rows, row_stride, dims, mask):
-    """The [rows, Dp] tile at base (unit last stride), zeros where masked."""
-    return tl.load(base + rows[:, None] * row_stride + dims[None, :], mask=mask, other=0.0)
-
-
-@triton.jit
-def _store(base, rows, row_stride, dims, value, mask):
-    """Stores a [rows, Dp] tile at base (unit last stride) in base's dtype."""
-    tl.store(base + rows[:, None] * row_stride + dims[None, :], value.to(base.dtype.element_ty),
-             mask=mask)
-
-
-@triton.jit
-def _dot(a, b, UPCAST: tl.constexpr, PRECISION: tl.constexpr):
-    # The interpreter multiplies bf16 wrongly (TOOLCHAIN.md): it gets fp32 operands there.
-    if UPCAST:
-        a = a.to(tl.float32)
-        b = b.to(tl.float32)
-    return tl.dot(a, b, input_precision=PRECISION)
-
-
-@triton.jit
-def _scores(a, b, qk_scale, UPCAST: tl.constexpr, PRECISION: tl.constexpr):
-    """a · bᵀ · scale · log2(e) in the accumulator dtype (qk_scale's): [M, N] for queries a and
-    keys b, [N, M] the other way round."""
-    return _dot(a, tl.trans(b), UPCAST, PRECISION).to(qk_scale.dtype) * qk_scale
-
-
-@triton.jit
-def _keys_end(start_m, lk, CAUSAL: tl.constexpr, BLOCK_M: tl.constexpr):
-    """End of the keys that queries start_m .. start_m + BLOCK_M see."""
-    hi = lk
-    if CAUSAL:
-        hi = tl.minimum(lk, start_m + BLOCK_M)
-    return hi
-
-
-@triton.jit
-def _visible(rows, cols, lk, CAUSAL: tl.constexpr):
-    """[M, N]: which of the keys cols each of the queries rows sees."""
-    visible = cols[None, :] < lk
-    if CAUSAL:
-        visible = visible & (cols[None, :] <= rows[:, None])
-    return visible
-
-
-@triton.jit
-def _row_stats(Lse, Delta, l_base, rows, lq):
-    """The saved log-sum-exp and delta of these query rows; past the sequence lse = inf, so that
-    their probabilities are 0."""
-    ok = rows < lq
-    return (tl.load(Lse + l_base + rows, mask=ok, other=float("inf")),
-            tl.load(Delta + l_base + rows, mask=ok, other=0.0))
 
 
 # --- forward ------------------------------------------------------------------------------
@@ -133,36 +52,36 @@ def _forward_kernel(Q, K, V, Out, Lse, Scales, q_offsets, k_offsets,
                     VARLEN: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     start_m = tl.program_id(0) * BLOCK_M
-    h, q_start, lq, k_start, lk = _program(q_offsets, k_offsets, n_heads, len_q, len_k, VARLEN)
+    h, q_start, lq, k_start, lk = program_rows(q_offsets, k_offsets, n_heads, len_q, len_k, VARLEN)
     if start_m >= lq:
         return
     qk_scale = tl.load(Scales)  # scale * log2(e), in the accumulator dtype
     acc_dtype = qk_scale.dtype
     dims = tl.arange(0, BLOCK_D)  # [Dp]
     d_ok = dims < HEAD_DIM
-    rows, q_ok = _rows(start_m, BLOCK_M, lq, d_ok)  # [M]
-    q = _load(Q + q_start * sqb + h * sqh, rows, sqs, dims, q_ok)  # [M, Dp]
+    rows, q_ok = tile_rows(start_m, BLOCK_M, lq, d_ok)  # [M]
+    q = load_tile(Q + q_start * sqb + h * sqh, rows, sqs, dims, q_ok)  # [M, Dp]
     k_base = K + k_start * skb + h * skh
     v_base = V + k_start * svb + h * svh
     m_i = tl.full([BLOCK_M], -1.0e30, acc_dtype)  # running max (finite: empty rows stay NaN-free)
     l_i = tl.zeros([BLOCK_M], acc_dtype)  # running sum of exp2
     acc = tl.zeros([BLOCK_M, BLOCK_D], acc_dtype)
-    for start_n in range(0, _keys_end(start_m, lk, CAUSAL, BLOCK_M), BLOCK_N):
-        cols, kv_ok = _rows(start_n, BLOCK_N, lk, d_ok)  # [N]
-        k = _load(k_base, cols, sks, dims, kv_ok)
-        s = tl.where(_visible(rows, cols, lk, CAUSAL), _scores(q, k, qk_scale, UPCAST, PRECISION),
-                     float("-inf"))  # [M, N]
+    for start_n in range(0, keys_end(start_m, lk, CAUSAL, BLOCK_M), BLOCK_N):
+        cols, kv_ok = tile_rows(start_n, BLOCK_N, lk, d_ok)  # [N]
+        k = load_tile(k_base, cols, sks, dims, kv_ok)
+        s = tl.where(visible_keys(rows, cols, lk, CAUSAL),
+                     scores(q, k, qk_scale, UPCAST, PRECISION), float("-inf"))  # [M, N]
         m_new = tl.maximum(m_i, tl.max(s, 1))
         alpha = tl.exp2(m_i - m_new)
         p = tl.exp2(s - m_new[:, None])  # [M, N]
         l_i = l_i * alpha + tl.sum(p, 1)
-        v = _load(v_base, cols, svs, dims, kv_ok)
-        acc = acc * alpha[:, None] + _dot(p.to(v.dtype), v, UPCAST, PRECISION).to(acc_dtype)
+        v = load_tile(v_base, cols, svs, dims, kv_ok)
+        acc = acc * alpha[:, None] + dot(p.to(v.dtype), v, UPCAST, PRECISION).to(acc_dtype)
         m_i = m_new
     empty = l_i == 0.0
     l_safe = tl.where(empty, 1.0, l_i)
     lse = tl.where(empty, float("inf"), m_i + tl.log2(l_safe))  # inf: zero probabilities in bwd
-    _store(Out + q_start * sob + h * soh, rows, sos, dims, acc / l_safe[:, None], q_ok)
+    store_tile(Out + q_start * sob + h * soh, rows, sos, dims, acc / l_safe[:, None], q_ok)
     tl.store(Lse + q_start * slb + h * slh + rows, lse, mask=rows < lq)
 
 
@@ -174,15 +93,15 @@ def _delta_kernel(Out, dOut, Delta, q_offsets, sob, soh, sos, sgb, sgh, sgs, slb
                   BLOCK_M: tl.constexpr):
     """delta_i = sum_d O_id dO_id, one value per query row, in Delta's (the lse's) layout."""
     start_m = tl.program_id(0) * BLOCK_M
-    b, h = _batch_head(n_heads)
-    q_start, lq = _sequence(q_offsets, b, len_q, VARLEN)
+    b, h = batch_head(n_heads)
+    q_start, lq = sequence(q_offsets, b, len_q, VARLEN)
     if start_m >= lq:
         return
     dims = tl.arange(0, BLOCK_D)
-    rows, ok = _rows(start_m, BLOCK_M, lq, dims < HEAD_DIM)
+    rows, ok = tile_rows(start_m, BLOCK_M, lq, dims < HEAD_DIM)
     acc_dtype = Delta.dtype.element_ty
-    o = _load(Out + q_start * sob + h * soh, rows, sos, dims, ok).to(acc_dtype)
-    do = _load(dOut + q_start * sgb + h * sgh, rows, sgs, dims, ok).to(acc_dtype)
+    o = load_tile(Out + q_start * sob + h * soh, rows, sos, dims, ok).to(acc_dtype)
+    do = load_tile(dOut + q_start * sgb + h * sgh, rows, sgs, dims, ok).to(acc_dtype)
     tl.store(Delta + q_start * slb + h * slh + rows, tl.sum(o * do, 1), mask=rows < lq)
 
 
@@ -200,7 +119,7 @@ def _backward_kernel(Q, K, V, dOut, Lse, Delta, dQ, dK, dV, Scales, q_offsets, k
     that see the block's keys. Otherwise the dQ pass: dQ = scale * sum_j dS_ij K_j over the keys
     that the block's queries see. Each pass writes only its own gradients.
     """
-    h, q_start, lq, k_start, lk = _program(q_offsets, k_offsets, n_heads, len_q, len_k, VARLEN)
+    h, q_start, lq, k_start, lk = program_rows(q_offsets, k_offsets, n_heads, len_q, len_k, VARLEN)
     if KEYS:
         start_n = tl.program_id(0) * BLOCK_N
         if start_n >= lk:
@@ -220,44 +139,44 @@ def _backward_kernel(Q, K, V, dOut, Lse, Delta, dQ, dK, dV, Scales, q_offsets, k
     k_base = K + k_start * skb + h * skh
     v_base = V + k_start * svb + h * svh
     if KEYS:
-        cols, kv_ok = _rows(start_n, BLOCK_N, lk, d_ok)  # [N] keys of this program
-        k = _load(k_base, cols, sks, dims, kv_ok)  # [N, Dp]
-        v = _load(v_base, cols, svs, dims, kv_ok)  # [N, Dp]
+        cols, kv_ok = tile_rows(start_n, BLOCK_N, lk, d_ok)  # [N] keys of this program
+        k = load_tile(k_base, cols, sks, dims, kv_ok)  # [N, Dp]
+        v = load_tile(v_base, cols, svs, dims, kv_ok)  # [N, Dp]
         dk = tl.zeros([BLOCK_N, BLOCK_D], acc_dtype)
         dv = tl.zeros([BLOCK_N, BLOCK_D], acc_dtype)
         lo = 0
         if CAUSAL:
             lo = (start_n // BLOCK_M) * BLOCK_M  # earlier queries see none of these keys
         for start_m in range(lo, lq, BLOCK_M):
-            rows, q_ok = _rows(start_m, BLOCK_M, lq, d_ok)
-            q = _load(q_base, rows, sqs, dims, q_ok)
-            do = _load(g_base, rows, sgs, dims, q_ok)
-            lse, delta = _row_stats(Lse, Delta, l_base, rows, lq)  # [M]
-            p_t = tl.exp2(_scores(k, q, qk_scale, UPCAST, PRECISION) - lse[None, :])  # [N, M]
+            rows, q_ok = tile_rows(start_m, BLOCK_M, lq, d_ok)
+            q = load_tile(q_base, rows, sqs, dims, q_ok)
+            do = load_tile(g_base, rows, sgs, dims, q_ok)
+            lse, delta = row_stats(Lse, Delta, l_base, rows, lq)  # [M]
+            p_t = tl.exp2(scores(k, q, qk_scale, UPCAST, PRECISION) - lse[None, :])  # [N, M]
             if CAUSAL:
                 p_t = tl.where(cols[:, None] <= rows[None, :], p_t, 0.0)
-            dv += _dot(p_t.to(do.dtype), do, UPCAST, PRECISION).to(acc_dtype)
-            dp_t = _dot(v, tl.trans(do), UPCAST, PRECISION).to(acc_dtype)  # [N, M]
+            dv += dot(p_t.to(do.dtype), do, UPCAST, PRECISION).to(acc_dtype)
+            dp_t = dot(v, tl.trans(do), UPCAST, PRECISION).to(acc_dtype)  # [N, M]
             ds_t = p_t * (dp_t - delta[None, :])
-            dk += _dot(ds_t.to(q.dtype), q, UPCAST, PRECISION).to(acc_dtype)
-        _store(dK + k_start * sdkb + h * sdkh, cols, sdks, dims, dk * scale, kv_ok)
-        _store(dV + k_start * sdvb + h * sdvh, cols, sdvs, dims, dv, kv_ok)
+            dk += dot(ds_t.to(q.dtype), q, UPCAST, PRECISION).to(acc_dtype)
+        store_tile(dK + k_start * sdkb + h * sdkh, cols, sdks, dims, dk * scale, kv_ok)
+        store_tile(dV + k_start * sdvb + h * sdvh, cols, sdvs, dims, dv, kv_ok)
     else:
-        rows, q_ok = _rows(start_m, BLOCK_M, lq, d_ok)  # [M] queries of this program
-        q = _load(q_base, rows, sqs, dims, q_ok)  # [M, Dp]
-        do = _load(g_base, rows, sgs, dims, q_ok)  # [M, Dp]
-        lse, delta = _row_stats(Lse, Delta, l_base, rows, lq)  # [M]
+        rows, q_ok = tile_rows(start_m, BLOCK_M, lq, d_ok)  # [M] queries of this program
+        q = load_tile(q_base, rows, sqs, dims, q_ok)  # [M, Dp]
+        do = load_tile(g_base, rows, sgs, dims, q_ok)  # [M, Dp]
+        lse, delta = row_stats(Lse, Delta, l_base, rows, lq)  # [M]
         dq = tl.zeros([BLOCK_M, BLOCK_D], acc_dtype)
-        for start_n in range(0, _keys_end(start_m, lk, CAUSAL, BLOCK_M), BLOCK_N):
-            cols, kv_ok = _rows(start_n, BLOCK_N, lk, d_ok)
-            k = _load(k_base, cols, sks, dims, kv_ok)
-            v = _load(v_base, cols, svs, dims, kv_ok)
-            p = tl.exp2(_scores(q, k, qk_scale, UPCAST, PRECISION) - lse[:, None])  # [M, N]
-            p = tl.where(_visible(rows, cols, lk, CAUSAL), p, 0.0)
-            dp = _dot(do, tl.trans(v), UPCAST, PRECISION).to(acc_dtype)  # [M, N]
+        for start_n in range(0, keys_end(start_m, lk, CAUSAL, BLOCK_M), BLOCK_N):
+            cols, kv_ok = tile_rows(start_n, BLOCK_N, lk, d_ok)
+            k = load_tile(k_base, cols, sks, dims, kv_ok)
+            v = load_tile(v_base, cols, svs, dims, kv_ok)
+            p = tl.exp2(scores(q, k, qk_scale, UPCAST, PRECISION) - lse[:, None])  # [M, N]
+            p = tl.where(visible_keys(rows, cols, lk, CAUSAL), p, 0.0)
+            dp = dot(do, tl.trans(v), UPCAST, PRECISION).to(acc_dtype)  # [M, N]
             ds = p * (dp - delta[:, None])
-            dq += _dot(ds.to(k.dtype), k, UPCAST, PRECISION).to(acc_dtype)
-        _store(dQ + q_start * sdqb + h * sdqh, rows, sdqs, dims, dq * scale, q_ok)
+            dq += dot(ds.to(k.dtype), k, UPCAST, PRECISION).to(acc_dtype)
+        store_tile(dQ + q_start * sdqb + h * sdqh, rows, sdqs, dims, dq * scale, q_ok)
 
 
 # --- launch configuration ----------------------------------------------------------------------
