@@ -1,4 +1,4 @@
-// The one registration file of nerfx._C: op schemas, CPU and CUDA implementations, build facts.
+// The one registration file of nerfx._C: op schemas, their CPU and CUDA kernels, build facts.
 #include <Python.h>
 #include <torch/library.h>
 
@@ -48,7 +48,7 @@ TORCH_LIBRARY(nerfx, m) {
         "Tensor grad_weights, Tensor sigmas, Tensor rgbs, Tensor t_start, Tensor t_end, "
         "Tensor offsets, Tensor color, Tensor opacity, Tensor depth, Tensor weights, "
         "float threshold) -> (Tensor, Tensor)");
-  m.def("march_rays(Tensor origins, Tensor directions, Tensor near, Tensor far, Tensor jitter, "
+  m.def("march_rays(Tensor rays_o, Tensor rays_d, Tensor near, Tensor far, Tensor jitter, "
         "Tensor bitfield, float[] center, float[] half_size, int resolution, int cascades, "
         "float step_size, float cone_angle, int max_samples) "
         "-> (Tensor, Tensor, Tensor, Tensor, Tensor)");
@@ -57,19 +57,45 @@ TORCH_LIBRARY(nerfx, m) {
         "Tensor? grad_scale=None, Tensor? found_inf=None) -> ()");
 }
 
-// The same implementations serve both devices: each op switches to its CUDA launcher inside.
-#define NERFX_IMPLS(m)                                                          \
-  m.impl("hash_encode", &nerfx::hashgrid::forward);                            \
-  m.impl("hash_encode_backward", &nerfx::hashgrid::backward);                  \
-  m.impl("composite_rays", &nerfx::composite::forward);                        \
-  m.impl("composite_rays_backward", &nerfx::composite::backward);              \
-  m.impl("march_rays", &nerfx::raymarch::march);                               \
-  m.impl("adam_step", &nerfx::adam::step)
+// Each op has one entry point (<op>/<op>.cpp: checks and allocation) whose first parameter is a
+// launcher (the loops of one device: <op>_cpu.cpp, <op>_cuda.cu). kernel<&entry, &launcher> is
+// the entry point with that launcher bound: a function of the op's schema, which torch checks
+// against the schema above and calls for tensors of the key it is registered under.
+namespace {
 
-TORCH_LIBRARY_IMPL(nerfx, CPU, m) { NERFX_IMPLS(m); }
+template <auto entry, auto launcher>
+struct Kernel;
+template <typename Result, typename Launcher, typename... Args, Result (*entry)(Launcher, Args...),
+          Launcher launcher>
+struct Kernel<entry, launcher> {
+  static Result call(Args... args) { return entry(launcher, args...); }
+};
+
+template <auto entry, auto launcher>
+constexpr auto kernel = &Kernel<entry, launcher>::call;
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(nerfx, CPU, m) {
+  using namespace nerfx;
+  m.impl("hash_encode", kernel<&hashgrid::forward, &hashgrid::forward_cpu>);
+  m.impl("hash_encode_backward", kernel<&hashgrid::backward, &hashgrid::backward_cpu>);
+  m.impl("composite_rays", kernel<&composite::forward, &composite::forward_cpu>);
+  m.impl("composite_rays_backward", kernel<&composite::backward, &composite::backward_cpu>);
+  m.impl("march_rays", kernel<&raymarch::march, &raymarch::march_cpu>);
+  m.impl("adam_step", kernel<&adam::step, &adam::step_cpu>);
+}
 
 #ifdef NERFX_WITH_CUDA
-TORCH_LIBRARY_IMPL(nerfx, CUDA, m) { NERFX_IMPLS(m); }
+TORCH_LIBRARY_IMPL(nerfx, CUDA, m) {
+  using namespace nerfx;
+  m.impl("hash_encode", kernel<&hashgrid::forward, &hashgrid::forward_cuda>);
+  m.impl("hash_encode_backward", kernel<&hashgrid::backward, &hashgrid::backward_cuda>);
+  m.impl("composite_rays", kernel<&composite::forward, &composite::forward_cuda>);
+  m.impl("composite_rays_backward", kernel<&composite::backward, &composite::backward_cuda>);
+  m.impl("march_rays", kernel<&raymarch::march, &raymarch::march_cuda>);
+  m.impl("adam_step", kernel<&adam::step, &adam::step_cuda>);
+}
 #endif
 
 // nerfx._C is imported for its side effect: loading it registers the ops above with torch.

@@ -1,4 +1,5 @@
-// Adam step skipping zero-gradient entries: launcher declarations and the registered op.
+// Adam step skipping zero-gradient entries: the launchers of each device and the entry point
+// they plug into.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -22,15 +23,21 @@ struct State {
   at::Tensor param, grad, exp_avg, exp_avg_sq, step, grad_scale, found_inf;
 };
 
+// The launchers: one pass over the entries, one per device (adam_cpu.cpp, adam_cuda.cu), called
+// by the entry point below with checked state and n > 0 entries.
+using Launcher = void (*)(const State& state, double lr, double beta1, double beta2, double eps);
+
 void step_cpu(const State& state, double lr, double beta1, double beta2, double eps);
 #ifdef NERFX_WITH_CUDA
 void step_cuda(const State& state, double lr, double beta1, double beta2, double eps);
 #endif
 
-// The registered op nerfx::adam_step: updates param, exp_avg, exp_avg_sq and step in place.
-void step(const at::Tensor& param, const at::Tensor& grad, const at::Tensor& exp_avg,
-          const at::Tensor& exp_avg_sq, const at::Tensor& step, double lr, double beta1,
-          double beta2, double eps, const std::optional<at::Tensor>& grad_scale,
-          const std::optional<at::Tensor>& found_inf);
+// The entry point (adam.cpp): checks, then `launch`. ext.cpp registers it with the CPU launcher
+// under the CPU key and with the CUDA launcher under the CUDA key. nerfx::adam_step updates
+// param, exp_avg, exp_avg_sq and step in place.
+void step(Launcher launch, const at::Tensor& param, const at::Tensor& grad,
+          const at::Tensor& exp_avg, const at::Tensor& exp_avg_sq, const at::Tensor& step,
+          double lr, double beta1, double beta2, double eps,
+          const std::optional<at::Tensor>& grad_scale, const std::optional<at::Tensor>& found_inf);
 
 }  // namespace nerfx::adam

@@ -1,4 +1,5 @@
-// Volume compositing of packed samples: launcher declarations and the registered ops.
+// Volume compositing of packed samples: the launchers of each device and the entry points they
+// plug into.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -13,7 +14,7 @@ namespace nerfx::composite {
 //   sigmas [S], rgbs [S, 3], t_start [S], t_end [S], offsets [n_rays + 1] int64
 // Outputs: color [n_rays, 3], opacity [n_rays], depth [n_rays], weights [S].
 // t_start and t_end are float or double, the type of the outputs and the arithmetic; with float,
-// sigmas and rgbs may each be half (the forward's checks enforce it).
+// sigmas and rgbs may each be half (the entry points' checks enforce it). All contiguous.
 struct Packed {
   at::Tensor sigmas, rgbs, t_start, t_end, offsets;
 };
@@ -47,8 +48,20 @@ void dispatch_types(const Packed& in, F&& f) {
   }
 }
 
+// The launchers: loops over the header math, one per device (composite_cpu.cpp,
+// composite_cuda.cu), called by the entry points below with checked, allocated tensors and
+// n_rays > 0. Each tests every ray's range before touching its samples (valid_ray_range): the
+// CPU launchers all rays up front, raising; the CUDA kernels each its own ray, with a device-side
+// assert. The launchers write every entry of their outputs (0 past the threshold).
+// forward: out.color [n_rays, 3], out.opacity [n_rays], out.depth [n_rays], out.weights [S]
+using ForwardLauncher = void (*)(const Packed& in, double threshold, Outputs& out);
+// backward: saved (the forward's outputs) and grads (theirs; grads.weights may be undefined: no
+// gradient) -> grad_sigmas [S], grad_rgbs [S, 3], in sigmas' and rgbs' types.
+using BackwardLauncher = void (*)(const Packed& in, double threshold, const Outputs& saved,
+                                  const Outputs& grads, at::Tensor& grad_sigmas,
+                                  at::Tensor& grad_rgbs);
+
 void forward_cpu(const Packed& in, double threshold, Outputs& out);
-// grad_weights may be undefined; grad_sigmas [S], grad_rgbs [S, 3] are written.
 void backward_cpu(const Packed& in, double threshold, const Outputs& saved,
                   const Outputs& grads, at::Tensor& grad_sigmas, at::Tensor& grad_rgbs);
 #ifdef NERFX_WITH_CUDA
@@ -57,15 +70,20 @@ void backward_cuda(const Packed& in, double threshold, const Outputs& saved,
                    const Outputs& grads, at::Tensor& grad_sigmas, at::Tensor& grad_rgbs);
 #endif
 
+// The entry points (composite.cpp): checks and allocation, then `launch`. ext.cpp registers each
+// with the CPU launcher under the CPU key and with the CUDA launcher under the CUDA key.
+// nerfx::composite_rays -> (color [n_rays, 3], opacity [n_rays], depth [n_rays], weights [S])
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> forward(
-    const at::Tensor& sigmas, const at::Tensor& rgbs, const at::Tensor& t_start,
-    const at::Tensor& t_end, const at::Tensor& offsets, double threshold);
-// -> (grad_sigmas [S], grad_rgbs [S, 3]); grad_weights may be an empty tensor (no gradient).
-std::tuple<at::Tensor, at::Tensor> backward(
-    const at::Tensor& grad_color, const at::Tensor& grad_opacity, const at::Tensor& grad_depth,
-    const at::Tensor& grad_weights, const at::Tensor& sigmas, const at::Tensor& rgbs,
+    ForwardLauncher launch, const at::Tensor& sigmas, const at::Tensor& rgbs,
     const at::Tensor& t_start, const at::Tensor& t_end, const at::Tensor& offsets,
-    const at::Tensor& color, const at::Tensor& opacity, const at::Tensor& depth,
-    const at::Tensor& weights, double threshold);
+    double threshold);
+// nerfx::composite_rays_backward -> (grad_sigmas [S], grad_rgbs [S, 3]); grad_weights may be an
+// empty tensor (no gradient).
+std::tuple<at::Tensor, at::Tensor> backward(
+    BackwardLauncher launch, const at::Tensor& grad_color, const at::Tensor& grad_opacity,
+    const at::Tensor& grad_depth, const at::Tensor& grad_weights, const at::Tensor& sigmas,
+    const at::Tensor& rgbs, const at::Tensor& t_start, const at::Tensor& t_end,
+    const at::Tensor& offsets, const at::Tensor& color, const at::Tensor& opacity,
+    const at::Tensor& depth, const at::Tensor& weights, double threshold);
 
 }  // namespace nerfx::composite

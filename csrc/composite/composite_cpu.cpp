@@ -18,9 +18,21 @@ at::Tensor survival_of_samples(const Packed& in) {
   return survivals.exp_();
 }
 
+// Every ray's range, on the host, before any sample is read or written (the CUDA kernels test
+// theirs on the device): one pass over [n_rays + 1] integers.
+void check_ray_ranges(const char* op, const Packed& in) {
+  const int64_t n_rays = in.offsets.numel() - 1, S = in.sigmas.numel();
+  const int64_t* offsets = in.offsets.data_ptr<int64_t>();
+  for (int64_t r = 0; r < n_rays; ++r) {
+    TORCH_CHECK(valid_ray_range(r, n_rays, offsets, S), op, ": offsets must rise from 0 to S = ",
+                S, "; ray ", r, " has [", offsets[r], ", ", offsets[r + 1], ")");
+  }
+}
+
 }  // namespace
 
 void forward_cpu(const Packed& in, double threshold, Outputs& out) {
+  check_ray_ranges("composite_rays", in);
   const int64_t n_rays = in.offsets.numel() - 1;
   const int64_t* offsets = in.offsets.data_ptr<int64_t>();
   const at::Tensor survivals = survival_of_samples(in);
@@ -46,6 +58,7 @@ void forward_cpu(const Packed& in, double threshold, Outputs& out) {
 
 void backward_cpu(const Packed& in, double threshold, const Outputs& saved, const Outputs& grads,
                   at::Tensor& grad_sigmas, at::Tensor& grad_rgbs) {
+  check_ray_ranges("composite_rays_backward", in);
   const int64_t n_rays = in.offsets.numel() - 1;
   const int64_t* offsets = in.offsets.data_ptr<int64_t>();
   const at::Tensor survivals = survival_of_samples(in);

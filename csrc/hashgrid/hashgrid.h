@@ -1,40 +1,60 @@
-// Hash-grid encoding: launcher declarations and the compile-time dispatch both launchers share.
+// Hash-grid encoding: the launchers of each device, the entry points they plug into, and the
+// compile-time dispatch both launchers share.
 #pragma once
 
 #include <ATen/ATen.h>
 
+#include <tuple>
 #include <type_traits>
 #include <utility>
-#include <vector>
 
 #include "nerfx/hashgrid.h"
 
 namespace nerfx::hashgrid {
 
-// Builds the per-level geometry from the layout the Python side computed.
-Levels make_levels(const std::vector<int64_t>& offsets, const std::vector<int64_t>& resolutions,
-                   int64_t n_dims);
+// Builds the per-level geometry from the layout the Python side computed (checked).
+Levels make_levels(c10::IntArrayRef offsets, c10::IntArrayRef resolutions, int64_t n_dims);
 
-// x:       [N, D]       compute type (float or double), contiguous
+// The launchers: loops over the header math, one per device (hashgrid_cpu.cpp,
+// hashgrid_cuda.cu), called by the entry points below with checked, allocated tensors.
+//
+// x:       [N, D]       compute type (float or double), contiguous, N > 0
 // params:  [n_rows * F] float, double or half, contiguous
-// out:     [N, L * F]   compute type
-void forward_cpu(const at::Tensor& x, const at::Tensor& params, const Levels& levels, int64_t F,
-                 at::Tensor& out);
+// out:     [N, L * F]   compute type, uninitialised: every entry is written
+using ForwardLauncher = void (*)(const at::Tensor& x, const at::Tensor& params,
+                                 const Levels& levels, int64_t F, at::Tensor& out);
 // One pass computing the gradients whose tensors are defined:
-// grad_out:    [N, L * F] compute type
+// grad_out:    [N, L * F] compute type, contiguous
 // grad_params: [n_rows * F] accumulation type (float for float/half params, double for double),
-//              uninitialised on the CPU (the launcher zeroes it), zeroed on CUDA; or undefined
+//              uninitialised: the launcher zeroes it before adding; or undefined
 // grad_x:      [N, D] compute type, zeroed; or undefined when x needs no gradient
 // The CPU launcher is deterministic; the CUDA one is not (atomics) and says so to torch.
+using BackwardLauncher = void (*)(const at::Tensor& grad_out, const at::Tensor& x,
+                                  const at::Tensor& params, const Levels& levels, int64_t F,
+                                  at::Tensor& grad_params, at::Tensor& grad_x);
+
+void forward_cpu(const at::Tensor& x, const at::Tensor& params, const Levels& levels, int64_t F,
+                 at::Tensor& out);
 void backward_cpu(const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& params,
                   const Levels& levels, int64_t F, at::Tensor& grad_params, at::Tensor& grad_x);
-
 #ifdef NERFX_WITH_CUDA
 void forward_cuda(const at::Tensor& x, const at::Tensor& params, const Levels& levels, int64_t F,
                   at::Tensor& out);
 void backward_cuda(const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& params,
                    const Levels& levels, int64_t F, at::Tensor& grad_params, at::Tensor& grad_x);
 #endif
+
+// The entry points (hashgrid.cpp): checks and allocation, then `launch`. ext.cpp registers each
+// with the CPU launcher under the CPU key and with the CUDA launcher under the CUDA key.
+// nerfx::hash_encode: x [N, D], params [n_rows * F] -> [N, L * F]
+at::Tensor forward(ForwardLauncher launch, const at::Tensor& x, const at::Tensor& params,
+                   c10::IntArrayRef offsets, c10::IntArrayRef resolutions, int64_t F);
+// nerfx::hash_encode_backward: grad_out [N, L * F] -> (grad_params [n_rows * F], or [0] when
+// needs_params_grad is false; grad_x [N, D], or [0] when needs_x_grad is false).
+std::tuple<at::Tensor, at::Tensor> backward(BackwardLauncher launch, const at::Tensor& grad_out,
+                                            const at::Tensor& x, const at::Tensor& params,
+                                            c10::IntArrayRef offsets, c10::IntArrayRef resolutions,
+                                            int64_t F, bool needs_x_grad, bool needs_params_grad);
 
 template <typename T>
 struct Type {
@@ -65,20 +85,5 @@ void dispatch(at::ScalarType compute, at::ScalarType stored, int64_t D, int64_t 
   TORCH_CHECK(false, "hash_encode: unsupported dtypes x=", compute, " params=", stored,
               " (supported: float32 x with float32 or float16 params, float64 with float64)");
 }
-
-}  // namespace nerfx::hashgrid
-
-namespace nerfx::hashgrid {
-
-// The registered ops (hashgrid.cpp). x: [N, D], params: [n_rows * F] -> [N, L * F]
-at::Tensor forward(const at::Tensor& x, const at::Tensor& params, c10::IntArrayRef offsets,
-                   c10::IntArrayRef resolutions, int64_t F);
-// grad_out: [N, L * F] -> (grad_params [n_rows * F], or [0] when needs_params_grad is false;
-// grad_x [N, D], or [0] when needs_x_grad is false). Both from one pass over the cells. On CUDA
-// not deterministic (atomics): it calls at::globalContext().alertNotDeterministic.
-std::tuple<at::Tensor, at::Tensor> backward(const at::Tensor& grad_out, const at::Tensor& x,
-                                            const at::Tensor& params, c10::IntArrayRef offsets,
-                                            c10::IntArrayRef resolutions, int64_t F,
-                                            bool needs_x_grad, bool needs_params_grad);
 
 }  // namespace nerfx::hashgrid

@@ -101,6 +101,7 @@ void backward_cuda(const at::Tensor& grad_out, const at::Tensor& x, const at::Te
   // The atomics' order varies from run to run.
   at::globalContext().alertNotDeterministic("nerfx::hash_encode_backward");
   const c10::cuda::CUDAGuard device_guard(x.device());
+  if (grad_params.defined()) grad_params.zero_();  // the kernel adds into it
   const int64_t n = x.size(0);
   const dim3 grid(unsigned((n + kThreads - 1) / kThreads), unsigned(levels.n_levels));
   auto stream = at::cuda::getCurrentCUDAStream();

@@ -20,11 +20,9 @@ RayMarcher marcher_of(const Rays& rays, const MarchParams& p, int64_t r) {
 
 }  // namespace
 
-Marched march_cpu(const Rays& rays, const MarchParams& p) {
+Marched march_cpu(const Rays& rays, const MarchParams& p, at::Tensor& counts,
+                  at::Tensor& resume) {
   const int64_t n = rays.origins.size(0);
-  const auto f32 = rays.origins.options();
-  at::Tensor counts = at::zeros({n}, f32.dtype(at::kLong));
-  at::Tensor resume = at::empty({n}, f32);
   int64_t* count = counts.data_ptr<int64_t>();
   float* resume_at = resume.data_ptr<float>();
 
@@ -53,12 +51,8 @@ Marched march_cpu(const Rays& rays, const MarchParams& p) {
     }
   });
 
-  at::Tensor offsets = at::zeros({n + 1}, f32.dtype(at::kLong));
-  offsets.slice(0, 1).copy_(counts.cumsum(0));
-  const int64_t total = offsets[n].item<int64_t>();
-  Marched out{offsets, at::empty({total}, f32), at::empty({total}, f32),
-              at::empty({total, 3}, f32), resume};
-  const int64_t* offs = offsets.data_ptr<int64_t>();
+  Marched out = allocate_samples(counts, resume);
+  const int64_t* offs = out.offsets.data_ptr<int64_t>();
   float *t_start = out.t_start.data_ptr<float>(), *t_end = out.t_end.data_ptr<float>();
   float* positions = out.positions.data_ptr<float>();
   at::parallel_for(0, n_chunks, 1, [&](int64_t chunk_begin, int64_t chunk_end) {

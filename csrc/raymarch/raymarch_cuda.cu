@@ -55,27 +55,19 @@ __global__ void fill_kernel(int64_t n_rays, RayPtrs rays, MarchParams p,
 
 }  // namespace
 
-Marched march_cuda(const Rays& rays, const MarchParams& p) {
+Marched march_cuda(const Rays& rays, const MarchParams& p, at::Tensor& counts,
+                   at::Tensor& resume) {
   const c10::cuda::CUDAGuard device_guard(rays.origins.device());
   const int64_t n = rays.origins.size(0);
-  const auto f32 = rays.origins.options();
   const unsigned blocks = unsigned((n + kThreads - 1) / kThreads);
   auto stream = at::cuda::getCurrentCUDAStream();
-  at::Tensor counts = at::empty({n}, f32.dtype(at::kLong));  // every ray writes its count
-  at::Tensor resume = at::empty({n}, f32);
-  at::Tensor offsets = at::zeros({n + 1}, f32.dtype(at::kLong));
-  if (n > 0) {
-    count_kernel<<<blocks, kThreads, 0, stream>>>(n, ptrs_of(rays), p, counts.data_ptr<int64_t>(),
-                                                  resume.data_ptr<float>());
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-    offsets.slice(0, 1).copy_(counts.cumsum(0));
-  }
-  const int64_t total = offsets[n].item<int64_t>();
-  Marched out{offsets, at::empty({total}, f32), at::empty({total}, f32),
-              at::empty({total, 3}, f32), resume};
-  if (total > 0) {
+  count_kernel<<<blocks, kThreads, 0, stream>>>(n, ptrs_of(rays), p, counts.data_ptr<int64_t>(),
+                                                resume.data_ptr<float>());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  Marched out = allocate_samples(counts, resume);
+  if (out.t_start.numel() > 0) {
     fill_kernel<<<blocks, kThreads, 0, stream>>>(
-        n, ptrs_of(rays), p, offsets.data_ptr<int64_t>(), out.t_start.data_ptr<float>(),
+        n, ptrs_of(rays), p, out.offsets.data_ptr<int64_t>(), out.t_start.data_ptr<float>(),
         out.t_end.data_ptr<float>(), out.positions.data_ptr<float>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }

@@ -25,6 +25,14 @@ from torch.optim.adam import adam as torch_adam  # torch.optim.Adam's functional
 from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
 
 from nerfx import _ext
+from nerfx.ops._checks import (
+    check_contiguous,
+    check_device,
+    check_dtype,
+    check_floating,
+    check_same_shape,
+    check_tensor,
+)
 from nerfx.ops._dispatch import Backend, OpBackends, extension_kernel, register
 from nerfx.ops._library import register_op
 from nerfx.ref import adam as ref
@@ -69,39 +77,37 @@ def _check_settings(label: str, lr: float, beta1: float, beta2: float, eps: floa
                          f"betas=({beta1}, {beta2}), eps={eps}")
 
 
+# The checks of the public function, before the backend is chosen and for every backend (the
+# torch backend never reaches C++); the compiled op makes its own (csrc/adam/adam.cpp), in the
+# same words where they overlap (nerfx.ops._checks).
+OP = "adam_step"
+
+
 def _check(param: torch.Tensor, grad: torch.Tensor, exp_avg: torch.Tensor,
            exp_avg_sq: torch.Tensor, step: torch.Tensor) -> None:
     named = {"param": param, "grad": grad, "exp_avg": exp_avg, "exp_avg_sq": exp_avg_sq,
              "step": step}
     for name, t in named.items():
-        if not isinstance(t, torch.Tensor):
-            raise TypeError(f"adam_step: {name} must be a torch.Tensor, got {type(t).__name__}")
-        if t.shape != param.shape or t.device != param.device:
-            raise ValueError(f"adam_step: {name} is {tuple(t.shape)} on {t.device}, param "
-                             f"{tuple(param.shape)} on {param.device}; they must match")
-        if name != "grad" and not t.is_contiguous():
-            raise ValueError(f"adam_step: {name} must be contiguous (it is updated in place)")
-    if not param.is_floating_point() or grad.dtype != param.dtype:
-        raise TypeError(f"adam_step: param and grad must share a floating dtype, got "
-                        f"{param.dtype} and {grad.dtype}")
-    moments = state_dtype(param.dtype)
+        check_tensor(OP, name, t)
+        check_same_shape(OP, name, t, "param", param)
+        check_device(OP, name, t, "param", param)
+        if name != "grad":
+            check_contiguous(OP, name, t, "it is updated in place")
+    check_floating(OP, "param", param)
+    check_dtype(OP, "grad", grad, (param.dtype,), " like param")
     for name in ("exp_avg", "exp_avg_sq"):
-        if named[name].dtype != moments:
-            raise TypeError(f"adam_step: {name} must be {moments} for {param.dtype} params, got "
-                            f"{named[name].dtype}")
-    if step.dtype != torch.int32:
-        raise TypeError(f"adam_step: step must be int32 (one count per entry), got {step.dtype}")
+        check_dtype(OP, name, named[name], (state_dtype(param.dtype),), f" for {param.dtype} param")
+    check_dtype(OP, "step", step, (torch.int32,))
 
 
 def _check_scaler_tensor(name: str, t: torch.Tensor | None, param: torch.Tensor) -> None:
     if t is None:
         return
     if not isinstance(t, torch.Tensor) or t.dtype != torch.float32 or t.numel() != 1:
-        raise TypeError(f"adam_step: {name} must be a float32 tensor of one element (as "
-                        f"torch.amp.GradScaler keeps it), got {getattr(t, 'dtype', type(t))} "
-                        f"{tuple(getattr(t, 'shape', ()))}")
-    if t.device != param.device:
-        raise ValueError(f"adam_step: {name} is on {t.device}, param on {param.device}")
+        got = f"{t.dtype} {list(t.shape)}" if isinstance(t, torch.Tensor) else type(t).__name__
+        raise TypeError(f"{OP}: {name} must be a torch.float32 tensor of one element (as "
+                        f"torch.amp.GradScaler keeps it), got {got}")
+    check_device(OP, name, t, "param", param)
 
 
 def adam_step(param: torch.Tensor, grad: torch.Tensor, exp_avg: torch.Tensor,
@@ -123,7 +129,7 @@ def adam_step(param: torch.Tensor, grad: torch.Tensor, exp_avg: torch.Tensor,
     changes nothing. The kernels read both on the device, with no host synchronisation.
     """
     _check(param, grad, exp_avg, exp_avg_sq, step)
-    _check_settings("adam_step", lr, beta1, beta2, eps)
+    _check_settings(OP, lr, beta1, beta2, eps)
     _check_scaler_tensor("grad_scale", grad_scale, param)
     _check_scaler_tensor("found_inf", found_inf, param)
     chosen = BACKENDS.select(backend, param.device, (param.dtype,))

@@ -17,6 +17,14 @@ from __future__ import annotations
 import torch
 
 from nerfx import _ext
+from nerfx.ops._checks import (
+    ANY,
+    check_device,
+    check_dtype,
+    check_floating,
+    check_shape,
+    check_tensor,
+)
 from nerfx.ops._dispatch import Backend, OpBackends, extension_kernel, register
 from nerfx.ops._library import register_op
 from nerfx.ref import composite as ref
@@ -96,41 +104,39 @@ BACKENDS = register(OpBackends("composite_rays", [
 ]))
 
 
+# The checks of the public function, before the backend is chosen and for every backend (the
+# torch backend never reaches C++); the compiled op makes its own (csrc/composite/composite.cpp),
+# in the same words where they overlap (nerfx.ops._checks).
+OP = "composite_rays"
+
+
 def _check(sigmas, rgbs, t_start, t_end, offsets) -> None:
     named = {"sigmas": sigmas, "rgbs": rgbs, "t_start": t_start, "t_end": t_end,
              "offsets": offsets}
     for name, t in named.items():
-        if not isinstance(t, torch.Tensor):
-            raise TypeError(f"composite_rays: {name} must be a torch.Tensor")
-        if t.device != sigmas.device:
-            raise ValueError(f"composite_rays: {name} is on {t.device}, sigmas on {sigmas.device}")
-    n = sigmas.shape[0] if sigmas.dim() == 1 else -1
-    if sigmas.dim() != 1 or not sigmas.is_floating_point():
-        raise ValueError(f"composite_rays: sigmas must be a float [S] tensor, got "
-                         f"{tuple(sigmas.shape)} {sigmas.dtype}")
-    if rgbs.shape != (n, 3):
-        raise ValueError(f"composite_rays: rgbs must be [S, 3] = [{n}, 3], got {tuple(rgbs.shape)}")
-    for name in ("t_start", "t_end"):
-        if named[name].shape != (n,):
-            raise ValueError(f"composite_rays: {name} must be [S] = [{n}], got "
-                             f"{tuple(named[name].shape)}")
-    for name in ("rgbs", "t_start"):
-        if not named[name].is_floating_point():
-            raise TypeError(f"composite_rays: {name} must be floating point, got "
-                            f"{named[name].dtype}")
-    if t_end.dtype != t_start.dtype:
-        raise TypeError(f"composite_rays: t_end is {t_end.dtype}, t_start {t_start.dtype}; "
-                        "they must match")
-    if offsets.dim() != 1 or offsets.numel() < 1 or offsets.dtype != torch.int64:
-        raise ValueError(f"composite_rays: offsets must be int64 [n_rays + 1], got "
-                         f"{tuple(offsets.shape)} {offsets.dtype}")
+        check_tensor(OP, name, t)
+        check_device(OP, name, t, "sigmas", sigmas)
+    check_shape(OP, "sigmas", sigmas, "[S]", (ANY,))
+    n = sigmas.shape[0]
+    check_shape(OP, "rgbs", rgbs, "[S, 3]", (n, 3))
+    check_shape(OP, "t_start", t_start, "[S]", (n,))
+    check_shape(OP, "t_end", t_end, "[S]", (n,))
+    for name in ("sigmas", "rgbs", "t_start"):
+        check_floating(OP, name, named[name])
+    check_dtype(OP, "t_end", t_end, (t_start.dtype,), " like t_start")
+    check_shape(OP, "offsets", offsets, "[n_rays + 1]", (ANY,))
+    if offsets.numel() < 1:
+        raise ValueError(f"{OP}: offsets must be [n_rays + 1], got [0]")
+    check_dtype(OP, "offsets", offsets, (torch.int64,))
+    if offsets.numel() == 1 and n != 0:  # sizes alone, so on every device
+        raise ValueError(f"{OP}: offsets of one entry (no rays) need S = 0, got S = {n}")
     # A ValueError here where it is free (CPU tensors, eager). The kernels check every ray's
     # range themselves on every device (an error on the CPU; a device-side assert on CUDA, seen at
     # the next synchronisation, with no sample outside [0, S) touched), so a GPU pays no
     # synchronisation and a compiled graph, which cannot branch on values, is covered too.
     if offsets.device.type == "cpu" and not torch.compiler.is_compiling():
         if offsets[0] != 0 or offsets[-1] != n or bool((offsets.diff() < 0).any()):
-            raise ValueError(f"composite_rays: offsets must rise from 0 to S = {n}")
+            raise ValueError(f"{OP}: offsets must rise from 0 to S = {n}")
 
 
 def as_composite_input(values: torch.Tensor) -> torch.Tensor:

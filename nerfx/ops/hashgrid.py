@@ -20,6 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from nerfx import _ext
+from nerfx.ops._checks import check_device, check_floating, check_shape, check_tensor
 from nerfx.ops._dispatch import (
     Backend,
     OpBackends,
@@ -140,27 +141,24 @@ BACKENDS = register(OpBackends("hash_encode", [
 
 # --- the public op -------------------------------------------------------------------------
 
+# The checks of the public function, before the backend is chosen and for every backend (the
+# triton and torch backends never reach C++); the compiled op makes its own (csrc/hashgrid/
+# hashgrid.cpp), in the same words where they overlap (nerfx.ops._checks).
+OP = "hash_encode"
+
+
 def _check_x(x: torch.Tensor) -> None:
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"hash_encode: x must be a torch.Tensor, got {type(x).__name__}")
+    check_tensor(OP, "x", x)
     if x.dim() < 1 or x.shape[-1] not in (2, 3):
-        raise ValueError(f"hash_encode: x must have shape [..., 2] or [..., 3], got "
-                         f"{tuple(x.shape)}")
-    if not x.is_floating_point():
-        raise TypeError(f"hash_encode: x must be a floating-point tensor, got {x.dtype}")
+        raise ValueError(f"{OP}: x must be [..., 2] or [..., 3], got {list(x.shape)}")
+    check_floating(OP, "x", x)
 
 
 def _check_params(x: torch.Tensor, params: torch.Tensor, layout: GridLayout) -> None:
-    if not isinstance(params, torch.Tensor):
-        raise TypeError(f"hash_encode: params must be a torch.Tensor, got {type(params).__name__}")
-    if not params.is_floating_point():
-        raise TypeError(f"hash_encode: params must be a floating-point tensor, got "
-                        f"{params.dtype}")
-    if params.dim() != 1 or params.numel() != layout.n_params:
-        raise ValueError(f"hash_encode: params must be 1-D with {layout.n_params} entries for "
-                         f"this grid, got shape {tuple(params.shape)}")
-    if x.device != params.device:
-        raise ValueError(f"hash_encode: x is on {x.device} but params is on {params.device}")
+    check_tensor(OP, "params", params)
+    check_floating(OP, "params", params)
+    check_shape(OP, "params", params, "[n_params]", (layout.n_params,))
+    check_device(OP, "params", params, "x", x)
 
 
 def hash_encode(x: torch.Tensor, params: torch.Tensor, *, n_levels: int,

@@ -16,6 +16,14 @@ from typing import Protocol
 import torch
 
 from nerfx import _ext
+from nerfx.ops._checks import (
+    ANY,
+    check_device,
+    check_dtype,
+    check_floating,
+    check_shape,
+    check_tensor,
+)
 from nerfx.ops._dispatch import Backend, OpBackends, extension_kernel, register
 from nerfx.ops._library import register_op
 from nerfx.ref.raymarch import march_rays_cone, march_rays_dense
@@ -33,12 +41,12 @@ class HasOccupancy(Protocol):
     def geometry(self) -> GridGeometry: ...
 
 
-def _fake(origins, directions, near, far, jitter, bitfield, center, half_size, resolution,
-          cascades, step_size, cone_angle, max_samples):
+def _fake(rays_o, rays_d, near, far, jitter, bitfield, center, half_size, resolution, cascades,
+          step_size, cone_angle, max_samples):
     n_samples = torch.library.get_ctx().new_dynamic_size()
-    n = origins.shape[0]
-    return (origins.new_empty(n + 1, dtype=torch.int64), origins.new_empty(n_samples),
-            origins.new_empty(n_samples), origins.new_empty(n_samples, 3), origins.new_empty(n))
+    n = rays_o.shape[0]
+    return (rays_o.new_empty(n + 1, dtype=torch.int64), rays_o.new_empty(n_samples),
+            rays_o.new_empty(n_samples), rays_o.new_empty(n_samples, 3), rays_o.new_empty(n))
 
 
 def _register_library() -> None:
@@ -73,13 +81,39 @@ def default_step_size(geometry: GridGeometry) -> float:
     return paper_step_size(2 * max(geometry.half_size))
 
 
+# The checks of the public function, before the backend is chosen and for every backend (the
+# torch backend never reaches C++); the compiled op makes its own (csrc/raymarch/raymarch.cpp),
+# in the same words where they overlap (nerfx.ops._checks).
+OP = "march_rays"
+
+
 def _per_ray(value: float | torch.Tensor, n: int, like: torch.Tensor, name: str) -> torch.Tensor:
     if isinstance(value, torch.Tensor):
         if value.shape not in ((n,), ()):
-            raise ValueError(f"march_rays: {name} must be a float or [n_rays], got "
-                             f"{tuple(value.shape)}")
+            raise ValueError(f"{OP}: {name} must be a float or [N] = [{n}], got "
+                             f"{list(value.shape)}")
         return value.to(like).expand(n).contiguous()
     return torch.full((n,), float(value), dtype=like.dtype, device=like.device)
+
+
+def _check(rays_o, rays_d, bitfield, geometry) -> None:
+    check_tensor(OP, "rays_o", rays_o)
+    check_tensor(OP, "rays_d", rays_d)
+    check_shape(OP, "rays_o", rays_o, "[N, 3]", (ANY, 3))
+    check_shape(OP, "rays_d", rays_d, "[N, 3]", (rays_o.shape[0], 3))
+    check_floating(OP, "rays_o", rays_o)
+    check_floating(OP, "rays_d", rays_d)
+    check_device(OP, "rays_d", rays_d, "rays_o", rays_o)
+    if not isinstance(geometry, GridGeometry):
+        raise TypeError(f"{OP}: geometry must be a GridGeometry, got {type(geometry).__name__}")
+    if geometry.cascades > 1 and geometry.resolution % 4:  # the kernels' empty-cell skip
+        raise ValueError(f"{OP}: with {geometry.cascades} cascades the resolution must be a "
+                         f"multiple of 4, got {geometry.resolution}")
+    check_tensor(OP, "bitfield", bitfield)
+    check_dtype(OP, "bitfield", bitfield, (torch.uint8,))
+    n_bits = geometry.cascades * geometry.resolution**3
+    check_shape(OP, "bitfield", bitfield, "[cascades * resolution^3 / 8]", (n_bits // 8,))
+    check_device(OP, "bitfield", bitfield, "rays_o", rays_o)
 
 
 def march_rays(rays_o: torch.Tensor, rays_d: torch.Tensor,
@@ -101,33 +135,17 @@ def march_rays(rays_o: torch.Tensor, rays_d: torch.Tensor,
     random fraction of a step. near/far may be per ray ([n_rays]); a capped ray continues with
     near=samples.resume (and perturb off).
     """
-    for name, t in (("rays_o", rays_o), ("rays_d", rays_d)):
-        if not isinstance(t, torch.Tensor) or t.dim() != 2 or t.shape[-1] != 3:
-            raise ValueError(f"march_rays: {name} must be [n_rays, 3], got "
-                             f"{getattr(t, 'shape', type(t))}")
-        if not t.is_floating_point():
-            raise TypeError(f"march_rays: {name} must be floating point, got {t.dtype}")
-    if rays_o.shape != rays_d.shape or rays_o.device != rays_d.device:
-        raise ValueError("march_rays: rays_o and rays_d must match in shape and device")
     if geometry is None:
         bitfield, geometry = bitfield.bitfield, bitfield.geometry
-    if not isinstance(geometry, GridGeometry):
-        raise TypeError(f"march_rays: geometry must be a GridGeometry, got "
-                        f"{type(geometry).__name__}")
-    if geometry.cascades > 1 and geometry.resolution % 4:  # the kernels' empty-cell skip
-        raise ValueError(f"march_rays: with {geometry.cascades} cascades the resolution must be "
-                         f"a multiple of 4, got {geometry.resolution}")
-    n_bits = geometry.cascades * geometry.resolution**3
-    if bitfield.dtype != torch.uint8 or bitfield.shape != (n_bits // 8,):
-        raise ValueError(f"march_rays: bitfield must be uint8 [{n_bits // 8}] for this geometry, "
-                         f"got {bitfield.dtype} {tuple(bitfield.shape)}")
-    if bitfield.device != rays_o.device:
-        raise ValueError(f"march_rays: the grid is on {bitfield.device}, the rays on "
-                         f"{rays_o.device}")
+    _check(rays_o, rays_d, bitfield, geometry)
+    step = float(step_size) if step_size is not None else default_step_size(geometry)
+    if not step > 0:
+        raise ValueError(f"{OP}: step_size must be > 0, got {step}")
+    if not max_samples > 0:
+        raise ValueError(f"{OP}: max_samples must be > 0, got {max_samples}")
     n = rays_o.shape[0]
     o = rays_o.float().contiguous()
     d = rays_d.float().contiguous()
-    step = float(step_size) if step_size is not None else default_step_size(geometry)
     jitter = (torch.rand(n, generator=generator, device=o.device) if perturb
               else torch.zeros(n, device=o.device))
     chosen = BACKENDS.select(backend, o.device, (torch.float32,))

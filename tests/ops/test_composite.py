@@ -215,9 +215,11 @@ def test_kernels_name_the_types_they_take(backend, device):
         composite_rays(sigmas.bfloat16(), rgbs.float(), t0.float(), t1.float(), offsets,
                        backend=backend)
     # The op itself refuses them too (direct torch.ops callers, compiled graphs).
-    with pytest.raises(RuntimeError, match="sigmas must be Double like t_start, got Half"):
+    with pytest.raises(RuntimeError, match="sigmas must be torch.float64 for torch.float64 "
+                                           "t_start, got torch.float16"):
         torch.ops.nerfx.composite_rays(sigmas.half(), rgbs, t0, t1, offsets, 1e-4)
-    with pytest.raises(RuntimeError, match="t_start and t_end must both be float32"):
+    with pytest.raises(RuntimeError, match="t_start must be torch.float32 or torch.float64, "
+                                           "got torch.float16"):
         torch.ops.nerfx.composite_rays(sigmas.half(), rgbs.half(), t0.half(), t1.half(),
                                        offsets, 1e-4)
     # Every half input keeps auto working: it falls back to the reference.
@@ -229,11 +231,12 @@ def test_bad_input_is_named():
     sigmas, rgbs, t0, t1, offsets = packed([2, 3])
     with pytest.raises(ValueError, match="rgbs must be"):
         composite_rays(sigmas, rgbs[:, :2], t0, t1, offsets)
-    with pytest.raises(ValueError, match="offsets must be int64"):
+    with pytest.raises(TypeError, match="offsets must be torch.int64, got torch.int32"):
         composite_rays(sigmas, rgbs, t0, t1, offsets.int())
     with pytest.raises(ValueError, match="offsets must rise"):
         composite_rays(sigmas, rgbs, t0, t1, torch.tensor([0, 4, 3]))
-    with pytest.raises(TypeError, match="t_end is torch.float32"):
+    with pytest.raises(TypeError, match="t_end must be torch.float64 like t_start, "
+                                        "got torch.float32"):
         composite_rays(sigmas, rgbs, t0, t1.float(), offsets)
     with pytest.raises(BackendError, match="'cuda' cannot serve"):
         composite_rays(sigmas, rgbs, t0, t1, offsets, backend="cuda")
