@@ -16,14 +16,7 @@ from typing import Protocol
 import torch
 
 from nerfx import _ext
-from nerfx.ops._checks import (
-    ANY,
-    check_device,
-    check_dtype,
-    check_floating,
-    check_shape,
-    check_tensor,
-)
+from nerfx.ops import _checks as checks
 from nerfx.ops._dispatch import Backend, OpBackends, extension_kernel, register
 from nerfx.ops._library import register_op
 from nerfx.ref.raymarch import march_rays_cone, march_rays_dense
@@ -97,23 +90,23 @@ def _per_ray(value: float | torch.Tensor, n: int, like: torch.Tensor, name: str)
 
 
 def _check(rays_o, rays_d, bitfield, geometry) -> None:
-    check_tensor(OP, "rays_o", rays_o)
-    check_tensor(OP, "rays_d", rays_d)
-    check_shape(OP, "rays_o", rays_o, "[N, 3]", (ANY, 3))
-    check_shape(OP, "rays_d", rays_d, "[N, 3]", (rays_o.shape[0], 3))
-    check_floating(OP, "rays_o", rays_o)
-    check_floating(OP, "rays_d", rays_d)
-    check_device(OP, "rays_d", rays_d, "rays_o", rays_o)
+    checks.check_tensor(OP, "rays_o", rays_o)
+    checks.check_tensor(OP, "rays_d", rays_d)
+    checks.check_shape(OP, "rays_o", rays_o, "[N, 3]", (checks.ANY, 3))
+    checks.check_shape(OP, "rays_d", rays_d, "[N, 3]", (rays_o.shape[0], 3))
+    checks.check_floating(OP, "rays_o", rays_o)
+    checks.check_floating(OP, "rays_d", rays_d)
+    checks.check_device(OP, "rays_d", rays_d, "rays_o", rays_o)
     if not isinstance(geometry, GridGeometry):
         raise TypeError(f"{OP}: geometry must be a GridGeometry, got {type(geometry).__name__}")
     if geometry.cascades > 1 and geometry.resolution % 4:  # the kernels' empty-cell skip
         raise ValueError(f"{OP}: with {geometry.cascades} cascades the resolution must be a "
                          f"multiple of 4, got {geometry.resolution}")
-    check_tensor(OP, "bitfield", bitfield)
-    check_dtype(OP, "bitfield", bitfield, (torch.uint8,))
+    checks.check_tensor(OP, "bitfield", bitfield)
+    checks.check_dtype(OP, "bitfield", bitfield, (torch.uint8,))
     n_bits = geometry.cascades * geometry.resolution**3
-    check_shape(OP, "bitfield", bitfield, "[cascades * resolution^3 / 8]", (n_bits // 8,))
-    check_device(OP, "bitfield", bitfield, "rays_o", rays_o)
+    checks.check_shape(OP, "bitfield", bitfield, "[cascades * resolution^3 / 8]", (n_bits // 8,))
+    checks.check_device(OP, "bitfield", bitfield, "rays_o", rays_o)
 
 
 def march_rays(rays_o: torch.Tensor, rays_d: torch.Tensor,
