@@ -22,29 +22,35 @@ struct Outputs {
   at::Tensor color, opacity, depth, weights;
 };
 
-template <typename T>
-struct TypeTag {
-  using type = T;
+// The types of one instantiation of the kernels: positions, outputs and arithmetic (scalar_t),
+// densities (sigma_t), colours (color_t). dispatch_types hands one to its function, which names
+// them by deduction: [&]<typename scalar_t, typename sigma_t, typename color_t>(
+// Types<scalar_t, sigma_t, color_t>) { ... }.
+template <typename Scalar, typename Sigma, typename Color>
+struct Types {
+  using scalar_t = Scalar;
+  using sigma_t = Sigma;
+  using color_t = Color;
 };
 
-// Calls f(TypeTag<scalar_t>, TypeTag<sigma_t>, TypeTag<color_t>) with the packed inputs' types:
-// scalar_t from t_start; sigma_t and color_t scalar_t, or at::Half beside float.
+// Calls f(Types<scalar_t, sigma_t, color_t>) with the packed inputs' types: scalar_t from
+// t_start; sigma_t and color_t scalar_t, or at::Half beside float.
 template <typename F>
 void dispatch_types(const Packed& in, F&& f) {
   if (in.t_start.scalar_type() == at::kDouble) {
-    f(TypeTag<double>{}, TypeTag<double>{}, TypeTag<double>{});
+    f(Types<double, double, double>{});
     return;
   }
   const bool half_sigmas = in.sigmas.scalar_type() == at::kHalf;
   const bool half_colors = in.rgbs.scalar_type() == at::kHalf;
   if (half_sigmas && half_colors) {
-    f(TypeTag<float>{}, TypeTag<at::Half>{}, TypeTag<at::Half>{});
+    f(Types<float, at::Half, at::Half>{});
   } else if (half_sigmas) {
-    f(TypeTag<float>{}, TypeTag<at::Half>{}, TypeTag<float>{});
+    f(Types<float, at::Half, float>{});
   } else if (half_colors) {
-    f(TypeTag<float>{}, TypeTag<float>{}, TypeTag<at::Half>{});
+    f(Types<float, float, at::Half>{});
   } else {
-    f(TypeTag<float>{}, TypeTag<float>{}, TypeTag<float>{});
+    f(Types<float, float, float>{});
   }
 }
 

@@ -29,27 +29,47 @@ void check_ray_ranges(const char* op, const Packed& in) {
   }
 }
 
+// The samples' inputs as the per-ray loops read them: survivals [S], rgbs [S, 3], t_* [S].
+template <typename scalar_t, typename color_t>
+struct Samples {
+  SurvivalFrom<scalar_t> survive;
+  const color_t* rgbs;
+  const scalar_t *t_start, *t_end;
+};
+
+// How both launchers start: every ray's range checked (errors named after op), every sample's
+// survival computed, then f(Types<scalar_t, sigma_t, color_t>, Samples<scalar_t, color_t>) with
+// the inputs' types.
+template <typename F>
+void with_samples(const char* op, const Packed& in, F&& f) {
+  check_ray_ranges(op, in);
+  const at::Tensor survivals = survival_of_samples(in);
+  dispatch_types(in, [&]<typename scalar_t, typename sigma_t, typename color_t>(
+                         Types<scalar_t, sigma_t, color_t> types) {
+    f(types, Samples<scalar_t, color_t>{{survivals.data_ptr<scalar_t>()},
+                                        in.rgbs.data_ptr<color_t>(),
+                                        in.t_start.data_ptr<scalar_t>(),
+                                        in.t_end.data_ptr<scalar_t>()});
+  });
+}
+
 }  // namespace
 
 void forward_cpu(const Packed& in, double threshold, Outputs& out) {
-  check_ray_ranges("composite_rays", in);
   const int64_t n_rays = in.offsets.numel() - 1;
   const int64_t* offsets = in.offsets.data_ptr<int64_t>();
-  const at::Tensor survivals = survival_of_samples(in);
-  dispatch_types(in, [&](auto scalar_tag, auto /*sigma_tag*/, auto color_tag) {
-    using scalar_t = typename decltype(scalar_tag)::type;
-    using color_t = typename decltype(color_tag)::type;
-    const SurvivalFrom<scalar_t> survive{survivals.data_ptr<scalar_t>()};
-    const color_t* rgbs = in.rgbs.data_ptr<color_t>();
-    const scalar_t *t0 = in.t_start.data_ptr<scalar_t>(), *t1 = in.t_end.data_ptr<scalar_t>();
+  with_samples("composite_rays", in, [&]<typename scalar_t, typename sigma_t, typename color_t>(
+                                         Types<scalar_t, sigma_t, color_t>,
+                                         const Samples<scalar_t, color_t>& samples) {
     scalar_t* color = out.color.data_ptr<scalar_t>();
     scalar_t* opacity = out.opacity.data_ptr<scalar_t>();
     scalar_t* depth = out.depth.data_ptr<scalar_t>();
     scalar_t* weights = out.weights.data_ptr<scalar_t>();
     at::parallel_for(0, n_rays, 256, [&](int64_t begin, int64_t end) {
       for (int64_t r = begin; r < end; ++r) {
-        const RayTotals<scalar_t> ray = composite_ray(offsets[r], offsets[r + 1], survive, rgbs,
-                                                      t0, t1, scalar_t(threshold), weights);
+        const RayTotals<scalar_t> ray =
+            composite_ray(offsets[r], offsets[r + 1], samples.survive, samples.rgbs,
+                          samples.t_start, samples.t_end, scalar_t(threshold), weights);
         store_totals(r, ray, color, opacity, depth);
       }
     });
@@ -58,17 +78,11 @@ void forward_cpu(const Packed& in, double threshold, Outputs& out) {
 
 void backward_cpu(const Packed& in, double threshold, const Outputs& saved, const Outputs& grads,
                   at::Tensor& grad_sigmas, at::Tensor& grad_rgbs) {
-  check_ray_ranges("composite_rays_backward", in);
   const int64_t n_rays = in.offsets.numel() - 1;
   const int64_t* offsets = in.offsets.data_ptr<int64_t>();
-  const at::Tensor survivals = survival_of_samples(in);
-  dispatch_types(in, [&](auto scalar_tag, auto sigma_tag, auto color_tag) {
-    using scalar_t = typename decltype(scalar_tag)::type;
-    using sigma_t = typename decltype(sigma_tag)::type;
-    using color_t = typename decltype(color_tag)::type;
-    const SurvivalFrom<scalar_t> survive{survivals.data_ptr<scalar_t>()};
-    const color_t* rgbs = in.rgbs.data_ptr<color_t>();
-    const scalar_t *t0 = in.t_start.data_ptr<scalar_t>(), *t1 = in.t_end.data_ptr<scalar_t>();
+  with_samples("composite_rays_backward", in,
+               [&]<typename scalar_t, typename sigma_t, typename color_t>(
+                   Types<scalar_t, sigma_t, color_t>, const Samples<scalar_t, color_t>& samples) {
     const scalar_t* weights = saved.weights.data_ptr<scalar_t>();
     const scalar_t *color = saved.color.data_ptr<scalar_t>(),
                    *opacity = saved.opacity.data_ptr<scalar_t>(),
@@ -83,9 +97,9 @@ void backward_cpu(const Packed& in, double threshold, const Outputs& saved, cons
       for (int64_t r = begin; r < end; ++r) {
         const RayTotals<scalar_t> totals = load_totals(r, color, opacity, depth);
         const RayTotals<scalar_t> grad = load_totals(r, g_color, g_opacity, g_depth);
-        composite_ray_backward(offsets[r], offsets[r + 1], survive, rgbs, t0, t1,
-                               scalar_t(threshold), weights, totals, grad, grad_w,
-                               g_sigmas, g_rgbs);
+        composite_ray_backward(offsets[r], offsets[r + 1], samples.survive, samples.rgbs,
+                               samples.t_start, samples.t_end, scalar_t(threshold), weights,
+                               totals, grad, grad_w, g_sigmas, g_rgbs);
       }
     });
   });

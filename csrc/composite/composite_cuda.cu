@@ -62,19 +62,29 @@ __global__ void backward_kernel(int64_t n_rays, int64_t n_samples,
                          grad_rgbs);
 }
 
+// What a launch of one thread per ray needs: the inputs' device made current (while it lives),
+// the number of rays, the blocks of kThreads covering them, and the current stream.
+struct RayLaunch {
+  explicit RayLaunch(const Packed& in)
+      : device_guard(in.sigmas.device()),
+        n_rays(in.offsets.numel() - 1),
+        blocks(unsigned((n_rays + kThreads - 1) / kThreads)),
+        stream(at::cuda::getCurrentCUDAStream()) {}
+
+  const c10::cuda::CUDAGuard device_guard;
+  const int64_t n_rays;
+  const unsigned blocks;
+  const at::cuda::CUDAStream stream;
+};
+
 }  // namespace
 
 void forward_cuda(const Packed& in, double threshold, Outputs& out) {
-  const c10::cuda::CUDAGuard device_guard(in.sigmas.device());
-  const int64_t n_rays = in.offsets.numel() - 1;
-  const unsigned blocks = unsigned((n_rays + kThreads - 1) / kThreads);
-  auto stream = at::cuda::getCurrentCUDAStream();
-  dispatch_types(in, [&](auto scalar_tag, auto sigma_tag, auto color_tag) {
-    using scalar_t = typename decltype(scalar_tag)::type;
-    using sigma_t = typename decltype(sigma_tag)::type;
-    using color_t = typename decltype(color_tag)::type;
-    forward_kernel<scalar_t, sigma_t, color_t><<<blocks, kThreads, 0, stream>>>(
-        n_rays, in.sigmas.numel(), in.offsets.data_ptr<int64_t>(),
+  const RayLaunch launch(in);
+  dispatch_types(in, [&]<typename scalar_t, typename sigma_t, typename color_t>(
+                         Types<scalar_t, sigma_t, color_t>) {
+    forward_kernel<scalar_t, sigma_t, color_t><<<launch.blocks, kThreads, 0, launch.stream>>>(
+        launch.n_rays, in.sigmas.numel(), in.offsets.data_ptr<int64_t>(),
         in.sigmas.data_ptr<sigma_t>(), in.rgbs.data_ptr<color_t>(),
         in.t_start.data_ptr<scalar_t>(),
         in.t_end.data_ptr<scalar_t>(), scalar_t(threshold), out.color.data_ptr<scalar_t>(),
@@ -86,16 +96,11 @@ void forward_cuda(const Packed& in, double threshold, Outputs& out) {
 
 void backward_cuda(const Packed& in, double threshold, const Outputs& saved, const Outputs& grads,
                    at::Tensor& grad_sigmas, at::Tensor& grad_rgbs) {
-  const c10::cuda::CUDAGuard device_guard(in.sigmas.device());
-  const int64_t n_rays = in.offsets.numel() - 1;
-  const unsigned blocks = unsigned((n_rays + kThreads - 1) / kThreads);
-  auto stream = at::cuda::getCurrentCUDAStream();
-  dispatch_types(in, [&](auto scalar_tag, auto sigma_tag, auto color_tag) {
-    using scalar_t = typename decltype(scalar_tag)::type;
-    using sigma_t = typename decltype(sigma_tag)::type;
-    using color_t = typename decltype(color_tag)::type;
-    backward_kernel<scalar_t, sigma_t, color_t><<<blocks, kThreads, 0, stream>>>(
-        n_rays, in.sigmas.numel(), in.offsets.data_ptr<int64_t>(),
+  const RayLaunch launch(in);
+  dispatch_types(in, [&]<typename scalar_t, typename sigma_t, typename color_t>(
+                         Types<scalar_t, sigma_t, color_t>) {
+    backward_kernel<scalar_t, sigma_t, color_t><<<launch.blocks, kThreads, 0, launch.stream>>>(
+        launch.n_rays, in.sigmas.numel(), in.offsets.data_ptr<int64_t>(),
         in.sigmas.data_ptr<sigma_t>(), in.rgbs.data_ptr<color_t>(),
         in.t_start.data_ptr<scalar_t>(),
         in.t_end.data_ptr<scalar_t>(), scalar_t(threshold), saved.color.data_ptr<scalar_t>(),

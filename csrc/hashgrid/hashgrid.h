@@ -61,17 +61,28 @@ struct Type {
   using type = T;
 };
 
-// Calls fn(Type<scalar_t>, Type<param_t>, int_constant<D>, int_constant<F>) for the supported
-// combinations: (float, float), (float, half), (double, double); D in {2, 3}; F in {1, 2, 4, 8}.
+// One instantiation of the kernels: compute type scalar_t, stored parameter type param_t, D input
+// dimensions, F features per level. dispatch hands one to its function, which names them by
+// deduction: [&]<typename scalar_t, typename param_t, int D, int NF>(
+// Kernel<scalar_t, param_t, D, NF>) { ... }.
+template <typename Scalar, typename Param, int Dims, int Features>
+struct Kernel {
+  using scalar_t = Scalar;
+  using param_t = Param;
+  static constexpr int D = Dims, F = Features;
+};
+
+// Calls fn(Kernel<scalar_t, param_t, D, F>) for the supported combinations: (float, float),
+// (float, half), (double, double); D in {2, 3}; F in {1, 2, 4, 8}.
 template <typename Fn>
 void dispatch(at::ScalarType compute, at::ScalarType stored, int64_t D, int64_t F, Fn&& fn) {
-  auto with_dims = [&](auto scalar, auto param) {
-    auto with_features = [&](auto dims) {
+  auto with_dims = [&]<typename scalar_t, typename param_t>(Type<scalar_t>, Type<param_t>) {
+    auto with_features = [&]<int Dims>(std::integral_constant<int, Dims>) {
       switch (F) {
-        case 1: return fn(scalar, param, dims, std::integral_constant<int, 1>{});
-        case 2: return fn(scalar, param, dims, std::integral_constant<int, 2>{});
-        case 4: return fn(scalar, param, dims, std::integral_constant<int, 4>{});
-        case 8: return fn(scalar, param, dims, std::integral_constant<int, 8>{});
+        case 1: return fn(Kernel<scalar_t, param_t, Dims, 1>{});
+        case 2: return fn(Kernel<scalar_t, param_t, Dims, 2>{});
+        case 4: return fn(Kernel<scalar_t, param_t, Dims, 4>{});
+        case 8: return fn(Kernel<scalar_t, param_t, Dims, 8>{});
         default: TORCH_CHECK(false, "hash_encode: n_features_per_level must be 1, 2, 4 or 8, got ", F);
       }
     };

@@ -40,10 +40,8 @@ void forward_cpu(const at::Tensor& x, const at::Tensor& params, const Levels& le
                  at::Tensor& out) {
   const int64_t n_points = x.size(0);
   dispatch(x.scalar_type(), params.scalar_type(), x.size(1), F,
-           [&](auto scalar, auto param, auto dims, auto features) {
-             using scalar_t = typename decltype(scalar)::type;
-             using param_t = typename decltype(param)::type;
-             constexpr int D = decltype(dims)::value, NF = decltype(features)::value;
+           [&]<typename scalar_t, typename param_t, int D, int NF>(
+               Kernel<scalar_t, param_t, D, NF>) {
              const scalar_t* xs = x.data_ptr<scalar_t>();
              const param_t* params_all = params.data_ptr<param_t>();
              scalar_t* outs = out.data_ptr<scalar_t>();
@@ -75,10 +73,8 @@ void backward_cpu(const at::Tensor& grad_out, const at::Tensor& x, const at::Ten
   const int64_t n_points = x.size(0);
   if (!grad_params.defined() && !grad_x.defined()) return;
   dispatch(x.scalar_type(), params.scalar_type(), x.size(1), F,
-           [&](auto scalar, auto param, auto dims, auto features) {
-             using scalar_t = typename decltype(scalar)::type;
-             using param_t = typename decltype(param)::type;
-             constexpr int D = decltype(dims)::value, NF = decltype(features)::value;
+           [&]<typename scalar_t, typename param_t, int D, int NF>(
+               Kernel<scalar_t, param_t, D, NF>) {
              const scalar_t* xs = x.data_ptr<scalar_t>();
              const scalar_t* gout = grad_out.data_ptr<scalar_t>();
              const param_t* params_all = params.data_ptr<param_t>();

@@ -75,22 +75,33 @@ __global__ void backward_kernel(int64_t n_points, const scalar_t* __restrict__ x
   }
 }
 
+// What a launch of one thread per (point, level) needs: x's device made current (while it
+// lives), the number of points, the grid (blocks of kThreads over the points, one row of blocks
+// per level) and the current stream.
+struct PointLevelLaunch {
+  PointLevelLaunch(const at::Tensor& x, const Levels& levels)
+      : device_guard(x.device()),
+        n(x.size(0)),
+        grid(unsigned((n + kThreads - 1) / kThreads), unsigned(levels.n_levels)),
+        stream(at::cuda::getCurrentCUDAStream()) {}
+
+  const c10::cuda::CUDAGuard device_guard;
+  const int64_t n;
+  const dim3 grid;
+  const at::cuda::CUDAStream stream;
+};
+
 }  // namespace
 
 void forward_cuda(const at::Tensor& x, const at::Tensor& params, const Levels& levels, int64_t F,
                   at::Tensor& out) {
-  const c10::cuda::CUDAGuard device_guard(x.device());
-  const int64_t n = x.size(0);
-  const dim3 grid(unsigned((n + kThreads - 1) / kThreads), unsigned(levels.n_levels));
-  auto stream = at::cuda::getCurrentCUDAStream();
+  const PointLevelLaunch launch(x, levels);
   dispatch(x.scalar_type(), params.scalar_type(), x.size(1), F,
-           [&](auto scalar, auto param, auto dims, auto features) {
-             using scalar_t = typename decltype(scalar)::type;
-             using param_t = typename decltype(param)::type;
-             forward_kernel<decltype(dims)::value, decltype(features)::value>
-                 <<<grid, kThreads, 0, stream>>>(n, x.data_ptr<scalar_t>(),
-                                                 params.data_ptr<param_t>(), levels,
-                                                 out.data_ptr<scalar_t>());
+           [&]<typename scalar_t, typename param_t, int D, int NF>(
+               Kernel<scalar_t, param_t, D, NF>) {
+             forward_kernel<D, NF><<<launch.grid, kThreads, 0, launch.stream>>>(
+                 launch.n, x.data_ptr<scalar_t>(), params.data_ptr<param_t>(), levels,
+                 out.data_ptr<scalar_t>());
              C10_CUDA_KERNEL_LAUNCH_CHECK();
            });
 }
@@ -100,21 +111,16 @@ void backward_cuda(const at::Tensor& grad_out, const at::Tensor& x, const at::Te
   if (!grad_params.defined() && !grad_x.defined()) return;
   // The atomics' order varies from run to run.
   at::globalContext().alertNotDeterministic("nerfx::hash_encode_backward");
-  const c10::cuda::CUDAGuard device_guard(x.device());
+  const PointLevelLaunch launch(x, levels);
   if (grad_params.defined()) grad_params.zero_();  // the kernel adds into it
-  const int64_t n = x.size(0);
-  const dim3 grid(unsigned((n + kThreads - 1) / kThreads), unsigned(levels.n_levels));
-  auto stream = at::cuda::getCurrentCUDAStream();
   dispatch(x.scalar_type(), params.scalar_type(), x.size(1), F,
-           [&](auto scalar, auto param, auto dims, auto features) {
-             using scalar_t = typename decltype(scalar)::type;
-             using param_t = typename decltype(param)::type;
-             backward_kernel<decltype(dims)::value, decltype(features)::value>
-                 <<<grid, kThreads, 0, stream>>>(
-                     n, x.data_ptr<scalar_t>(), params.data_ptr<param_t>(),
-                     grad_out.data_ptr<scalar_t>(), levels,
-                     grad_params.defined() ? grad_params.data_ptr<scalar_t>() : nullptr,
-                     grad_x.defined() ? grad_x.data_ptr<scalar_t>() : nullptr);
+           [&]<typename scalar_t, typename param_t, int D, int NF>(
+               Kernel<scalar_t, param_t, D, NF>) {
+             backward_kernel<D, NF><<<launch.grid, kThreads, 0, launch.stream>>>(
+                 launch.n, x.data_ptr<scalar_t>(), params.data_ptr<param_t>(),
+                 grad_out.data_ptr<scalar_t>(), levels,
+                 grad_params.defined() ? grad_params.data_ptr<scalar_t>() : nullptr,
+                 grad_x.defined() ? grad_x.data_ptr<scalar_t>() : nullptr);
              C10_CUDA_KERNEL_LAUNCH_CHECK();
            });
 }

@@ -13,60 +13,41 @@
 
 namespace nerfx {
 
-template <typename T>
-NERFX_HD inline T floor_of(T v) {
+// One-argument math on either device: the CUDA device function on the GPU (::f), the standard
+// library's on the host (std::f), for float and double alike.
 #ifdef __CUDA_ARCH__
-  return ::floor(v);
+#define NERFX_MATH_FN(f) ::f
 #else
-  return std::floor(v);
+#define NERFX_MATH_FN(f) std::f
 #endif
-}
+#define NERFX_DEFINE_MATH(name, f) \
+  template <typename T>            \
+  NERFX_HD inline T name(T v) {    \
+    return NERFX_MATH_FN(f)(v);    \
+  }
 
-template <typename T>
-NERFX_HD inline T exp_of(T v) {
-#ifdef __CUDA_ARCH__
-  return ::exp(v);
-#else
-  return std::exp(v);
-#endif
-}
-
-template <typename T>
-NERFX_HD inline T expm1_of(T v) {
-#ifdef __CUDA_ARCH__
-  return ::expm1(v);
-#else
-  return std::expm1(v);
-#endif
-}
-
-template <typename T>
-NERFX_HD inline T sqrt_of(T v) {
-#ifdef __CUDA_ARCH__
-  return ::sqrt(v);
-#else
-  return std::sqrt(v);
-#endif
-}
+NERFX_DEFINE_MATH(floor_of, floor)
+NERFX_DEFINE_MATH(exp_of, exp)
+NERFX_DEFINE_MATH(expm1_of, expm1)
+NERFX_DEFINE_MATH(sqrt_of, sqrt)
 
 // min and max that compile to one instruction on the CPU (std::fmin/fmax are library calls
 // there, for their NaN rules); CUDA's fminf/fmaxf are single instructions already. For inputs
 // that are not NaN the results are the same.
-NERFX_HD inline float min_of(float a, float b) {
 #ifdef __CUDA_ARCH__
-  return fminf(a, b);
+#define NERFX_DEFINE_MIN_MAX(name, cuda_f, less) \
+  NERFX_HD inline float name(float a, float b) { return cuda_f(a, b); }
 #else
-  return a < b ? a : b;
+#define NERFX_DEFINE_MIN_MAX(name, cuda_f, less) \
+  NERFX_HD inline float name(float a, float b) { return a less b ? a : b; }
 #endif
-}
 
-NERFX_HD inline float max_of(float a, float b) {
-#ifdef __CUDA_ARCH__
-  return fmaxf(a, b);
-#else
-  return a > b ? a : b;
-#endif
-}
+NERFX_DEFINE_MIN_MAX(min_of, fminf, <)
+NERFX_DEFINE_MIN_MAX(max_of, fmaxf, >)
+
+#undef NERFX_DEFINE_MIN_MAX
+#undef NERFX_DEFINE_MATH
+#undef NERFX_MATH_FN
 
 // The exponent e of a positive finite v = f * 2^e with f in [0.5, 1), as frexpf gives it, read
 // from the bits (v must be normal: not zero, not subnormal).
