@@ -27,7 +27,7 @@ from nerfx.export.files import check_output, write_bytes, write_json
 from nerfx.export.frame import NGP_MESH_THRESHOLD, scene_frame
 from nerfx.export.mesh import MESH_FORMATS, mesh, mesh_bytes
 from nerfx.export.points import pointcloud, pointcloud_bytes
-from nerfx.models.pipelines import load_pipeline
+from nerfx.models.pipelines import MODELS, load_pipeline
 from nerfx.ops import use_backend
 from nerfx.runs import read_run_config
 
@@ -106,7 +106,7 @@ def parse_crop(text: str | None) -> tuple[float, ...] | None:
 def export_mesh(args: argparse.Namespace) -> Path:
     crop = parse_crop(args.crop)
     truth = load_truth(args.compare) if args.compare else None  # its errors before the work
-    read_run_config(args.run)  # a missing folder or config.json: one line, before the weights
+    read_run_config(args.run, MODELS)  # a missing or wrong run: one line, before the weights
     pipeline, config = load_pipeline(args.run, args.device)
     frame = scene_frame(config["scene"])
     threshold = frame.default_threshold if args.threshold is None else args.threshold
@@ -138,7 +138,7 @@ def export_pointcloud(args: argparse.Namespace) -> Path:
 
 
 def export_cameras(args: argparse.Namespace) -> Path:
-    config = read_run_config(args.run)
+    config = read_run_config(args.run, MODELS)
     cameras = cameras_json(config)
     write_json(args.out, cameras)
     splits = [f["split"] for f in cameras["frames"]]

@@ -147,11 +147,16 @@ def primitives_mesh(prims: Primitives, sections: int = 48) -> trimesh.Trimesh:
 
 def inside_primitives(x: torch.Tensor, prims: Primitives) -> torch.Tensor:
     """Whether each point [N, 3] lies inside a box or a cylinder of the lego. -> [N] bool"""
-    lo, hi = prims.box_lo.to(x), prims.box_hi.to(x)
-    inside = ((x[:, None] >= lo) & (x[:, None] <= hi)).all(-1).any(-1)  # [N]
-    axis = torch.nn.functional.one_hot(prims.cyl_axis.to(x.device), 3).to(x)  # [C, 3]
-    rel = x[:, None] - prims.cyl_center.to(x)  # [N, C, 3]
-    along = (rel * axis).sum(-1)  # [N, C]
-    radial2 = (rel * rel).sum(-1) - along**2
-    in_cyl = (along.abs() <= prims.cyl_half.to(x)) & (radial2 <= prims.cyl_radius.to(x) ** 2)
-    return inside | in_cyl.any(-1)
+    inside = torch.zeros(len(x), dtype=torch.bool, device=x.device)  # [N]
+    for lo, hi in zip(prims.box_lo.to(x), prims.box_hi.to(x), strict=True):
+        inside |= ((x >= lo) & (x <= hi)).all(-1)
+    for center, axis, half, radius in zip(prims.cyl_center.to(x), prims.cyl_axis.tolist(),
+                                          prims.cyl_half.tolist(), prims.cyl_radius.tolist(),
+                                          strict=True):
+        rel = x - center  # [N, 3]
+        near = torch.nonzero(rel.abs().amax(-1) <= max(half, radius)).flatten()  # [n]
+        q = rel[near]
+        along = q[:, axis]
+        ok = (along.abs() <= half) & ((q * q).sum(-1) - along * along <= radius**2)
+        inside[near[ok]] = True
+    return inside

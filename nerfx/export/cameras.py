@@ -16,6 +16,7 @@ from pathlib import Path
 
 from nerfx.cameras import LENS_KEYS, N_PINHOLE
 from nerfx.data.scenes import is_nerf_synthetic, load_scene
+from nerfx.export.density import ExportError
 from nerfx.export.frame import scene_frame
 
 SPLITS = ("train", "test")
@@ -23,6 +24,8 @@ SPLITS = ("train", "test")
 
 def cameras_json(config: dict) -> dict:
     """config: the run's config.json (its "scene", "load_downscale", "settings"). -> the JSON."""
+    if "scene" not in config:
+        raise ExportError("the run's config.json names no scene (not a radiance-field run?)")
     folder = Path(config["scene"])
     frame = scene_frame(folder)
     downscale = config.get("load_downscale", 1)
