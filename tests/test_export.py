@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,7 +15,15 @@ import trimesh
 
 from nerfx.cameras import focal_from_fov, image_rays
 from nerfx.data.lego import CAMERA_ANGLE_X, build_vehicle, camera_poses, render_view
-from nerfx.export import ExportError, RadianceField, SceneFrame, cameras_json, mesh, mesh_bytes
+from nerfx.export import (
+    ExportError,
+    RadianceField,
+    SceneFrame,
+    cameras_json,
+    mesh,
+    mesh_bytes,
+    radiance_field,
+)
 from nerfx.export import __main__ as export_cli
 from nerfx.export.accuracy import Truth, compare, inside_primitives, primitives_mesh
 from nerfx.export.density import can_skip_empty, density_lattice, lattice_shape
@@ -249,3 +258,53 @@ def test_command_refuses_bad_input_in_one_line(tmp_path, capsys):
     fails(["cameras", str(run), "--out", str(tmp_path / "c.json")], "names no scene")
     fails(["mesh", str(run), "--out", str(tmp_path / "x.ply"), "--crop", "0,0,1"], "--crop")
     assert not list(tmp_path.glob("*.tmp"))
+
+
+@pytest.mark.slow
+def test_commands_on_a_tiny_run(tmp_path, monkeypatch):
+    from nerfx import train
+    from nerfx.export import density
+    monkeypatch.setenv("NERFX_DATA", str(tmp_path / "data"))
+    run = tmp_path / "run"
+    train.main(["--scene", "lego", "--fast", "--downscale", "100", "--eval-views", "1",
+                "--video-frames", "0", "--device", "cpu", "--steps", "12", "--batch-rays",
+                "256", "--out", str(run)])
+    out = tmp_path / "out"
+    # A threshold inside the densities a 12-step field has.
+    from nerfx.export.mesh import density_volume
+    from nerfx.models.pipelines import load_pipeline
+    volume, _ = density_volume(radiance_field(load_pipeline(run)[0]), resolution=32,
+                               threshold=1e9, progress=False)
+    threshold = float(np.quantile(volume[volume > 0], 0.5))
+    written = export_cli.main(["mesh", str(run), "--out", str(out / "m.ply"), "--resolution",
+                               "32", "--threshold", f"{threshold}"])
+    surface = trimesh.load(written, process=False)
+    assert len(surface.faces) > 0 and np.abs(surface.vertices).max() <= 1.5 + 1e-4
+    cloud = export_cli.main(["pointcloud", str(run), "--out", str(out / "p.ply"), "--n", "50",
+                             "--min-opacity", "0.01"])
+    assert 0 < len(trimesh.load(cloud).vertices) <= 50
+    cameras = json.loads(export_cli.main(["cameras", str(run), "--out",
+                                          str(out / "c.json")]).read_text())
+    original = json.loads((Path(json.loads((run / "config.json").read_text())["scene"])
+                           / "transforms_train.json").read_text())
+    train_frames = [f for f in cameras["frames"] if f["split"] == "train"]
+    assert len(train_frames) == len(original["frames"])
+    np.testing.assert_allclose(train_frames[0]["transform_matrix"],
+                               original["frames"][0]["transform_matrix"], atol=1e-6)
+    assert cameras["camera_angle_x"] == pytest.approx(original["camera_angle_x"], rel=1e-5)
+
+    def fails(argv, match):
+        with pytest.raises(SystemExit) as exc:
+            export_cli.main(argv)
+        assert "\n" not in exc.value.code and match in exc.value.code, exc.value.code
+
+    fails(["mesh", str(run), "--out", str(out / "m.ply")], "--force")
+    fails(["mesh", str(run), "--out", str(out / "n.ply"), "--resolution", "16",
+           "--threshold", "1e9"], "try a threshold between")
+    monkeypatch.setattr(density, "available_memory", lambda: 2**20)
+    fails(["mesh", str(run), "--out", str(out / "n.ply")], "GiB")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "config.json").write_text((run / "config.json").read_text())
+    fails(["mesh", str(empty), "--out", str(out / "n.ply")], "no checkpoint")
+    assert not (out / "n.ply").exists() and not list(out.glob("*.tmp"))

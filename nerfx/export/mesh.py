@@ -59,21 +59,45 @@ def mesh(pipeline: nn.Module | RadianceField, *, resolution: int = 256,
     """
     field = pipeline if isinstance(pipeline, RadianceField) else radiance_field(pipeline)
     frame = frame or SceneFrame()
-    if resolution < 8:
-        raise ExportError(f"resolution must be at least 8, got {resolution}")
     threshold = frame.default_threshold if threshold is None else float(threshold)
     if not threshold > 0:
         raise ExportError(f"threshold must be a positive density, got {threshold}")
+    volume, box = density_volume(field, resolution=resolution, threshold=threshold, crop=crop,
+                                 frame=frame, chunk=chunk, progress=progress)
+    return surface_from_volume(field, volume, box, threshold, frame, largest_components,
+                               max_faces, chunk)
+
+
+def density_volume(field: RadianceField, *, resolution: int = 256, threshold: float,
+                   crop: tuple[float, ...] | None = None, frame: SceneFrame | None = None,
+                   chunk: int = CHUNK, progress: bool = True
+                   ) -> tuple[np.ndarray, tuple[float, ...]]:
+    """-> (sigma [nx, ny, nz] float32 per run unit, the lattice's box [6] in run units). Empty
+    cells of the occupancy grid are skipped where the threshold allows (nerfx.export.density)."""
+    frame = frame or SceneFrame()
+    if resolution < 8:
+        raise ExportError(f"resolution must be at least 8, got {resolution}")
     box = field.box if crop is None else crop_to_run(crop, frame)
     shape = lattice_shape(box, resolution)
     check_memory(shape)
     level = frame.density_to_run(threshold)
     volume = density_lattice(field, box, shape, skip_empty=can_skip_empty(field, level),
                              chunk=chunk, progress=progress)  # [nx, ny, nz]
+    return volume, box
+
+
+def surface_from_volume(field: RadianceField, volume: np.ndarray, box: tuple[float, ...],
+                        threshold: float, frame: SceneFrame | None = None,
+                        largest_components: int | None = None, max_faces: int | None = None,
+                        chunk: int = CHUNK) -> Mesh:
+    """Marching cubes of a density volume (density_volume's) at `threshold` per dataset unit,
+    cleaned, with normals and colours."""
+    frame = frame or SceneFrame()
+    level = frame.density_to_run(threshold)
     lo, hi = float(volume.min()), float(volume.max())
     if not lo < level < hi:
         raise ExportError(no_surface_message(threshold, volume, frame))
-    spacing = tuple((box[3 + i] - box[i]) / (n - 1) for i, n in enumerate(shape))
+    spacing = tuple((box[3 + i] - box[i]) / (n - 1) for i, n in enumerate(volume.shape))
     verts, faces, _, _ = marching_cubes(volume, level, spacing=spacing, allow_degenerate=False)
     # scikit-image winds its faces clockwise seen from the low side for a dense object (the
     # normals it returns are separate); reversed, they wind counter-clockwise seen from outside.
@@ -104,10 +128,11 @@ def no_surface_message(threshold: float, volume: np.ndarray, frame: SceneFrame) 
     if values.size == 0:
         return (f"threshold {threshold:g} leaves no surface: the field's density is 0 "
                 "everywhere in the box (is the crop box around the object?)")
-    q50, q99, top = np.quantile(values, [0.5, 0.99, 1.0])
-    return (f"threshold {threshold:g} leaves no surface: the field's density in the box runs "
-            f"up to {top:.3g} per unit (median of the nonzero {q50:.3g}, 99th percentile "
-            f"{q99:.3g}); try a threshold between {q50:.3g} and {q99:.3g}")
+    low, q50, q99, top = np.quantile(values, [0.0, 0.5, 0.99, 1.0])
+    where = (f"denser than that everywhere in the box (from {low:.3g}" if threshold <= low
+             else f"thinner than that everywhere in the box (up to {top:.3g}")
+    return (f"threshold {threshold:g} leaves no surface: the field is {where} per unit, median "
+            f"{q50:.3g}); try a threshold between {q50:.3g} and {q99:.3g}")
 
 
 def clean(surface: trimesh.Trimesh, largest_components: int | None,
