@@ -25,6 +25,7 @@ from nerfx.export import (
     radiance_field,
 )
 from nerfx.export import __main__ as export_cli
+from nerfx.export import density as export_density
 from nerfx.export.accuracy import Truth, compare, inside_primitives, primitives_mesh
 from nerfx.export.density import can_skip_empty, density_lattice, lattice_shape
 from nerfx.export.frame import scene_frame
@@ -137,6 +138,20 @@ def test_empty_cells_skipped_only_above_the_grid_cut_off():
     # is not queried.
     assert above.any() and (skipped[above] == full[above]).mean() > 0.98
     assert (skipped == 0).sum() > (full < 1e-3).sum() * 0.5
+
+
+def test_separable_occupancy_lookup_matches_locating_each_point():
+    from nerfx.render.occupancy import OccupancyGrid
+    from nerfx.specs import locate, occupied
+    grid = OccupancyGrid([-1, -1, -1, 1, 1, 1], resolution=8, cascades=3)
+    grid.bitfield.copy_(torch.randint(0, 256, grid.bitfield.shape, dtype=torch.uint8,
+                                      generator=torch.Generator().manual_seed(0)))
+    axes = [torch.linspace(-5, 3, 23), torch.linspace(-1.5, 0.7, 17), torch.linspace(-0.9, 4.5, 19)]
+    keep = export_density.occupied_lattice(grid, axes)
+    points = torch.stack(torch.meshgrid(*axes, indexing="ij"), -1).reshape(-1, 3)
+    outside = points.abs().amax(-1) >= 4
+    expected = occupied(grid.bitfield, locate(points, grid.geometry)) | outside
+    assert torch.equal(keep.flatten(), expected)
 
 
 def test_components_and_face_budget():

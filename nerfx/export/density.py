@@ -113,32 +113,55 @@ def density_lattice(field: RadianceField, box: tuple[float, ...], shape: tuple[i
                     *, skip_empty: bool = False, chunk: int = CHUNK,
                     progress: bool = True) -> np.ndarray:
     """sigma (1 / run unit) at the lattice points over `box` (run units), [nx, ny, nz] float32,
-    index [i, j, k] at box_lo + (i, j, k) * spacing. Evaluated a slab of x at a time, each in
-    chunks of `chunk` points, on the field's device."""
-    nx, ny, nz = shape
+    index [i, j, k] at box_lo + (i, j, k) * spacing; 0 where skipped. The field runs on its
+    device in chunks of `chunk` points; only the volume is held whole (on the host)."""
     device = field.device
     axes = [torch.linspace(box[i], box[3 + i], n, device=device) for i, n in enumerate(shape)]
-    yz = torch.stack(torch.meshgrid(axes[1], axes[2], indexing="ij"), -1).reshape(-1, 2)
-    volume = np.zeros(shape, dtype=np.float32)
-    slabs = max(1, chunk // (ny * nz))  # x-slices per slab
-    bar = tqdm(total=nx, desc="density", unit="slice", disable=not progress, leave=False)
-    for x0 in range(0, nx, slabs):
-        xs = axes[0][x0:x0 + slabs]  # [s]
-        points = torch.cat([xs.repeat_interleave(yz.shape[0])[:, None],
-                            yz.repeat(xs.numel(), 1)], -1)  # [s * ny * nz, 3]
-        sigma = torch.zeros(points.shape[0], device=device)  # [s * ny * nz]
-        keep = torch.ones_like(sigma, dtype=torch.bool)
-        if skip_empty:  # points beyond the outermost cascade are always queried
-            g = field.grid.geometry
-            u = (points - torch.tensor(g.center, device=device)) / torch.tensor(g.half_size,
-                                                                                 device=device)
-            outside = u.abs().amax(-1) >= 2 ** (g.cascades - 1)
-            keep = occupied(field.grid.bitfield, locate(points, g)) | outside
-        index = torch.nonzero(keep).flatten()
-        for i in range(0, index.numel(), chunk):
-            part = index[i:i + chunk]
-            sigma[part] = field.density(points[part]).float()
-        volume[x0:x0 + xs.numel()] = sigma.reshape(xs.numel(), ny, nz).cpu().numpy()
-        bar.update(xs.numel())
+    volume = torch.zeros(math.prod(shape))  # [nx * ny * nz] flat, host
+    if skip_empty:
+        wanted = torch.nonzero(occupied_lattice(field.grid, axes).flatten()).flatten()
+    else:
+        wanted = None
+    total = math.prod(shape) if wanted is None else wanted.numel()
+    nx, ny, nz = shape
+    bar = tqdm(total=total, desc="density", unit="pt", unit_scale=True, disable=not progress,
+               leave=False)
+    for start in range(0, total, chunk):
+        flat = (torch.arange(start, min(start + chunk, total), device=device) if wanted is None
+                else wanted[start:start + chunk].to(device))  # [c] flat lattice indices
+        points = torch.stack([axes[0][flat // (ny * nz)], axes[1][(flat // nz) % ny],
+                              axes[2][flat % nz]], -1)  # [c, 3]
+        volume[flat.cpu()] = field.density(points).float().cpu()
+        bar.update(flat.numel())
     bar.close()
-    return volume
+    return volume.reshape(shape).numpy()
+
+
+def occupied_lattice(grid: OccupancyGrid, axes: list[torch.Tensor]) -> torch.Tensor:
+    """Whether each lattice point (axes: the x, y and z coordinates [n_a]) lies in a cell the
+    grid marks occupied, or outside every cascade (never skipped). -> [nx, ny, nz] bool.
+    Inside cascade 0 a cell is a product of one index per axis, so the lookup is separable;
+    points beyond it are located one by one."""
+    g = grid.geometry
+    r = g.resolution
+    device = axes[0].device
+    bits = torch.arange(8, device=device)
+    cells = ((grid.bitfield[: r**3 // 8, None].long() >> bits) & 1).bool().reshape(r, r, r)
+    index, inner = [], []
+    for a, coords in enumerate(axes):
+        u = (coords - g.center[a]) / g.half_size[a]  # [n_a], cascade 0 is [-1, 1]
+        inner.append(u.abs() < 1)
+        index.append(torch.floor((u + 1) * 0.5 * r).long().clamp(0, r - 1))
+    keep = cells[index[0][:, None, None], index[1][None, :, None], index[2][None, None, :]]
+    in_zero = inner[0][:, None, None] & inner[1][None, :, None] & inner[2][None, None, :]
+    keep &= in_zero
+    beyond = torch.nonzero(~in_zero.flatten()).flatten()  # [m] outside cascade 0
+    if beyond.numel():
+        _, ny, nz = keep.shape
+        points = torch.stack([axes[0][beyond // (ny * nz)], axes[1][(beyond // nz) % ny],
+                              axes[2][beyond % nz]], -1)
+        u = (points - torch.tensor(g.center, device=device)) / torch.tensor(g.half_size,
+                                                                             device=device)
+        outside = u.abs().amax(-1) >= 2 ** (g.cascades - 1)
+        keep.view(-1)[beyond] = occupied(grid.bitfield, locate(points, g)) | outside
+    return keep
