@@ -18,6 +18,7 @@ the truth points and dense area-uniform samples of the mesh. The Chamfer distanc
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -79,14 +80,17 @@ def load_truth(scene: str | Path) -> Truth:
                  torch.stack(depths))
 
 
-def observable(samples: np.ndarray, truth: Truth, margin: float) -> np.ndarray:
-    """Whether each point [M, 3] is inside some view's image and no more than `margin` behind
-    the surface that view sees at its pixel (or the pixel sees nothing). -> [M] bool"""
+def hidden_depth(samples: np.ndarray, truth: Truth, stop: float = 0.0) -> np.ndarray:
+    """How far each point [M, 3] lies behind the surface the views see, at best: the minimum
+    over the views whose image holds it of (its distance from the camera - the depth at its
+    pixel), -inf where a view's pixel sees nothing, +inf where no view's image holds it. A point
+    is observable at margin tau when this is <= tau. Points are dropped from the search once
+    they reach `stop`. -> [M] float64"""
     x = torch.from_numpy(samples).float()
-    seen = torch.zeros(len(x), dtype=torch.bool)
+    best = torch.full((len(x),), math.inf, dtype=torch.float64)
+    todo = torch.arange(len(x))
     _, h, w = truth.depths.shape
     for pose, camera, depth in zip(truth.poses, truth.intrinsics, truth.depths, strict=True):
-        todo = torch.nonzero(~seen).flatten()
         if todo.numel() == 0:
             break
         rel = x[todo] - pose[:3, 3]  # [m, 3]
@@ -97,9 +101,11 @@ def observable(samples: np.ndarray, truth: Truth, margin: float) -> np.ndarray:
         v = torch.floor(-camera[1] * cam[:, 1] / z + camera[3]).long()
         inside = (ahead > 0) & (u >= 0) & (u < w) & (v >= 0) & (v < h)
         d = depth[v.clamp(0, h - 1), u.clamp(0, w - 1)]  # [m]
-        visible = inside & ((d == 0) | (rel.norm(dim=-1) <= d + margin))
-        seen[todo[visible]] = True
-    return seen.numpy()
+        behind = torch.where(d > 0, rel.norm(dim=-1) - d, torch.full_like(d, -math.inf))
+        behind = torch.where(inside, behind, torch.full_like(d, math.inf)).double()
+        best[todo] = torch.minimum(best[todo], behind)
+        todo = todo[best[todo] > stop]
+    return best.numpy()
 
 
 def compare(surface: trimesh.Trimesh, truth: Truth, taus: tuple[float, ...] = TAUS,
@@ -114,11 +120,11 @@ def compare(surface: trimesh.Trimesh, truth: Truth, taus: tuple[float, ...] = TA
     to_mesh = cKDTree(samples).query(truth.points, workers=-1)[0]  # [N]
     result: dict = {"diagonal": diagonal, "truth_points": len(truth.points),
                     "mesh_samples": n_samples}
-    observed_any = None
+    hidden = hidden_depth(samples, truth)  # [M]
+    observed_any = hidden <= max(taus) * diagonal
     for tau in taus:
         distance = tau * diagonal
-        observed = observable(samples, truth, distance)
-        observed_any = observed if observed_any is None else observed_any | observed
+        observed = hidden <= distance
         precision = float((to_truth[observed] <= distance).mean()) if observed.any() else 0.0
         recall = float((to_mesh <= distance).mean())
         f = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
