@@ -110,13 +110,15 @@ def test_coordinates_round_trip_through_the_scene_transform():
     assert top.vertices[:, 2].min() >= center[2] - 1e-4
 
 
-def test_default_threshold_is_instant_ngps_converted(tmp_path):
-    assert SceneFrame().default_threshold == pytest.approx(2.5 * 0.33)
+def test_default_threshold_converts_from_instant_ngps_box(tmp_path):
+    """25 in instant-ngp's box: x0.33 per unit of a NeRF-synthetic scene, x scale per unit of an
+    Instant-NGP folder, whose run units are that box again."""
+    assert SceneFrame().default_threshold == pytest.approx(25 * 0.33)
     (tmp_path / "transforms.json").write_text(json.dumps(
         {"scale": 0.5, "offset": [0.5, 0.5, 0.5], "frames": [{}]}))
     frame = scene_frame(tmp_path)
-    assert frame.default_threshold == pytest.approx(1.25)
-    assert frame.density_to_run(frame.default_threshold) == pytest.approx(2.5)
+    assert frame.default_threshold == pytest.approx(12.5)
+    assert frame.density_to_run(frame.default_threshold) == pytest.approx(25)
 
 
 def test_empty_cells_skipped_only_above_the_grid_cut_off():

@@ -24,7 +24,7 @@ from nerfx.export.accuracy import compare, load_truth
 from nerfx.export.cameras import cameras_json
 from nerfx.export.density import ExportError
 from nerfx.export.files import check_output, write_bytes, write_json
-from nerfx.export.frame import NGP_MESH_THRESHOLD, scene_frame
+from nerfx.export.frame import DEFAULT_NGP_THRESHOLD, NGP_MESH_THRESHOLD, scene_frame
 from nerfx.export.mesh import MESH_FORMATS, mesh, mesh_bytes
 from nerfx.export.points import pointcloud, pointcloud_bytes
 from nerfx.models.pipelines import MODELS, load_pipeline
@@ -34,9 +34,9 @@ from nerfx.runs import read_run_config
 PROG = "python -m nerfx.export"
 THRESHOLD_HELP = (
     "surface density, per unit length of the dataset's world coordinates (the unit the mesh is "
-    f"written in); default: instant-ngp's {NGP_MESH_THRESHOLD} in its normalised box, "
-    "converted for the run's scene (x0.33 for a NeRF-synthetic scene, x its scale for an "
-    "Instant-NGP folder)")
+    f"written in); default: {DEFAULT_NGP_THRESHOLD:g} in instant-ngp's normalised box (whose "
+    f"own default is {NGP_MESH_THRESHOLD}), converted for the run's scene: x0.33 for a "
+    "NeRF-synthetic scene, x its scale for an Instant-NGP folder")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -9,9 +9,12 @@ A run trains in its own world: a NeRF-synthetic scene as its transforms files gi
 
 Density is per unit length, so it changes with the unit: sigma_run = sigma_dataset / scale.
 Thresholds are given in the dataset's unit (the unit the mesh is written in). instant-ngp's
-marching-cubes default, 2.5, is a density in its own normalised box, into which it scales a
-NeRF-synthetic scene by 0.33 (its default NERF_SCALE) and an Instant-NGP folder by the folder's
-`scale`: the same surface in the dataset's unit is 2.5 * that factor.
+marching-cubes threshold, 2.5 by default, is a density in its own normalised box, into which it
+scales a NeRF-synthetic scene by 0.33 (its default NERF_SCALE) and an Instant-NGP folder by the
+folder's `scale`: the same surface in the dataset's unit is the threshold times that factor.
+nerfx's default is 25 in that box (8.25 per unit of a NeRF-synthetic scene): on the CPU --fast
+lego it scored F@1% 0.915 where 2.5 scored 0.827, with fewer floaters (the sweep is in
+benches/RESULTS.md, "Mesh export, CPU").
 """
 
 from __future__ import annotations
@@ -28,6 +31,9 @@ from nerfx.data.scenes import is_nerf_synthetic
 # instant-ngp's default marching-cubes density threshold, in its normalised box
 # (src/testbed.cu: m_mesh.thresh = 2.5; the GUI's "MC density threshold").
 NGP_MESH_THRESHOLD = 2.5
+# nerfx's default, in the same unit: the best of the sweep 0.5 to 50 on the CPU --fast lego
+# (benches/RESULTS.md, "Mesh export, CPU").
+DEFAULT_NGP_THRESHOLD = 25.0
 # instant-ngp's scale of a NeRF-synthetic scene into its box (NERF_SCALE = 0.33,
 # include/neural-graphics-primitives/nerf_loader.h), offset 0.5.
 NGP_SYNTHETIC_SCALE = 0.33
@@ -64,10 +70,14 @@ class SceneFrame:
     def density_to_dataset(self, sigma_run: float) -> float:
         return sigma_run * self.scale
 
+    def from_ngp(self, sigma_ngp: float) -> float:
+        """A density in instant-ngp's normalised box -> per dataset unit."""
+        return sigma_ngp * self.ngp_scale
+
     @property
     def default_threshold(self) -> float:
-        """instant-ngp's 2.5 in its box, as a density per dataset unit."""
-        return NGP_MESH_THRESHOLD * self.ngp_scale
+        """DEFAULT_NGP_THRESHOLD in instant-ngp's box, as a density per dataset unit."""
+        return self.from_ngp(DEFAULT_NGP_THRESHOLD)
 
 
 def _like(values: tuple[float, ...], x: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:

@@ -6,7 +6,7 @@ lattice, in the dataset's world coordinates, with colours queried from the field
 
 - Density: sigma of the field (its EMA weights, as load_pipeline gives them) at
   resolution points along the box's longest side; the surface is where it crosses `threshold`,
-  a density per dataset unit (nerfx.export.frame says how instant-ngp's 2.5 converts).
+  a density per dataset unit (nerfx.export.frame says how instant-ngp's units convert).
 - Normals: from the mesh, area-weighted face normals at each vertex (trimesh), pointing out of
   the object (towards lower density). -grad(sigma) of a hash-grid field is noisy at the
   resolution of its finest level, and the mesh's own normals agree with how its faces shade.
@@ -51,11 +51,12 @@ def mesh(pipeline: nn.Module | RadianceField, *, resolution: int = 256,
          max_faces: int | None = None, chunk: int = CHUNK, progress: bool = True) -> Mesh:
     """Marching cubes over a trained pipeline's density.
 
-    threshold: density per dataset unit (default: instant-ngp's 2.5 in its box, converted by
-    `frame`); crop: [6] box (x0, y0, z0, x1, y1, z1) in the dataset's coordinates (default: the
-    scene box, cascade 0 of the occupancy grid); frame: the dataset-to-run transform (default:
-    identity, NeRF-synthetic); largest_components: keep only that many connected components,
-    the largest by face count; max_faces: simplify (quadric decimation) to at most that many.
+    threshold: density per dataset unit (default: 25 in instant-ngp's box, converted by
+    `frame`; nerfx.export.frame); crop: [6] box (x0, y0, z0, x1, y1, z1) in the dataset's
+    coordinates (default: the scene box, cascade 0 of the occupancy grid); frame: the
+    dataset-to-run transform (default: identity, NeRF-synthetic); largest_components: keep only
+    that many connected components, the largest by face count; max_faces: simplify (quadric
+    decimation) to at most that many faces.
     """
     field = pipeline if isinstance(pipeline, RadianceField) else radiance_field(pipeline)
     frame = frame or SceneFrame()
