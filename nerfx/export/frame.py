@@ -31,8 +31,9 @@ from nerfx.data.scenes import is_nerf_synthetic
 # instant-ngp's default marching-cubes density threshold, in its normalised box
 # (src/testbed.cu: m_mesh.thresh = 2.5; the GUI's "MC density threshold").
 NGP_MESH_THRESHOLD = 2.5
-# nerfx's default, in the same unit: the best of the sweep 0.5 to 50 on the CPU --fast lego
-# (benches/RESULTS.md, "Mesh export, CPU").
+# nerfx's default, in the same unit, picked by a sweep from 0.5 to 50 on the CPU --fast lego:
+# F@1% 0.915 (2.5: 0.827; 50: 0.918 with less recall and more faces); benches/RESULTS.md,
+# "Mesh export, CPU".
 DEFAULT_NGP_THRESHOLD = 25.0
 # instant-ngp's scale of a NeRF-synthetic scene into its box (NERF_SCALE = 0.33,
 # include/neural-graphics-primitives/nerf_loader.h), offset 0.5.
