@@ -170,6 +170,21 @@ def test_components_and_face_budget():
     assert 0 < len(small.faces) <= 500
 
 
+@pytest.mark.parametrize("name", ["ngp", "nerf"])
+def test_field_of_each_pipeline(name):
+    from nerfx.models.pipelines import build_pipeline
+    pipeline = build_pipeline({"name": name, "aabb": [-1.5] * 3 + [1.5] * 3,
+                               "log2_hashmap_size": 12} if name == "ngp" else
+                              {"name": name, "aabb": [-1.5] * 3 + [1.5] * 3, "width": 16})
+    f = radiance_field(pipeline.eval())
+    x = torch.rand(10, 3) * 3 - 1.5
+    with torch.no_grad():
+        assert f.density(x).shape == (10,)
+        rgb = f.color(x, torch.nn.functional.normalize(torch.ones(10, 3), dim=-1))
+    assert rgb.shape == (10, 3) and f.box == (-1.5, -1.5, -1.5, 1.5, 1.5, 1.5)
+    assert (f.grid is not None) == (name == "ngp")
+
+
 def test_threshold_without_surface_names_the_range():
     with pytest.raises(ExportError, match="leaves no surface.*try a threshold between"):
         mesh(field(sphere), resolution=16, threshold=1000, progress=False)
