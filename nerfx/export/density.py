@@ -22,9 +22,9 @@ from tqdm import tqdm
 from nerfx.render.occupancy import OccupancyGrid
 from nerfx.specs import locate, occupied
 
-# Bytes per lattice point while meshing: the float32 density volume plus scikit-image's
-# marching-cubes working set, which measured at about 3 more floats per point (256^3 and 384^3 on
-# the lego; benches/RESULTS.md), so 16 in all.
+# Bytes per lattice point while meshing, an estimate: the float32 density volume, its flat
+# copy, and scikit-image's marching-cubes working set allowed 2 more floats per point. (The whole
+# command peaked at 1.1 GB for 256^3, most of it torch and the libraries; benches/RESULTS.md.)
 BYTES_PER_POINT = 16
 CHUNK = 2**18  # points per field query: 2^18 * (32 + 64 + 16) floats ~ 120 MB of activations
 
