@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import threading
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -147,9 +148,9 @@ class FrameScheduler:
         """Renders for about `seconds` (at least one chunk when there is work); returns the
         seconds it took (encoding and sending included)."""
         start = time.perf_counter()
+        elapsed = 0.0
         while True:
-            elapsed = time.perf_counter() - start
-            if elapsed >= seconds:
+            if elapsed > 0 and elapsed >= seconds:
                 return elapsed
             picked = self._pick(time.monotonic())
             if picked is None:
@@ -160,6 +161,7 @@ class FrameScheduler:
             self.budget.measured(n, time.perf_counter() - tick)
             if job.finished:
                 self._deliver(page, job)
+            elapsed = time.perf_counter() - start
 
     def _deliver(self, page: Page, job: FrameJob) -> None:
         picture = job.picture()
@@ -173,7 +175,13 @@ class FrameScheduler:
             if current and full:
                 page.refined_version = page.job_version
                 callbacks, page.on_refined = page.on_refined, []
-        page.send(picture, job)
+        try:
+            page.send(picture, job)
+        except Exception as exc:   # a page that went away mid-render: drop it, carry on
+            warnings.warn(f"nerfx.view: a page stopped receiving frames ({exc!r})",
+                          stacklevel=2)
+            self.remove_page(next((k for k, p in self.pages.items() if p is page), -1))
+            return
         self.frames_sent += 1
         for callback in callbacks:
             callback(job)

@@ -9,6 +9,8 @@ from pathlib import Path
 import torch
 
 from nerfx.data.scenes import Scene, SceneError, load_scene
+from nerfx.metrics import psnr
+from nerfx.render.views import render_view
 from nerfx.view.scene import ViewScene, grid_cells
 
 
@@ -33,3 +35,14 @@ def run_scene(config: dict, pipeline) -> ViewScene:
                          list(config["pipeline"]["aabb"]),
                          occupied=(lambda: grid_cells(grid)) if grid is not None else None)
     return scene_view(scene, pipeline)
+
+
+def held_view_psnr(model, scene: Scene, view: int = 0) -> float:
+    """PSNR of the model's render of one test view against its image (on white)."""
+    device = next(model.parameters()).device
+    image = scene.images[view].float() / 255
+    if image.shape[-1] == 4:
+        image = image[..., :3] * image[..., 3:] + (1 - image[..., 3:])
+    rgb = render_view(model, scene.poses[view].to(device), scene.intrinsics[view].to(device),
+                      scene.width, scene.height, torch.ones(3, device=device))[0]
+    return psnr(rgb, image)
