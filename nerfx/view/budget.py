@@ -30,7 +30,7 @@ class RenderBudget:
     cap: int = 1024                # pixels: the largest frame height
     chunk_seconds: float = 0.03    # one uninterruptible piece of rendering
     max_credit: float = 0.25       # seconds of credit kept at most
-    rays_per_second: float = 1e5   # measured as it renders (an exponential average)
+    rays_per_second: float = 2e4   # measured as it renders (an exponential average)
     credit: float = 0.0
     # Time spent rendering and training, for the numbers panel.
     spent: dict[str, float] = field(default_factory=lambda: {"render": 0.0, "train": 0.0})
@@ -47,7 +47,11 @@ class RenderBudget:
     def measured(self, n_rays: int, seconds: float) -> None:
         """A chunk of n_rays took `seconds`: update the rays/s estimate."""
         if n_rays >= 256 and seconds > 0:
-            self.rays_per_second = 0.7 * self.rays_per_second + 0.3 * n_rays / seconds
+            rate = n_rays / seconds
+            # Falls fast, rises slowly: rays differ (empty ones are cheap), and an estimate too
+            # high makes the next chunk overrun its time.
+            weight = 0.5 if rate < self.rays_per_second else 0.1
+            self.rays_per_second += weight * (rate - self.rays_per_second)
 
     def chunk_rays(self, seconds: float | None = None) -> int:
         """Rays that take about min(seconds, chunk_seconds) to render."""

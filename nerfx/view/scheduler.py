@@ -1,11 +1,11 @@
 """Which frame to render next, for every open page, and the rendering itself in bounded pieces.
 
 Every page (client) has a camera, a display mode and the frame it shows. Its next frame is:
-- `moving`: the camera changed in the last `still_after` seconds: a small frame, sized to keep the
-  frame rate up; such a frame is never cancelled (it is short), so the frame shown is at most one
-  render behind the camera;
-- `refine`: the camera stopped and its frame is not yet at full size: the full canvas; a camera
-  move cancels it;
+- `moving`: the camera changed since its last frame: a small frame, sized to keep the frame rate
+  up (and to show a new viewpoint at once); such a frame is never cancelled (it is short), so the
+  frame shown is at most one render behind the camera;
+- `refine`: the camera has been still for `still_after` seconds and its frame is not yet at full
+  size: the full canvas; a camera move cancels it;
 - `refresh`: while training, a still camera's frame older than the refresh period, at the size
   the budget allows, so it follows the training weights.
 Pages take turns: the one whose frame is oldest goes first, so two or three pages all get frames.
@@ -104,7 +104,7 @@ class FrameScheduler:
         if page.camera is None:
             return None
         if page.shown_version != page.version:
-            return "moving" if now - page.moved_at < self.still_after else "refine"
+            return "moving"                  # a new viewpoint: a quick frame first
         if now - page.moved_at < self.still_after:
             return None                      # the camera is moving and its frame is current
         if page.refined_version != page.version:
