@@ -25,13 +25,13 @@ def add_serve_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--host", default="127.0.0.1",
                    help="address to serve on (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8080,
-                   help="port (default 8080; the next free one when taken)")
+                   help="port (default 8080; the next free one when taken; 0: any free one)")
 
 
 def announce(prog: str, viewer: Viewer, what: str) -> None:
     """The one line a user needs: where the page is (and a warning when it is exposed)."""
     address = viewer.address
-    if address.port != address.requested_port:
+    if address.requested_port and address.port != address.requested_port:
         print(f"{prog}: port {address.requested_port} is in use; took {address.port}",
               flush=True)
     if not is_loopback(address.host):
