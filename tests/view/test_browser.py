@@ -78,7 +78,8 @@ def test_view_shows_the_render_of_the_browser_camera(trained_run, command, brows
 
 @pytest.mark.slow
 def test_train_view_live(command, browser, view_data):
-    cmd = command("nerfx.train", *TINY_TRAIN, "--steps", "60", "--batch-rays", "64",
+    cmd = command("nerfx.train", *TINY_TRAIN, "--steps", "100000", "--max-seconds", "60",
+                  "--batch-rays", "64",
                   "--out", str(view_data / "live"), "--view", "--port", "0")
     url = cmd.url()
     page = Viewer(browser, url)
@@ -112,7 +113,7 @@ def test_train_view_live(command, browser, view_data):
     cmd.wait_for("training done; the viewer stays at", timeout=600)
     shown = page.pose()
     page.drag(-100, 0)                                   # the page still renders
-    assert page.wait_for_pose(different_from=shown, timeout=60) != shown
+    assert page.wait_for_pose(different_from=shown, timeout=120) != shown, cmd.stderr()[-3000:]
     page.close()
     assert cmd.interrupt() == 0
     assert "Traceback" not in cmd.stderr()
