@@ -11,6 +11,7 @@ import torch
 from nerfx.view.budget import RenderBudget
 from nerfx.view.camera import ViewCamera
 from nerfx.view.frames import MODES
+from nerfx.view.paths import interpolate, render_path, save_path
 
 REDRAW_SECONDS = 0.5
 
@@ -100,6 +101,8 @@ class Panels:
             self.pose_boxes[key] = client.gui.add_text(
                 "Pose (JSON)", "{}", multiline=True,
                 hint="this camera as a transforms.json frame (OpenGL camera-to-world)")
+        with client.gui.add_folder("Camera path", expand_by_default=False):
+            PathControls(self.viewer, client)
 
     def show_pose(self, client, camera: ViewCamera) -> None:
         box = self.pose_boxes.get(client.client_id)
@@ -118,3 +121,56 @@ class Panels:
             return
         self._drawn = now
         self.numbers.content = "  \n".join(numbers.lines(budget, paused))
+
+
+class PathControls:
+    """Keyframes from the page's camera, played back in the page, rendered to a video."""
+
+    def __init__(self, viewer, client):
+        self.viewer, self.client = viewer, client
+        self.keyframes: list[ViewCamera] = []
+        gui = client.gui
+        self.count = gui.add_markdown("no keyframes")
+        self.seconds = gui.add_number("Seconds", 4.0, min=0.5, max=600.0, step=0.5)
+        self.fps = gui.add_number("Frames/s", 24, min=1, max=60, step=1)
+        for label, action in (("Add keyframe", self.add), ("Clear keyframes", self.clear),
+                              ("Play", self.play), ("Render video", self.render)):
+            gui.add_button(label).on_click(lambda _, action=action: action())
+
+    def _camera(self) -> ViewCamera | None:
+        page = self.viewer.scheduler.pages.get(self.client.client_id)
+        return page.camera if page is not None else None
+
+    def add(self) -> None:
+        camera = self._camera()
+        if camera is not None:
+            self.keyframes.append(camera)
+        self.count.content = f"{len(self.keyframes)} keyframes"
+
+    def clear(self) -> None:
+        self.keyframes = []
+        self.count.content = "no keyframes"
+
+    def play(self) -> None:
+        """Moves the page's camera along the path in real time."""
+        if len(self.keyframes) < 2:
+            self.viewer.panels.notify(self.client.client_id, "a path needs two keyframes")
+            return
+        n = max(int(self.seconds.value * self.fps.value), 2)
+        for camera in interpolate(self.keyframes, n):
+            with self.client.atomic():
+                self.client.camera.wxyz = camera.viser_wxyz()
+                self.client.camera.position = camera.pose[:3, 3]
+            time.sleep(1 / self.fps.value)
+
+    def render(self) -> None:
+        """Saves RUN/camera_path.json and renders RUN/camera_path.mp4 at full quality."""
+        if len(self.keyframes) < 2:
+            self.viewer.panels.notify(self.client.client_id, "a path needs two keyframes")
+            return
+        run = self.viewer.run
+        save_path(run / "camera_path.json", self.keyframes, self.fps.value, self.seconds.value)
+        self.viewer.panels.notify(self.client.client_id, "rendering the path ...")
+        video = render_path(self.viewer.scheduler.model, self.keyframes, self.fps.value,
+                            self.seconds.value, run / "camera_path")
+        self.viewer.panels.notify(self.client.client_id, f"video: {video}")
