@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from nerfx import trainers
@@ -154,9 +155,13 @@ def main(argv: list[str] | None = None) -> dict:
             request.observe = viewer_for(args, viewers)
         try:
             metrics = trainers.train(request)
-        except BaseException:
+        except BaseException as exc:
             for viewer in viewers:
                 viewer.close()
+            if viewers and isinstance(exc, KeyboardInterrupt):   # Ctrl-C while viewing
+                print("nerfx.train: interrupted; --resume RUN continues from the last "
+                      "checkpoint", file=sys.stderr, flush=True)
+                raise SystemExit(130) from None
             raise
     for viewer in viewers:        # training is over: the page stays up with the final weights
         viewer.start()

@@ -77,12 +77,14 @@ class ViewCamera:
         focal = height / 2 / math.tan(self.fov / 2)
         return torch.tensor([focal, focal, width / 2, height / 2], dtype=torch.float32)
 
-    def transforms_json(self) -> str:
-        """The pose as one frame of a transforms.json (NeRF-synthetic / Instant-NGP keys)."""
-        focal = self.height / 2 / math.tan(self.fov / 2)
-        frame = {"camera_angle_x": 2 * math.atan(self.width / 2 / focal),
-                 "w": self.width, "h": self.height, "fl_x": focal, "fl_y": focal,
-                 "cx": self.width / 2, "cy": self.height / 2,
+    def transforms_json(self, width: int | None = None, height: int | None = None) -> str:
+        """The pose as one frame of a transforms.json (NeRF-synthetic / Instant-NGP keys), for
+        a picture of width x height pixels (default: the canvas)."""
+        width, height = width or self.width, height or self.height
+        focal = height / 2 / math.tan(self.fov / 2)
+        frame = {"camera_angle_x": 2 * math.atan(width / 2 / focal),
+                 "w": width, "h": height, "fl_x": focal, "fl_y": focal,
+                 "cx": width / 2, "cy": height / 2,
                  "transform_matrix": [[round(float(v), 6) for v in row] for row in self.pose]}
         return json.dumps(frame)
 

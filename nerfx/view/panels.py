@@ -104,10 +104,11 @@ class Panels:
         with client.gui.add_folder("Camera path", expand_by_default=False):
             PathControls(self.viewer, client)
 
-    def show_pose(self, client, camera: ViewCamera) -> None:
+    def show_pose(self, client, camera: ViewCamera, width: int, height: int) -> None:
+        """The pose box: the camera of the frame shown, with the frame's size."""
         box = self.pose_boxes.get(client.client_id)
         if box is not None:
-            box.value = camera.transforms_json()
+            box.value = camera.transforms_json(width, height)
 
     def notify(self, key: int, text: str) -> None:
         client = self.viewer.server.get_clients().get(key)

@@ -81,8 +81,7 @@ class Viewer:
         def send(picture: np.ndarray, job: FrameJob) -> None:
             client.scene.set_background_image(picture, format="jpeg",
                                               jpeg_quality=self.jpeg_quality)
-            if job.request.kind != "moving":
-                self.panels.show_pose(client, job.request.camera)
+            self.panels.show_pose(client, job.request.camera, job.width, job.height)
 
         self.scheduler.add_page(key, send)
         self.panels.add_page(client)

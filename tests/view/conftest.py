@@ -139,14 +139,16 @@ class Viewer:
                                 has=self.page.get_by_text("Pose (JSON)", exact=True))
         return json.loads(row.locator("textarea").first.input_value(timeout=5000))
 
-    def wait_for_pose(self, different_from: dict | None = None, timeout: float = 180) -> dict:
-        """The pose box fills in when a still camera's frame arrives (at the page's size)."""
+    def wait_for_pose(self, different_from: dict | None = None, timeout: float = 180,
+                      full: bool = True) -> dict:
+        """The pose box shows the camera of each frame that arrives, with its size; full: wait
+        for a frame at the page's size."""
         size = self.page.viewport_size
         end = time.monotonic() + timeout
         while time.monotonic() < end:
             pose = self.pose()
-            if (pose and pose != different_from
-                    and (pose["w"], pose["h"]) == (size["width"], size["height"])):
+            if (pose and pose != different_from and (not full or (pose["w"], pose["h"])
+                                                     == (size["width"], size["height"]))):
                 return pose
             time.sleep(0.3)
         raise AssertionError("no frame of a still camera arrived")
