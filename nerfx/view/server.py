@@ -11,6 +11,8 @@ The page binds 127.0.0.1 unless told otherwise; nothing here opens a tunnel (no 
 
 from __future__ import annotations
 
+import contextlib
+import io
 import threading
 import time
 from dataclasses import dataclass
@@ -58,7 +60,8 @@ class Viewer:
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self._last_seconds = 0.0
-        self.server = viser.ViserServer(host=host, port=port, verbose=False)
+        with contextlib.redirect_stdout(io.StringIO()):   # viser's own address box: ours is
+            self.server = viser.ViserServer(host=host, port=port, verbose=False)   # one line
         self.address = Address(host, self.server.get_port(), port)
         # No tunnel to the outside, ever: no share button, and a share request from a page does
         # nothing (viser looks the method up on the instance when a page asks).
@@ -159,7 +162,8 @@ class Viewer:
         self.paused.clear()
         if self._thread is not None:
             self._thread.join(timeout=5)
-        self.server.stop()
+        with contextlib.redirect_stdout(io.StringIO()):
+            self.server.stop()
 
 
 def _no_share_url(*_: object, **__: object) -> None:

@@ -229,3 +229,14 @@ def test_no_page_no_rendering():
     viewer.numbers = SimpleNamespace(record=lambda *a: None)
     viewer.between_steps(SimpleNamespace(step=1, seconds=0.5), {"loss": 0.1})
     assert model.rays == 0 and viewer.scheduler.budget.credit == 0
+
+
+def test_occupied_cells_are_capped_and_follow_the_grid():
+    from nerfx.render import OccupancyGrid
+    from nerfx.view.scene import grid_cells
+    grid = OccupancyGrid([-1, -1, -1, 1, 1, 1], resolution=8)
+    cells = grid_cells(grid)
+    assert cells.shape == (512, 3) and (np.abs(cells) < 1).all()   # every cell starts occupied
+    assert grid_cells(grid, limit=100).shape == (100, 3)
+    grid.bitfield.zero_()
+    assert grid_cells(grid).shape == (0, 3)
