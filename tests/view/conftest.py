@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -30,8 +31,12 @@ def view_data(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory, view_data) -> Path:
-    """A run of 20 tiny steps (8 x 8 images), trained once for the session."""
+    """A run of 20 tiny steps (8 x 8 images), trained once for the session; or a copy of the
+    run folder $NERFX_VIEW_TEST_RUN (a better-trained one, for the README's screenshot)."""
     run = tmp_path_factory.mktemp("view-run") / "run"
+    if os.environ.get("NERFX_VIEW_TEST_RUN"):
+        shutil.copytree(os.environ["NERFX_VIEW_TEST_RUN"], run)
+        return run
     subprocess.run([sys.executable, "-m", "nerfx.train", *TINY_TRAIN, "--steps", "20",
                     "--batch-rays", "256", "--out", str(run)], check=True, cwd=ROOT,
                    env=command_env(view_data), stdout=subprocess.DEVNULL,

@@ -54,7 +54,7 @@ def test_view_shows_the_render_of_the_browser_camera(trained_run, command, brows
 
     page.drag(60, 20)                                    # orbit the camera
     page.expand_panel()
-    moved = page.wait_for_pose(different_from=pose, timeout=60)
+    moved = page.wait_for_pose(different_from=pose, timeout=180)
     assert not np.allclose(moved["transform_matrix"], pose["transform_matrix"])
     page.page.get_by_label("Minimize panel").click()
     time.sleep(1.0)
