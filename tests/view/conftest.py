@@ -169,9 +169,12 @@ class Viewer:
         """Hides what lies over the render: the overlays, the notification, the panel."""
         for label in ("Training cameras", "Scene box"):
             self.page.get_by_label(label).uncheck()
+        self.close_notifications()
+        self.page.get_by_label("Minimize panel").click()
+
+    def close_notifications(self) -> None:
         for button in self.page.locator(".mantine-Notification-closeButton").all():
             button.click()
-        self.page.get_by_label("Minimize panel").click()
 
     def expand_panel(self) -> None:
         self.page.get_by_label("Expand panel").click()

@@ -43,6 +43,7 @@ def test_view_shows_the_render_of_the_browser_camera(trained_run, command, brows
     assert (pose["w"], pose["h"]) == (640, 400)
     screenshot_dir = os.environ.get("NERFX_SCREENSHOT_DIR")
     if screenshot_dir:                                   # the README's picture
+        page.close_notifications()
         page.page.screenshot(path=os.path.join(screenshot_dir, "viewer.png"))
     page.clear_view()
     time.sleep(1.0)
