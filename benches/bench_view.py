@@ -1,5 +1,6 @@
 """What the viewer costs training: steps per second of Instant-NGP's CPU recipe with no page, with
-a page whose camera is still (its frame refreshed with the latest weights every 2 s), and with a
+a page whose camera is still (once its full-size frame is shown, the frame refreshed with the
+latest weights every 2 s), and with a
 page whose camera orbits without pause, the camera moved by a scripted client (no browser: it
 reports camera moves at 30 Hz where viser's websocket handler would, and JPEG-encodes each frame
 it receives as viser does before sending).
@@ -41,7 +42,7 @@ class ScriptedPage:
     def __init__(self, viewer, center: np.ndarray, radius: float, moving: bool):
         self.viewer, self.moving = viewer, moving
         self.center, self.radius = center, radius
-        self.frames: list[tuple[float, int]] = []    # (time, height) of each frame received
+        self.frames: list[tuple[float, int, str]] = []    # (time, height, kind) of each frame
         self.key = 10_000
         viewer.scheduler.add_page(self.key, self.receive)
         self._stop = threading.Event()
@@ -53,7 +54,7 @@ class ScriptedPage:
 
     def receive(self, picture: np.ndarray, job) -> None:
         Image.fromarray(picture).save(io.BytesIO(), format="JPEG", quality=90)
-        self.frames.append((time.perf_counter(), job.height))
+        self.frames.append((time.perf_counter(), job.height, job.request.kind))
 
     def move(self) -> None:
         from nerfx.cameras import look_at
@@ -112,15 +113,27 @@ def measure(seconds: float = 10.0, pairs: int = 3, warmup_steps: int = 30,
     radius = task.config["turntable"]["radius"]
     results: dict[str, list] = {"still": [], "moving": []}
     frames: dict[str, list] = {"still": [], "moving": []}
+    shares: dict[str, list] = {"still": [], "moving": []}
     try:
         for _ in range(pairs):
             for kind in ("still", "moving"):
                 base = steps_per_second(task, state, seconds)          # no page: no cost
+                budget = viewer.scheduler.budget
+                budget.spent = {"render": 0.0, "train": 0.0}
+                viewer.between_steps(state, {})      # the viewer's clock starts here
                 page = ScriptedPage(viewer, center, radius, kind == "moving")
+                if kind == "still":              # steady state: its refined frame shown
+                    end = time.perf_counter() + 60
+                    while (not any(k == "refine" for _, _, k in page.frames)
+                           and time.perf_counter() < end):
+                        steps_per_second(task, state, 0.0, viewer.between_steps)
+                    page.frames.clear()
+                budget.spent = {"render": 0.0, "train": 0.0}
                 viewed = steps_per_second(task, state, seconds, viewer.between_steps)
                 page.close()
                 results[kind].append(viewed / base)
                 frames[kind].append(page.frames)
+                shares[kind].append(budget.render_share())
     finally:
         viewer.close()
     summary = {"steps": state.step, "rays_per_step": task.items_per_step,
@@ -129,8 +142,9 @@ def measure(seconds: float = 10.0, pairs: int = 3, warmup_steps: int = 30,
         summary[f"{kind}_ratio_median"] = round(statistics.median(results[kind]), 3)
         summary[f"{kind}_ratios"] = [round(r, 3) for r in results[kind]]
         counts = [len(f) / seconds for f in frames[kind]]
-        heights = [h for f in frames[kind] for _, h in f]
+        heights = [h for f in frames[kind] for _, h, _ in f]
         summary[f"{kind}_frames_per_second"] = round(statistics.median(counts), 2)
+        summary[f"{kind}_render_share"] = round(statistics.median(shares[kind]), 3)
         summary[f"{kind}_median_height"] = int(statistics.median(heights)) if heights else 0
     return summary
 

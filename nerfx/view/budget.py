@@ -9,7 +9,8 @@ unused credit is capped so that a long idle spell never turns into a long stall.
 
 Frame sizes follow the measured rays per second: a moving camera gets the height at which a frame
 fits its share of `1 / moving_fps` seconds (never under `floor` pixels), a refresh the height
-at which it fits its share of `refresh_seconds`, a still camera the full canvas (up to `cap`).
+at which it fits its share of `refresh_seconds`, a still camera the full canvas (up to `cap`; while
+training, the size that its share renders in `refine_seconds`).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ class RenderBudget:
     still_share: float = 0.05      # of wall time for refreshing still cameras
     moving_fps: float = 12.0       # frames a second wanted while a camera moves
     refresh_seconds: float = 2.0   # a still camera's frame shows weights at most this old
+    refine_seconds: float = 3.0    # while training, a still camera's sharp frame within this
     floor: int = 64                # pixels: the smallest frame height
     cap: int = 1024                # pixels: the largest frame height
     chunk_seconds: float = 0.03    # one uninterruptible piece of rendering
@@ -66,8 +68,11 @@ class RenderBudget:
     def height(self, kind: str, camera: ViewCamera, training: bool) -> int:
         """The frame height for a request of this kind."""
         if kind == "refine":
-            return min(camera.height, self.cap)
-        if kind == "moving":
+            if not training:
+                return min(camera.height, self.cap)
+            # While training: the size whose frame its share renders in refine_seconds.
+            seconds = self.refine_seconds * self.share(kind, training)
+        elif kind == "moving":
             seconds = self.share(kind, training) / self.moving_fps
         else:   # refresh: its share of the refresh period
             seconds = self.refresh_seconds * 0.6 * self.share(kind, training)

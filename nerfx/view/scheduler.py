@@ -172,7 +172,7 @@ class FrameScheduler:
             page.shown_at, page.shown_weights = time.monotonic(), self.weights
             full = job.height >= min(job.request.camera.height, self.budget.cap)
             callbacks = []
-            if current and full:
+            if current and (full or job.request.kind == "refine"):
                 page.refined_version = page.job_version
                 callbacks, page.on_refined = page.on_refined, []
         try:
