@@ -9,12 +9,15 @@ seconds trained), pictures every `snapshot_every` steps, and a stop at `steps` o
 A run killed at any moment resumes from its last checkpoint with the same random state.
 
 Optional task hook: `after_step(state)` runs after each step, outside the training time (the
-radiance-field trainer evaluates at the paper's clock marks there).
+radiance-field trainer evaluates at the paper's clock marks there). Optional caller hook:
+`observer(state, losses)` runs after each step too, outside the training time, with that step's
+losses as the task returned them (a viewer renders there, and may hold the loop to pause it).
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -79,9 +82,13 @@ def resume(run: Path, config: dict, task: Task, device: torch.device | str = "cp
 REDRAW_SECONDS = 0.5  # the progress bar's refresh, and how often the losses are read
 
 
+Observer = Callable[[LoopState, dict], None]
+
+
 def run_loop(task: Task, run: Path, settings: LoopSettings, state: LoopState | None = None,
-             desc: str = "train") -> LoopState:
-    """Trains until settings.steps or settings.max_seconds; returns where it stopped."""
+             desc: str = "train", observer: Observer | None = None) -> LoopState:
+    """Trains until settings.steps or settings.max_seconds; returns where it stopped.
+    observer(state, losses), when given, runs after every step outside the training time."""
     state = state or LoopState()
     # Each loss summed since the bar last showed it, and over how many steps (tensors stay on
     # their device until then).
@@ -132,6 +139,10 @@ def run_loop(task: Task, run: Path, settings: LoopSettings, state: LoopState | N
             if after_step is not None:
                 paused = time.perf_counter()
                 after_step(state)                         # not training time
+                started += time.perf_counter() - paused
+            if observer is not None:
+                paused = time.perf_counter()
+                observer(state, step_losses)              # not training time
                 started += time.perf_counter() - paused
             if (settings.snapshot_every and state.step % settings.snapshot_every == 0
                     and distributed.is_main()):

@@ -18,12 +18,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from nerfx import trainers
 from nerfx.cli import add_backend_option, add_device_option, user_errors
 from nerfx.ops import use_backend
 from nerfx.runs import RunError
+from nerfx.view.__main__ import add_serve_options, announce, wait_for_interrupt
 
 # Flags that override a preset setting of the same name (the model must have it).
 SETTING_FLAGS = ("steps", "max_seconds", "batch_samples", "batch_rays", "downscale", "precision",
@@ -72,6 +74,11 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
                         "free, followed as they change)")
     p.add_argument("--profile-step", type=int, metavar="N",
                    help="profile steps N to N+2 into RUN/profile/ (trace, operators, host syncs)")
+    view = p.add_argument_group("the browser viewer (radiance fields; pip install nerfx[view])")
+    view.add_argument("--view", action="store_true",
+                      help="serve a page that shows the scene while it trains, and afterwards "
+                           "until Ctrl-C")
+    add_serve_options(view)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -107,10 +114,64 @@ def request_of(args: argparse.Namespace) -> trainers.TrainRequest:
         extra_settings=extra, profile_step=args.profile_step, threads=args.threads)
 
 
+TEST_PSNR_SECONDS = 20.0   # training seconds between two PSNRs of the held test view (--view)
+
+
+def viewer_for(args: argparse.Namespace, viewers: list):
+    """--view: the observer factory of TrainRequest.observe. It opens the viewer on the task's
+    model (the EMA copy) and training cameras, and feeds it between steps; viewers gets the
+    viewer, which outlives training."""
+    from nerfx.view import open_viewer
+    from nerfx.view.sources import held_view_psnr, scene_view
+
+    def observe(task, run: Path):
+        if not hasattr(task, "train_set"):
+            raise RunError(f"--view shows radiance fields (ngp, nerf), not {args.model}")
+        viewer = open_viewer(task.model, scene_view(task.train_set, task.model), run,
+                             host=args.host, port=args.port, training=True)
+        viewers.append(viewer)
+        announce("nerfx.train", viewer, "viewer")
+        last_test = [float("-inf")]
+
+        def observer(state, losses: dict) -> None:
+            marched = next(reversed(task.marched_per_ray.values()), None)
+            extra = {"rays": task.items_per_step}
+            if marched is not None:
+                extra["marched/ray"] = marched
+            viewer.between_steps(state, {**losses, **extra})
+            if (viewer.scheduler.pages and len(task.test_set)
+                    and state.seconds - last_test[0] >= TEST_PSNR_SECONDS):
+                last_test[0] = state.seconds
+                viewer.test_psnr(lambda: held_view_psnr(task.model, task.test_set, 0))
+        return observer
+    return observe
+
+
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
+    viewers: list = []
     with user_errors("nerfx.train"), use_backend(args.backend):
-        return trainers.train(request_of(args))
+        request = request_of(args)
+        if args.view:
+            from nerfx.view import require_viser
+            require_viser()
+            request.observe = viewer_for(args, viewers)
+        try:
+            metrics = trainers.train(request)
+        except BaseException as exc:
+            for viewer in viewers:
+                viewer.close()
+            if viewers and isinstance(exc, KeyboardInterrupt):   # Ctrl-C while viewing
+                print("nerfx.train: interrupted; --resume RUN continues from the last "
+                      "checkpoint", file=sys.stderr, flush=True)
+                raise SystemExit(130) from None
+            raise
+    for viewer in viewers:        # training is over: the page stays up with the final weights
+        viewer.start()
+        print(f"nerfx.train: training done; the viewer stays at {viewer.address.url} "
+              "(Ctrl-C to stop)", flush=True)
+        wait_for_interrupt(viewer)
+    return metrics
 
 
 if __name__ == "__main__":

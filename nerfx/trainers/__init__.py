@@ -26,6 +26,7 @@ from __future__ import annotations
 import importlib
 import pkgutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import cache
@@ -86,6 +87,9 @@ class TrainRequest:
     extra_settings: dict = field(default_factory=dict)  # overrides that may add settings
     profile_step: int | None = None
     threads: int | None = None        # CPU threads (None: follow the free cores)
+    # Called with the task and its run folder once both are ready (after any resume), on the
+    # main process; returns what the loop calls between steps (nerfx.loop.run_loop's observer).
+    observe: Callable[[object, Path], loop.Observer] | None = None
 
 
 def merged_settings(module: ModuleType, preset: str, settings: dict, extra: dict) -> dict:
@@ -148,12 +152,13 @@ def train(request: TrainRequest) -> dict:
     if hasattr(task, "begin"):
         task.begin()
     unit = getattr(task, "unit", "img")
+    observer = request.observe(task, run) if request.observe is not None and main else None
     state = loop.run_loop(task, run, loop.LoopSettings(
         steps=settings["steps"], max_seconds=settings.get("max_seconds"),
         save_every=settings.get("save_every", 500),
         snapshot_every=settings.get("snapshot_every", 0), unit=unit,
         profile_step=request.profile_step, threads=request.threads), state,
-        desc=f"train {config['model']}")
+        desc=f"train {config['model']}", observer=observer)
     if not main:                  # process 0 evaluates and writes; the others are done
         distributed.barrier()
         distributed.cleanup()

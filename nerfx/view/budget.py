@@ -1,0 +1,84 @@
+"""How much the viewer may render, and at what size.
+
+While a model trains, the viewer renders between training steps and spends a budget earned by
+training time: a frame that follows a moving camera (or refines it when it stops) may take
+`moving_share` of the wall time, the periodic refresh of a still camera `still_share`. Credit is
+a token bucket in seconds: each step adds its training time times share / (1 - share), each
+chunk of rays takes the seconds it took (so an overshoot is paid back by the next steps), and
+unused credit is capped so that a long idle spell never turns into a long stall.
+
+Frame sizes follow the measured rays per second: a moving camera gets the height at which a frame
+fits its share of `1 / moving_fps` seconds (never under `floor` pixels), a refresh the height
+at which it fits its share of `refresh_seconds`, a still camera the full canvas (up to `cap`; while
+training, the size that its share renders in `refine_seconds`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from nerfx.view.camera import ViewCamera
+from nerfx.view.frames import height_for
+
+
+@dataclass
+class RenderBudget:
+    moving_share: float = 0.33     # of wall time while a camera moves or a frame refines
+    still_share: float = 0.05      # of wall time for refreshing still cameras
+    moving_fps: float = 12.0       # frames a second wanted while a camera moves
+    refresh_seconds: float = 2.0   # a still camera's frame shows weights at most this old
+    refine_seconds: float = 3.0    # while training, a still camera's sharp frame within this
+    floor: int = 64                # pixels: the smallest frame height
+    cap: int = 1024                # pixels: the largest frame height
+    chunk_seconds: float = 0.03    # one uninterruptible piece of rendering
+    max_credit: float = 0.25       # seconds of credit kept at most
+    rays_per_second: float = 2e4   # measured as it renders (an exponential average)
+    credit: float = 0.0
+    # Time spent rendering and training, for the numbers panel.
+    spent: dict[str, float] = field(default_factory=lambda: {"render": 0.0, "train": 0.0})
+
+    def earn(self, train_seconds: float, share: float) -> None:
+        """A training step of train_seconds happened; credit for work at `share`."""
+        self.spent["train"] += train_seconds
+        self.credit = min(self.credit + train_seconds * share / (1 - share), self.max_credit)
+
+    def spend(self, seconds: float) -> None:
+        self.spent["render"] += seconds
+        self.credit -= seconds
+
+    def measured(self, n_rays: int, seconds: float) -> None:
+        """A chunk of n_rays took `seconds`: update the rays/s estimate."""
+        if n_rays >= 256 and seconds > 0:
+            rate = n_rays / seconds
+            # Falls fast, rises slowly: rays differ (empty ones are cheap), and an estimate too
+            # high makes the next chunk overrun its time.
+            weight = 0.5 if rate < self.rays_per_second else 0.1
+            self.rays_per_second += weight * (rate - self.rays_per_second)
+
+    def chunk_rays(self, seconds: float | None = None) -> int:
+        """Rays that take about min(seconds, chunk_seconds) to render."""
+        seconds = self.chunk_seconds if seconds is None else min(seconds, self.chunk_seconds)
+        return int(min(max(self.rays_per_second * seconds, 512), 2**16))
+
+    def share(self, kind: str, training: bool) -> float:
+        if not training:
+            return 1.0
+        return self.still_share if kind == "refresh" else self.moving_share
+
+    def height(self, kind: str, camera: ViewCamera, training: bool) -> int:
+        """The frame height for a request of this kind."""
+        if kind == "refine":
+            if not training:
+                return min(camera.height, self.cap)
+            # While training: the size whose frame its share renders in refine_seconds.
+            seconds = self.refine_seconds * self.share(kind, training)
+        elif kind == "moving":
+            seconds = self.share(kind, training) / self.moving_fps
+        else:   # refresh: its share of the refresh period
+            seconds = self.refresh_seconds * 0.6 * self.share(kind, training)
+        return height_for(camera, self.rays_per_second * seconds, self.floor, self.cap)
+
+    def render_share(self) -> float:
+        """The fraction of time spent rendering for the viewer so far."""
+        total = self.spent["render"] + self.spent["train"]
+        return self.spent["render"] / total if total else 0.0
