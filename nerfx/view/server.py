@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from nerfx.images import write_png
+from nerfx.threads import FreeCores
 from nerfx.view.budget import RenderBudget
 from nerfx.view.frames import FrameJob, Renderable
 from nerfx.view.panels import Panels, TrainingNumbers
@@ -120,7 +121,11 @@ class Viewer:
             self._thread.start()
 
     def _render_forever(self) -> None:
+        # This thread's renders use the cores the browser and other processes leave free, as
+        # training does (nerfx.threads): a fixed team would spin for threads they deschedule.
+        free_cores = FreeCores()
         while not self._stop.is_set():
+            free_cores.update()
             if self.scheduler.work(0.1) == 0:
                 self.scheduler.wake.wait(0.05)
                 self.scheduler.wake.clear()

@@ -128,7 +128,10 @@ class Viewer:
         self.page = browser.new_page(viewport={"width": width, "height": height})
         self.outside: list[str] = []            # requests that would leave this machine
         self.page.route("**/*", self._local_only)
-        self.page.goto(url)
+        # A fixed pixel ratio: viser's client lowers it (and the size of the frames it asks for)
+        # while its WebGL runs slowly, as software WebGL on a loaded machine does; the frames'
+        # sizes and pixels compared here are those of the page at its full resolution.
+        self.page.goto(f"{url}/?fixedDpr=1")
         self.page.get_by_text("Connected").wait_for(timeout=120_000)
 
     def _local_only(self, route) -> None:
