@@ -5,8 +5,9 @@ page whose camera orbits without pause, the camera moved by a scripted client (n
 reports camera moves at 30 Hz where viser's websocket handler would, and JPEG-encodes each frame
 it receives as viser does before sending).
 
-Each ratio is steps/s with the page over steps/s without it, measured as alternating pairs (this
-machine is shared and noisy) and reported as the median. Run in full with
+Each ratio is steps/s with the page over the mean steps/s without it just before and just after
+(this machine is shared and noisy, and training speeds up as it goes), reported as the median.
+Run in full with
 
     python -m benches.bench_view --seconds 10 --pairs 3
 
@@ -114,30 +115,45 @@ def measure(seconds: float = 10.0, pairs: int = 3, warmup_steps: int = 30,
     results: dict[str, list] = {"still": [], "moving": []}
     frames: dict[str, list] = {"still": [], "moving": []}
     shares: dict[str, list] = {"still": [], "moving": []}
+    arrivals: dict[str, list] = {"first frame": [], "sharp frame": []}     # seconds
+    # Each measurement with a page sits between two without one (A B A B A ...), and its ratio
+    # is to their mean: training speeds up as the grid prunes, which favours whatever comes
+    # later, and the mean of the neighbours cancels a steady drift.
+    base_before = steps_per_second(task, state, seconds)      # no page: no cost
     try:
         for _ in range(pairs):
             for kind in ("still", "moving"):
-                base = steps_per_second(task, state, seconds)          # no page: no cost
                 budget = viewer.scheduler.budget
                 budget.spent = {"render": 0.0, "train": 0.0}
                 viewer.between_steps(state, {})      # the viewer's clock starts here
+                opened = time.perf_counter()
                 page = ScriptedPage(viewer, center, radius, kind == "moving")
                 if kind == "still":              # steady state: its refined frame shown
                     end = time.perf_counter() + 60
                     while (not any(k == "refine" for _, _, k in page.frames)
                            and time.perf_counter() < end):
                         steps_per_second(task, state, 0.0, viewer.between_steps)
+                    # A new viewpoint while training: its first frame, and its sharp one.
+                    arrivals["first frame"].append(
+                        page.frames[0][0] - opened if page.frames else math.inf)
+                    arrivals["sharp frame"].append(next(
+                        (t - opened for t, _, k in page.frames if k == "refine"), math.inf))
                     page.frames.clear()
                 budget.spent = {"render": 0.0, "train": 0.0}
                 viewed = steps_per_second(task, state, seconds, viewer.between_steps)
                 page.close()
-                results[kind].append(viewed / base)
+                base_after = steps_per_second(task, state, seconds)
+                results[kind].append(viewed / ((base_before + base_after) / 2))
+                base_before = base_after
                 frames[kind].append(page.frames)
                 shares[kind].append(budget.render_share())
     finally:
         viewer.close()
     summary = {"steps": state.step, "rays_per_step": task.items_per_step,
                "viewer_rays_per_second": round(viewer.scheduler.budget.rays_per_second)}
+    for name, seconds_taken in arrivals.items():
+        summary[f"{name.replace(' ', '_')}_seconds_median"] = round(
+            statistics.median(seconds_taken), 2)
     for kind in results:
         summary[f"{kind}_ratio_median"] = round(statistics.median(results[kind]), 3)
         summary[f"{kind}_ratios"] = [round(r, 3) for r in results[kind]]
