@@ -11,6 +11,8 @@ subsampled. Loading needs trimesh (the `export` extra).
 
 from __future__ import annotations
 
+import json
+import struct
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -146,7 +148,37 @@ def add_to_scene(server, name: str, geometry: Geometry, point_size: float):
         return server.scene.add_mesh_simple(node, geometry.vertices, geometry.faces,
                                             color=(170, 170, 170), side="double",
                                             visible=visible)
+    return server.scene.add_glb(node, unlit_glb(geometry), visible=visible)
+
+
+def unlit_glb(geometry: Geometry) -> bytes:
+    """A coloured mesh as binary glTF whose material is unlit (KHR_materials_unlit): the page
+    shows the field's colours as they are, as the render does. (trimesh writes no material, and
+    glTF's default one is metallic: black without an environment map.) glTF's vertex colours
+    are linear: the sRGB colours are converted, as floats (8 bits would band the dark ones)."""
     import trimesh
-    mesh = trimesh.Trimesh(geometry.vertices, geometry.faces, vertex_colors=geometry.colors,
-                           process=False)
-    return server.scene.add_mesh_trimesh(node, mesh, visible=visible)
+    mesh = trimesh.Trimesh(geometry.vertices, geometry.faces, process=False)
+    glb = trimesh.exchange.gltf.export_glb(trimesh.Scene(mesh))
+    json_length = struct.unpack_from("<I", glb, 12)[0]
+    gltf = json.loads(glb[20:20 + json_length])
+    binary = glb[20 + json_length + 8:]                  # the BIN chunk's data (4-aligned)
+    srgb = np.asarray(geometry.colors, dtype=np.float32) / 255   # [V, 3]
+    linear = np.where(srgb <= 0.04045, srgb / 12.92, ((srgb + 0.055) / 1.055) ** 2.4)
+    colors = linear.astype("<f4").tobytes()
+    gltf["bufferViews"].append({"buffer": 0, "byteOffset": len(binary),
+                                "byteLength": len(colors)})
+    gltf["accessors"].append({"bufferView": len(gltf["bufferViews"]) - 1, "componentType": 5126,
+                              "count": len(linear), "type": "VEC3"})
+    binary += colors
+    gltf["buffers"][0]["byteLength"] = len(binary)
+    gltf["materials"] = [{"pbrMetallicRoughness": {"metallicFactor": 0.0, "roughnessFactor": 1.0},
+                          "doubleSided": True, "extensions": {"KHR_materials_unlit": {}}}]
+    gltf["extensionsUsed"] = [*gltf.get("extensionsUsed", []), "KHR_materials_unlit"]
+    for primitive in (p for m in gltf["meshes"] for p in m["primitives"]):
+        primitive["material"] = 0
+        primitive["attributes"]["COLOR_0"] = len(gltf["accessors"]) - 1
+    text = json.dumps(gltf, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 4)                      # chunks are 4-byte aligned
+    body = struct.pack("<I4s", len(text), b"JSON") + text + \
+        struct.pack("<I4s", len(binary), b"BIN\0") + binary
+    return struct.pack("<4sII", b"glTF", 2, 12 + len(body)) + body
