@@ -6,7 +6,9 @@ scheduler.py which frame each page gets next, rendered in bounded pieces
 budget.py    how much time rendering may take while training, and the frame sizes
 frames.py    one frame rendered chunk by chunk; its picture per display mode
 panels.py    the controls and the numbers
-scene.py     training cameras, scene box, occupied cells
+scene.py     training cameras, scene box, occupied cells, crop box, geometry files
+crop.py      the crop box: a pipeline rendered inside a box only
+geometry.py  exported meshes and point clouds, loaded in the run's coordinates and capped
 camera.py    the browser camera <-> nerfx poses; pose JSON
 sources.py   the viewer's scene from a run folder or a training task
 """

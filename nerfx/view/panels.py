@@ -1,5 +1,5 @@
-"""The page's controls: display mode, snapshot and the camera's pose per page; the overlays'
-toggles; while training, the numbers and the pause button."""
+"""The page's controls: display mode, snapshot and the camera's pose per page; the render's and
+the overlays' toggles, the crop box; while training, the numbers and the pause button."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import torch
 
 from nerfx.view.budget import RenderBudget
 from nerfx.view.camera import ViewCamera
+from nerfx.view.crop import Box, as_box, can_crop
 from nerfx.view.frames import MODES
 from nerfx.view.paths import interpolate, render_path, save_path
 
@@ -64,13 +65,22 @@ class Panels:
         self.pose_boxes: dict[int, object] = {}
         self._drawn = 0.0
         with gui.add_folder("Scene"):
-            for name, label, on in (("cameras", "Training cameras", True),
-                                    ("box", "Scene box", True),
-                                    ("cells", "Occupied cells", False)):
-                box = gui.add_checkbox(label, on)
+            render = gui.add_checkbox("Render", True, hint="nerfx's render of the camera; hide "
+                                      "it to see the meshes and point clouds alone")
+            render.on_update(lambda _: viewer.show_render(render.value))
+            toggles = [("cameras", "Training cameras", True, None),
+                       ("box", "Scene box", True, None),
+                       ("cells", "Occupied cells", False, None)]
+            toggles += [(f"geometry/{i}", item.label, item.visible, str(item.path))
+                        for i, item in enumerate(viewer.overlays.geometry)]
+            for name, label, on, hint in toggles:
+                box = gui.add_checkbox(label, on, hint=hint)
                 box.on_update(self._toggle(name, box))
                 if not on:
                     viewer.overlays.set_visible(name, False)
+            scene = viewer.overlays.scene
+            self.crop = CropControls(viewer, gui, scene.aabb if scene is not None
+                                     else [-1.5, -1.5, -1.5, 1.5, 1.5, 1.5])
         self.numbers = self.pause = None
         if training:
             with gui.add_folder("Training"):
@@ -124,6 +134,35 @@ class Panels:
         self.numbers.content = "  \n".join(numbers.lines(budget, paused))
 
 
+class CropControls:
+    """The crop box: a checkbox, and the box's corners (at first the scene box), shown while it
+    is on. Every page renders only what lies inside it (nerfx.view.crop)."""
+
+    def __init__(self, viewer, gui, aabb: list[float]):
+        self.viewer = viewer
+        available = can_crop(viewer.scheduler.model)
+        extent = max(b - a for a, b in zip(aabb[:3], aabb[3:], strict=True))
+        self.enabled = gui.add_checkbox(
+            "Crop", False, disabled=not available,
+            hint="render only what lies inside a box" if available
+            else "the crop needs an Instant-NGP or NeRF run")
+        self.lo = gui.add_vector3("Crop min", tuple(aabb[:3]), step=extent / 100, visible=False)
+        self.hi = gui.add_vector3("Crop max", tuple(aabb[3:]), step=extent / 100, visible=False)
+        if not available:
+            gui.add_markdown("the crop needs an Instant-NGP or NeRF run")
+        for handle in (self.enabled, self.lo, self.hi):
+            handle.on_update(lambda _: self.apply())
+
+    def box(self) -> Box | None:
+        return as_box(self.lo.value, self.hi.value) if self.enabled.value else None
+
+    def apply(self) -> None:
+        box = self.box()
+        self.lo.visible = self.hi.visible = box is not None
+        self.viewer.scheduler.set_crop(box)
+        self.viewer.overlays.show_crop(box)
+
+
 class PathControls:
     """Keyframes from the page's camera, played back in the page, rendered to a video."""
 
@@ -172,6 +211,6 @@ class PathControls:
         run = self.viewer.run
         save_path(run / "camera_path.json", self.keyframes, self.fps.value, self.seconds.value)
         self.viewer.panels.notify(self.client.client_id, "rendering the path ...")
-        video = render_path(self.viewer.scheduler.model, self.keyframes, self.fps.value,
+        video = render_path(self.viewer.scheduler.view_model(), self.keyframes, self.fps.value,
                             self.seconds.value, run / "camera_path")
         self.viewer.panels.notify(self.client.client_id, f"video: {video}")

@@ -1,5 +1,6 @@
 """What the page shows around the render: the training cameras as frustums with thumbnails
-(click one to fly to it), the scene box, and the occupancy grid's occupied cells (capped)."""
+(click one to fly to it), the scene box, the occupancy grid's occupied cells (capped), the crop
+box, and exported meshes and point clouds (nerfx.view.geometry)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ import numpy as np
 import torch
 
 from nerfx.view.camera import frustum_orientation
+from nerfx.view.crop import Box, is_empty
+from nerfx.view.geometry import Geometry, add_to_scene
 
 MAX_FRUSTUMS = 300         # cameras drawn at most (evenly spread over the training set)
 MAX_CELLS = 20_000         # occupied cells drawn at most (a GPU grid has millions)
@@ -58,11 +61,17 @@ def grid_cells(grid, limit: int = MAX_CELLS) -> np.ndarray:
 
 
 class SceneOverlays:
-    """The frustums, box and cells in a viser scene, each toggled by `set_visible`."""
+    """The frustums, box, cells and geometry files in a viser scene, each toggled by
+    `set_visible` (a geometry file by the name `geometry/<i>`); the crop box by `show_crop`."""
 
-    def __init__(self, server, scene: ViewScene | None):
+    def __init__(self, server, scene: ViewScene | None, geometry: list[Geometry] | None = None):
         self.server, self.scene = server, scene
-        self.handles: dict[str, list] = {"cameras": [], "box": [], "cells": []}
+        self.handles: dict[str, list] = {"cameras": [], "box": [], "cells": [], "crop": []}
+        self.geometry = list(geometry or [])
+        extent = float(np.max(np.asarray(scene.aabb[3:]) - np.asarray(scene.aabb[:3]))) \
+            if scene is not None else 3.0
+        for i, item in enumerate(self.geometry):
+            self.handles[f"geometry/{i}"] = [add_to_scene(server, str(i), item, extent / 400)]
         if scene is None:
             return
         self._add_cameras(scene)
@@ -98,6 +107,18 @@ class SceneOverlays:
             self.show_cells()
         for handle in self.handles[name]:
             handle.visible = visible
+
+    def show_crop(self, box: Box | None) -> None:
+        """Draws the crop box as a wireframe (None: none)."""
+        for handle in self.handles["crop"]:
+            handle.remove()
+        self.handles["crop"] = []
+        if box is None or is_empty(box):
+            return
+        lo, hi = np.asarray(box[:3]), np.asarray(box[3:])
+        self.handles["crop"].append(self.server.scene.add_box(
+            "/crop_box", color=(220, 30, 160), dimensions=tuple(hi - lo), wireframe=True,
+            position=tuple((lo + hi) / 2), cast_shadow=False, receive_shadow=False))
 
     def show_cells(self) -> None:
         """(Re)draws the occupied cells from the grid as it is now."""

@@ -9,6 +9,8 @@ Every page (client) has a camera, a display mode and the frame it shows. Its nex
 - `refresh`: while training, a still camera's frame older than the refresh period, at the size
   the budget allows, so it follows the training weights.
 Pages take turns: the one whose frame is oldest goes first, so two or three pages all get frames.
+The crop box and the render's visibility are the same for every page: a change of either is a
+view change of every page (as a camera move), and a hidden render is not rendered at all.
 Nothing here knows viser: a page is a callback that receives a finished picture.
 """
 
@@ -24,6 +26,7 @@ import numpy as np
 
 from nerfx.view.budget import RenderBudget
 from nerfx.view.camera import ViewCamera
+from nerfx.view.crop import Box, cropped
 from nerfx.view.frames import MODES, FrameJob, FrameRequest, Renderable
 
 PRIORITY = {"moving": 0, "refine": 1, "refresh": 2}
@@ -60,6 +63,9 @@ class FrameScheduler:
         self.lock = threading.Lock()
         self.wake = threading.Event()  # set when there may be work
         self.frames_sent = 0
+        self.crop: Box | None = None
+        self.hidden = False           # the render is hidden: nothing to render
+        self._cropped: tuple[Renderable, Box | None, Renderable] | None = None
 
     # -- what the pages report (any thread) ---------------------------------------------------
     def add_page(self, key: int, send: Callable[[np.ndarray, FrameJob], None]) -> Page:
@@ -89,6 +95,34 @@ class FrameScheduler:
                 page.mode, page.version, page.moved_at = mode, page.version + 1, 0.0
         self.wake.set()
 
+    def set_crop(self, box: Box | None) -> None:
+        """Renders only what lies in the box (None: everything), on every page."""
+        with self.lock:
+            if box == self.crop:
+                return
+            self.crop = box
+            self._changed_all()
+        self.wake.set()
+
+    def set_hidden(self, hidden: bool) -> None:
+        """Stops rendering while the render is hidden; shown again, every page gets a frame."""
+        with self.lock:
+            if hidden != self.hidden:
+                self.hidden = hidden
+                self._changed_all()
+        self.wake.set()
+
+    def _changed_all(self) -> None:
+        for page in self.pages.values():
+            page.version, page.moved_at = page.version + 1, 0.0
+
+    def view_model(self) -> Renderable:
+        """The model as the pages show it: cropped to the crop box, if any."""
+        base, box = self.model, self.crop
+        if self._cropped is None or self._cropped[0] is not base or self._cropped[1] != box:
+            self._cropped = (base, box, cropped(base, box))
+        return self._cropped[2]
+
     def request_refine(self, key: int, then: Callable[[FrameJob], None]) -> None:
         """A new full-size frame of the page's camera with the current weights; `then` gets its
         finished job (the snapshot button)."""
@@ -101,7 +135,7 @@ class FrameScheduler:
 
     # -- what to render ------------------------------------------------------------------------
     def next_kind(self, page: Page, now: float) -> str | None:
-        if page.camera is None:
+        if page.camera is None or self.hidden:
             return None
         if page.shown_version != page.version:
             return "moving"                  # a new viewpoint: a quick frame first
@@ -126,6 +160,10 @@ class FrameScheduler:
         """The page to render for next and its job (continued, or new)."""
         with self.lock:
             pages = sorted(self.pages.values(), key=lambda p: p.shown_at)
+            if self.hidden:                    # nothing shows: drop the frames under way
+                for page in pages:
+                    page.job = None
+                return None
             for page in pages:
                 job = page.job
                 if job is not None and (page.job_version == page.version
@@ -140,7 +178,7 @@ class FrameScheduler:
                 if kind == "refresh" and height >= min(page.camera.height, self.budget.cap):
                     kind = "refine"
                 request = FrameRequest(page.camera, height, page.mode, kind)
-                page.job, page.job_version = FrameJob(request, self.model), page.version
+                page.job, page.job_version = FrameJob(request, self.view_model()), page.version
                 return page, page.job
         return None
 

@@ -25,6 +25,7 @@ from nerfx.images import write_png
 from nerfx.threads import FreeCores
 from nerfx.view.budget import RenderBudget
 from nerfx.view.frames import FrameJob, Renderable
+from nerfx.view.geometry import Geometry
 from nerfx.view.panels import Panels, TrainingNumbers
 from nerfx.view.scene import SceneOverlays, ViewScene
 from nerfx.view.scheduler import FrameScheduler
@@ -45,11 +46,13 @@ class Address:
 
 
 class Viewer:
-    """Serves pages for one model. run: where snapshots go (RUN/snapshots/)."""
+    """Serves pages for one model. run: where snapshots go (RUN/snapshots/); geometry: meshes and
+    point clouds drawn beside the render (nerfx.view.geometry.load_geometry)."""
 
     def __init__(self, model: Renderable, scene: ViewScene | None, run: Path,
                  host: str = "127.0.0.1", port: int = 8080, training: bool = False,
-                 budget: RenderBudget | None = None, jpeg_quality: int = 90):
+                 budget: RenderBudget | None = None, jpeg_quality: int = 90,
+                 geometry: list[Geometry] | None = None):
         import viser  # the `view` extra; imported here so that nerfx.view imports without it
 
         self.run, self.jpeg_quality = run, jpeg_quality
@@ -70,7 +73,7 @@ class Viewer:
         self.server.request_share_url = _no_share_url
         self.server.scene.set_up_direction("+z")
         self.server.scene.configure_environment_map(None)   # no download of an HDRI
-        self.overlays = SceneOverlays(self.server, scene)
+        self.overlays = SceneOverlays(self.server, scene, geometry)
         self.panels = Panels(self, training)
         self.server.on_client_connect(self._connect)
         self.server.on_client_disconnect(lambda c: self.scheduler.remove_page(c.client_id))
@@ -83,6 +86,8 @@ class Viewer:
         key = client.client_id
 
         def send(picture: np.ndarray, job: FrameJob) -> None:
+            if self.scheduler.hidden:
+                return
             client.scene.set_background_image(picture, format="jpeg",
                                               jpeg_quality=self.jpeg_quality)
             self.panels.show_pose(client, job.request.camera, job.width, job.height)
@@ -99,8 +104,18 @@ class Viewer:
                 camera.wxyz, camera.position, camera.fov, camera.image_width,
                 camera.image_height))
 
+    def show_render(self, visible: bool) -> None:
+        """Shows or hides the render on every page (hidden, nothing is rendered)."""
+        self.scheduler.set_hidden(not visible)
+        if not visible:
+            for client in self.server.get_clients().values():
+                client.scene.set_background_image(None)
+
     def snapshot(self, key: int) -> None:
         """Writes the page's view, refined with the current weights, to RUN/snapshots/."""
+        if self.scheduler.hidden:
+            self.panels.notify(key, "show the render to take a snapshot")
+            return
         def write(job: FrameJob) -> None:
             step = self.numbers.step
             folder = self.run / "snapshots"

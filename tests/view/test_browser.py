@@ -125,6 +125,52 @@ def test_the_page_stays_after_training(command, browser, view_data):
     assert "Traceback" not in cmd.stderr()
 
 
+def red_share(picture: np.ndarray) -> float:
+    """The share of the region's pixels that are red (the test's mesh)."""
+    r, g, b = (picture[REGION][..., i].astype(int) for i in range(3))
+    return float(((r > 100) & (r > 2 * g) & (r > 2 * b)).mean())
+
+
+@pytest.mark.slow
+def test_a_mesh_in_the_run_folder_shows_in_the_page(trained_run, command, browser, tmp_path):
+    """A mesh written into the run folder (as python -m nerfx.export does, in the dataset's
+    coordinates) gets a toggle, hidden at first; shown, with the render hidden, its pixels are
+    on the page where the scene is. The crop box's corners show when the crop is on."""
+    import trimesh
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    box = trimesh.creation.box(extents=(1.0, 1.0, 1.0))
+    box.visual.vertex_colors = np.tile(np.uint8([[230, 20, 20, 255]]), (len(box.vertices), 1))
+    (run / "mesh.ply").write_bytes(trimesh.exchange.ply.export_ply(box))
+    cmd = command("nerfx.view", str(run), "--port", "0")
+    page = Viewer(browser, cmd.url())
+    page.wait_for_pose()
+    toggle = page.page.get_by_label("mesh.ply (12 faces)", exact=True)
+    assert not toggle.is_checked()
+    crop_min = page.page.get_by_text("Crop min", exact=True)
+    assert not crop_min.is_visible()
+    page.page.get_by_label("Crop", exact=True).check()
+    crop_min.wait_for(state="visible", timeout=10_000)
+    page.page.get_by_label("Crop", exact=True).uncheck()
+    page.page.get_by_label("Render", exact=True).uncheck()
+    page.clear_view()
+    time.sleep(1.0)
+    assert red_share(page.screenshot()) < 0.001          # neither the render nor the mesh
+    page.expand_panel()
+    toggle.check()
+    page.page.get_by_label("Minimize panel").click()
+    time.sleep(1.0)
+    shown = page.screenshot()
+    assert red_share(shown) > 0.02                       # the mesh, over the page's background
+    reds = shown[REGION][(shown[REGION][..., 0] > 100) & (shown[REGION][..., 1] < 100)]
+    # its own colour, unlit (viser's tone mapping bends it a little)
+    np.testing.assert_allclose(np.median(reds, 0), [230, 20, 20], atol=30)
+    assert page.outside == []
+    page.close()
+    assert cmd.interrupt() == 0
+    assert "Traceback" not in cmd.stderr()
+
+
 def wait_until(condition, timeout: float = 120) -> None:
     end = time.monotonic() + timeout
     while not condition() and time.monotonic() < end:
