@@ -87,10 +87,11 @@ def make_task(data: Path | None, downscale: int):
 
 
 def steps_per_second(task, state: LoopState, seconds: float, observer=None) -> float:
-    """Steps a second of wall time (rendering for the viewer included) over `seconds`."""
+    """Steps a second of wall time (rendering for the viewer included) over `seconds` (at least
+    one step, so `seconds=0` takes exactly one)."""
     start = time.perf_counter()
     steps = 0
-    while time.perf_counter() - start < seconds:
+    while steps == 0 or time.perf_counter() - start < seconds:
         tick = time.perf_counter()
         losses = task.train_step(state.step)
         state.step += 1
