@@ -193,7 +193,8 @@ class AttnBlock(nn.Module):
         x = x + self.attn(seq).transpose(1, 2).reshape(b, c, h, w)
         if self.cross is not None:
             if context is None:
-                raise ValueError("this U-Net has cross-attention (context_dim set): pass context")
+                raise ValueError("this attention block has cross-attention (context_dim set): "
+                                 "pass context")
             seq = self.cross_norm(x).flatten(2).transpose(1, 2)
             x = x + self.cross(seq, context).transpose(1, 2).reshape(b, c, h, w)
         return x
