@@ -205,10 +205,11 @@ inline void step_batches(int64_t begin, int64_t end, const Arrays<param_t, state
   state_t* __restrict__ exp_avg_sq = a.exp_avg_sq;
   int32_t* __restrict__ step = a.step;
   // Blocks of kBlock entries in two passes: first the batches with a touched lane are listed,
-  // branch-free (the list grows by the compare's verdict), then only those are stepped, their
-  // loads independent of any branch on the gradient and prefetched a few batches ahead. (One
-  // pass with a branch per batch mispredicts at the touch rates training has and stalls on
-  // every touched batch's cold lines.)
+  // branch-free (the list grows by the compare's verdict); then, where most batches are listed,
+  // every batch is stepped in order (the hardware's streams serve it), else only the listed
+  // ones, their loads independent of any branch on the gradient and prefetched a few batches
+  // ahead. (One pass with a branch per batch mispredicts at the touch rates training has and
+  // stalls on every touched batch's cold lines.)
   constexpr int64_t kBlock = 4096;
   int32_t listed[kBlock / kLanes];
   int64_t i = begin;
@@ -221,16 +222,8 @@ inline void step_batches(int64_t begin, int64_t end, const Arrays<param_t, state
       listed[n_listed] = int32_t(j - i);
       n_listed += any_lane(g != state_t(0));
     }
-    constexpr int kAhead = 4;  // batches prefetched ahead
-    for (int k = 0; k < n_listed; ++k) {
-      if (k + kAhead < n_listed) {
-        const int64_t ahead = i + listed[k + kAhead];
-        __builtin_prefetch(param + ahead, 1);
-        __builtin_prefetch(exp_avg + ahead, 1);
-        __builtin_prefetch(exp_avg_sq + ahead, 1);
-        __builtin_prefetch(step + ahead, 1);
-      }
-      const int64_t j = i + listed[k];
+    // One batch's step: every lane stepped, untouched lanes keeping their bits.
+    const auto step_batch = [&](int64_t j) {
       V g, p, m, v, step_size, bc2_sqrt;
       load<V, state_t>(g, grad + j);
       load<V, state_t>(p, param + j);
@@ -259,6 +252,23 @@ inline void step_batches(int64_t begin, int64_t end, const Arrays<param_t, state
       store<V, state_t>(param + j, touched ? p_new : p);  // untouched lanes keep their bits
       store<V, state_t>(exp_avg + j, touched ? m_new : m);
       store<V, state_t>(exp_avg_sq + j, touched ? v_new : v);
+    };
+    const int64_t n_batches = (block_end - i) / kLanes;
+    if (4 * n_listed >= 3 * n_batches) {
+      // Dense: every batch in order (the hardware's streams), the few untouched ones too.
+      for (int64_t j = i; j < block_end; j += kLanes) step_batch(j);
+    } else {
+      constexpr int kAhead = 4;  // batches prefetched ahead
+      for (int k = 0; k < n_listed; ++k) {
+        if (k + kAhead < n_listed) {
+          const int64_t ahead = i + listed[k + kAhead];
+          __builtin_prefetch(param + ahead, 1);
+          __builtin_prefetch(exp_avg + ahead, 1);
+          __builtin_prefetch(exp_avg_sq + ahead, 1);
+          __builtin_prefetch(step + ahead, 1);
+        }
+        step_batch(i + listed[k]);
+      }
     }
     i = block_end;
   }
