@@ -1,16 +1,19 @@
 // Adam step skipping zero-gradient entries, on the CPU: chunks of entries in parallel, each
-// stepped branch-free in SIMD batches (GCC vectors) with the bias corrections read from a table.
+// in SIMD batches (GCC vectors) with the step sizes and bias corrections read from tables.
 //
 // Why not the per-entry branch the CUDA kernel takes: on a CPU the arithmetic of a touched entry
-// (a sqrt, three divisions, two expm1 for the bias corrections) dominates, and CPU training of
-// the built-in lego touches 96% of the 2^17 table per step at first, 20-35% once the occupancy
-// grid has pruned, so a scalar loop ran 6-9x slower than torch's vectorised dense Adam.
-// Stepping every entry of a batch and keeping the old values where the gradient is 0 (a select,
-// bit for bit) vectorises; the bias corrections of each entry's own count come from a table
-// (BiasTable), as expm1 does not vectorise. On x86-64 the batch is 16 bytes (SSE2, the build's
-// baseline) or, where the CPU has it, 32 bytes (AVX2, chosen at run time); elsewhere entries go
-// one by one. Batches and lone entries do the same IEEE operations (no FMA contraction on
-// x86-64), so an entry's result does not depend on the batch width or the number of threads.
+// (a sqrt, divisions, two expm1 for the bias corrections) dominates, and CPU training of the
+// built-in lego touches most of the 2^17 table's rows at first and fewer once the occupancy grid
+// has pruned (benches/RESULTS.md), so a scalar loop ran 6-9x slower than torch's vectorised dense
+// Adam. A batch whose gradient is 0 in every lane is skipped after one vector compare: only its
+// gradient is read, nothing is written (its cache lines stay clean). A batch with a touched lane
+// steps every lane and keeps the old values where the gradient is 0 (a select, bit for bit).
+// The bias corrections of each entry's own count come from a table (BiasTable), as expm1 does
+// not vectorise, and so does the step size lr / bc1, computed once per count and step (the same
+// division, so the same bits). On x86-64 the batch is 16 bytes (SSE2, the build's baseline) or,
+// where the CPU has it, 32 bytes (AVX2, chosen at run time); elsewhere entries go one by one.
+// Batches and lone entries do the same IEEE operations (no FMA contraction on x86-64), so an
+// entry's result does not depend on the batch width or the number of threads.
 #if defined(__GNUC__) && defined(__x86_64__)
 #include <immintrin.h>
 #define NERFX_ADAM_SIMD 1
@@ -27,6 +30,7 @@
 #include <memory>
 #include <mutex>
 #include <tuple>
+#include <vector>
 #include <type_traits>
 
 #include "adam/adam.h"
@@ -42,6 +46,43 @@ typedef float Floats8 __attribute__((vector_size(32)));
 typedef double Doubles4 __attribute__((vector_size(32)));
 typedef int32_t Ints4 __attribute__((vector_size(16)));  // the counts of a float batch
 typedef int32_t Ints8 __attribute__((vector_size(32)));
+typedef int64_t Longs2 __attribute__((vector_size(16)));  // the lanes of a double compare
+typedef int64_t Longs4 __attribute__((vector_size(32)));
+
+// Whether any lane of a compare's result is set (all ones): one movemask.
+inline bool any_lane(Ints4 mask) { return _mm_movemask_ps(__m128(mask)) != 0; }
+inline bool any_lane(Longs2 mask) { return _mm_movemask_pd(__m128d(mask)) != 0; }
+__attribute__((target("avx2"))) inline bool any_lane(Ints8 mask) {
+  return _mm256_movemask_ps(__m256(mask)) != 0;
+}
+__attribute__((target("avx2"))) inline bool any_lane(Longs4 mask) {
+  return _mm256_movemask_pd(__m256d(mask)) != 0;
+}
+
+// (pairs[2 r], pairs[2 r + 1]) for r = rows[l] of every lane, into firsts and seconds: two
+// gathers of four 8-byte pairs (half the elements of two float gathers), then a deinterleave.
+inline void gather_pairs(const float* pairs, Ints4 rows, Floats4& firsts, Floats4& seconds) {
+  for (int l = 0; l < 4; ++l) {
+    firsts[l] = pairs[2 * rows[l]];
+    seconds[l] = pairs[2 * rows[l] + 1];
+  }
+}
+// 64-bit quarters [0 1 2 3] of v -> [0 2 1 3]
+__attribute__((target("avx2"))) inline __m256 order(__m256 v) {
+  return _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(v), 0xD8));
+}
+__attribute__((target("avx2"))) inline void gather_pairs(const float* pairs, Ints8 rows,
+                                                         Floats8& firsts, Floats8& seconds) {
+  const __m256i all = __m256i(rows);
+  const auto* base = reinterpret_cast<const double*>(pairs);
+  // [f0 s0 f1 s1 | f2 s2 f3 s3] and [f4 s4 f5 s5 | f6 s6 f7 s7]
+  const __m256 low = _mm256_castpd_ps(_mm256_i32gather_pd(base, _mm256_castsi256_si128(all), 8));
+  const __m256 high =
+      _mm256_castpd_ps(_mm256_i32gather_pd(base, _mm256_extracti128_si256(all, 1), 8));
+  // [f0 f1 f4 f5 | f2 f3 f6 f7] -> [f0 f1 f2 f3 | f4 f5 f6 f7], the same for the seconds
+  firsts = Floats8(order(_mm256_shuffle_ps(low, high, 0x88)));
+  seconds = Floats8(order(_mm256_shuffle_ps(low, high, 0xDD)));
+}
 
 // The batch of state_t that is Bytes wide, and its counts: int32 lanes of the same width for a
 // float batch, none (void) for a double batch, whose lanes are twice as wide as a count.
@@ -135,57 +176,101 @@ inline void store(T* dst, const V& lanes) {
   }
 }
 
-// Entries [begin, end) in batches of Bytes / sizeof(state_t) lanes, then one by one. The table
-// must be saturated (counts past its end read its last row, 1).
+// The per-count tables of one step: step_size[t] = lr / bc1[t] (this step's lr) and
+// bc2_sqrt[t], for t in [0, last]; counts past `last` read row `last` (the table is saturated:
+// bc1 = bc2_sqrt = 1 there, so the step size is lr).
+template <typename state_t>
+struct StepTables {
+  const state_t* step_size;
+  const state_t* bc2_sqrt;
+  const state_t* pairs;  // [last + 1, 2]: (step_size[t], bc2_sqrt[t]) side by side
+  int32_t last;
+};
+
+// Entries [begin, end) in batches of Bytes / sizeof(state_t) lanes, then one by one.
 template <int Bytes, typename param_t, typename state_t>
 inline void step_batches(int64_t begin, int64_t end, const Arrays<param_t, state_t>& a,
                          const Settings<state_t>& s, const BiasTable<state_t>& table,
-                         state_t inv_scale) {
+                         const StepTables<state_t>& tables, state_t inv_scale) {
   using V = typename BatchOf<state_t, Bytes>::type;
   using Counts = typename BatchOf<state_t, Bytes>::counts;
   constexpr int kLanes = Bytes / int(sizeof(state_t));
-  const int32_t last = int32_t(table.bc1.size()) - 1;
-  const state_t* __restrict__ table_bc1 = table.bc1.data();
-  const state_t* __restrict__ table_bc2_sqrt = table.bc2_sqrt.data();
+  const int32_t last = tables.last;
+  const state_t* __restrict__ table_step_size = tables.step_size;
+  const state_t* __restrict__ table_bc2_sqrt = tables.bc2_sqrt;
   // Local copies: stores through the arrays (memcpy) could otherwise alias `a`.
   param_t* __restrict__ param = a.param;
   const param_t* __restrict__ grad = a.grad;
   state_t* __restrict__ exp_avg = a.exp_avg;
   state_t* __restrict__ exp_avg_sq = a.exp_avg_sq;
   int32_t* __restrict__ step = a.step;
+  // Blocks of kBlock entries in two passes: first the batches with a touched lane are listed,
+  // branch-free (the list grows by the compare's verdict); then, where most batches are listed,
+  // every batch is stepped in order (the hardware's streams serve it), else only the listed
+  // ones, their loads independent of any branch on the gradient and prefetched a few batches
+  // ahead. (One pass with a branch per batch mispredicts at the touch rates training has and
+  // stalls on every touched batch's cold lines.)
+  constexpr int64_t kBlock = 4096;
+  int32_t listed[kBlock / kLanes];
   int64_t i = begin;
-  for (; i + kLanes <= end; i += kLanes) {
-    V g, p, m, v, bc1, bc2_sqrt;
-    load<V, state_t>(g, grad + i);
-    load<V, state_t>(p, param + i);
-    load<V, state_t>(m, exp_avg + i);
-    load<V, state_t>(v, exp_avg_sq + i);
-    const auto touched = g != state_t(0);  // lanes of all ones (-1) where the gradient is not 0
-    if constexpr (!std::is_void_v<Counts>) {
-      // The counts as a vector register: a lane array in memory stalls store forwarding.
-      Counts t;
-      std::memcpy(&t, step + i, sizeof t);
-      t -= touched;
-      std::memcpy(step + i, &t, sizeof t);
-      for (int l = 0; l < kLanes; ++l) {
-        const int32_t row = t[l] < last ? t[l] : last;
-        bc1[l] = table_bc1[row];
-        bc2_sqrt[l] = table_bc2_sqrt[row];
+  while (i + kLanes <= end) {
+    const int64_t block_end = i + std::min<int64_t>(kBlock, (end - i) / kLanes * kLanes);
+    int n_listed = 0;
+    for (int64_t j = i; j < block_end; j += kLanes) {
+      V g;
+      load<V, state_t>(g, grad + j);
+      listed[n_listed] = int32_t(j - i);
+      n_listed += any_lane(g != state_t(0));
+    }
+    // One batch's step: every lane stepped, untouched lanes keeping their bits.
+    const auto step_batch = [&](int64_t j) {
+      V g, p, m, v, step_size, bc2_sqrt;
+      load<V, state_t>(g, grad + j);
+      load<V, state_t>(p, param + j);
+      load<V, state_t>(m, exp_avg + j);
+      load<V, state_t>(v, exp_avg_sq + j);
+      const auto touched = g != state_t(0);  // lanes of all ones (-1) where the gradient is not 0
+      if constexpr (!std::is_void_v<Counts>) {
+        // The counts as a vector register: a lane array in memory stalls store forwarding.
+        Counts t;
+        std::memcpy(&t, step + j, sizeof t);
+        t -= touched;
+        std::memcpy(step + j, &t, sizeof t);
+        const Counts rows = t < last ? t : last;
+        gather_pairs(tables.pairs, rows, step_size, bc2_sqrt);
+      } else {
+        for (int l = 0; l < kLanes; ++l) {
+          const int32_t t = step[j + l] - int32_t(touched[l]);
+          step[j + l] = t;
+          const int32_t row = t < last ? t : last;
+          step_size[l] = table_step_size[row];
+          bc2_sqrt[l] = table_bc2_sqrt[row];
+        }
       }
+      V p_new = p, m_new = m, v_new = v;
+      adam_update_by(V(g * inv_scale), step_size, bc2_sqrt, s, p_new, m_new, v_new);
+      store<V, state_t>(param + j, touched ? p_new : p);  // untouched lanes keep their bits
+      store<V, state_t>(exp_avg + j, touched ? m_new : m);
+      store<V, state_t>(exp_avg_sq + j, touched ? v_new : v);
+    };
+    const int64_t n_batches = (block_end - i) / kLanes;
+    if (4 * n_listed >= 3 * n_batches) {
+      // Dense: every batch in order (the hardware's streams), the few untouched ones too.
+      for (int64_t j = i; j < block_end; j += kLanes) step_batch(j);
     } else {
-      for (int l = 0; l < kLanes; ++l) {
-        const int32_t t = step[i + l] - int32_t(touched[l]);
-        step[i + l] = t;
-        const int32_t row = t < last ? t : last;
-        bc1[l] = table_bc1[row];
-        bc2_sqrt[l] = table_bc2_sqrt[row];
+      constexpr int kAhead = 4;  // batches prefetched ahead
+      for (int k = 0; k < n_listed; ++k) {
+        if (k + kAhead < n_listed) {
+          const int64_t ahead = i + listed[k + kAhead];
+          __builtin_prefetch(param + ahead, 1);
+          __builtin_prefetch(exp_avg + ahead, 1);
+          __builtin_prefetch(exp_avg_sq + ahead, 1);
+          __builtin_prefetch(step + ahead, 1);
+        }
+        step_batch(i + listed[k]);
       }
     }
-    V p_new = p, m_new = m, v_new = v;
-    adam_update(V(g * inv_scale), bc1, bc2_sqrt, s, p_new, m_new, v_new);
-    store<V, state_t>(param + i, touched ? p_new : p);  // untouched lanes keep their bits
-    store<V, state_t>(exp_avg + i, touched ? m_new : m);
-    store<V, state_t>(exp_avg_sq + i, touched ? v_new : v);
+    i = block_end;
   }
   for (; i < end; ++i) step_entry(i, a, s, table, inv_scale);
 }
@@ -197,8 +282,9 @@ __attribute__((target("avx2"), flatten)) void step_batches_avx2(int64_t begin, i
                                                         const Arrays<param_t, state_t>& a,
                                                         const Settings<state_t>& s,
                                                         const BiasTable<state_t>& table,
+                                                        const StepTables<state_t>& tables,
                                                         state_t inv_scale) {
-  step_batches<Bytes>(begin, end, a, s, table, inv_scale);
+  step_batches<Bytes>(begin, end, a, s, table, tables, inv_scale);
 }
 
 bool has_avx2() {
@@ -226,6 +312,18 @@ void step_cpu(const State& state, double lr, double beta1, double beta2, double 
         state.param.data_ptr<scalar_t>(), state.grad.data_ptr<scalar_t>(),
         state.exp_avg.data_ptr<state_t>(), state.exp_avg_sq.data_ptr<state_t>(),
         state.step.data_ptr<int32_t>()};
+#ifdef NERFX_ADAM_SIMD
+    // This step's step sizes, one per count of the (saturated) table: lr / bc1[t].
+    std::vector<state_t> step_size(table.saturated ? table.bc1.size() : 0);
+    std::vector<state_t> pairs(2 * step_size.size());
+    for (size_t t = 0; t < step_size.size(); ++t) {
+      step_size[t] = step_size_of(table.bc1[t], s);
+      pairs[2 * t] = step_size[t];
+      pairs[2 * t + 1] = table.bc2_sqrt[t];
+    }
+    const StepTables<state_t> tables{step_size.data(), table.bc2_sqrt.data(), pairs.data(),
+                                     int32_t(step_size.size()) - 1};
+#endif
     const int64_t n_chunks = (n + kChunk - 1) / kChunk;
     at::parallel_for(0, n_chunks, 1, [&](int64_t chunk_begin, int64_t chunk_end) {
       const int64_t begin = chunk_begin * kChunk, end = std::min(n, chunk_end * kChunk);
@@ -233,9 +331,9 @@ void step_cpu(const State& state, double lr, double beta1, double beta2, double 
       if (!table.saturated) {  // betas within ~1e-5 of 1: counts past the table computed
         for (int64_t i = begin; i < end; ++i) step_entry(i, a, s, table, inv);
       } else if (has_avx2()) {
-        step_batches_avx2<32>(begin, end, a, s, table, inv);
+        step_batches_avx2<32>(begin, end, a, s, table, tables, inv);
       } else {
-        step_batches<16>(begin, end, a, s, table, inv);
+        step_batches<16>(begin, end, a, s, table, tables, inv);
       }
 #else
       for (int64_t i = begin; i < end; ++i) step_entry(i, a, s, table, inv);

@@ -53,9 +53,30 @@ void with_samples(const char* op, const Packed& in, F&& f) {
   });
 }
 
+// The inputs with half densities and colours widened to float by ATen's vectorised conversion
+// (F16C where the CPU has it, chosen at run time), so the per-ray loops read float: widening a
+// half is exact, so the loops compute the same bits as they do reading half (where this build,
+// compiled for baseline x86-64, would convert each value in software).
+Packed widened(const Packed& in) {
+  Packed wide = in;
+  if (in.t_start.scalar_type() == at::kFloat) {
+    if (in.sigmas.scalar_type() == at::kHalf) wide.sigmas = in.sigmas.to(at::kFloat);
+    if (in.rgbs.scalar_type() == at::kHalf) wide.rgbs = in.rgbs.to(at::kFloat);
+  }
+  return wide;
+}
+
+// A float buffer for a half gradient (its values rounded into it by copy_ afterwards: the same
+// round-to-nearest-even as a store of color_t(x)), or the gradient itself.
+at::Tensor float_buffer(const at::Tensor& grad) {
+  return grad.scalar_type() == at::kHalf ? at::empty(grad.sizes(), grad.options().dtype(at::kFloat))
+                                         : grad;
+}
+
 }  // namespace
 
-void forward_cpu(const Packed& in, double threshold, Outputs& out) {
+void forward_cpu(const Packed& packed, double threshold, Outputs& out) {
+  const Packed in = widened(packed);
   const int64_t n_rays = in.offsets.numel() - 1;
   const int64_t* offsets = in.offsets.data_ptr<int64_t>();
   with_samples("composite_rays", in, [&]<typename scalar_t, typename sigma_t, typename color_t>(
@@ -76,8 +97,10 @@ void forward_cpu(const Packed& in, double threshold, Outputs& out) {
   });
 }
 
-void backward_cpu(const Packed& in, double threshold, const Outputs& saved, const Outputs& grads,
-                  at::Tensor& grad_sigmas, at::Tensor& grad_rgbs) {
+void backward_cpu(const Packed& packed, double threshold, const Outputs& saved,
+                  const Outputs& grads, at::Tensor& grad_sigmas_out, at::Tensor& grad_rgbs_out) {
+  const Packed in = widened(packed);
+  at::Tensor grad_sigmas = float_buffer(grad_sigmas_out), grad_rgbs = float_buffer(grad_rgbs_out);
   const int64_t n_rays = in.offsets.numel() - 1;
   const int64_t* offsets = in.offsets.data_ptr<int64_t>();
   with_samples("composite_rays_backward", in,
@@ -103,6 +126,8 @@ void backward_cpu(const Packed& in, double threshold, const Outputs& saved, cons
       }
     });
   });
+  if (!grad_sigmas.is_same(grad_sigmas_out)) grad_sigmas_out.copy_(grad_sigmas);
+  if (!grad_rgbs.is_same(grad_rgbs_out)) grad_rgbs_out.copy_(grad_rgbs);
 }
 
 }  // namespace nerfx::composite

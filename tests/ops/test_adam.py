@@ -140,6 +140,44 @@ def test_half_table_matches_the_reference_and_float64(backend, device):
     assert (err <= largest * 3 * 2**-11 + 3 * 2**-25).all(), err.max()
 
 
+@pytest.mark.parametrize("backend,device", PAIRS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16])
+def test_hash_table_rows_touched_in_runs_and_in_single_lanes(backend, device, dtype):
+    """A table of F=2 rows as training touches it: runs of untouched rows longer than any SIMD
+    batch (the cpu kernel skips those batches), rows with one lane 0 (or -0.0) and the other not,
+    batches touched in their last lane only. Untouched entries keep their bits; the rest equal
+    the reference."""
+    select(backend, device, dtype)
+    n_rows = 517
+    gen = torch.Generator().manual_seed(11)
+    rows = torch.randn(n_rows, 2, generator=gen, dtype=torch.float64)
+    rows = rows + rows.sign() * 0.05
+    rows[40:80] = 0.0                  # 80 zero entries in a run, -0.0 in half of it
+    rows[60:80] = -0.0
+    rows[100:200:3, 0] = 0.0           # one lane of a row only
+    rows[101:200:3, 1] = -0.0
+    rows[240:256] = 0.0                # a run ending in a row touched in its last lane only
+    rows[256, 0] = 0.0
+    rows[300:] *= (torch.rand(n_rows - 300, 1, generator=gen) < 0.25)  # 25% of rows touched
+    grad = rows.reshape(-1).to(dtype).to(device)
+    n = grad.numel()
+    state = table(n, dtype, device, seed=12)
+    before, want = clone_all(state), clone_all(state)
+    adam_step(state[0], grad, *state[1:], **NGP, backend=backend)
+    ref.adam_step(want[0], grad, *want[1:], **NGP)
+    zero = grad == 0
+    for now, then in zip(state, before, strict=True):
+        assert torch.equal(bits(now)[zero], bits(then)[zero])
+    assert torch.equal(state[3], want[3])
+    if dtype == torch.float16:
+        tol = dict(rtol=2**-10, atol=2**-24)
+    else:
+        tol = dict(rtol=1e-5, atol=1e-7) if dtype == torch.float32 else dict(rtol=1e-12,
+                                                                             atol=1e-15)
+    for got, ref_value in zip(state[:3], want[:3], strict=True):
+        torch.testing.assert_close(got, ref_value, **tol)
+
+
 def test_cpu_result_does_not_depend_on_an_entrys_position():
     """The cpu kernel steps SIMD batches and lone tail entries: the same bits either way."""
     select("cpu", "cpu", torch.float32)

@@ -204,6 +204,21 @@ def test_half_densities_and_colours_beside_float_positions(backend, device, sigm
             raise AssertionError(f"{name}: {exc}") from None
 
 
+def test_cpu_half_inputs_are_the_float_kernel_on_their_exact_widening():
+    """The cpu kernel widens half densities and colours to float up front and rounds the half
+    gradients once from float: bit for bit the float kernel on the widened inputs, its gradients
+    rounded to half."""
+    counts = torch.randint(0, 70, (257,), generator=torch.Generator().manual_seed(5)).tolist()
+    sigmas, rgbs, t0, t1, offsets = packed(counts, dtype=F32, device="cpu", seed=5, density=8.0)
+    sigmas, rgbs = sigmas.half(), rgbs.half()
+    run = lambda *a: composite_rays(*a, backend="cpu")  # noqa: E731
+    got = run_with_grads(run, sigmas, rgbs, t0, t1, offsets)
+    wide = run_with_grads(run, sigmas.float(), rgbs.float(), t0, t1, offsets)
+    for a, b in zip(got[:4], wide[:4], strict=True):
+        assert torch.equal(a, b)
+    assert torch.equal(got[4], wide[4].half()) and torch.equal(got[5], wide[5].half())
+
+
 @pytest.mark.parametrize("backend,device", [p for p in BACKENDS if "torch" not in p.id])
 def test_kernels_name_the_types_they_take(backend, device):
     sigmas, rgbs, t0, t1, offsets = packed([2, 3], device=device)

@@ -60,13 +60,25 @@ NERFX_HD inline state_t bias_correction(state_t log_beta, int32_t t) {
 // CPU a SIMD batch of state_t (a GCC vector, with sqrt_of specialised for it): the same IEEE
 // operations either way, so a batch lane and a lone entry give the same bits.
 template <typename V, typename state_t>
-NERFX_HD inline void adam_update(const V& g, const V& bc1, const V& bc2_sqrt,
-                                 const Settings<state_t>& s, V& param, V& m, V& v) {
+NERFX_HD inline void adam_update_by(const V& g, const V& step_size, const V& bc2_sqrt,
+                                    const Settings<state_t>& s, V& param, V& m, V& v) {
   m = m + s.one_minus_beta1 * (g - m);  // torch's lerp for a weight below 0.5
   v = v * s.beta2 + s.one_minus_beta2 * g * g;
-  const V step_size = s.lr / bc1;
   const V denom = sqrt_of(v) / bc2_sqrt + s.eps;
   param = param - step_size * m / denom;
+}
+
+// The step size of a count whose bias correction is bc1: lr / bc1 (the CPU launcher computes it
+// once per count and step, into a table, and passes it to adam_update_by: the same bits).
+template <typename V, typename state_t>
+NERFX_HD inline V step_size_of(const V& bc1, const Settings<state_t>& s) {
+  return s.lr / bc1;
+}
+
+template <typename V, typename state_t>
+NERFX_HD inline void adam_update(const V& g, const V& bc1, const V& bc2_sqrt,
+                                 const Settings<state_t>& s, V& param, V& m, V& v) {
+  adam_update_by(g, step_size_of(bc1, s), bc2_sqrt, s, param, m, v);
 }
 
 // The factor that unscales a mixed-precision step's gradients: 1 / the loss scale, computed as
