@@ -205,3 +205,18 @@ def test_clock_marks_are_measured_on_eight_spread_test_views():
     assert CLOCK_VIEWS == 8
     assert clock_views(list(range(0, 200))) == list(range(0, 200, 25))
     assert clock_views([0, 5, 10]) == [0, 5, 10]
+
+
+def test_runs_are_named_after_their_data(tmp_path, monkeypatch):
+    """The run folder, metrics.json and the final line name the scene trained on, not lego."""
+    from nerfx.runs import data_name
+    from nerfx.trainers import run_folder_name
+
+    capture = tmp_path / "fox"
+    (capture / "sparse" / "0").mkdir(parents=True)
+    (capture / "transforms.json").write_text("{}")
+    monkeypatch.chdir(capture)
+    for data in (".", "./", f"{capture}/", str(capture), "transforms.json", "sparse/0"):
+        assert data_name(data) == "fox", data
+    assert data_name("room") == "room" and data_name("mnist:/x/y") == "mnist"
+    assert run_folder_name({"data": str(capture), "model": "ngp"}).startswith("fox-ngp-")

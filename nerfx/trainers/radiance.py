@@ -33,6 +33,7 @@ from nerfx.models.pipelines import (
 from nerfx.ops.adam import SkipZeroAdam
 from nerfx.render.evaluate import evaluate_views, mean_scores
 from nerfx.render.views import render_turntable
+from nerfx.runs import data_name
 
 CLOCK_MARKS = (1, 5, 15, 60, 300)  # seconds of training at which the paper reports test PSNR
 CLOCK_VIEWS = 8  # test views evaluated at each clock mark (the final evaluation uses eval_views)
@@ -215,7 +216,7 @@ class RadianceFieldTask:
         samples_per_second = (round(self.samples_total / self.step_seconds)
                               if self.samples_total else None)
         return {
-            "scene": Path(self.config["data"]).name,
+            "scene": data_name(self.config["data"]),
             "builtin_scene": self.config["builtin_scene"], "test_psnr": round(test_psnr, 3),
             "test_ssim": round(test_ssim, 4), "eval_views": len(self.views),
             "samples_per_second": samples_per_second, "precision": self.settings["precision"],
