@@ -44,6 +44,7 @@ class Pipeline(nn.Module):
     betas: tuple[float, float]
     eps: float
     random_background: bool
+    jitter_pixels: bool = False  # training rays through random points of their pixels
     ema_decay: float | None = None  # an EMA of the weights to evaluate, where the paper has one
     BUILD_SETTINGS: tuple[str, ...]  # run settings that are constructor arguments
 
@@ -95,6 +96,9 @@ class InstantNGPPipeline(Pipeline):
     # quadratic part is the L2 loss d^2.
     huber_delta = 0.1
     random_background = True  # training pixels on random colours: empty space must be empty
+    # Training rays through uniformly random points of their pixels (src/testbed_nerf.cu,
+    # generate_training_samples_nerf, snap_to_pixel_centers off); test views at the centres.
+    jitter_pixels = True
     BUILD_SETTINGS = ("log2_hashmap_size", "grid_resolution", "decay", "step_divisor", "loss")
     LOSSES = ("huber", "l2")
 

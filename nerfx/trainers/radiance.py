@@ -170,7 +170,8 @@ class RadianceFieldTask:
     def train_step(self, step: int) -> dict[str, float | torch.Tensor]:
         tick = time.perf_counter()
         n_rays = self.items_per_step = self.batch_rays
-        batch = self.rays.sample(n_rays, self.generator, self.pipeline.random_background)
+        batch = self.rays.sample(n_rays, self.generator, self.pipeline.random_background,
+                                 self.pipeline.jitter_pixels)
         result = optimize_step(self.pipeline, self.optimizer, self.scaler, batch, step,
                                self.generator, self.autocast)
         if self.ema is not None:
