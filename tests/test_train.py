@@ -220,3 +220,15 @@ def test_runs_are_named_after_their_data(tmp_path, monkeypatch):
         assert data_name(data) == "fox", data
     assert data_name("room") == "room" and data_name("mnist:/x/y") == "mnist"
     assert run_folder_name({"data": str(capture), "model": "ngp"}).startswith("fox-ngp-")
+
+
+@pytest.mark.slow
+def test_the_built_in_room_trains_with_three_cascades(tmp_path, data):
+    run = tmp_path / "room"
+    metrics = train.main(["--scene", "room", "--fast", "--downscale", "40", "--steps", "3",
+                          "--eval-views", "2", "--video-frames", "0", "--device", "cpu",
+                          "--out", str(run)])
+    assert metrics["scene"] == "room" and metrics["builtin_scene"] and metrics["steps"] == 3
+    config = json.loads((run / "config.json").read_text())
+    assert config["pipeline"]["cascades"] == 3 and config["pipeline"]["cone_angle"] == 1 / 256
+    assert Path(config["scene"]).name == "room-24x18" and math.isfinite(metrics["test_psnr"])

@@ -1,9 +1,10 @@
 """Training a radiance field (nerfx/trainers/ngp.py, nerf.py) on a scene, as a nerfx.loop Task.
 
 The data is a scene: a NeRF-synthetic or Instant-NGP folder, a NeRF-synthetic scene by name
-under $NERFX_DATA/nerf_synthetic/, or nerfx's built-in lego (generated once when no real one is
-found). A step draws random rays, takes the pipeline's optimiser step (mixed precision where the
-settings say) and, for Instant-NGP, adapts the ray count to the samples budget. Test PSNR is
+under $NERFX_DATA/nerf_synthetic/, nerfx's built-in lego (generated once when no real one is
+found) or its built-in room (a capture-like scene: nerfx.data.room). A step draws random rays,
+takes the pipeline's optimiser step (mixed precision where the settings say) and, for
+Instant-NGP, adapts the ray count to the samples budget. Test PSNR is
 measured at the paper's clock marks (outside training time); at the end the test views are
 scored and pictured and a turntable video is rendered.
 """
@@ -18,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from nerfx.data import lego
+from nerfx.data import lego, room
 from nerfx.data.rays import TrainingRays
 from nerfx.data.scenes import Scene, SceneError, load_scene
 from nerfx.loop import LoopState
@@ -55,17 +56,22 @@ def records_samples_at(step: int) -> bool:
 
 
 def find_scene(data: str, downscale: int) -> tuple[Path, int, bool]:
-    """data: a scene folder, or a NeRF-synthetic scene's name. -> (folder, downscale to load
-    with, whether it is the built-in lego)."""
+    """data: a scene folder, a NeRF-synthetic scene's name, or a built-in scene's name (lego,
+    room). -> (folder, downscale to load with, whether it is a built-in scene). The built-in
+    scenes are generated once at the resolution they train at."""
     path = Path(data)
     if path.is_dir() or len(path.parts) > 1:
         return path, downscale, False
     real = Path(os.environ.get("NERFX_DATA", "data")) / "nerf_synthetic" / data
     if (real / "transforms_train.json").is_file():
         return real, downscale, False
+    if data == "room":
+        width = max(room.FULL_WIDTH // downscale, 1)
+        print(f"nerfx: the built-in room scene ({width} px wide, generated once)", flush=True)
+        return room.generate(width), 1, True
     if data != "lego":
         raise SceneError(f"scene {data!r} not found at {real} (nor a folder {path}); pass "
-                         "--data PATH")
+                         "--data PATH, or --scene lego or room (built in)")
     size = max(800 // downscale, 1)
     print(f"nerfx: no NeRF-synthetic lego at {real}; using the built-in lego scene "
           f"({size}x{size}, generated once)", flush=True)
