@@ -232,3 +232,21 @@ def test_the_built_in_room_trains_with_three_cascades(tmp_path, data):
     config = json.loads((run / "config.json").read_text())
     assert config["pipeline"]["cascades"] == 3 and config["pipeline"]["cone_angle"] == 1 / 256
     assert Path(config["scene"]).name == "room-24x18" and math.isfinite(metrics["test_psnr"])
+
+
+@pytest.mark.slow
+def test_a_colmap_model_trains_and_records_its_aabb_scale(tmp_path, data):
+    from nerfx.data import room
+    from tests.data.colmap_writer import room_as_colmap
+
+    capture = room_as_colmap(room.generate(24, root=tmp_path / "builtin", progress=False),
+                             tmp_path / "fox", binary=True)
+    run = tmp_path / "run"
+    metrics = train.main(["--data", str(capture), "--fast", "--downscale", "1", "--steps", "3",
+                          "--eval-views", "2", "--video-frames", "0", "--device", "cpu",
+                          "--out", str(run)])
+    assert metrics["scene"] == "fox" and not metrics["builtin_scene"] and metrics["steps"] == 3
+    config = json.loads((run / "config.json").read_text())
+    assert config["aabb_scale"] == 8 and config["pipeline"]["cascades"] == 4
+    assert set(config["source_transform"]) == {"rotation", "center", "scale"}
+    assert math.isfinite(metrics["test_psnr"])

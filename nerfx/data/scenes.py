@@ -1,5 +1,6 @@
-"""Scenes on disk: NeRF-synthetic (`transforms_{train,val,test}.json`) and Instant-NGP
-(`transforms.json`) folders, read into uint8 images, camera-to-world poses and intrinsics.
+"""Scenes on disk: NeRF-synthetic (`transforms_{train,val,test}.json`), Instant-NGP
+(`transforms.json`) and COLMAP (`sparse/0`, nerfx.data.colmap) folders, read into uint8 images,
+camera-to-world poses and intrinsics.
 
 Real captures are expected: intrinsics shared at the top level or per frame (`fl_x`, `fl_y`,
 `cx`, `cy`, `w`, `h`; `camera_angle_x` / `camera_angle_y` in radians or `x_fov` / `y_fov` in
@@ -55,6 +56,9 @@ class Scene:
     # The box the scene lives in (cascade 0): NeRF-synthetic's [-1.5, 1.5]^3, or Instant-NGP's
     # unit cube after its scale and offset.
     aabb: tuple[float, ...] = (-1.5, -1.5, -1.5, 1.5, 1.5, 1.5)
+    # Where the poses were moved from another world (a COLMAP model, nerfx.data.colmap): the
+    # similarity new = scale * (rotation @ old - center), before `scale` and `offset` above.
+    source_transform: dict | None = None
 
     @property
     def height(self) -> int:
@@ -121,7 +125,8 @@ def _to_8bit(img: Image.Image) -> Image.Image:
     return img
 
 
-def _load_image(path: Path, downscale: int) -> np.ndarray:
+def load_image(path: Path, downscale: int) -> np.ndarray:
+    """An image file as uint8 [H, W, 3 or 4], box-downscaled; SceneError if unreadable."""
     try:
         with Image.open(path) as img:
             img.load()
@@ -235,7 +240,7 @@ def _read_frames(root: Path, source: Path, meta: dict, frames: list[dict], downs
         if path is None:
             missing.append(relative)
             continue
-        pixels = _load_image(path, downscale)
+        pixels = load_image(path, downscale)
         h, w = pixels.shape[:2]
         full_w = frame.get("w", meta.get("w", w * downscale))
         full_h = frame.get("h", meta.get("h", h * downscale))
@@ -276,7 +281,9 @@ def load_scene(root: str | Path, split: str = "train", *, downscale: int = 1,
 
     NeRF-synthetic folders have a file per split. An Instant-NGP folder has one transforms.json:
     every `test_every`-th image is the test split (and val), the others train. Its `scale` and
-    `offset` map poses into the unit cube around (0.5, 0.5, 0.5), as Instant-NGP does.
+    `offset` map poses into the unit cube around (0.5, 0.5, 0.5), as Instant-NGP does. A COLMAP
+    model (root/sparse/0, root/sparse or root itself, with images/) is split the same way and
+    centred, oriented and scaled as instant-ngp's colmap2nerf does (nerfx.data.colmap).
     """
     root = Path(root)
     if split not in SPLITS:
@@ -291,8 +298,16 @@ def load_scene(root: str | Path, split: str = "train", *, downscale: int = 1,
         return _read_frames(root, source, meta, meta["frames"], downscale, f"{split} images")
     source = root / "transforms.json"
     if not source.is_file():
-        raise SceneError(f"{root}: neither transforms_train.json (NeRF-synthetic) nor "
-                         "transforms.json (Instant-NGP) found")
+        from nerfx.data import colmap, colmap_io  # they build on this module
+
+        model = colmap_io.find_model(root)
+        if model is None:
+            raise SceneError(f"{root}: neither transforms_train.json (NeRF-synthetic), "
+                             "transforms.json (Instant-NGP) nor a COLMAP model (sparse/0/"
+                             "cameras.bin or .txt) found")
+        scene, norm = colmap.load_colmap(root, model, split, downscale, test_every)
+        scene.source_transform = norm.as_dict()
+        return scene
     meta = _read_json(source)
     aabb_scale = _number(meta.get("aabb_scale", 1), "aabb_scale", str(source))
     if not aabb_scale.is_integer() or aabb_scale < 1 or int(aabb_scale) & (int(aabb_scale) - 1) \

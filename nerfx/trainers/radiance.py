@@ -279,6 +279,11 @@ def make_task(config: dict, device: torch.device) -> RadianceFieldTask:
     scenes = [load_scene(folder, split, downscale=load_downscale,
                          test_every=settings["test_every"]) for split in ("train", "test")]
     config.setdefault("pipeline", pipeline_args(model, settings, scenes[0]))
+    # The scene's extent as Instant-NGP states it (given by transforms.json, or chosen for a
+    # COLMAP model), and where a COLMAP model's world was moved to (nerfx.data.colmap).
+    config.setdefault("aabb_scale", scenes[0].aabb_scale)
+    if scenes[0].source_transform is not None:
+        config.setdefault("source_transform", scenes[0].source_transform)
     config["camera"], config["turntable"] = camera_config(*scenes)
     pipeline = build_pipeline(config["pipeline"]).to(device)
     return RadianceFieldTask(pipeline, config, *scenes, device)
