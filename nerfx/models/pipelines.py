@@ -99,12 +99,14 @@ class InstantNGPPipeline(Pipeline):
     # Training rays through uniformly random points of their pixels (src/testbed_nerf.cu,
     # generate_training_samples_nerf, snap_to_pixel_centers off); test views at the centres.
     jitter_pixels = True
-    BUILD_SETTINGS = ("log2_hashmap_size", "grid_resolution", "decay", "step_divisor", "loss")
+    BUILD_SETTINGS = ("log2_hashmap_size", "grid_resolution", "decay", "step_divisor", "loss",
+                      "grid_warmup_cells")
     LOSSES = ("huber", "l2")
 
     def __init__(self, aabb: list[float], cascades: int = 1, log2_hashmap_size: int = 19,
                  grid_resolution: int = 128, decay: float = 0.95, step_divisor: int = 1024,
-                 cone_angle: float | None = None, loss: str = "huber"):
+                 cone_angle: float | None = None, loss: str = "huber",
+                 grid_warmup_cells: int | None = None):
         super().__init__()
         if loss not in self.LOSSES:
             raise ValueError(f"unknown loss {loss!r}; choose one of {self.LOSSES}")
@@ -117,7 +119,7 @@ class InstantNGPPipeline(Pipeline):
         self.field = InstantNGP(outer, NGPConfig(log2_hashmap_size=log2_hashmap_size),
                                  aabb_scale=2 ** (cascades - 1))
         self.grid = OccupancyGrid(aabb, resolution=grid_resolution, cascades=cascades,
-                                  decay=decay)
+                                  decay=decay, warmup_cells=grid_warmup_cells)
         extent = max(b - a for a, b in zip(aabb[:3], aabb[3:], strict=True))
         # The marching step (world units), defined once: the march takes it and the grid stores
         # the optical thickness sigma * step_size of it. The paper's is sqrt(3)/1024 of the

@@ -44,9 +44,9 @@ COMMON_PRESET = dict(precision="auto",  # "auto": mixed (fp16) on a GPU, fp32 on
                      save_every=250)    # steps between checkpoints
 
 
-def clock_views(views: list[int]) -> list[int]:
-    """CLOCK_VIEWS of the evaluated test views, spread evenly over them."""
-    return views[::max(len(views) // CLOCK_VIEWS, 1)][:CLOCK_VIEWS]
+def clock_views(views: list[int], n: int = CLOCK_VIEWS) -> list[int]:
+    """n of the evaluated test views, spread evenly over them."""
+    return views[::max(len(views) // n, 1)][:n]
 
 
 def records_samples_at(step: int) -> bool:
@@ -205,8 +205,10 @@ class RadianceFieldTask:
     def after_step(self, state: LoopState) -> None:
         for mark in CLOCK_MARKS:
             if mark not in self.clock_psnr and state.seconds >= mark:
-                self.clock_psnr[mark] = evaluate(self.model, self.test_set,
-                                                 clock_views(self.views))[0]
+                # PSNR only (no SSIM), on the preset's few views, with the compacting renderer.
+                views = clock_views(self.views, self.settings.get("clock_views", CLOCK_VIEWS))
+                scores = evaluate_views(self.model, self.test_set, views, with_ssim=False)
+                self.clock_psnr[mark] = mean_scores(scores)[0]
 
     def snapshot(self, run: Path, step: int) -> None:
         """Pictures come at the end (finish)."""
