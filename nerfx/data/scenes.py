@@ -212,7 +212,7 @@ def _lens(meta: dict, frame: dict, where: str) -> list[float] | None:
     return coeffs + [float(fisheye)]
 
 
-def _intrinsics(meta: dict, frame: dict, width: int, height: int, source: Path,
+def frame_intrinsics(meta: dict, frame: dict, width: int, height: int, source: Path,
                 index: int) -> list[float]:
     """(fx, fy, cx, cy) of a frame at its stored resolution, plus its lens
     (k1, k2, k3, k4, p1, p2, is_fisheye) when it has one; per-frame keys first."""
@@ -246,7 +246,7 @@ def _read_frames(root: Path, source: Path, meta: dict, frames: list[dict], downs
         full_h = frame.get("h", meta.get("h", h * downscale))
         full_w = int(_number(full_w, "w", f"{source}: frame {index}"))
         full_h = int(_number(full_h, "h", f"{source}: frame {index}"))
-        camera = _intrinsics(meta, frame, full_w, full_h, source, index)
+        camera = frame_intrinsics(meta, frame, full_w, full_h, source, index)
         sx, sy = w / full_w, h / full_h
         # Pixels scale with the image; the lens acts on normalised coordinates and does not.
         camera[:4] = [camera[0] * sx, camera[1] * sy, camera[2] * sx, camera[3] * sy]
