@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from nerfx.data.colmap_io import Camera, SparseModel, read_model
-from nerfx.data.scenes import MAX_AABB_SCALE, Scene, SceneError, load_image
+from nerfx.data.scenes import MAX_AABB_SCALE, Scene, SceneError, load_images
 
 # colmap2nerf.py scales the cameras' mean distance from the centre to 4.0 ("nerf sized").
 NERF_CAMERA_DISTANCE = 4.0
@@ -182,14 +182,12 @@ def load_colmap(root: Path, model_folder: Path, split: str, downscale: int,
     c2w[:, :3, 3] = norm.points(c2w[:, :3, 3])
     aabb_scale = choose_aabb_scale(c2w[:, :3, 3], norm.points(model.points))
     picked = [i for i in range(len(order)) if (i % test_every == 0) == (split != "train")]
-    images, rows = [], []
-    for i in picked:
-        pixels = load_image(folder / order[i].name, downscale)
+    images, rows = load_images([folder / order[i].name for i in picked], downscale), []
+    for i, pixels in zip(picked, images, strict=True):
         camera = model.cameras[order[i].camera_id]
         row = lens_row(camera, f"{model.folder}: camera {order[i].camera_id}")
         sx, sy = pixels.shape[1] / camera.width, pixels.shape[0] / camera.height
         row[:4] = [row[0] * sx, row[1] * sy, row[2] * sx, row[3] * sy]  # the lens does not scale
-        images.append(pixels)
         rows.append(row)
     shapes = {img.shape for img in images}
     if len(shapes) > 1:

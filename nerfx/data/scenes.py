@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +37,7 @@ DISTORTION_KEYS = LENS_KEYS[:6]  # k1, k2, k3, k4, p1, p2
 # Instant-NGP's largest scene: NERF_CASCADES() = 8 cascades of 2^k times the unit cube
 # (include/neural-graphics-primitives/nerf_device.cuh), so aabb_scale <= 2^7.
 MAX_AABB_SCALE = 128
+DECODE_THREADS = 8  # at most, and at most the machine's cores
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".PNG", ".JPG", ".JPEG")
 
 
@@ -140,6 +143,17 @@ def load_image(path: Path, downscale: int) -> np.ndarray:
         raise SceneError(f"{path}: cannot read the image ({exc})") from None
 
 
+def load_images(paths: list[Path], downscale: int, desc: str = "images") -> list[np.ndarray]:
+    """load_image of each path, decoded in parallel threads (Pillow's decoders and resampling
+    release the GIL), in order; the first unreadable one raises its SceneError."""
+    if len(paths) <= 1:
+        return [load_image(path, downscale) for path in paths]
+    workers = min(len(paths), os.cpu_count() or 1, DECODE_THREADS)
+    with ThreadPoolExecutor(workers) as pool:
+        return list(tqdm(pool.map(lambda path: load_image(path, downscale), paths),
+                         total=len(paths), desc=desc, unit="img", leave=False))
+
+
 def _pose(frame: dict, source: Path, index: int) -> np.ndarray:
     try:
         pose = np.asarray(frame["transform_matrix"], dtype=np.float64)
@@ -231,7 +245,8 @@ def frame_intrinsics(meta: dict, frame: dict, width: int, height: int, source: P
 def _read_frames(root: Path, source: Path, meta: dict, frames: list[dict], downscale: int,
                  desc: str) -> Scene:
     images, poses, intrinsics, names, missing = [], [], [], [], []
-    for index, frame in enumerate(tqdm(frames, desc=desc, unit="img", leave=False)):
+    found = []  # (index, frame, pose, path, relative) of the frames whose image exists
+    for index, frame in enumerate(frames):
         relative = frame.get("file_path") if isinstance(frame, dict) else None
         if not isinstance(relative, str):
             raise SceneError(f"{source}: frame {index} has no 'file_path'")
@@ -240,7 +255,9 @@ def _read_frames(root: Path, source: Path, meta: dict, frames: list[dict], downs
         if path is None:
             missing.append(relative)
             continue
-        pixels = load_image(path, downscale)
+        found.append((index, frame, pose, path, relative))
+    decoded = load_images([item[3] for item in found], downscale, desc)
+    for (index, frame, pose, _, relative), pixels in zip(found, decoded, strict=True):
         h, w = pixels.shape[:2]
         full_w = frame.get("w", meta.get("w", w * downscale))
         full_h = frame.get("h", meta.get("h", h * downscale))
