@@ -83,7 +83,7 @@ def pipeline_args(model: str, settings: dict, scene: Scene) -> dict:
     pipeline = PIPELINES[model]
     args = {"name": model, "aabb": list(scene.aabb),
             "cascades": int(math.log2(scene.aabb_scale)) + 1}
-    return args | pipeline.scene_args(scene.aabb_scale) | \
+    return args | pipeline.scene_args(scene.aabb_scale, settings.get("step_divisor")) | \
         {key: settings[key] for key in pipeline.BUILD_SETTINGS}
 
 
@@ -94,6 +94,17 @@ def camera_config(train_set: Scene, test_set: Scene) -> tuple[dict, dict]:
     return ({"width": test_set.width, "height": test_set.height,
              "intrinsics": test_set.intrinsics[0].tolist()},
             {"radius": radius, "center": center.tolist(), "elevation_deg": 30.0})
+
+
+def scaled_camera(camera: dict, downscale: int) -> dict:
+    """config.json's camera at 1/downscale of its size (the lens, on normalised coordinates,
+    unchanged)."""
+    if downscale <= 1:
+        return camera
+    intrinsics = list(camera["intrinsics"])
+    intrinsics[:4] = [v / downscale for v in intrinsics[:4]]
+    return {"width": max(camera["width"] // downscale, 1),
+            "height": max(camera["height"] // downscale, 1), "intrinsics": intrinsics}
 
 
 def evaluate(pipeline: Pipeline, scene: Scene, views: list[int], out_dir: Path | None = None
@@ -188,7 +199,8 @@ class RadianceFieldTask:
             if result.n_marched is not None:  # before compaction
                 self.marched_per_ray[step + 1] = round(result.n_marched / n_rays, 1)
         self.batch_rays = self.pipeline.next_batch_rays(n_rays, result.n_samples,
-                                                        self.settings["batch_samples"])
+                                                        self.settings["batch_samples"],
+                                                        self.settings.get("max_batch_rays"))
         # The losses stay on the device (the loop reads them when its bar redraws): no wait here.
         # The next step's march waits for this one (it reads its sample count), so the clock
         # runs at most one step ahead of the device.
@@ -220,7 +232,8 @@ class RadianceFieldTask:
         test_psnr, test_ssim = evaluate(model, self.test_set, self.views, run / "renders")
         video = None
         if self.settings["video_frames"] > 0:
-            video = render_turntable(model, self.config["camera"], self.config["turntable"],
+            camera = scaled_camera(self.config["camera"], self.settings.get("video_downscale", 1))
+            video = render_turntable(model, camera, self.config["turntable"],
                                      self.settings["video_frames"], run / "turntable")
         samples_per_second = (round(self.samples_total / self.step_seconds)
                               if self.samples_total else None)
