@@ -31,6 +31,8 @@ def test_train_writes_outputs_and_resumes(tmp_path, data):
     run = tmp_path / "run"
     metrics = train.main(TINY + ["--steps", "12", "--batch-rays", "256", "--out", str(run)])
     assert metrics["steps"] == 12 and metrics["builtin_scene"]
+    # The built-in lego's pixels are point samples at their centres: rays stay there.
+    assert json.loads((run / "config.json").read_text())["point_sampled"] is True
     saved = json.loads((run / "metrics.json").read_text())
     assert saved["test_psnr"] == metrics["test_psnr"] and saved["test_psnr"] > 5
     assert saved["backends"]["hash_encode"] == "cpu"
@@ -233,6 +235,7 @@ def test_the_built_in_room_trains_with_three_cascades(tmp_path, data):
     # The CPU recipe's step is 4x the paper's (step_divisor 256): its cone angle too, 4 / 256.
     assert config["pipeline"]["cascades"] == 3 and config["pipeline"]["cone_angle"] == 1 / 64
     assert Path(config["scene"]).name == "room-24x18" and math.isfinite(metrics["test_psnr"])
+    assert config["point_sampled"] is False  # supersampled images: training rays jittered
 
 
 @pytest.mark.slow
