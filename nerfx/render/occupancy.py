@@ -84,7 +84,6 @@ class OccupancyGrid(nn.Module):
         if warmup_cells is not None and warmup_cells < 1:
             raise ValueError(f"OccupancyGrid: warmup_cells must be >= 1, got {warmup_cells}")
         self.warmup_cells = warmup_cells
-        self._warmup_phase = 0  # which slice of the sweep the next warm-up update takes
         n_cells = cascades * resolution**3
         self.register_buffer("aabb", aabb)
         # sigma * dt per cell (dimensionless), dt = the step_size buffer.
@@ -141,12 +140,12 @@ class OccupancyGrid(nn.Module):
         thickness = self.optical_thickness
         if step < self.warmup_steps:
             cells = torch.nonzero(self.visible).flatten()  # every cell a camera sees
-            # The first warm-up update (of this process) takes them all: no cell is left at 0.
-            if self.warmup_cells is not None and cells.numel() > self.warmup_cells \
-                    and self._warmup_phase > 0:
+            # The first warm-up update takes them all (no cell is left at 0); the phase follows
+            # from the step alone, so a resumed run sweeps as an uninterrupted one does.
+            phase = sum(1 for s in range(step) if self.updates_at(s))  # updates before this
+            if self.warmup_cells is not None and cells.numel() > self.warmup_cells and phase:
                 k = -(-cells.numel() // self.warmup_cells)  # updates per sweep
-                cells = cells[self._warmup_phase % k::k]
-            self._warmup_phase += 1
+                cells = cells[phase % k::k]
         else:
             quarter = max(thickness.numel() // 4, 1)
             cells = torch.cat([self._pick(self.visible, quarter, generator),

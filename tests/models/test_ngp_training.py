@@ -91,7 +91,9 @@ def test_run_configs_save_the_cone_angle(tmp_path, monkeypatch):
 
     scene = Namespace(aabb=AABB, aabb_scale=4)
     args = pipeline_args("ngp", ngp.PRESETS["cpu-fast"], scene)
-    assert args["cone_angle"] == 1 / 256 and args["cascades"] == 3
+    # The CPU's minimal step is 4x the paper's (step_divisor 256): its cone angle too.
+    assert args["cone_angle"] == 1 / 64 and args["cascades"] == 3
+    assert pipeline_args("ngp", ngp.PRESETS["gpu"], scene)["cone_angle"] == 1 / 256
 
 
 def test_compaction_keeps_exactly_the_samples_compositing_weights():
