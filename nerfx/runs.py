@@ -21,6 +21,24 @@ CONFIG = "config.json"
 METRICS = "metrics.json"
 
 
+def data_name(data: str) -> str:
+    """The short name of what a run trains on, for its folder, metrics.json and final line: the
+    kind before a colon (shapes, mnist:PATH -> mnist), a scene by name as it is (lego, room), a
+    folder by its own name (resolved, so "." and "fox/" name the folder; a file such as
+    transforms.json by the folder holding it; a COLMAP model's sparse/0 by the capture above)."""
+    if ":" in data and not Path(data).exists():
+        return data.split(":")[0]
+    path = Path(data)
+    if not path.exists() and len(path.parts) <= 1:
+        return data
+    path = path.resolve()
+    if path.is_file():
+        path = path.parent
+    if path.parent.name == "sparse":  # <capture>/sparse/0
+        path = path.parent.parent
+    return path.name or data
+
+
 class RunError(ValueError):
     """A run folder that cannot be used; the message names the file and the problem."""
 

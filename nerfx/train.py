@@ -7,11 +7,11 @@
 
 Radiance fields train on a scene: --data PATH (a NeRF-synthetic or Instant-NGP folder) or
 --scene NAME ($NERFX_DATA/nerf_synthetic/NAME; without a real lego, nerfx generates its built-in
-one and says so). Image models train on shapes (built in), mnist:PATH, cifar10:PATH or
-folder:PATH. Each model's presets (nerfx/trainers/<model>.py) are chosen by device and --fast;
-the flags below and --set override them. The run folder holds config.json, metrics.json, the
-model's pictures and checkpoint.pt (written atomically; --resume continues it, random state
-included).
+one and says so; --scene room is nerfx's built-in capture-like scene). Image models train on
+shapes (built in), mnist:PATH, cifar10:PATH or folder:PATH. Each model's presets
+(nerfx/trainers/<model>.py) are chosen by device and --fast; the flags below and --set override
+them. The run folder holds config.json, metrics.json, the model's pictures and checkpoint.pt
+(written atomically; --resume continues it, random state included).
 """
 
 from __future__ import annotations
@@ -38,8 +38,9 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
                    help="what to train (default ngp: Instant-NGP)")
     p.add_argument("--data", help="radiance fields: a scene folder; image models: shapes, "
                                   "mnist:PATH, cifar10:PATH or folder:PATH")
-    p.add_argument("--scene", help="radiance fields: a NeRF-synthetic scene by name (lego is "
-                                   "built in); the same as --data NAME")
+    p.add_argument("--scene", help="radiance fields: a NeRF-synthetic scene by name, or a "
+                                   "built-in one: lego, or room (an object in a textured room, "
+                                   "lens distortion, aabb_scale 4); the same as --data NAME")
     p.add_argument("--fast", action="store_true",
                    help="the short preset (about a minute on a GPU, minutes on a CPU)")
     p.add_argument("--steps", type=int, help="training steps (default: preset)")

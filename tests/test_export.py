@@ -340,3 +340,24 @@ def test_commands_on_a_tiny_run(tmp_path, monkeypatch):
     (empty / "config.json").write_text((run / "config.json").read_text())
     fails(["mesh", str(empty), "--out", str(out / "n.ply")], "no checkpoint")
     assert not (out / "n.ply").exists() and not list(out.glob("*.tmp"))
+
+
+def test_the_rooms_depth_maps_are_a_truth_the_room_and_toy_meshes_match(tmp_path):
+    """The built-in room (Instant-NGP layout, lens) gives --compare its truth: its exact walls
+    and toy score near 1, the same shifted off every surface by 1.5 % of the diagonal far
+    lower."""
+    from nerfx.data import room
+    from nerfx.export.accuracy import load_truth
+
+    folder = room.generate(48, root=tmp_path, progress=False)
+    truth = load_truth(folder)
+    assert truth.intrinsics.shape[1] == 11 and len(truth.poses) == room.N_VIEWS
+    floor = room.floor_height(build_vehicle())
+    walls = trimesh.creation.box(bounds=[[-room.ROOM_HALF, -room.ROOM_HALF, floor],
+                                         [room.ROOM_HALF, room.ROOM_HALF, room.ROOM_TOP]])
+    exact = trimesh.util.concatenate([walls, primitives_mesh(build_vehicle())])
+    good = compare(exact, truth, n_samples=200_000)
+    assert good["recall@1%"] > 0.97 and good["f@1%"] > 0.9, good
+    shifted = exact.copy()
+    shifted.apply_translation([0.015 * truth.diagonal] * 3)  # every surface off by 1.5 %
+    assert compare(shifted, truth, n_samples=200_000)["f@1%"] < good["f@1%"] - 0.3

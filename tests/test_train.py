@@ -31,6 +31,8 @@ def test_train_writes_outputs_and_resumes(tmp_path, data):
     run = tmp_path / "run"
     metrics = train.main(TINY + ["--steps", "12", "--batch-rays", "256", "--out", str(run)])
     assert metrics["steps"] == 12 and metrics["builtin_scene"]
+    # The built-in lego's pixels are point samples at their centres: rays stay there.
+    assert json.loads((run / "config.json").read_text())["point_sampled"] is True
     saved = json.loads((run / "metrics.json").read_text())
     assert saved["test_psnr"] == metrics["test_psnr"] and saved["test_psnr"] > 5
     assert saved["backends"]["hash_encode"] == "cpu"
@@ -205,3 +207,50 @@ def test_clock_marks_are_measured_on_eight_spread_test_views():
     assert CLOCK_VIEWS == 8
     assert clock_views(list(range(0, 200))) == list(range(0, 200, 25))
     assert clock_views([0, 5, 10]) == [0, 5, 10]
+
+
+def test_runs_are_named_after_their_data(tmp_path, monkeypatch):
+    """The run folder, metrics.json and the final line name the scene trained on, not lego."""
+    from nerfx.runs import data_name
+    from nerfx.trainers import run_folder_name
+
+    capture = tmp_path / "fox"
+    (capture / "sparse" / "0").mkdir(parents=True)
+    (capture / "transforms.json").write_text("{}")
+    monkeypatch.chdir(capture)
+    for data in (".", "./", f"{capture}/", str(capture), "transforms.json", "sparse/0"):
+        assert data_name(data) == "fox", data
+    assert data_name("room") == "room" and data_name("mnist:/x/y") == "mnist"
+    assert run_folder_name({"data": str(capture), "model": "ngp"}).startswith("fox-ngp-")
+
+
+@pytest.mark.slow
+def test_the_built_in_room_trains_with_three_cascades(tmp_path, data):
+    run = tmp_path / "room"
+    metrics = train.main(["--scene", "room", "--fast", "--downscale", "40", "--steps", "3",
+                          "--eval-views", "2", "--video-frames", "0", "--device", "cpu",
+                          "--out", str(run)])
+    assert metrics["scene"] == "room" and metrics["builtin_scene"] and metrics["steps"] == 3
+    config = json.loads((run / "config.json").read_text())
+    # The CPU recipe's step is 4x the paper's (step_divisor 256): its cone angle too, 4 / 256.
+    assert config["pipeline"]["cascades"] == 3 and config["pipeline"]["cone_angle"] == 1 / 64
+    assert Path(config["scene"]).name == "room-24x18" and math.isfinite(metrics["test_psnr"])
+    assert config["point_sampled"] is False  # supersampled images: training rays jittered
+
+
+@pytest.mark.slow
+def test_a_colmap_model_trains_and_records_its_aabb_scale(tmp_path, data):
+    from nerfx.data import room
+    from tests.data.colmap_writer import room_as_colmap
+
+    capture = room_as_colmap(room.generate(24, root=tmp_path / "builtin", progress=False),
+                             tmp_path / "fox", binary=True)
+    run = tmp_path / "run"
+    metrics = train.main(["--data", str(capture), "--fast", "--downscale", "1", "--steps", "3",
+                          "--eval-views", "2", "--video-frames", "0", "--device", "cpu",
+                          "--out", str(run)])
+    assert metrics["scene"] == "fox" and not metrics["builtin_scene"] and metrics["steps"] == 3
+    config = json.loads((run / "config.json").read_text())
+    assert config["aabb_scale"] == 8 and config["pipeline"]["cascades"] == 4
+    assert set(config["source_transform"]) == {"rotation", "center", "scale"}
+    assert math.isfinite(metrics["test_psnr"])

@@ -1,5 +1,6 @@
-"""Scenes on disk: NeRF-synthetic (`transforms_{train,val,test}.json`) and Instant-NGP
-(`transforms.json`) folders, read into uint8 images, camera-to-world poses and intrinsics.
+"""Scenes on disk: NeRF-synthetic (`transforms_{train,val,test}.json`), Instant-NGP
+(`transforms.json`) and COLMAP (`sparse/0`, nerfx.data.colmap) folders, read into uint8 images,
+camera-to-world poses and intrinsics.
 
 Real captures are expected: intrinsics shared at the top level or per frame (`fl_x`, `fl_y`,
 `cx`, `cy`, `w`, `h`; `camera_angle_x` / `camera_angle_y` in radians or `x_fov` / `y_fov` in
@@ -18,7 +19,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,6 +37,7 @@ DISTORTION_KEYS = LENS_KEYS[:6]  # k1, k2, k3, k4, p1, p2
 # Instant-NGP's largest scene: NERF_CASCADES() = 8 cascades of 2^k times the unit cube
 # (include/neural-graphics-primitives/nerf_device.cuh), so aabb_scale <= 2^7.
 MAX_AABB_SCALE = 128
+DECODE_THREADS = 8  # at most, and at most the machine's cores
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".PNG", ".JPG", ".JPEG")
 
 
@@ -55,6 +59,9 @@ class Scene:
     # The box the scene lives in (cascade 0): NeRF-synthetic's [-1.5, 1.5]^3, or Instant-NGP's
     # unit cube after its scale and offset.
     aabb: tuple[float, ...] = (-1.5, -1.5, -1.5, 1.5, 1.5, 1.5)
+    # Where the poses were moved from another world (a COLMAP model, nerfx.data.colmap): the
+    # similarity new = scale * (rotation @ old - center), before `scale` and `offset` above.
+    source_transform: dict | None = None
 
     @property
     def height(self) -> int:
@@ -121,7 +128,8 @@ def _to_8bit(img: Image.Image) -> Image.Image:
     return img
 
 
-def _load_image(path: Path, downscale: int) -> np.ndarray:
+def load_image(path: Path, downscale: int) -> np.ndarray:
+    """An image file as uint8 [H, W, 3 or 4], box-downscaled; SceneError if unreadable."""
     try:
         with Image.open(path) as img:
             img.load()
@@ -133,6 +141,17 @@ def _load_image(path: Path, downscale: int) -> np.ndarray:
             return np.asarray(img, dtype=np.uint8)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise SceneError(f"{path}: cannot read the image ({exc})") from None
+
+
+def load_images(paths: list[Path], downscale: int, desc: str = "images") -> list[np.ndarray]:
+    """load_image of each path, decoded in parallel threads (Pillow's decoders and resampling
+    release the GIL), in order; the first unreadable one raises its SceneError."""
+    if len(paths) <= 1:
+        return [load_image(path, downscale) for path in paths]
+    workers = min(len(paths), os.cpu_count() or 1, DECODE_THREADS)
+    with ThreadPoolExecutor(workers) as pool:
+        return list(tqdm(pool.map(lambda path: load_image(path, downscale), paths),
+                         total=len(paths), desc=desc, unit="img", leave=False))
 
 
 def _pose(frame: dict, source: Path, index: int) -> np.ndarray:
@@ -207,7 +226,7 @@ def _lens(meta: dict, frame: dict, where: str) -> list[float] | None:
     return coeffs + [float(fisheye)]
 
 
-def _intrinsics(meta: dict, frame: dict, width: int, height: int, source: Path,
+def frame_intrinsics(meta: dict, frame: dict, width: int, height: int, source: Path,
                 index: int) -> list[float]:
     """(fx, fy, cx, cy) of a frame at its stored resolution, plus its lens
     (k1, k2, k3, k4, p1, p2, is_fisheye) when it has one; per-frame keys first."""
@@ -226,7 +245,8 @@ def _intrinsics(meta: dict, frame: dict, width: int, height: int, source: Path,
 def _read_frames(root: Path, source: Path, meta: dict, frames: list[dict], downscale: int,
                  desc: str) -> Scene:
     images, poses, intrinsics, names, missing = [], [], [], [], []
-    for index, frame in enumerate(tqdm(frames, desc=desc, unit="img", leave=False)):
+    found = []  # (index, frame, pose, path, relative) of the frames whose image exists
+    for index, frame in enumerate(frames):
         relative = frame.get("file_path") if isinstance(frame, dict) else None
         if not isinstance(relative, str):
             raise SceneError(f"{source}: frame {index} has no 'file_path'")
@@ -235,13 +255,15 @@ def _read_frames(root: Path, source: Path, meta: dict, frames: list[dict], downs
         if path is None:
             missing.append(relative)
             continue
-        pixels = _load_image(path, downscale)
+        found.append((index, frame, pose, path, relative))
+    decoded = load_images([item[3] for item in found], downscale, desc)
+    for (index, frame, pose, _, relative), pixels in zip(found, decoded, strict=True):
         h, w = pixels.shape[:2]
         full_w = frame.get("w", meta.get("w", w * downscale))
         full_h = frame.get("h", meta.get("h", h * downscale))
         full_w = int(_number(full_w, "w", f"{source}: frame {index}"))
         full_h = int(_number(full_h, "h", f"{source}: frame {index}"))
-        camera = _intrinsics(meta, frame, full_w, full_h, source, index)
+        camera = frame_intrinsics(meta, frame, full_w, full_h, source, index)
         sx, sy = w / full_w, h / full_h
         # Pixels scale with the image; the lens acts on normalised coordinates and does not.
         camera[:4] = [camera[0] * sx, camera[1] * sy, camera[2] * sx, camera[3] * sy]
@@ -276,7 +298,9 @@ def load_scene(root: str | Path, split: str = "train", *, downscale: int = 1,
 
     NeRF-synthetic folders have a file per split. An Instant-NGP folder has one transforms.json:
     every `test_every`-th image is the test split (and val), the others train. Its `scale` and
-    `offset` map poses into the unit cube around (0.5, 0.5, 0.5), as Instant-NGP does.
+    `offset` map poses into the unit cube around (0.5, 0.5, 0.5), as Instant-NGP does. A COLMAP
+    model (root/sparse/0, root/sparse or root itself, with images/) is split the same way and
+    centred, oriented and scaled as instant-ngp's colmap2nerf does (nerfx.data.colmap).
     """
     root = Path(root)
     if split not in SPLITS:
@@ -291,8 +315,16 @@ def load_scene(root: str | Path, split: str = "train", *, downscale: int = 1,
         return _read_frames(root, source, meta, meta["frames"], downscale, f"{split} images")
     source = root / "transforms.json"
     if not source.is_file():
-        raise SceneError(f"{root}: neither transforms_train.json (NeRF-synthetic) nor "
-                         "transforms.json (Instant-NGP) found")
+        from nerfx.data import colmap, colmap_io  # they build on this module
+
+        model = colmap_io.find_model(root)
+        if model is None:
+            raise SceneError(f"{root}: neither transforms_train.json (NeRF-synthetic), "
+                             "transforms.json (Instant-NGP) nor a COLMAP model (sparse/0/"
+                             "cameras.bin or .txt) found")
+        scene, norm = colmap.load_colmap(root, model, split, downscale, test_every)
+        scene.source_transform = norm.as_dict()
+        return scene
     meta = _read_json(source)
     aabb_scale = _number(meta.get("aabb_scale", 1), "aabb_scale", str(source))
     if not aabb_scale.is_integer() or aabb_scale < 1 or int(aabb_scale) & (int(aabb_scale) - 1) \

@@ -27,8 +27,9 @@ import torch
 import trimesh
 from scipy.spatial import cKDTree
 
-from nerfx.cameras import focal_from_fov, image_rays
+from nerfx.cameras import focal_from_fov, image_rays, project
 from nerfx.data.lego import Primitives
+from nerfx.data.scenes import frame_intrinsics
 from nerfx.export.density import ExportError
 
 SPLITS = ("train", "val", "test")
@@ -40,7 +41,7 @@ MESH_SAMPLES = 1_000_000
 class Truth:
     points: np.ndarray  # [N, 3] float64, back-projected depth of every view
     poses: torch.Tensor  # [V, 4, 4] camera-to-world
-    intrinsics: torch.Tensor  # [V, 4] (fx, fy, cx, cy)
+    intrinsics: torch.Tensor  # [V, 4] (fx, fy, cx, cy), or [V, 11] with the lens (nerfx.cameras)
     depths: torch.Tensor  # [V, H, W] distance along each unit ray, 0 where nothing is hit
 
     @property
@@ -48,24 +49,39 @@ class Truth:
         return float(np.linalg.norm(self.points.max(0) - self.points.min(0)))
 
 
+def _frames(scene: Path) -> list[tuple[Path, dict, list[dict]]]:
+    """(file, shared keys, frames) of a NeRF-synthetic folder's splits or an Instant-NGP
+    transforms.json."""
+    files = [scene / f"transforms_{split}.json" for split in SPLITS]
+    files = [path for path in files if path.is_file()] or \
+        [path for path in (scene / "transforms.json",) if path.is_file()]
+    found = []
+    for path in files:
+        meta = json.loads(path.read_text())
+        found.append((path, meta, meta["frames"]))
+    return found
+
+
 def load_truth(scene: str | Path) -> Truth:
-    """The depth maps of a NeRF-synthetic folder whose frames name a `depth_path` (.npy,
-    distance along the unit ray, 0 for background), back-projected."""
+    """The depth maps of a NeRF-synthetic folder or an Instant-NGP transforms.json (the built-in
+    lego and room) whose frames name a `depth_path` (.npy, distance along the unit ray through
+    each pixel's centre, lens included, 0 for background), back-projected into the folder's own
+    world (transform_matrix as written: an Instant-NGP scale and offset not applied)."""
     scene = Path(scene)
     points, poses, intrinsics, depths = [], [], [], []
-    for split in SPLITS:
-        path = scene / f"transforms_{split}.json"
-        if not path.is_file():
-            continue
-        meta = json.loads(path.read_text())
-        for frame in meta["frames"]:
+    for path, meta, frames in _frames(scene):
+        for index, frame in enumerate(frames):
             if "depth_path" not in frame:
                 raise ExportError(f"{path}: frame {frame.get('file_path')} has no depth_path; "
-                                  "--compare needs a scene with depth maps (the built-in lego)")
+                                  "--compare needs a scene with depth maps (the built-in lego "
+                                  "or room)")
             depth = torch.from_numpy(np.load(scene / frame["depth_path"])).float()  # [H, W]
             h, w = depth.shape
-            focal = focal_from_fov(meta["camera_angle_x"], w)
-            camera = torch.tensor([focal, focal, w / 2, h / 2])
+            if "camera_angle_x" in meta:  # NeRF-synthetic
+                focal = focal_from_fov(meta["camera_angle_x"], w)
+                camera = torch.tensor([focal, focal, w / 2, h / 2])
+            else:  # Instant-NGP: fl_x ... and the lens, at the depth map's resolution
+                camera = torch.tensor(frame_intrinsics(meta, frame, w, h, path, index))
             pose = torch.tensor(frame["transform_matrix"], dtype=torch.float32)
             o, d = image_rays(pose, camera, w, h)  # [H * W, 3] each
             t = depth.flatten()
@@ -75,7 +91,10 @@ def load_truth(scene: str | Path) -> Truth:
             intrinsics.append(camera)
             depths.append(depth)
     if not points:
-        raise ExportError(f"{scene}: no transforms_{{train,val,test}}.json with depth maps")
+        raise ExportError(f"{scene}: no transforms_{{train,val,test}}.json or transforms.json "
+                          "with depth maps")
+    width = max(c.numel() for c in intrinsics)  # one layout: pinholes get a zero lens
+    intrinsics = [torch.cat([c, torch.zeros(width - c.numel())]) for c in intrinsics]
     return Truth(np.concatenate(points), torch.stack(poses), torch.stack(intrinsics),
                  torch.stack(depths))
 
@@ -94,11 +113,8 @@ def hidden_depth(samples: np.ndarray, truth: Truth, stop: float = 0.0) -> np.nda
         if todo.numel() == 0:
             break
         rel = x[todo] - pose[:3, 3]  # [m, 3]
-        cam = rel @ pose[:3, :3]  # camera frame: x right, y up, looking down -z
-        ahead = -cam[:, 2]
-        z = ahead.clamp(min=1e-6)
-        u = torch.floor(camera[0] * cam[:, 0] / z + camera[2]).long()
-        v = torch.floor(-camera[1] * cam[:, 1] / z + camera[3]).long()
+        uv, ahead = project(x[todo], torch.linalg.inv(pose), camera)  # through the lens, if any
+        u, v = uv[:, 0].floor().long(), uv[:, 1].floor().long()
         inside = (ahead > 0) & (u >= 0) & (u < w) & (v >= 0) & (v < h)
         d = depth[v.clamp(0, h - 1), u.clamp(0, w - 1)]  # [m]
         behind = torch.where(d > 0, rel.norm(dim=-1) - d, torch.full_like(d, -math.inf))

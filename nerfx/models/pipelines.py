@@ -44,6 +44,7 @@ class Pipeline(nn.Module):
     betas: tuple[float, float]
     eps: float
     random_background: bool
+    jitter_pixels: bool = False  # training rays through random points of their pixels
     ema_decay: float | None = None  # an EMA of the weights to evaluate, where the paper has one
     BUILD_SETTINGS: tuple[str, ...]  # run settings that are constructor arguments
 
@@ -53,7 +54,8 @@ class Pipeline(nn.Module):
         return settings["batch_rays"]
 
     @staticmethod
-    def next_batch_rays(batch_rays: int, n_samples: int, batch_samples: int | None) -> int:
+    def next_batch_rays(batch_rays: int, n_samples: int, batch_samples: int | None,
+                        max_rays: int | None = None) -> int:
         """Rays of the next step, given the samples this step took (constant by default)."""
         return batch_rays
 
@@ -62,7 +64,7 @@ class Pipeline(nn.Module):
         raise NotImplementedError
 
     @classmethod
-    def scene_args(cls, aabb_scale: int) -> dict:
+    def scene_args(cls, aabb_scale: int, step_divisor: int | None = None) -> dict:
         """Model arguments that follow from the scene (saved in config.json); none by default."""
         return {}
 
@@ -95,25 +97,30 @@ class InstantNGPPipeline(Pipeline):
     # quadratic part is the L2 loss d^2.
     huber_delta = 0.1
     random_background = True  # training pixels on random colours: empty space must be empty
-    BUILD_SETTINGS = ("log2_hashmap_size", "grid_resolution", "decay", "step_divisor", "loss")
+    # Training rays through uniformly random points of their pixels (src/testbed_nerf.cu,
+    # generate_training_samples_nerf, snap_to_pixel_centers off); test views at the centres.
+    jitter_pixels = True
+    BUILD_SETTINGS = ("log2_hashmap_size", "grid_resolution", "decay", "step_divisor", "loss",
+                      "grid_warmup_cells")
     LOSSES = ("huber", "l2")
 
     def __init__(self, aabb: list[float], cascades: int = 1, log2_hashmap_size: int = 19,
                  grid_resolution: int = 128, decay: float = 0.95, step_divisor: int = 1024,
-                 cone_angle: float | None = None, loss: str = "huber"):
+                 cone_angle: float | None = None, loss: str = "huber",
+                 grid_warmup_cells: int | None = None):
         super().__init__()
         if loss not in self.LOSSES:
             raise ValueError(f"unknown loss {loss!r}; choose one of {self.LOSSES}")
         self.loss = loss
         # Marching step growth dt = clamp(t * cone_angle, step_size, coarsest cell) (appendix
         # E.1: 1/256 when aabb_scale > 1, constant steps in the unit box); None: from the scene.
-        self.cone_angle = self.scene_args(2 ** (cascades - 1))["cone_angle"] \
+        self.cone_angle = self.scene_args(2 ** (cascades - 1), step_divisor)["cone_angle"] \
             if cone_angle is None else float(cone_angle)
         outer = _outer_box(aabb, cascades)
         self.field = InstantNGP(outer, NGPConfig(log2_hashmap_size=log2_hashmap_size),
                                  aabb_scale=2 ** (cascades - 1))
         self.grid = OccupancyGrid(aabb, resolution=grid_resolution, cascades=cascades,
-                                  decay=decay)
+                                  decay=decay, warmup_cells=grid_warmup_cells)
         extent = max(b - a for a, b in zip(aabb[:3], aabb[3:], strict=True))
         # The marching step (world units), defined once: the march takes it and the grid stores
         # the optical thickness sigma * step_size of it. The paper's is sqrt(3)/1024 of the
@@ -130,10 +137,15 @@ class InstantNGPPipeline(Pipeline):
         return 0.33 ** (0 if step < 20000 else 1 + (step - 20000) // 10000)
 
     @classmethod
-    def scene_args(cls, aabb_scale: int) -> dict:
+    def scene_args(cls, aabb_scale: int, step_divisor: int | None = None) -> dict:
         """Cone angle 1/256 for scenes larger than the unit box, 0 otherwise (instant-ngp
-        src/testbed_nerf.cu: cone_angle() is 1/256 when aabb_scale > 1; paper appendix E.1)."""
-        return {"cone_angle": 0.0 if aabb_scale <= 1 else 1 / 256}
+        src/testbed_nerf.cu: cone_angle() is 1/256 when aabb_scale > 1; paper appendix E.1),
+        for the paper's minimal step sqrt(3)/1024. A coarser minimal step (the CPU recipe's
+        step_divisor 256) scales the angle with it, 1024 / step_divisor, so that steps start
+        growing at the same distance (t = step / angle) as in instant-ngp."""
+        if aabb_scale <= 1:
+            return {"cone_angle": 0.0}
+        return {"cone_angle": 1 / 256 * 1024 / (step_divisor or 1024)}
 
     def param_groups(self) -> list[dict]:
         """The hash table (skipping entries whose gradient is exactly 0, undecayed), the MLPs'
@@ -146,12 +158,16 @@ class InstantNGPPipeline(Pipeline):
                 {"params": [p for p in rest if p.dim() < 2], "weight_decay": 0.0}]
 
     @staticmethod
-    def next_batch_rays(batch_rays: int, n_samples: int, batch_samples: int | None) -> int:
-        """As Instant-NGP does: as many rays as keep the samples per step at batch_samples."""
+    def next_batch_rays(batch_rays: int, n_samples: int, batch_samples: int | None,
+                        max_rays: int | None = None) -> int:
+        """As Instant-NGP does: as many rays as keep the samples per step at batch_samples (a
+        multiple of 128, at least 128), at most max_rays (the CPU recipe's cap) or
+        batch_samples."""
         if batch_samples is None:
             return batch_rays
         wanted = batch_rays * batch_samples / max(n_samples, 1)
-        return int(min(max(128 * round(wanted / 128), 128), batch_samples))
+        cap = batch_samples if max_rays is None else min(max_rays, batch_samples)
+        return int(min(max(128 * round(wanted / 128), 128), cap))
 
     def prepare(self, poses: torch.Tensor, intrinsics: torch.Tensor, width: int,
                 height: int) -> None:

@@ -50,7 +50,8 @@ class OccupancyGrid(nn.Module):
     update() follows instant-ngp's code: it runs on steps that are multiples of
     clamp(step // 16, 1, update_every) (every step at first, every 16 from step 256;
     src/testbed.cu, Testbed::train's n_prep_to_skip), decays every cell's thickness by `decay`,
-    re-evaluates all cells during the first `warmup_steps` steps and then a quarter of the seen
+    re-evaluates all cells during the first `warmup_steps` steps (or a bounded sweep through them,
+    `warmup_cells`) and then a quarter of the seen
     cells uniformly plus as many cells above the threshold (keeping the maximum of the decayed
     and the fresh value, and of duplicate samples), and marks a cell occupied when its thickness
     exceeds min(threshold, mean thickness of cascade 0) (instant-ngp: grid_to_bitfield, with the
@@ -61,7 +62,7 @@ class OccupancyGrid(nn.Module):
     def __init__(self, aabb: Sequence[float] | torch.Tensor, resolution: int = 128,
                  cascades: int = 1, decay: float = 0.95,
                  threshold: float = MIN_OPTICAL_THICKNESS, update_every: int = 16,
-                 warmup_steps: int = 256):
+                 warmup_steps: int = 256, warmup_cells: int | None = None):
         super().__init__()
         aabb = torch.as_tensor(aabb, dtype=torch.float32).flatten()
         if aabb.numel() != 6 or not bool((aabb[3:] > aabb[:3]).all()):
@@ -75,6 +76,14 @@ class OccupancyGrid(nn.Module):
         self.resolution, self.cascades = resolution, cascades
         self.decay, self.threshold = decay, threshold
         self.update_every, self.warmup_steps = update_every, warmup_steps
+        # At most this many cells per warm-up update (None: all the seen cells, instant-ngp's
+        # rule): a sweep through the seen cells, every k-th from a phase that advances each
+        # update, so each cell is still evaluated once every k = ceil(seen / warmup_cells)
+        # updates (the first update takes them all) and the warm-up's cost per update is bounded
+        # (the CPU recipe's).
+        if warmup_cells is not None and warmup_cells < 1:
+            raise ValueError(f"OccupancyGrid: warmup_cells must be >= 1, got {warmup_cells}")
+        self.warmup_cells = warmup_cells
         n_cells = cascades * resolution**3
         self.register_buffer("aabb", aabb)
         # sigma * dt per cell (dimensionless), dt = the step_size buffer.
@@ -131,6 +140,12 @@ class OccupancyGrid(nn.Module):
         thickness = self.optical_thickness
         if step < self.warmup_steps:
             cells = torch.nonzero(self.visible).flatten()  # every cell a camera sees
+            # The first warm-up update takes them all (no cell is left at 0); the phase follows
+            # from the step alone, so a resumed run sweeps as an uninterrupted one does.
+            phase = sum(1 for s in range(step) if self.updates_at(s))  # updates before this
+            if self.warmup_cells is not None and cells.numel() > self.warmup_cells and phase:
+                k = -(-cells.numel() // self.warmup_cells)  # updates per sweep
+                cells = cells[phase % k::k]
         else:
             quarter = max(thickness.numel() // 4, 1)
             cells = torch.cat([self._pick(self.visible, quarter, generator),

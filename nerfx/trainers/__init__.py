@@ -38,7 +38,15 @@ import torch
 from nerfx import distributed, loop
 from nerfx.ops import chosen_backends
 from nerfx.run_format import FORMAT_VERSION
-from nerfx.runs import CHECKPOINT, CONFIG, METRICS, RunError, read_run_config, write_json
+from nerfx.runs import (
+    CHECKPOINT,
+    CONFIG,
+    METRICS,
+    RunError,
+    data_name,
+    read_run_config,
+    write_json,
+)
 
 PRESET_NAMES = ("gpu", "cpu", "gpu-fast", "cpu-fast")
 # Settings every model takes whether or not its presets name them.
@@ -113,10 +121,8 @@ def new_config(request: TrainRequest) -> dict:
 
 
 def run_folder_name(config: dict) -> str:
-    """<data>-<model>-<time>: the data's kind (shapes, mnist, ...) or folder's name."""
-    data = config["data"]
-    name = data.split(":")[0] if ":" in data else Path(data).name
-    return f"{name}-{config['model']}-{datetime.now():%Y%m%d-%H%M%S}"
+    """<data>-<model>-<time>: the data's kind (shapes, mnist, ...), scene or folder's name."""
+    return f"{data_name(config['data'])}-{config['model']}-{datetime.now():%Y%m%d-%H%M%S}"
 
 
 def train(request: TrainRequest) -> dict:
@@ -174,7 +180,8 @@ def train(request: TrainRequest) -> dict:
                                              * distributed.world_size()
                                              / max(state.seconds, 1e-9), 1)
     write_json(run / METRICS, metrics)
-    print(f"nerfx.train: {config['model']} {state.step} steps in {state.seconds:.1f} s: "
+    print(f"nerfx.train: {config['model']} on {data_name(config['data'])}, {state.step} steps "
+          f"in {state.seconds:.1f} s: "
           f"{task.summary(metrics)} -> {run}", flush=True)
     distributed.barrier()
     distributed.cleanup()

@@ -15,13 +15,19 @@ OPS: tuple[str, ...] = ("hash_encode", "march_rays", "composite_rays", "adam_ste
 _GPU = dict(steps=35000, max_seconds=300.0, batch_samples=2**18, batch_rays=2**12,
             downscale=1, eval_views=200, video_frames=120, log2_hashmap_size=19,
             grid_resolution=128, decay=0.95, step_divisor=1024, loss="huber",
+            max_batch_rays=None, video_downscale=1, grid_warmup_cells=None, clock_views=8,
             **radiance.COMMON_PRESET)
-# 2 CPU cores: 1024 rays a step, T = 2^17, a 64^3 grid of faster decay and 4x coarser steps,
-# L2 loss, images at 1/8; max_seconds keeps the whole --fast command near 2 minutes on a slow or
-# busy machine. The measurements behind each choice are in benches/RESULTS.md.
-_CPU_FAST = dict(steps=2000, max_seconds=75.0, batch_samples=None, batch_rays=1024,
-                 downscale=8, eval_views=8, video_frames=24, log2_hashmap_size=17,
-                 grid_resolution=64, decay=0.8, step_divisor=256, loss="l2",
+# 2 CPU cores: a budget of 8192 field samples a step (counted after early termination, as the
+# GPU's 2^18) with the ray count following it, from 128 up to 1024 rays (the lego's 1024 once its
+# grid prunes; 128-256 in a room full of surfaces); T = 2^17, a 64^3 grid of faster decay and 4x
+# coarser steps (and so a 4x cone angle in large scenes: pipelines.InstantNGPPipeline.scene_args),
+# at most 65536 cells per warm-up update, L2 loss, images at 1/8; clock marks on 4 test views,
+# the turntable at half size; max_seconds keeps the whole --fast command near 2 minutes on a slow
+# or busy machine. The measurements behind each choice are in benches/RESULTS.md.
+_CPU_FAST = dict(steps=2000, max_seconds=75.0, batch_samples=8192, batch_rays=1024,
+                 max_batch_rays=1024, downscale=8, eval_views=8, video_frames=24,
+                 video_downscale=2, log2_hashmap_size=17, grid_resolution=64, decay=0.8,
+                 step_divisor=256, loss="l2", grid_warmup_cells=65536, clock_views=4,
                  **radiance.COMMON_PRESET)
 PRESETS = {
     "gpu": _GPU,

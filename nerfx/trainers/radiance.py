@@ -1,9 +1,10 @@
 """Training a radiance field (nerfx/trainers/ngp.py, nerf.py) on a scene, as a nerfx.loop Task.
 
 The data is a scene: a NeRF-synthetic or Instant-NGP folder, a NeRF-synthetic scene by name
-under $NERFX_DATA/nerf_synthetic/, or nerfx's built-in lego (generated once when no real one is
-found). A step draws random rays, takes the pipeline's optimiser step (mixed precision where the
-settings say) and, for Instant-NGP, adapts the ray count to the samples budget. Test PSNR is
+under $NERFX_DATA/nerf_synthetic/, nerfx's built-in lego (generated once when no real one is
+found) or its built-in room (a capture-like scene: nerfx.data.room). A step draws random rays,
+takes the pipeline's optimiser step (mixed precision where the settings say) and, for
+Instant-NGP, adapts the ray count to the samples budget. Test PSNR is
 measured at the paper's clock marks (outside training time); at the end the test views are
 scored and pictured and a turntable video is rendered.
 """
@@ -18,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from nerfx.data import lego
+from nerfx.data import lego, room
 from nerfx.data.rays import TrainingRays
 from nerfx.data.scenes import Scene, SceneError, load_scene
 from nerfx.loop import LoopState
@@ -33,6 +34,7 @@ from nerfx.models.pipelines import (
 from nerfx.ops.adam import SkipZeroAdam
 from nerfx.render.evaluate import evaluate_views, mean_scores
 from nerfx.render.views import render_turntable
+from nerfx.runs import data_name
 
 CLOCK_MARKS = (1, 5, 15, 60, 300)  # seconds of training at which the paper reports test PSNR
 CLOCK_VIEWS = 8  # test views evaluated at each clock mark (the final evaluation uses eval_views)
@@ -42,9 +44,9 @@ COMMON_PRESET = dict(precision="auto",  # "auto": mixed (fp16) on a GPU, fp32 on
                      save_every=250)    # steps between checkpoints
 
 
-def clock_views(views: list[int]) -> list[int]:
-    """CLOCK_VIEWS of the evaluated test views, spread evenly over them."""
-    return views[::max(len(views) // CLOCK_VIEWS, 1)][:CLOCK_VIEWS]
+def clock_views(views: list[int], n: int = CLOCK_VIEWS) -> list[int]:
+    """n of the evaluated test views, spread evenly over them."""
+    return views[::max(len(views) // n, 1)][:n]
 
 
 def records_samples_at(step: int) -> bool:
@@ -54,17 +56,22 @@ def records_samples_at(step: int) -> bool:
 
 
 def find_scene(data: str, downscale: int) -> tuple[Path, int, bool]:
-    """data: a scene folder, or a NeRF-synthetic scene's name. -> (folder, downscale to load
-    with, whether it is the built-in lego)."""
+    """data: a scene folder, a NeRF-synthetic scene's name, or a built-in scene's name (lego,
+    room). -> (folder, downscale to load with, whether it is a built-in scene). The built-in
+    scenes are generated once at the resolution they train at."""
     path = Path(data)
     if path.is_dir() or len(path.parts) > 1:
         return path, downscale, False
     real = Path(os.environ.get("NERFX_DATA", "data")) / "nerf_synthetic" / data
     if (real / "transforms_train.json").is_file():
         return real, downscale, False
+    if data == "room":
+        width = max(room.FULL_WIDTH // downscale, 1)
+        print(f"nerfx: the built-in room scene ({width} px wide, generated once)", flush=True)
+        return room.generate(width), 1, True
     if data != "lego":
         raise SceneError(f"scene {data!r} not found at {real} (nor a folder {path}); pass "
-                         "--data PATH")
+                         "--data PATH, or --scene lego or room (built in)")
     size = max(800 // downscale, 1)
     print(f"nerfx: no NeRF-synthetic lego at {real}; using the built-in lego scene "
           f"({size}x{size}, generated once)", flush=True)
@@ -76,7 +83,7 @@ def pipeline_args(model: str, settings: dict, scene: Scene) -> dict:
     pipeline = PIPELINES[model]
     args = {"name": model, "aabb": list(scene.aabb),
             "cascades": int(math.log2(scene.aabb_scale)) + 1}
-    return args | pipeline.scene_args(scene.aabb_scale) | \
+    return args | pipeline.scene_args(scene.aabb_scale, settings.get("step_divisor")) | \
         {key: settings[key] for key in pipeline.BUILD_SETTINGS}
 
 
@@ -87,6 +94,17 @@ def camera_config(train_set: Scene, test_set: Scene) -> tuple[dict, dict]:
     return ({"width": test_set.width, "height": test_set.height,
              "intrinsics": test_set.intrinsics[0].tolist()},
             {"radius": radius, "center": center.tolist(), "elevation_deg": 30.0})
+
+
+def scaled_camera(camera: dict, downscale: int) -> dict:
+    """config.json's camera at 1/downscale of its size (the lens, on normalised coordinates,
+    unchanged)."""
+    if downscale <= 1:
+        return camera
+    intrinsics = list(camera["intrinsics"])
+    intrinsics[:4] = [v / downscale for v in intrinsics[:4]]
+    return {"width": max(camera["width"] // downscale, 1),
+            "height": max(camera["height"] // downscale, 1), "intrinsics": intrinsics}
 
 
 def evaluate(pipeline: Pipeline, scene: Scene, views: list[int], out_dir: Path | None = None
@@ -144,6 +162,11 @@ class RadianceFieldTask:
         self.pipeline, self.config, self.settings = pipeline, config, settings
         self.train_set, self.test_set, self.device = train_set, test_set, device
         self.rays = TrainingRays(train_set, device)
+        # Rays at random points of their pixels model a sensor that averages over each pixel
+        # (photos; the built-in room, supersampled). The built-in lego's images are point
+        # samples at pixel centres: there the rays stay at the centres (1.5 dB better on it at
+        # 2000 steps, benches/RESULTS.md).
+        self.jitter = pipeline.jitter_pixels and not config.get("point_sampled", False)
         every = max(len(test_set) // settings["eval_views"], 1)
         self.views = list(range(0, len(test_set), every))[:settings["eval_views"]]
         self.optimizer = make_optimizer(pipeline)
@@ -169,7 +192,8 @@ class RadianceFieldTask:
     def train_step(self, step: int) -> dict[str, float | torch.Tensor]:
         tick = time.perf_counter()
         n_rays = self.items_per_step = self.batch_rays
-        batch = self.rays.sample(n_rays, self.generator, self.pipeline.random_background)
+        batch = self.rays.sample(n_rays, self.generator, self.pipeline.random_background,
+                                 self.jitter)
         result = optimize_step(self.pipeline, self.optimizer, self.scaler, batch, step,
                                self.generator, self.autocast)
         if self.ema is not None:
@@ -180,7 +204,8 @@ class RadianceFieldTask:
             if result.n_marched is not None:  # before compaction
                 self.marched_per_ray[step + 1] = round(result.n_marched / n_rays, 1)
         self.batch_rays = self.pipeline.next_batch_rays(n_rays, result.n_samples,
-                                                        self.settings["batch_samples"])
+                                                        self.settings["batch_samples"],
+                                                        self.settings.get("max_batch_rays"))
         # The losses stay on the device (the loop reads them when its bar redraws): no wait here.
         # The next step's march waits for this one (it reads its sample count), so the clock
         # runs at most one step ahead of the device.
@@ -197,8 +222,10 @@ class RadianceFieldTask:
     def after_step(self, state: LoopState) -> None:
         for mark in CLOCK_MARKS:
             if mark not in self.clock_psnr and state.seconds >= mark:
-                self.clock_psnr[mark] = evaluate(self.model, self.test_set,
-                                                 clock_views(self.views))[0]
+                # PSNR only (no SSIM), on the preset's few views, with the compacting renderer.
+                views = clock_views(self.views, self.settings.get("clock_views", CLOCK_VIEWS))
+                scores = evaluate_views(self.model, self.test_set, views, with_ssim=False)
+                self.clock_psnr[mark] = mean_scores(scores)[0]
 
     def snapshot(self, run: Path, step: int) -> None:
         """Pictures come at the end (finish)."""
@@ -210,12 +237,13 @@ class RadianceFieldTask:
         test_psnr, test_ssim = evaluate(model, self.test_set, self.views, run / "renders")
         video = None
         if self.settings["video_frames"] > 0:
-            video = render_turntable(model, self.config["camera"], self.config["turntable"],
+            camera = scaled_camera(self.config["camera"], self.settings.get("video_downscale", 1))
+            video = render_turntable(model, camera, self.config["turntable"],
                                      self.settings["video_frames"], run / "turntable")
         samples_per_second = (round(self.samples_total / self.step_seconds)
                               if self.samples_total else None)
         return {
-            "scene": Path(self.config["data"]).name,
+            "scene": data_name(self.config["data"]),
             "builtin_scene": self.config["builtin_scene"], "test_psnr": round(test_psnr, 3),
             "test_ssim": round(test_ssim, 4), "eval_views": len(self.views),
             "samples_per_second": samples_per_second, "precision": self.settings["precision"],
@@ -262,7 +290,8 @@ def make_task(config: dict, device: torch.device) -> RadianceFieldTask:
         folder, load_downscale = Path(config["scene"]), config["load_downscale"]
     else:
         folder, load_downscale, builtin = find_scene(config["data"], settings["downscale"])
-        config.update(scene=str(folder), load_downscale=load_downscale, builtin_scene=builtin)
+        config.update(scene=str(folder), load_downscale=load_downscale, builtin_scene=builtin,
+                      point_sampled=builtin and folder.name.startswith("lego-"))
     if device.type != "cuda":
         sizes = ", ".join(f"{k} {settings[k]}"
                           for k in ("batch_rays", *PIPELINES[model].BUILD_SETTINGS))
@@ -271,6 +300,11 @@ def make_task(config: dict, device: torch.device) -> RadianceFieldTask:
     scenes = [load_scene(folder, split, downscale=load_downscale,
                          test_every=settings["test_every"]) for split in ("train", "test")]
     config.setdefault("pipeline", pipeline_args(model, settings, scenes[0]))
+    # The scene's extent as Instant-NGP states it (given by transforms.json, or chosen for a
+    # COLMAP model), and where a COLMAP model's world was moved to (nerfx.data.colmap).
+    config.setdefault("aabb_scale", scenes[0].aabb_scale)
+    if scenes[0].source_transform is not None:
+        config.setdefault("source_transform", scenes[0].source_transform)
     config["camera"], config["turntable"] = camera_config(*scenes)
     pipeline = build_pipeline(config["pipeline"]).to(device)
     return RadianceFieldTask(pipeline, config, *scenes, device)

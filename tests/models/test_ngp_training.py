@@ -57,6 +57,8 @@ def test_training_rays_start_at_a_random_fraction_of_a_step():
 def test_the_cone_angle_follows_the_scene_and_reaches_the_march(monkeypatch):
     assert InstantNGPPipeline.scene_args(1) == {"cone_angle": 0.0}
     assert InstantNGPPipeline.scene_args(16) == {"cone_angle": 1 / 256}
+    assert InstantNGPPipeline.scene_args(16, 1024) == {"cone_angle": 1 / 256}
+    assert InstantNGPPipeline.scene_args(4, 256) == {"cone_angle": 1 / 64}  # the CPU's 4x step
     assert build_pipeline(SPEC).cone_angle == 0.0
     # aabb_scale 4, the paper's step (sqrt(3)/1024 of the unit box), cone angle from the scene
     big = build_pipeline(SPEC | {"cascades": 3, "step_divisor": 1024})
@@ -89,7 +91,9 @@ def test_run_configs_save_the_cone_angle(tmp_path, monkeypatch):
 
     scene = Namespace(aabb=AABB, aabb_scale=4)
     args = pipeline_args("ngp", ngp.PRESETS["cpu-fast"], scene)
-    assert args["cone_angle"] == 1 / 256 and args["cascades"] == 3
+    # The CPU's minimal step is 4x the paper's (step_divisor 256): its cone angle too.
+    assert args["cone_angle"] == 1 / 64 and args["cascades"] == 3
+    assert pipeline_args("ngp", ngp.PRESETS["gpu"], scene)["cone_angle"] == 1 / 256
 
 
 def test_compaction_keeps_exactly_the_samples_compositing_weights():

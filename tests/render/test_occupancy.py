@@ -161,3 +161,26 @@ def test_cells_no_camera_sees_are_never_sampled_again():
     points = torch.cat(sampled)
     assert grid.occupied_at(points).all()  # every sample fell in a seen (and occupied) cell
     assert sum(p.shape[0] for p in sampled[:2]) == 2 * int(grid.visible.sum())
+
+
+def test_a_bounded_warm_up_sweeps_every_cell_at_a_bounded_cost():
+    """warmup_cells caps the cells a warm-up update evaluates (after a first update of all):
+    consecutive updates take disjoint slices that together cover every seen cell."""
+    grid = OccupancyGrid(AABB, resolution=8, cascades=2, warmup_cells=300)  # 1024 cells
+    evaluated: list[torch.Tensor] = []
+    cell_points = grid.cell_points
+
+    def recording(cells, **kwargs):
+        evaluated.append(cells)
+        return cell_points(cells, **kwargs)
+
+    grid.cell_points = recording
+    for step in range(5):
+        grid.update(step, lambda x: torch.zeros(x.shape[0]), step_size=0.01)
+    sizes = [len(c) for c in evaluated]
+    n = 2 * 8**3
+    assert sizes[0] == n and all(s <= 300 for s in sizes[1:]), sizes
+    # Updates 1 to 4 are one sweep (k = ceil(1024 / 300) = 4): each cell exactly once.
+    assert torch.equal(torch.cat(evaluated[1:]).sort().values, torch.arange(n))
+    with pytest.raises(ValueError, match="warmup_cells"):
+        OccupancyGrid(AABB, resolution=8, warmup_cells=0)
