@@ -56,8 +56,9 @@ PRESETS["gpu-fast"] = PRESETS["cpu-fast"]  # a short run: the same on either dev
 
 
 def build_vit(settings: dict, channels: int, size: int, num_classes: int) -> ViT:
-    """The preset's size (Ti/S/B/L; "depth", "dim", "heads" settings override the size's)."""
-    depth = {k: settings[k] for k in ("depth", "dim", "heads") if k in settings}
+    """The preset's size (Ti/S/B/L; "depth", "dim", "heads" settings override the size's;
+    "pos_init" picks the position embeddings' start)."""
+    depth = {k: settings[k] for k in ("depth", "dim", "heads", "pos_init") if k in settings}
     return ViT(vit_config(settings["size"], image_size=size, patch_size=settings["patch_size"],
                           in_channels=channels, num_classes=num_classes,
                           drop_path=settings["drop_path"], **depth))

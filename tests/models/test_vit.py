@@ -152,3 +152,24 @@ def test_tiny_training_run_beats_chance():
     end = accuracy()
     assert start <= 0.4, start  # the zero head starts at chance (0.25)
     assert end >= 0.7, f"test accuracy {end:.2f} after training (chance 0.25)"
+
+
+def test_sincos_position_embeddings():
+    """2-D sine-cosine starts: patch (row r, column c) holds sin/cos of c in the first half and
+    of r in the second; the class token's starts at 0; an unknown start is refused."""
+    from nerfx.models.vit import sincos_2d
+
+    table = sincos_2d(4, 16)                                              # [16, 16]
+    assert table.shape == (16, 16)
+    torch.testing.assert_close(table[0], torch.tensor([0.0] * 4 + [1.0] * 4 + [0.0] * 4
+                                                      + [1.0] * 4))
+    torch.testing.assert_close(table[1, 0], torch.tensor(1.0).sin())      # column 1, first freq
+    torch.testing.assert_close(table[4, 8], torch.tensor(1.0).sin())      # row 1, first freq
+    assert torch.cdist(table, table).add(torch.eye(16)).min() > 0.1       # every patch its own
+    model = ViT(tiny_config(pos_init="sincos"))
+    torch.testing.assert_close(model.pos_embed[0, 1:], sincos_2d(4, 32))
+    assert model.pos_embed[0, 0].abs().max() == 0 and model.pos_embed.requires_grad
+    with pytest.raises(ValueError, match="pos_init"):
+        ViT(tiny_config(pos_init="rope"))
+    with pytest.raises(ValueError, match="divisible by 4"):
+        sincos_2d(4, 6)
