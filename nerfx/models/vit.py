@@ -39,6 +39,10 @@ class ViTConfig:
     # "sincos" (learned from 2-D sine-cosine values, as MAE and Beyer et al. 2022 "Better plain
     # ViT baselines" start them; the paper's App. D.4 finds 1-D and 2-D embeddings on a par).
     pos_init: str = "normal"
+    # Initial weights of the blocks' linear layers: "xavier" (Xavier-uniform weights, biases
+    # N(0, 1e-6): the paper's code, google-research/vision_transformer) or "trunc_normal"
+    # (N(0, 0.02) truncated at 2 std, biases 0: DeiT's and timm's default).
+    init: str = "xavier"
 
     # Sizes (width/depth/heads): Base and Large from the paper's Table 1, Tiny and Small from DeiT.
     @classmethod
@@ -151,9 +155,26 @@ class ViT(nn.Module):
         self._init_weights()
 
     def _init_weights(self) -> None:
-        # timm/big_vision: truncated normal 0.02 for weights and position embeddings; the patch
-        # projection LeCun-normal (big_vision); a zero-initialised head (paper, Sec. 3.2).
-        self.apply(trunc_normal_init)
+        # The blocks' linear layers as config.init says; position embeddings N(0, 0.02) (both);
+        # the patch projection LeCun-normal (the paper's code); a zero-initialised head (paper,
+        # Sec. 3.2).
+        if self.config.init == "xavier":
+            for name, module in self.named_modules():
+                if isinstance(module, nn.Linear):
+                    # the fused query-key-value projection: each of the three its own matrix
+                    parts = 3 if name.endswith(".qkv") else 1
+                    for w in module.weight.data.chunk(parts):
+                        nn.init.xavier_uniform_(w)
+                    if module.bias is not None:
+                        nn.init.normal_(module.bias, std=1e-6)
+                elif isinstance(module, nn.LayerNorm):
+                    nn.init.ones_(module.weight)
+                    nn.init.zeros_(module.bias)
+        elif self.config.init == "trunc_normal":
+            self.apply(trunc_normal_init)
+        else:
+            raise ValueError(f"ViT: init must be 'xavier' or 'trunc_normal', got "
+                             f"{self.config.init!r}")
         if self.config.pos_init == "sincos":
             with torch.no_grad():
                 self.pos_embed[:, 1:] = sincos_2d(self.config.grid_size, self.config.dim)

@@ -62,8 +62,9 @@ PRESETS["gpu-fast"] = PRESETS["cpu-fast"]  # a short run: the same on either dev
 
 def build_vit(settings: dict, channels: int, size: int, num_classes: int) -> ViT:
     """The preset's size (Ti/S/B/L; "depth", "dim", "heads" settings override the size's;
-    "pos_init" picks the position embeddings' start)."""
-    depth = {k: settings[k] for k in ("depth", "dim", "heads", "pos_init") if k in settings}
+    "pos_init" and "init" pick the position embeddings' and the linear layers' start)."""
+    depth = {k: settings[k] for k in ("depth", "dim", "heads", "pos_init", "init")
+             if k in settings}
     return ViT(vit_config(settings["size"], image_size=size, patch_size=settings["patch_size"],
                           in_channels=channels, num_classes=num_classes,
                           drop_path=settings["drop_path"], **depth))
@@ -80,7 +81,8 @@ class Trainer:
         self.model = build_vit(settings, train_set.channels, train_set.resolution,
                                len(self.classes)).to(device)
         self.optimizer = torch.optim.AdamW(self.model.param_groups(settings["weight_decay"]),
-                                           lr=settings["lr"])
+                                           lr=settings["lr"],
+                                           betas=tuple(settings.get("betas", (0.9, 0.999))))
         self.batches = batches or BatchStream(train_set, settings["batch_size"], seed, device)
         self.train_seconds = 0.0     # in train_step, for the accuracy curve
         self.autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda"
@@ -112,6 +114,8 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         distributed.average_gradients(self.model.parameters())
+        if self.settings.get("grad_clip"):   # global gradient norm (the paper's: 1)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.settings["grad_clip"])
         self.optimizer.step()
         return {"loss": loss.detach(), "acc": (logits.argmax(1) == labels).float().mean()}
 
