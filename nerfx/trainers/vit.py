@@ -53,7 +53,7 @@ PRESETS = {
     # 1.7x as much in 1,200 steps as DeiT's N(0, 0.02) (48 % against 28 % at 77k images);
     # lr 1e-3 (peak, per step of 64) with the paper's gradient clipping at global norm 1 was on
     # a par with 5e-4 there (47 % against 48 %; chosen unmeasured at 6,000 steps), 2e-3 worse
-    # (36 %); the clip took trunc-normal starts at 1e-3 from 28 % to 42 %; width 128 /
+    # (36 %); on trunc-normal starts, 1e-3 with the clip took 5e-4's 28 % to 42 %; width 128 /
     # depth 4 no better; 64 tokens (32 px / patch 4) learnt no faster per image and cost 2.5x
     # per image; crop (0.7, 1) against none: no difference. steps: about 4.5 minutes on 2 idle
     # cores.
