@@ -2,7 +2,8 @@
 
 The usual recipe for training a ViT from scratch (DeiT, Touvron et al. 2021, Table 9): AdamW with
 weight decay 0.05 on the weight matrices, linear warm-up then cosine decay, label smoothing 0.1,
-stochastic depth; bf16 autocast on a GPU; random resized crops and flips. On the built-in shapes
+stochastic depth; bf16 autocast on a GPU; random resized crops and flips; with grad_clip, the
+paper's clipping of the gradient's global norm (1 in its Appendix B.1). On the built-in shapes
 every training image is new (nerfx.trainers.image_data.FreshShapes): a ViT has no convolution's
 built-in bias towards images and needs much data, and procedural data can give any amount, as a
 pre-training set would (2,000 steps over a fixed 6,000 images reached 46 % test accuracy). The
