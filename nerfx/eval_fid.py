@@ -6,8 +6,9 @@ samples against the test images for S steps and η, and DDPM's ancestral sampler
 The distance is on features of a classifier nerfx trains on the run's dataset (nerfx.fid):
 comparable between nerfx runs on the same data and size, not with published FIDs. Every row
 compares n samples with all the test images (up to 10,000); the floor is n training images
-against the same test images, i.e. what a perfect model would score with n samples. The table is
-written to RUN/fid.json and RUN/fid.md.
+against the same test images, i.e. what a perfect model would score with n samples; beside them,
+the classifier's accuracy on those real test images. The table is written to RUN/fid.json and
+RUN/fid.md.
 """
 
 from __future__ import annotations
@@ -74,8 +75,12 @@ def evaluate(args: argparse.Namespace) -> dict:
     # The reference: every test image (at most REFERENCE_IMAGES); the floor: n training images
     # against it, as many as each row's samples (a distance on 500 images moves by a few units
     # with the draw, so the floor shows the noise level too).
-    reference = fid.statistics(net, test.as_float(
-        index=fid.spread_indices(len(test), REFERENCE_IMAGES)))
+    chosen = fid.spread_indices(len(test), REFERENCE_IMAGES)
+    reference = fid.statistics(net, test.as_float(index=chosen))
+    # How far the judge can be trusted: its accuracy on the real test images.
+    judge_accuracy = fid.class_accuracy(net, test.as_float(index=chosen), test.labels[chosen])
+    print(f"classifier accuracy on {len(chosen)} real test images: {judge_accuracy:.2%}",
+          flush=True)
 
     def distance(images: torch.Tensor) -> float:
         return fid.score_samples(net, images, reference)["frechet"]
@@ -83,7 +88,7 @@ def evaluate(args: argparse.Namespace) -> dict:
     floor = distance(train.as_float(index=fid.spread_indices(len(train), args.n)))
     table = {"floor (train vs test images)": floor, "n": args.n,
              "backends": chosen_backends(args.device, ops=trainers.trainer("ddpm").OPS),
-             "ddim": {}}
+             "classifier test accuracy": judge_accuracy, "ddim": {}}
     for steps in args.steps:
         for eta in args.eta:
             sampler = DDIMSampler(diffusion, DDIMConfig(steps=steps, eta=eta))
@@ -110,7 +115,9 @@ def evaluate(args: argparse.Namespace) -> dict:
 def to_markdown(table: dict, args: argparse.Namespace) -> str:
     head = "| S | " + " | ".join(f"η = {eta:g}" for eta in args.eta) + " |"
     lines = [f"Fréchet distance on nerfx classifier features, {table['n']} samples "
-             f"(lower is better; floor {table['floor (train vs test images)']})", "",
+             f"(lower is better; floor {table['floor (train vs test images)']}; the "
+             f"classifier names {table['classifier test accuracy']:.2%} of the real test "
+             "images)", "",
              head, "|" + " --- |" * (len(args.eta) + 1)]
     for steps in args.steps:
         cells = [str(table["ddim"][f"S={steps}, eta={eta:g}"]) for eta in args.eta]

@@ -10,6 +10,7 @@ and image size (the same classifier, cached per dataset), not with published FID
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 from pathlib import Path
 
@@ -17,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from nerfx.data.augment import Augmentation, augmentation_for
 from nerfx.data.image_datasets import ImageDataset
 from nerfx.data.image_specs import load_image_dataset
 from nerfx.runs import load_checkpoint, save_checkpoint
@@ -47,22 +49,30 @@ class FeatureNet(nn.Module):
         return self.head(self.features(images))
 
 
-def train_feature_net(data: ImageDataset, steps: int = 400, batch_size: int = 64,
-                      seed: int = 0, device: torch.device | str = "cpu") -> FeatureNet:
-    """Fits the classifier to the labels (Adam 2e-3, flips as augmentation)."""
+JUDGE_STEPS = 3000     # training steps of the classifier (batch 64); 400 before 2026-12-02
+JUDGE_VERSION = 2      # part of the cache key: a change of the judge's training retrains it
+
+
+def train_feature_net(data: ImageDataset, steps: int = JUDGE_STEPS, batch_size: int = 64,
+                      seed: int = 0, device: torch.device | str = "cpu",
+                      augmentation: Augmentation | None = None) -> FeatureNet:
+    """Fits the classifier to the labels: Adam 2e-3 with cosine decay to 0, the flips the
+    dataset allows (augmentation; none when not given)."""
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
+    augmentation = augmentation or Augmentation()
     net = FeatureNet(data.channels, len(data.classes)).to(device)
     optimizer = torch.optim.Adam(net.parameters(), lr=2e-3)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * min(step / steps, 1.0))))
     for _ in range(steps):
         index = torch.randint(0, len(data), (batch_size,), generator=generator)
-        x = data.as_float(index=index).to(device)
-        flip = torch.rand(batch_size, generator=generator) < 0.5
-        x = torch.where(flip.to(device)[:, None, None, None], x.flip(-1), x)
+        x = augmentation(data.as_float(index=index), generator).to(device)   # [B, C, H, W]
         loss = F.cross_entropy(net(x), data.labels[index].to(device))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        schedule.step()
     return net.eval().requires_grad_(False)
 
 
@@ -70,14 +80,15 @@ def feature_net_for(data: str, size: int, cache: Path, seed: int = 0,
                     device: torch.device | str = "cpu") -> FeatureNet:
     """The classifier of a dataset (as --data names it) at an image size, trained once and
     cached (atomically)."""
-    key = hashlib.sha256(f"{data}|{size}|{seed}".encode()).hexdigest()[:12]
+    key = hashlib.sha256(f"{data}|{size}|{seed}|{JUDGE_VERSION}".encode()).hexdigest()[:12]
     path = cache / f"featurenet-{key}.pt"
     train_set = load_image_dataset(data, "train", size=size, seed=seed)
     net = FeatureNet(train_set.channels, len(train_set.classes))
     if path.is_file():
         net.load_state_dict(load_checkpoint(path)["model"])
         return net.to(device).eval().requires_grad_(False)
-    net = train_feature_net(train_set, seed=seed, device=device)
+    net = train_feature_net(train_set, seed=seed, device=device,
+                            augmentation=augmentation_for(data))
     cache.mkdir(parents=True, exist_ok=True)
     save_checkpoint(path, {"model": net.state_dict(), "data": data, "size": size})
     return net

@@ -78,10 +78,44 @@ def test_eval_fid_writes_the_table(tmp_path, monkeypatch):
     # Samples of a 4-step model are farther from the test images than training images are.
     assert all(v > table["floor (train vs test images)"] for v in table["ddim"].values())
     assert json.loads((run / "fid.json").read_text()) == table
+    assert 0 <= table["classifier test accuracy"] <= 1
+    assert "classifier names" in (run / "fid.md").read_text()
     assert "| 3 |" in (run / "fid.md").read_text()
     assert list((tmp_path / "cache" / "fid").glob("featurenet-*.pt"))
     with pytest.raises(SystemExit, match="not a nerfx run folder"):
         eval_fid.main([str(tmp_path / "nothing")])
+
+
+def test_the_judge_is_trained_with_the_flips_its_data_allows(tmp_path, monkeypatch):
+    """feature_net_for passes the dataset's augmentation (shapes: both flips) and caches under a
+    key with the judge's version, so a change of its training retrains it."""
+    calls = []
+
+    def fake(data, **kw):
+        calls.append(kw)
+        return fid.FeatureNet(data.channels, len(data.classes)).eval()
+
+    monkeypatch.setattr(fid, "train_feature_net", fake)
+    fid.feature_net_for("shapes", 8, tmp_path, seed=0)
+    fid.feature_net_for("shapes", 8, tmp_path, seed=0)                # cached: not trained again
+    assert len(calls) == 1
+    assert (calls[0]["augmentation"].flip_x, calls[0]["augmentation"].flip_y) == (True, True)
+    monkeypatch.setattr(fid, "JUDGE_VERSION", fid.JUDGE_VERSION + 1)
+    fid.feature_net_for("shapes", 8, tmp_path, seed=0)
+    assert len(calls) == 2
+
+
+def test_train_feature_net_learns_a_toy_task():
+    """A few steps of the judge's training on two separable classes (bright and dark)."""
+    from nerfx.data import ImageDataset
+    from nerfx.data.augment import augmentation_for
+
+    labels = torch.arange(64) % 2                                        # [64]
+    images = (labels[:, None, None, None] * 200 + torch.randint(0, 40, (64, 1, 8, 8)))
+    data = ImageDataset(images.to(torch.uint8), labels, ("dark", "bright"))
+    net = fid.train_feature_net(data, steps=30, batch_size=16,
+                                augmentation=augmentation_for("folder:x"))
+    assert fid.class_accuracy(net, data.as_float(), labels) == 1.0
 
 
 @pytest.mark.slow

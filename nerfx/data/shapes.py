@@ -6,6 +6,7 @@ the same picture at any size.
 
     images, labels = make_shapes(100, size=32, seed=0)    # uint8 [100, 3, 32, 32], int64 [100]
     train = load_shapes("train", size=16)                 # an ImageDataset of SHAPES_SIZES images
+    more = make_shapes(64, 16, shapes_seed("train"), start=10000)   # the training stream goes on
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import torch
 
 from nerfx.data.image_datasets import SPLITS, ImageDataset
 
-__all__ = ["SHAPES_SIZES", "SHAPE_CLASSES", "load_shapes", "make_shapes"]
+__all__ = ["SHAPES_SIZES", "SHAPE_CLASSES", "load_shapes", "make_shapes", "shapes_seed"]
 
 SHAPE_CLASSES = ("circle", "square", "triangle", "star", "cross", "ring", "half-disc", "arrow")
 SHAPES_SIZES = {"train": 10000, "test": 2000}  # default number of `shapes` images per split
@@ -83,18 +84,26 @@ def _hsv_to_rgb(h: np.ndarray, s: np.ndarray, v: np.ndarray) -> np.ndarray:
     return v[:, None] - v[:, None] * s[:, None] * np.clip(np.minimum(k, 4.0 - k), 0.0, 1.0)
 
 
-def make_shapes(n: int, size: int = 32, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """n images (uint8 [n, 3, size, size]) and labels (int64 [n]) of the `shapes` set.
+_DRAWS_PER_IMAGE = 24  # random numbers drawn per image (a few spare for later parameters)
 
-    Image i depends only on (seed, i), not on n or size: a larger n extends the set, and another
-    size renders the same pictures at another resolution.
+
+def make_shapes(n: int, size: int = 32, seed: int = 0, start: int = 0
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """n images (uint8 [n, 3, size, size]) and labels (int64 [n]) of the `shapes` set: images
+    start, .., start + n - 1 of the endless sequence a seed gives.
+
+    Image i depends only on (seed, i), not on n, start or size: a larger n extends the set,
+    make_shapes(n, seed=s, start=k) is make_shapes(k + n, seed=s)[k:], and another size renders
+    the same pictures at another resolution.
     """
-    if n < 0 or size < 4:
-        raise ValueError(f"make_shapes needs n >= 0 and size >= 4, got n={n}, size={size}")
-    rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([seed, 0x5BA9E5])))
-    # Draw all parameters up front, so image i is the same whatever n is: take a fixed-width
-    # block of random numbers per image.
-    u = rng.random((n, 24)).astype(np.float32)
+    if n < 0 or start < 0 or size < 4:
+        raise ValueError(f"make_shapes needs n >= 0, start >= 0 and size >= 4, got n={n}, "
+                         f"start={start}, size={size}")
+    bits = np.random.PCG64(np.random.SeedSequence([seed, 0x5BA9E5]))
+    # A fixed-width block of random numbers per image, so image i is the same whatever n is;
+    # each float64 takes one 64-bit draw, so skipping `start` images is advancing the generator.
+    bits.advance(_DRAWS_PER_IMAGE * start)
+    u = np.random.Generator(bits).random((n, _DRAWS_PER_IMAGE)).astype(np.float32)
     labels = (u[:, 0] * len(SHAPE_CLASSES)).astype(np.int64)
     # Background: a texture mixing two colours of similar hue, muted; the shape: a saturated
     # colour whose hue sits away from the background's and whose brightness differs.
@@ -168,12 +177,20 @@ def make_shapes(n: int, size: int = 32, seed: int = 0) -> tuple[torch.Tensor, to
             torch.from_numpy(labels))
 
 
+def shapes_seed(split: str, seed: int = 0) -> int:
+    """The make_shapes seed of a split: train and test draw from different seeds, so an endless
+    training stream (make_shapes(..., start=k)) never meets a test image."""
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    return 2 * seed + (split == "test")
+
+
 def load_shapes(split: str = "train", size: int = 32, n: int | None = None,
                 seed: int = 0) -> ImageDataset:
     """The built-in `shapes` set: train and test draw from different seeds, never overlapping."""
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     n = SHAPES_SIZES[split] if n is None else n
-    images, labels = make_shapes(n, size, seed=2 * seed + (split == "test"))
+    images, labels = make_shapes(n, size, seed=shapes_seed(split, seed))
     return ImageDataset(images, labels, SHAPE_CLASSES, f"shapes/{split}")
 

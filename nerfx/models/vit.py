@@ -35,6 +35,14 @@ class ViTConfig:
     qkv_bias: bool = True
     dropout: float = 0.0  # paper: 0.1 for ImageNet-1k pre-training (Table 3 / App. B.1)
     drop_path: float = 0.1  # stochastic depth, linear over depth (DeiT, Touvron et al. 2021)
+    # Initial position embeddings: "normal" (learned from trunc-normal noise, the paper's) or
+    # "sincos" (learned from 2-D sine-cosine values, as MAE and Beyer et al. 2022 "Better plain
+    # ViT baselines" start them; the paper's App. D.4 finds 1-D and 2-D embeddings on a par).
+    pos_init: str = "normal"
+    # Initial weights of the blocks' linear layers: "xavier" (Xavier-uniform weights, biases
+    # N(0, 1e-6): the paper's code, google-research/vision_transformer) or "trunc_normal"
+    # (N(0, 0.02) truncated at 2 std, biases 0: DeiT's and timm's default).
+    init: str = "xavier"
 
     # Sizes (width/depth/heads): Base and Large from the paper's Table 1, Tiny and Small from DeiT.
     @classmethod
@@ -95,6 +103,19 @@ def resize_pos_embed(pos_embed: Tensor, new_grid: tuple[int, int],
     return torch.cat([cls_pos, patch_pos], dim=1)  # [1, 1 + new_gh * new_gw, D]
 
 
+def sincos_2d(grid: int, dim: int, temperature: float = 10_000.0) -> Tensor:
+    """2-D sine-cosine position embeddings [grid * grid, dim] (row-major patches; dim a multiple
+    of 4): a quarter of the channels each for sin and cos of x and of y, at frequencies
+    1 / temperature^(i / (dim / 4))."""
+    if dim % 4:
+        raise ValueError(f"ViT: sincos position embeddings need dim divisible by 4, got {dim}")
+    y, x = torch.meshgrid(torch.arange(grid, dtype=torch.float32),
+                          torch.arange(grid, dtype=torch.float32), indexing="ij")  # [g, g]
+    omega = temperature ** -(torch.arange(dim // 4, dtype=torch.float32) / (dim // 4))
+    xs, ys = x.flatten()[:, None] * omega, y.flatten()[:, None] * omega        # [g*g, D/4]
+    return torch.cat([xs.sin(), xs.cos(), ys.sin(), ys.cos()], dim=1)          # [g*g, D]
+
+
 class PatchEmbed(nn.Module):
     """Non-overlapping P x P patches, linearly projected: [B, C, H, W] -> [B, H/P * W/P, D]."""
 
@@ -134,10 +155,35 @@ class ViT(nn.Module):
         self._init_weights()
 
     def _init_weights(self) -> None:
-        # timm/big_vision: truncated normal 0.02 for weights and position embeddings; the patch
-        # projection LeCun-normal (big_vision); a zero-initialised head (paper, Sec. 3.2).
-        self.apply(trunc_normal_init)
-        nn.init.trunc_normal_(self.pos_embed, std=0.02, a=-0.04, b=0.04)
+        # The blocks' linear layers as config.init says; position embeddings N(0, 0.02) (both);
+        # the patch projection LeCun-normal (the paper's code); a zero-initialised head (paper,
+        # Sec. 3.2).
+        if self.config.init == "xavier":
+            for name, module in self.named_modules():
+                if isinstance(module, nn.Linear):
+                    # the fused query-key-value projection: each of the three its own matrix
+                    parts = 3 if name.endswith(".qkv") else 1
+                    for w in module.weight.data.chunk(parts):
+                        nn.init.xavier_uniform_(w)
+                    if module.bias is not None:
+                        nn.init.normal_(module.bias, std=1e-6)
+                elif isinstance(module, nn.LayerNorm):
+                    nn.init.ones_(module.weight)
+                    nn.init.zeros_(module.bias)
+        elif self.config.init == "trunc_normal":
+            self.apply(trunc_normal_init)
+        else:
+            raise ValueError(f"ViT: init must be 'xavier' or 'trunc_normal', got "
+                             f"{self.config.init!r}")
+        if self.config.pos_init == "sincos":
+            with torch.no_grad():
+                self.pos_embed[:, 1:] = sincos_2d(self.config.grid_size, self.config.dim)
+                self.pos_embed[:, :1] = 0.0
+        elif self.config.pos_init == "normal":
+            nn.init.trunc_normal_(self.pos_embed, std=0.02, a=-0.04, b=0.04)
+        else:
+            raise ValueError(f"ViT: pos_init must be 'normal' or 'sincos', got "
+                             f"{self.config.pos_init!r}")
         nn.init.normal_(self.cls_token, std=1e-6)
         w = self.patch_embed.proj.weight
         nn.init.trunc_normal_(w.view(w.shape[0], -1), std=math.sqrt(1.0 / w[0].numel()))
@@ -191,4 +237,5 @@ class ViT(nn.Module):
                 {"params": no_decay, "weight_decay": 0.0}]
 
 
-__all__ = ["CONFIGS", "PatchEmbed", "ViT", "ViTConfig", "resize_pos_embed", "vit_config"]
+__all__ = ["CONFIGS", "PatchEmbed", "ViT", "ViTConfig", "resize_pos_embed", "sincos_2d",
+           "vit_config"]

@@ -152,3 +152,47 @@ def test_tiny_training_run_beats_chance():
     end = accuracy()
     assert start <= 0.4, start  # the zero head starts at chance (0.25)
     assert end >= 0.7, f"test accuracy {end:.2f} after training (chance 0.25)"
+
+
+def test_sincos_position_embeddings():
+    """2-D sine-cosine starts: patch (row r, column c) holds sin/cos of c in the first half and
+    of r in the second; the class token's starts at 0; an unknown start is refused."""
+    from nerfx.models.vit import sincos_2d
+
+    table = sincos_2d(4, 16)                                              # [16, 16]
+    assert table.shape == (16, 16)
+    torch.testing.assert_close(table[0], torch.tensor([0.0] * 4 + [1.0] * 4 + [0.0] * 4
+                                                      + [1.0] * 4))
+    torch.testing.assert_close(table[1, 0], torch.tensor(1.0).sin())      # column 1, first freq
+    torch.testing.assert_close(table[4, 8], torch.tensor(1.0).sin())      # row 1, first freq
+    assert torch.cdist(table, table).add(torch.eye(16)).min() > 0.1       # every patch its own
+    model = ViT(tiny_config(pos_init="sincos"))
+    torch.testing.assert_close(model.pos_embed[0, 1:], sincos_2d(4, 32))
+    assert model.pos_embed[0, 0].abs().max() == 0 and model.pos_embed.requires_grad
+    with pytest.raises(ValueError, match="pos_init"):
+        ViT(tiny_config(pos_init="rope"))
+    with pytest.raises(ValueError, match="divisible by 4"):
+        sincos_2d(4, 6)
+
+
+def test_initial_weights_follow_the_init_setting():
+    """xavier (the paper's code): each of query, key and value Xavier-uniform on its own
+    [dim, dim] matrix, MLP layers on theirs, biases near 0; trunc_normal: N(0, 0.02) within 2
+    std; both start the head at 0. An unknown name is refused."""
+    torch.manual_seed(0)
+    dim = 96
+    model = ViT(tiny_config(dim=dim, heads=3))
+    block = model.blocks[0]
+    bound_qkv = (6 / (dim + dim)) ** 0.5
+    for part in block.attn.qkv.weight.detach().chunk(3):
+        assert part.abs().max() <= bound_qkv
+        assert part.std().item() == pytest.approx(bound_qkv / 3 ** 0.5, rel=0.05)
+    fc1 = block.mlp.fc1.weight.detach()
+    assert fc1.std().item() == pytest.approx((2 / (dim + 4 * dim)) ** 0.5, rel=0.05)
+    assert block.attn.qkv.bias.abs().max() < 1e-4
+    assert model.head.weight.abs().max() == 0
+    timm = ViT(tiny_config(dim=dim, heads=3, init="trunc_normal"))
+    w = timm.blocks[0].attn.qkv.weight.detach()
+    assert w.abs().max() <= 0.04 and w.std().item() == pytest.approx(0.0176, rel=0.1)
+    with pytest.raises(ValueError, match="init"):
+        ViT(tiny_config(init="uniform"))

@@ -20,7 +20,8 @@ TOY = {
                 beta=1.0, save_every=2, snapshot_every=2, train_images=16, test_images=8),
     "vit": dict(size="Ti", patch_size=8, image_size=16, batch_size=4, lr=1e-3,
                 weight_decay=0.05, warmup_steps=2, steps=4, label_smoothing=0.1, drop_path=0.1,
-                save_every=2, train_images=16, test_images=8),
+                save_every=2, snapshot_every=2, curve_images=4, fresh_images=True,
+                crop_scale=(0.6, 1.0), flips=True, test_images=8),
     "ldm": dict(image_size=16, batch_size=4, ae_batch_size=4,
                 ae=dict(ch=8, ch_mult=(1, 2, 2), num_res_blocks=1, z_channels=3, num_groups=4),
                 ae_steps=2, ae_lr=1e-3,
@@ -60,6 +61,10 @@ def test_trains_writes_the_run_folder_and_resumes(tmp_path, toy_presets, model):
         saved = json.loads((run / "metrics.json").read_text())
         assert sum(map(sum, saved["confusion"])) == 8 == saved["test_images"]
         assert set(saved["per_class_accuracy"]) == set(saved["classes"])
+        curve = (run / "accuracy.csv").read_text().splitlines()     # every snapshot_every steps
+        assert curve[0] == "step,train_seconds,test_accuracy,test_images"
+        assert [line.split(",")[0] for line in curve[1:]] == ["2", "4"]
+        assert all(line.endswith(",4") for line in curve[1:])
     state = torch.load(run / "checkpoint.pt", weights_only=True)
     assert state["step"] == 4
     resumed = train.main(["--resume", str(run), "--steps", "6"])
