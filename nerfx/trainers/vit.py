@@ -47,17 +47,11 @@ PRESETS = {
                 weight_decay=0.05, warmup_steps=100, steps=1500, label_smoothing=0.1,
                 drop_path=0.1, save_every=250, **_AUGMENT),
     # fast: a narrower Ti (width 96, 3 heads of 32, depth 6) on 16 px shapes in 4 px patches
-    # (16 tokens), every training image new (fresh_images; 21 passes over 6,000 fixed images
-    # reached 46 %), DeiT's crop and the flips the data allows. Chosen on shapes, 1 thread each
-    # (benches/RESULTS.md, 2026-12-02 and 2026-12-03; compared at equal images seen): the
-    # paper's code's Xavier-uniform start of the linear layers (the model's default) learnt
-    # 1.7x as much in 1,200 steps as DeiT's N(0, 0.02) (48 % against 28 % at 77k images);
-    # lr 1e-3 (peak, per step of 64) with the paper's gradient clipping at global norm 1 was on
-    # a par with 5e-4 there (47 % against 48 %; chosen unmeasured at 6,000 steps), 2e-3 worse
-    # (36 %); on trunc-normal starts, 1e-3 with the clip took 5e-4's 28 % to 42 %; width 128 /
-    # depth 4 no better; 64 tokens (32 px / patch 4) learnt no faster per image and cost 2.5x
-    # per image; crop (0.7, 1) against none: no difference. steps: about 4.5 minutes on 2 idle
-    # cores.
+    # (16 tokens), every training image new (fresh_images), DeiT's crop and the flips the data
+    # allows; lr 1e-3 is the peak per step of 64 images, with the paper's gradient clipping at
+    # global norm 1 (Dosovitskiy et al. 2021, appendix B.1). 6,000 steps: 8.5 minutes of
+    # training on 2 idle cores. How each was chosen: benches/RESULTS.md, "ViT on the built-in
+    # shapes".
     "cpu-fast": dict(size="Ti", dim=96, heads=3, depth=6, patch_size=4, image_size=16,
                      batch_size=64, lr=1e-3, grad_clip=1.0, weight_decay=0.05,
                      warmup_steps=200, steps=6000, label_smoothing=0.1, drop_path=0.0,
