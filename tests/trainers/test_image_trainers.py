@@ -157,6 +157,16 @@ def test_sample_cli_draws_from_ddpm_and_vae_runs(tmp_path, toy_presets):
 
 
 
+def free_port() -> str:
+    """A TCP port on 127.0.0.1 that is free now, for torchrun's rendezvous: a fixed port clashes
+    when two checkouts run these tests at once."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return str(s.getsockname()[1])
+
+
 @pytest.mark.slow
 def test_two_processes_match_one_with_the_doubled_batch(tmp_path):
     """torchrun with 2 CPU processes (gloo), 4 images each, reaches the weights of 1 process
@@ -171,7 +181,7 @@ def test_two_processes_match_one_with_the_doubled_batch(tmp_path):
               "--set", "test_images=8", "--set", "warmup_steps=1"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     for name, launcher, batch in (("two", ["-m", "torch.distributed.run", "--nproc_per_node",
-                                           "2", "--master_port", "29533"], 4),
+                                           "2", "--master_port", free_port()], 4),
                                   ("one", [], 8)):
         done = subprocess.run([sys.executable, *launcher, *common, "--batch-size", str(batch),
                                "--out", str(tmp_path / name)], env=env, capture_output=True,
@@ -202,7 +212,7 @@ def test_resume_with_another_number_of_processes(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     run = tmp_path / "run"
     two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                          "--master_port", "29534", *common, "--steps", "3", "--out", str(run)],
+                          "--master_port", free_port(), *common, "--steps", "3", "--out", str(run)],
                          env=env, capture_output=True, text=True, timeout=600)
     assert two.returncode == 0, two.stderr[-3000:]
     state = torch.load(run / "checkpoint.pt", weights_only=True)
