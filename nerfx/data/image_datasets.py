@@ -15,9 +15,15 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-__all__ = ["SPLITS", "ImageDataError", "ImageDataset", "resize_dataset"]
+__all__ = ["SPLITS", "ImageDataError", "ImageDataset", "check_split", "resize_dataset"]
 
 SPLITS = ("train", "test")
+
+
+def check_split(split: str) -> None:
+    """Raises ValueError unless `split` is one of SPLITS."""
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
 
 
 class ImageDataError(ValueError):

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from nerfx.data.image_datasets import SPLITS, ImageDataError, ImageDataset
+from nerfx.data.image_datasets import ImageDataError, ImageDataset, check_split
 
 __all__ = ["CIFAR10_CLASSES", "IMAGE_SUFFIXES", "load_cifar10", "load_image_folder",
            "load_mnist"]
@@ -253,8 +253,7 @@ def load_image_folder(path: str | Path, split: str = "train", size: int | None =
     all must share one square size (the error names the first that does not).
     """
     root = _dataset_root(Path(path), "a folder of class subfolders")
-    if split not in SPLITS:
-        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    check_split(split)
     given = Path(path)
     if (given / "train").is_dir() and (given / "test").is_dir():
         train, test = _class_folders(root, given / "train"), _class_folders(root, given / "test")

@@ -11,7 +11,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from nerfx.data.image_datasets import SPLITS, ImageDataError, ImageDataset, resize_dataset
+from nerfx.data.image_datasets import (
+    ImageDataError,
+    ImageDataset,
+    check_split,
+    resize_dataset,
+)
 from nerfx.data.image_readers import load_cifar10, load_image_folder, load_mnist
 from nerfx.data.shapes import load_shapes
 
@@ -53,8 +58,7 @@ def load_image_dataset(spec: str | ImageSpec, split: str = "train", size: int | 
     of any split (of `shapes`: how many to draw); `shapes` defaults to 32 x 32 and SHAPES_SIZES
     images.
     """
-    if split not in SPLITS:
-        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    check_split(split)
     spec = parse_image_spec(spec) if isinstance(spec, str) else spec
     if spec.kind == "shapes":
         return load_shapes(split, size=size or 32, n=n, seed=seed)

@@ -16,7 +16,7 @@ import math
 import numpy as np
 import torch
 
-from nerfx.data.image_datasets import SPLITS, ImageDataset
+from nerfx.data.image_datasets import ImageDataset, check_split
 
 __all__ = ["SHAPES_SIZES", "SHAPE_CLASSES", "load_shapes", "make_shapes", "shapes_seed"]
 
@@ -180,16 +180,14 @@ def make_shapes(n: int, size: int = 32, seed: int = 0, start: int = 0
 def shapes_seed(split: str, seed: int = 0) -> int:
     """The make_shapes seed of a split: train and test draw from different seeds, so an endless
     training stream (make_shapes(..., start=k)) never meets a test image."""
-    if split not in SPLITS:
-        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    check_split(split)
     return 2 * seed + (split == "test")
 
 
 def load_shapes(split: str = "train", size: int = 32, n: int | None = None,
                 seed: int = 0) -> ImageDataset:
     """The built-in `shapes` set: train and test draw from different seeds, never overlapping."""
-    if split not in SPLITS:
-        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    check_split(split)
     n = SHAPES_SIZES[split] if n is None else n
     images, labels = make_shapes(n, size, seed=shapes_seed(split, seed))
     return ImageDataset(images, labels, SHAPE_CLASSES, f"shapes/{split}")
