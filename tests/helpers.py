@@ -86,3 +86,15 @@ def outputs_per_attention_backend(monkeypatch: pytest.MonkeyPatch, model: torch.
             outputs[name] = forward()
         assert dict(calls) == {name: layers}, (name, dict(calls))
     return outputs
+
+
+def folder_digest(folder) -> str:
+    """SHA-256 over every file's path (relative to `folder`) and bytes, in sorted order."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for path in sorted(folder.rglob("*")):
+        if path.is_file():
+            h.update(path.relative_to(folder).as_posix().encode())
+            h.update(path.read_bytes())
+    return h.hexdigest()

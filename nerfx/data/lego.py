@@ -15,6 +15,8 @@ import math
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -233,17 +235,33 @@ def default_root() -> Path:
     return Path(base) / "builtin"
 
 
+@contextmanager
+def staged_folder(folder: Path) -> Iterator[Path]:
+    """A new folder beside `folder` to write into, renamed to `folder` when the block ends
+    without error (dropped if another process published `folder` first, or on an error): a
+    generated scene appears whole or not at all."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
+    try:
+        yield staging
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    if folder.exists():
+        shutil.rmtree(staging)
+    else:
+        staging.rename(folder)
+
+
 def generate(size: int = 800, root: Path | None = None, progress: bool = True) -> Path:
     """Writes the scene at size x size once (atomically) and returns its folder."""
     folder = (root or default_root()) / f"lego-{size}"
     if (folder / "transforms_test.json").is_file():
         return folder
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".lego-", dir=folder.parent))
     prims = build_vehicle()
     views = [(split, i, pose) for split in SPLIT_SIZES for i, pose in
              enumerate(camera_poses(split))]
-    try:
+    with staged_folder(folder) as staging:
         frames = {split: [] for split in SPLIT_SIZES}
         for split, i, pose in tqdm(views, desc=f"built-in lego {size}px", unit="view",
                                    disable=not progress):
@@ -257,11 +275,4 @@ def generate(size: int = 800, root: Path | None = None, progress: bool = True) -
         for split, items in frames.items():
             (staging / f"transforms_{split}.json").write_text(json.dumps(
                 {"camera_angle_x": CAMERA_ANGLE_X, "frames": items}, indent=1))
-        if folder.exists():  # another process finished first
-            shutil.rmtree(staging)
-        else:
-            staging.rename(folder)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return folder

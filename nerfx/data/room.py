@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -182,11 +180,9 @@ def generate(width: int = FULL_WIDTH, root: Path | None = None, progress: bool =
     folder = Path(root or lego.default_root()) / f"room-{width}x{height}"
     if (folder / "transforms.json").is_file():
         return folder
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".room-", dir=folder.parent))
     prims = lego.build_vehicle()
     floor = floor_height(prims)
-    try:
+    with lego.staged_folder(folder) as staging:
         (staging / "images").mkdir()
         (staging / "depth").mkdir()
         frames = []
@@ -203,11 +199,4 @@ def generate(width: int = FULL_WIDTH, root: Path | None = None, progress: bool =
                 **LENS, "aabb_scale": AABB_SCALE, "scale": NGP_SCALE,
                 "offset": list(NGP_OFFSET), "frames": frames}
         (staging / "transforms.json").write_text(json.dumps(meta, indent=1))
-        if folder.exists():  # another process finished first
-            shutil.rmtree(staging)
-        else:
-            staging.rename(folder)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return folder

@@ -2,28 +2,18 @@
 
 from __future__ import annotations
 
-import hashlib
-
 import numpy as np
 import torch
 
 from nerfx.data import lego
 from nerfx.data.scenes import load_scene
-
-
-def digest(folder) -> str:
-    h = hashlib.sha256()
-    for path in sorted(folder.rglob("*")):
-        if path.is_file():
-            h.update(path.relative_to(folder).as_posix().encode())
-            h.update(path.read_bytes())
-    return h.hexdigest()
+from tests.helpers import folder_digest
 
 
 def test_generated_twice_byte_for_byte_and_loadable(tmp_path):
     a = lego.generate(12, root=tmp_path / "a", progress=False)
     b = lego.generate(12, root=tmp_path / "b", progress=False)
-    assert digest(a) == digest(b)
+    assert folder_digest(a) == folder_digest(b)
     assert lego.generate(12, root=tmp_path / "a", progress=False) == a  # cached, not redone
     for split, n in lego.SPLIT_SIZES.items():
         scene = load_scene(a, split)

@@ -3,7 +3,6 @@ images go through the lens and whose depth maps give its geometry."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 
 import numpy as np
@@ -13,21 +12,13 @@ import torch
 from nerfx.cameras import image_rays, project
 from nerfx.data import lego, room
 from nerfx.data.scenes import load_scene
-
-
-def digest(folder) -> str:
-    h = hashlib.sha256()
-    for path in sorted(folder.rglob("*")):
-        if path.is_file():
-            h.update(path.relative_to(folder).as_posix().encode())
-            h.update(path.read_bytes())
-    return h.hexdigest()
+from tests.helpers import folder_digest
 
 
 def test_generated_once_deterministic_and_read_as_a_capture(tmp_path):
     a = room.generate(16, root=tmp_path / "a", progress=False)
     b = room.generate(16, root=tmp_path / "b", progress=False)
-    assert digest(a) == digest(b)
+    assert folder_digest(a) == folder_digest(b)
     assert room.generate(16, root=tmp_path / "a", progress=False) == a  # cached, not redone
     meta = json.loads((a / "transforms.json").read_text())
     assert meta["aabb_scale"] == 4 and meta["k1"] == room.LENS["k1"]
