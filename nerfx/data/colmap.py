@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from nerfx.cameras import quaternion_to_matrix
 from nerfx.data.colmap_io import Camera, SparseModel, read_model
 from nerfx.data.scenes import MAX_AABB_SCALE, Scene, SceneError, load_images
 
@@ -56,18 +57,10 @@ class Normalisation:
                 "scale": self.scale}
 
 
-def qvec_to_rotation(q: np.ndarray) -> np.ndarray:
-    """COLMAP's (qw, qx, qy, qz) -> [3, 3] rotation (read_write_model.py qvec2rotmat)."""
-    w, x, y, z = q / np.linalg.norm(q)
-    return np.array([[1 - 2 * y * y - 2 * z * z, 2 * x * y - 2 * w * z, 2 * z * x + 2 * w * y],
-                     [2 * x * y + 2 * w * z, 1 - 2 * x * x - 2 * z * z, 2 * y * z - 2 * w * x],
-                     [2 * z * x - 2 * w * y, 2 * y * z + 2 * w * x, 1 - 2 * x * x - 2 * y * y]])
-
-
 def camera_to_world(qvec: np.ndarray, tvec: np.ndarray) -> np.ndarray:
     """COLMAP's world-to-camera (OpenCV axes) -> [4, 4] camera-to-world, OpenGL axes."""
     w2c = np.eye(4)
-    w2c[:3, :3], w2c[:3, 3] = qvec_to_rotation(qvec), tvec
+    w2c[:3, :3], w2c[:3, 3] = quaternion_to_matrix(qvec), tvec
     c2w = np.linalg.inv(w2c)
     c2w[:3, 1:3] *= -1  # camera y down, z ahead -> y up, looking down -z
     return c2w

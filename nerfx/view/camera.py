@@ -15,35 +15,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from nerfx.cameras import matrix_to_quaternion, quaternion_to_matrix
+
 FLIP_YZ = np.diag([1.0, -1.0, -1.0])  # OpenCV camera axes <-> OpenGL camera axes
-
-
-def quaternion_to_matrix(wxyz: np.ndarray) -> np.ndarray:
-    """Unit quaternion (w, x, y, z) -> rotation [3, 3]."""
-    w, x, y, z = np.asarray(wxyz, dtype=np.float64) / np.linalg.norm(wxyz)
-    return np.array([[1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)],
-                     [2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)],
-                     [2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)]])
-
-
-def matrix_to_quaternion(rotation: np.ndarray) -> np.ndarray:
-    """Rotation [3, 3] -> unit quaternion (w, x, y, z) with w >= 0 (Shepperd's method)."""
-    m = np.asarray(rotation, dtype=np.float64)
-    trace = m[0, 0] + m[1, 1] + m[2, 2]
-    if trace > 0:
-        s = 2 * math.sqrt(trace + 1)
-        q = [s / 4, (m[2, 1] - m[1, 2]) / s, (m[0, 2] - m[2, 0]) / s, (m[1, 0] - m[0, 1]) / s]
-    else:
-        i = int(np.argmax(np.diag(m)))
-        j, k = (i + 1) % 3, (i + 2) % 3
-        s = 2 * math.sqrt(max(1 + m[i, i] - m[j, j] - m[k, k], 1e-12))
-        q = [0.0] * 4
-        q[0] = (m[k, j] - m[j, k]) / s
-        q[1 + i] = s / 4
-        q[1 + j] = (m[j, i] + m[i, j]) / s
-        q[1 + k] = (m[k, i] + m[i, k]) / s
-    q = np.array(q)
-    return q / np.linalg.norm(q) * (1 if q[0] >= 0 else -1)
 
 
 @dataclass(frozen=True)

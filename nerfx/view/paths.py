@@ -12,9 +12,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from nerfx.cameras import matrix_to_quaternion, quaternion_to_matrix
 from nerfx.images import to_uint8, write_video
 from nerfx.render.views import render_view
-from nerfx.view.camera import ViewCamera, matrix_to_quaternion, quaternion_to_matrix
+from nerfx.view.camera import ViewCamera
 
 FLIP = np.diag([1.0, -1.0, -1.0])
 

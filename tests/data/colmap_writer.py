@@ -10,25 +10,10 @@ from pathlib import Path
 
 import numpy as np
 
+from nerfx.cameras import matrix_to_quaternion
+
 MODEL_IDS = {"SIMPLE_PINHOLE": 0, "PINHOLE": 1, "SIMPLE_RADIAL": 2, "RADIAL": 3, "OPENCV": 4,
              "OPENCV_FISHEYE": 5, "FULL_OPENCV": 6}
-
-
-def rotation_to_qvec(r: np.ndarray) -> np.ndarray:
-    """[3, 3] rotation -> (qw, qx, qy, qz), qw >= 0 (Shepperd's method)."""
-    trace = np.trace(r)
-    if trace > 0:
-        s = 2 * np.sqrt(trace + 1)
-        q = [s / 4, (r[2, 1] - r[1, 2]) / s, (r[0, 2] - r[2, 0]) / s, (r[1, 0] - r[0, 1]) / s]
-    else:
-        i = int(np.argmax(np.diag(r)))
-        j, k = (i + 1) % 3, (i + 2) % 3
-        s = 2 * np.sqrt(1 + r[i, i] - r[j, j] - r[k, k])
-        q = [0.0] * 4
-        q[0] = (r[k, j] - r[j, k]) / s
-        q[1 + i], q[1 + j], q[1 + k] = s / 4, (r[j, i] + r[i, j]) / s, (r[k, i] + r[i, k]) / s
-    q = np.array(q)
-    return q if q[0] >= 0 else -q
 
 
 def world_to_camera(c2w_gl: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -36,7 +21,7 @@ def world_to_camera(c2w_gl: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     c2w = c2w_gl.copy()
     c2w[:3, 1:3] *= -1
     w2c = np.linalg.inv(c2w)
-    return rotation_to_qvec(w2c[:3, :3]), w2c[:3, 3]
+    return matrix_to_quaternion(w2c[:3, :3]), w2c[:3, 3]
 
 
 def write_model(folder: Path, cameras: dict, images: list, points: np.ndarray,

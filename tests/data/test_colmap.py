@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from nerfx.cameras import matrix_to_quaternion, quaternion_to_matrix
 from nerfx.data import colmap, room
 from nerfx.data.colmap_io import Camera, read_model
 from nerfx.data.scenes import SceneError, load_scene
@@ -17,7 +18,6 @@ from tests.data.colmap_writer import (
     WORLD_SHIFT,
     WORLD_TURN,
     room_as_colmap,
-    rotation_to_qvec,
     to_colmap_world,
     write_model,
 )
@@ -183,5 +183,5 @@ def test_quaternions_of_the_writer_and_reader_agree():
     for _ in range(20):
         q, _ = np.linalg.qr(rng.normal(size=(3, 3)))
         q *= np.sign(np.linalg.det(q))
-        np.testing.assert_allclose(colmap.qvec_to_rotation(rotation_to_qvec(q)), q, atol=1e-12)
+        np.testing.assert_allclose(quaternion_to_matrix(matrix_to_quaternion(q)), q, atol=1e-12)
     assert struct.calcsize("<i7di") == 64  # COLMAP's image header, packed
