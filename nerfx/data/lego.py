@@ -26,6 +26,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from nerfx.cameras import focal_from_fov, image_rays, look_at
+from nerfx.runs import write_json
 
 CAMERA_ANGLE_X = 0.6911112070083618
 RADIUS = 4.031128857175551
@@ -257,6 +258,7 @@ def generate(size: int = 800, root: Path | None = None, progress: bool = True) -
     """Writes the scene at size x size once (atomically) and returns its folder."""
     folder = (root or default_root()) / f"lego-{size}"
     if (folder / "transforms_test.json").is_file():
+        _declare_point_sampled(folder)
         return folder
     prims = build_vehicle()
     views = [(split, i, pose) for split in SPLIT_SIZES for i, pose in
@@ -273,6 +275,18 @@ def generate(size: int = 800, root: Path | None = None, progress: bool = True) -
                                   "depth_path": f"./{split}/r_{i}_depth.npy",
                                   "transform_matrix": pose.tolist()})
         for split, items in frames.items():
+            # One ray through each pixel's centre: the pixels are point samples (nerfx.data.scenes).
             (staging / f"transforms_{split}.json").write_text(json.dumps(
-                {"camera_angle_x": CAMERA_ANGLE_X, "frames": items}, indent=1))
+                {"camera_angle_x": CAMERA_ANGLE_X, "pixel_sampling": "point", "frames": items},
+                indent=1))
     return folder
+
+
+def _declare_point_sampled(folder: Path) -> None:
+    """A folder generated before the transforms said how its pixels were sampled: say it now
+    (each file rewritten atomically), so that training keeps to the pixel centres."""
+    for split in SPLIT_SIZES:
+        path = folder / f"transforms_{split}.json"
+        meta = json.loads(path.read_text())
+        if "pixel_sampling" not in meta:
+            write_json(path, {**meta, "pixel_sampling": "point"})

@@ -7,7 +7,10 @@ Real captures are expected: intrinsics shared at the top level or per frame (`fl
 degrees, either axis alone), lens distortion (`k1`, `k2`, `k3`, `k4`, `p1`, `p2`, `is_fisheye`;
 undistorted at ray generation, see nerfx.cameras), `file_path` with or without an extension and
 with Windows separators, images in subfolders, PNG (8 or 16 bits) and JPEG, `aabb_scale` 1 to 128,
-and keys nerfx does not use (ignored).
+and keys nerfx does not use (ignored). One key is nerfx's own: `"pixel_sampling": "point"` says
+each pixel is the colour at its centre (a renderer's single ray), not an average over its area
+(what a sensor or a supersampling renderer gives); training then draws rays at pixel centres
+instead of jittering them. Images read at a downscale are averages, so area-sampled again.
 
 Messy folders are expected too: a missing image is skipped with one warning that counts them (as
 long as some remain); a corrupt image, malformed or incomplete JSON, a non-invertible pose, an
@@ -62,6 +65,8 @@ class Scene:
     # Where the poses were moved from another world (a COLMAP model, nerfx.data.colmap): the
     # similarity new = scale * (rotation @ old - center), before `scale` and `offset` above.
     source_transform: dict | None = None
+    # Whether each pixel holds the colour at its centre (see the module note), not an average.
+    point_sampled: bool = False
 
     @property
     def height(self) -> int:
@@ -283,9 +288,14 @@ def _read_frames(root: Path, source: Path, meta: dict, frames: list[dict], downs
     if any(len(row) > 4 for row in intrinsics):  # one layout for all: pinholes get a zero lens
         intrinsics = [row if len(row) > 4 else row + [0.0] * len(LENS_KEYS)
                       for row in intrinsics]
+    sampling = meta.get("pixel_sampling", "area")
+    if sampling not in ("area", "point"):
+        raise SceneError(f"{source}: pixel_sampling must be \"area\" or \"point\", got "
+                         f"{sampling!r}")
     return Scene(torch.from_numpy(np.stack(images)),
                  torch.tensor(np.stack(poses), dtype=torch.float32),
-                 torch.tensor(intrinsics, dtype=torch.float32), names)
+                 torch.tensor(intrinsics, dtype=torch.float32), names,
+                 point_sampled=sampling == "point" and downscale == 1)
 
 
 def is_nerf_synthetic(root: Path) -> bool:

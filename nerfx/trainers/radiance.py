@@ -290,8 +290,7 @@ def make_task(config: dict, device: torch.device) -> RadianceFieldTask:
         folder, load_downscale = Path(config["scene"]), config["load_downscale"]
     else:
         folder, load_downscale, builtin = find_scene(config["data"], settings["downscale"])
-        config.update(scene=str(folder), load_downscale=load_downscale, builtin_scene=builtin,
-                      point_sampled=builtin and folder.name.startswith("lego-"))
+        config.update(scene=str(folder), load_downscale=load_downscale, builtin_scene=builtin)
     if device.type != "cuda":
         sizes = ", ".join(f"{k} {settings[k]}"
                           for k in ("batch_rays", *PIPELINES[model].BUILD_SETTINGS))
@@ -300,6 +299,8 @@ def make_task(config: dict, device: torch.device) -> RadianceFieldTask:
     scenes = [load_scene(folder, split, downscale=load_downscale,
                          test_every=settings["test_every"]) for split in ("train", "test")]
     config.setdefault("pipeline", pipeline_args(model, settings, scenes[0]))
+    # Pixels that are point samples (the scene says so) train at their centres, not jittered.
+    config.setdefault("point_sampled", scenes[0].point_sampled)
     # The scene's extent as Instant-NGP states it (given by transforms.json, or chosen for a
     # COLMAP model), and where a COLMAP model's world was moved to (nerfx.data.colmap).
     config.setdefault("aabb_scale", scenes[0].aabb_scale)

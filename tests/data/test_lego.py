@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import torch
 
@@ -20,6 +22,21 @@ def test_generated_twice_byte_for_byte_and_loadable(tmp_path):
         assert len(scene) == n and scene.images.shape[1:] == (12, 12, 4)
     test = load_scene(a, "test")
     assert (test.images[..., 3] > 0).any() and (test.images[..., 3] == 0).any()
+    # One ray per pixel centre: the scene says its pixels are point samples; downscaled, they
+    # are averages again.
+    assert test.point_sampled and not load_scene(a, "test", downscale=2).point_sampled
+
+
+def test_a_folder_from_before_the_sampling_key_is_given_it(tmp_path):
+    folder = lego.generate(4, root=tmp_path, progress=False)
+    for split in lego.SPLIT_SIZES:
+        path = folder / f"transforms_{split}.json"
+        meta = json.loads(path.read_text())
+        del meta["pixel_sampling"]
+        path.write_text(json.dumps(meta))
+    assert not load_scene(folder, "train").point_sampled
+    assert lego.generate(4, root=tmp_path, progress=False) == folder
+    assert all(load_scene(folder, split).point_sampled for split in lego.SPLIT_SIZES)
 
 
 def test_cameras_look_at_the_toy_from_the_upper_hemisphere():

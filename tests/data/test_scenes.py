@@ -130,6 +130,13 @@ def test_distortion_is_read_not_refused(tmp_path):
     assert len(scene2) == 14 and not scene2.has_lens and scene2.intrinsics.shape == (14, 4)
 
 
+def test_pixel_sampling_is_read_and_checked(tmp_path):
+    assert not load_scene(instant_ngp(tmp_path / "a"), "train").point_sampled  # areas by default
+    assert load_scene(instant_ngp(tmp_path / "b", pixel_sampling="point"), "train").point_sampled
+    with pytest.raises(SceneError, match="pixel_sampling"):
+        load_scene(instant_ngp(tmp_path / "c", pixel_sampling="centre"), "train")
+
+
 def test_not_a_scene(tmp_path):
     with pytest.raises(SceneError, match="no such scene folder"):
         load_scene(tmp_path / "nothing")
