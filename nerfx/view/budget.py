@@ -7,9 +7,11 @@ a token bucket in seconds: each step adds its training time times share / (1 - s
 chunk of rays takes the seconds it took (so an overshoot is paid back by the next steps), and
 unused credit is capped so that a long idle spell never turns into a long stall.
 
-Frame sizes follow the measured rays per second: a moving camera gets the height at which a frame
-fits its share of `1 / moving_fps` seconds (never under `floor` pixels), a refresh the height
-at which it fits its share of `refresh_seconds`, a still camera the full canvas (up to `cap`; while
+A moving camera's frames are marched at twice the trained step (nerfx.view.crop), about 0.6 of
+the time of a full frame, and their rays per second are measured apart from the others'. Frame
+sizes follow the measured rays per second: a moving camera gets the height at which a frame fits
+its share of `1 / moving_fps` seconds (never under `floor` pixels), a refresh the height at which
+it fits its share of `refresh_seconds`, a still camera the full canvas (up to `cap`; while
 training, the size that its share renders in `refine_seconds`).
 """
 
@@ -26,6 +28,7 @@ class RenderBudget:
     moving_share: float = 0.33     # of wall time while a camera moves or a frame refines
     still_share: float = 0.05      # of wall time for refreshing still cameras
     moving_fps: float = 12.0       # frames a second wanted while a camera moves
+    moving_step_scale: float = 2.0  # a moving camera's frames march this times the step
     refresh_seconds: float = 2.0   # a still camera's frame shows weights at most this old
     refine_seconds: float = 3.0    # while training, a still camera's sharp frame within this
     floor: int = 64                # pixels: the smallest frame height
@@ -33,6 +36,8 @@ class RenderBudget:
     chunk_seconds: float = 0.03    # one uninterruptible piece of rendering
     max_credit: float = 0.25       # seconds of credit kept at most
     rays_per_second: float = 2e4   # measured as it renders (an exponential average)
+    # The same for a moving camera's coarser frames (None: starts at rays_per_second).
+    moving_rays_per_second: float | None = None
     credit: float = 0.0
     # Time spent rendering and training, for the numbers panel.
     spent: dict[str, float] = field(default_factory=lambda: {"render": 0.0, "train": 0.0})
@@ -46,19 +51,30 @@ class RenderBudget:
         self.spent["render"] += seconds
         self.credit -= seconds
 
-    def measured(self, n_rays: int, seconds: float) -> None:
-        """A chunk of n_rays took `seconds`: update the rays/s estimate."""
+    def __post_init__(self) -> None:
+        if self.moving_rays_per_second is None:
+            self.moving_rays_per_second = self.rays_per_second
+
+    def rate(self, kind: str) -> float:
+        """Rays a second for frames of this kind (a moving camera's march is the coarser)."""
+        return self.moving_rays_per_second if kind == "moving" else self.rays_per_second
+
+    def measured(self, n_rays: int, seconds: float, kind: str = "refine") -> None:
+        """A chunk of n_rays of a frame of this kind took `seconds`: update its rays/s."""
         if n_rays >= 256 and seconds > 0:
-            rate = n_rays / seconds
+            rate, old = n_rays / seconds, self.rate(kind)
             # Falls fast, rises slowly: rays differ (empty ones are cheap), and an estimate too
             # high makes the next chunk overrun its time.
-            weight = 0.5 if rate < self.rays_per_second else 0.1
-            self.rays_per_second += weight * (rate - self.rays_per_second)
+            new = old + (0.5 if rate < old else 0.1) * (rate - old)
+            if kind == "moving":
+                self.moving_rays_per_second = new
+            else:
+                self.rays_per_second = new
 
-    def chunk_rays(self, seconds: float | None = None) -> int:
-        """Rays that take about min(seconds, chunk_seconds) to render."""
+    def chunk_rays(self, seconds: float | None = None, kind: str = "refine") -> int:
+        """Rays of a frame of this kind that take about min(seconds, chunk_seconds)."""
         seconds = self.chunk_seconds if seconds is None else min(seconds, self.chunk_seconds)
-        return int(min(max(self.rays_per_second * seconds, 512), 2**16))
+        return int(min(max(self.rate(kind) * seconds, 512), 2**16))
 
     def share(self, kind: str, training: bool) -> float:
         if not training:
@@ -76,7 +92,7 @@ class RenderBudget:
             seconds = self.share(kind, training) / self.moving_fps
         else:   # refresh: its share of the refresh period
             seconds = self.refresh_seconds * 0.6 * self.share(kind, training)
-        return height_for(camera, self.rays_per_second * seconds, self.floor, self.cap)
+        return height_for(camera, self.rate(kind) * seconds, self.floor, self.cap)
 
     def render_share(self) -> float:
         """The fraction of time spent rendering for the viewer so far."""

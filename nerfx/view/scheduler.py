@@ -65,7 +65,8 @@ class FrameScheduler:
         self.frames_sent = 0
         self.crop: Box | None = None
         self.hidden = False           # the render is hidden: nothing to render
-        self._cropped: tuple[Renderable, Box | None, Renderable] | None = None
+        # (model, box, step scale) -> what renders it, for the latest model and box
+        self._renderables: dict[tuple[int, Box | None, float], Renderable] = {}
 
     # -- what the pages report (any thread) ---------------------------------------------------
     def add_page(self, key: int, send: Callable[[np.ndarray, FrameJob], None]) -> Page:
@@ -116,12 +117,17 @@ class FrameScheduler:
         for page in self.pages.values():
             page.version, page.moved_at = page.version + 1, 0.0
 
-    def view_model(self) -> Renderable:
-        """The model as the pages show it: cropped to the crop box, if any."""
+    def view_model(self, kind: str = "refine") -> Renderable:
+        """The model as the pages show it: cropped to the crop box, if any; a moving camera's
+        frames marched at the budget's coarser step."""
         base, box = self.model, self.crop
-        if self._cropped is None or self._cropped[0] is not base or self._cropped[1] != box:
-            self._cropped = (base, box, cropped(base, box))
-        return self._cropped[2]
+        scale = self.budget.moving_step_scale if kind == "moving" else 1.0
+        key = (id(base), box, scale)
+        if key not in self._renderables:
+            if any(k[:2] != (id(base), box) for k in self._renderables):
+                self._renderables.clear()          # a new model or box: drop the old ones
+            self._renderables[key] = cropped(base, box, scale)
+        return self._renderables[key]
 
     def request_refine(self, key: int, then: Callable[[FrameJob], None]) -> None:
         """A new full-size frame of the page's camera with the current weights; `then` gets its
@@ -178,7 +184,8 @@ class FrameScheduler:
                 if kind == "refresh" and height >= min(page.camera.height, self.budget.cap):
                     kind = "refine"
                 request = FrameRequest(page.camera, height, page.mode, kind)
-                page.job, page.job_version = FrameJob(request, self.view_model()), page.version
+                page.job = FrameJob(request, self.view_model(kind))
+                page.job_version = page.version
                 return page, page.job
         return None
 
@@ -195,8 +202,9 @@ class FrameScheduler:
                 return time.perf_counter() - start
             page, job = picked
             tick = time.perf_counter()
-            n = job.advance(self.budget.chunk_rays(max(seconds - elapsed, 1e-3)))
-            self.budget.measured(n, time.perf_counter() - tick)
+            kind = job.request.kind
+            n = job.advance(self.budget.chunk_rays(max(seconds - elapsed, 1e-3), kind))
+            self.budget.measured(n, time.perf_counter() - tick, kind)
             if job.finished:
                 self._deliver(page, job)
             elapsed = time.perf_counter() - start

@@ -85,7 +85,8 @@ def test_train_view_live(command, browser, view_data):
     url = cmd.url()
     page = Viewer(browser, url)
     page.wait_for_pose(full=False)                       # frames come while it trains
-    first = page.step()
+    wait_until(lambda: page.step() >= 0)                 # the numbers show (a loaded machine
+    first = page.step()                                  # may show frames first)
     wait_until(lambda: page.step() > first)
     assert page.step() > first >= 0                     # the counter advances
 

@@ -74,6 +74,37 @@ def test_a_crop_that_misses_the_object_shows_the_background(make):
     torch.testing.assert_close(view(cropped(model, empty)), torch.ones_like(whole))
 
 
+class Counted(Ball):
+    """The ball, counting the samples it is asked for."""
+
+    def __init__(self):
+        super().__init__()
+        self.samples = 0
+
+    def forward(self, x, d):
+        self.samples += len(x)
+        return super().forward(x, d)
+
+
+def test_a_moving_camera_marches_a_coarser_step():
+    model = ngp_ball()
+    model.field = Counted()
+    full = view(model, 24)
+    full_samples, model.field.samples = model.field.samples, 0
+    coarse = view(cropped(model, None, 2.0), 24)
+    # Half the samples, the same picture where the ball is solid (its rim may differ a little).
+    assert model.field.samples < 0.6 * full_samples
+    assert (coarse - full).abs().mean() < 0.02
+    assert cropped(model, None) is model
+    nerf = nerf_ball()
+    assert cropped(nerf, None, 2.0) is nerf        # NeRF keeps its samples
+    with pytest.raises(ValueError, match="step_scale"):
+        CroppedRenderable(model, None, 0.5)
+    scheduler = FrameScheduler(model, still_after=0.0)
+    assert scheduler.view_model("moving").step_scale == 2.0
+    assert scheduler.view_model("refine") is model
+
+
 def test_a_crop_around_the_object_leaves_the_render_unchanged():
     model = ngp_ball()
     torch.testing.assert_close(view(cropped(model, AROUND)), view(model), atol=0, rtol=0)

@@ -192,6 +192,16 @@ def test_training_refreshes_a_still_frame_with_new_weights():
     assert len(shown) == 2
 
 
+def test_moving_frames_keep_their_own_rate():
+    budget = RenderBudget(rays_per_second=1e4, chunk_seconds=1.0)
+    assert budget.rate("moving") == 1e4                    # starts at the full step's
+    budget.measured(4000, 0.1, "moving")                    # 4e4 rays/s: rises slowly
+    assert budget.rate("moving") == pytest.approx(1.3e4) and budget.rate("refine") == 1e4
+    budget.measured(4000, 1.0)                              # 4e3 rays/s: falls fast
+    assert budget.rate("refine") == pytest.approx(7e3) and budget.rate("moving") > 1e4
+    assert budget.chunk_rays(1.0, "moving") > budget.chunk_rays(1.0, "refine")
+
+
 def test_budget_credit_follows_the_share():
     budget = RenderBudget(max_credit=10.0)
     budget.earn(0.9, 0.1)
