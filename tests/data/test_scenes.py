@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from nerfx.data.scenes import SceneError, composite_on, load_scene
+from nerfx.data.scenes import SceneError, composite_on, load_image, load_scene
 
 
 def pose(z: float = 4.0) -> list[list[float]]:
@@ -135,6 +135,25 @@ def test_pixel_sampling_is_read_and_checked(tmp_path):
     assert load_scene(instant_ngp(tmp_path / "b", pixel_sampling="point"), "train").point_sampled
     with pytest.raises(SceneError, match="pixel_sampling"):
         load_scene(instant_ngp(tmp_path / "c", pixel_sampling="centre"), "train")
+
+
+@pytest.mark.parametrize("downscale", [2, 3, 4, 6, 8])
+@pytest.mark.parametrize("width, height", [(1000, 760), (1001, 757)])
+def test_a_jpeg_read_small_matches_the_full_decode_box_filtered(tmp_path, downscale, width,
+                                                                height):
+    rng = np.random.default_rng(downscale)
+    y, x = np.mgrid[0:height, 0:width]
+    smooth = 127 + 60 * np.sin(x[..., None] / 40 + y[..., None] / np.array([30, 50, 70]))
+    photo = (smooth + rng.normal(0, 4, smooth.shape)).clip(0, 255).astype(np.uint8)
+    Image.fromarray(photo).save(tmp_path / "photo.jpg", quality=92)
+    small = load_image(tmp_path / "photo.jpg", downscale)
+    size = (width // downscale, height // downscale)
+    with Image.open(tmp_path / "photo.jpg") as img:
+        full = np.asarray(img.convert("RGB").resize(size, Image.Resampling.BOX))
+    assert small.shape == full.shape == (size[1], size[0], 3)
+    if downscale == 3 or width % 2:       # nothing for libjpeg to reduce by: the same decode
+        np.testing.assert_array_equal(small, full)
+    assert np.abs(small.astype(float) - full).mean() < 1.0
 
 
 def test_not_a_scene(tmp_path):
