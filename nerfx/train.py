@@ -49,7 +49,9 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
     radiance.add_argument("--batch-samples", type=int,
                           help="field samples per step; ngp adapts its ray count to it")
     radiance.add_argument("--batch-rays", type=int, help="rays per step (first step, with ngp)")
-    radiance.add_argument("--downscale", type=int, help="image downscale factor")
+    radiance.add_argument("--downscale", type=int,
+                          help="image downscale factor (default: the preset's, raised on the CPU "
+                               "where images would be over 160 px on their long side)")
     radiance.add_argument("--precision", choices=["auto", "fp32", "mixed"],
                           help="mixed: fp16 autocast with loss scaling on a GPU, bf16 on a CPU "
                                "(auto: mixed on a GPU)")
@@ -107,6 +109,8 @@ def request_of(args: argparse.Namespace) -> trainers.TrainRequest:
     extra = parse_set(args.set)
     if args.autoencoder is not None:
         extra["autoencoder_run"] = str(args.autoencoder)
+    if args.downscale is not None:
+        extra.setdefault("max_image_side", None)   # the downscale asked for, not a fitted one
     return trainers.TrainRequest(
         model=args.model, data=args.data or args.scene, fast=args.fast, seed=args.seed,
         device=args.device, out=args.out, resume=args.resume,

@@ -239,6 +239,30 @@ def test_the_built_in_room_trains_with_three_cascades(tmp_path, data):
 
 
 @pytest.mark.slow
+def test_the_cpu_preset_reads_large_photos_smaller(tmp_path, capsys, monkeypatch):
+    from nerfx.trainers import ngp
+    from nerfx.trainers.radiance import fitted_downscale
+    from tests.data.test_scenes import instant_ngp
+
+    capture = instant_ngp(tmp_path / "capture")          # 8 x 6 photos
+    assert fitted_downscale(capture, 1, None) == 1
+    assert fitted_downscale(capture, 1, 8) == 1 and capsys.readouterr().out == ""
+    assert fitted_downscale(capture, 1, 3) == 4             # 8 -> 4 -> 2
+    assert "read at 1/4 (2x1)" in capsys.readouterr().out
+    assert fitted_downscale(capture, 2, 3) == 4             # doubled from the preset's
+    # The command line: the CPU preset fits the photos, --downscale keeps what it asks for.
+    monkeypatch.setitem(ngp.PRESETS["cpu-fast"], "max_image_side", 4)
+    runs = {}
+    for flags in ([], ["--downscale", "1"]):
+        run = tmp_path / f"run{len(flags)}"
+        train.main(["--data", str(capture), "--fast", "--steps", "1", "--eval-views", "1",
+                    "--video-frames", "0", "--device", "cpu", "--out", str(run), *flags])
+        runs[len(flags)] = json.loads((run / "config.json").read_text())
+    assert runs[0]["load_downscale"] == runs[0]["settings"]["downscale"] == 8
+    assert runs[0]["camera"]["width"] == 1
+    assert runs[2]["load_downscale"] == 1 and runs[2]["camera"]["width"] == 8
+
+
 def test_a_colmap_model_trains_and_records_its_aabb_scale(tmp_path, data):
     from nerfx.data import room
     from tests.data.colmap_writer import room_as_colmap

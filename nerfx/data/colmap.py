@@ -28,7 +28,8 @@ import torch
 
 from nerfx.cameras import quaternion_to_matrix
 from nerfx.data.colmap_io import Camera, SparseModel, read_model
-from nerfx.data.scenes import MAX_AABB_SCALE, Scene, SceneError, load_images
+from nerfx.data.scene_images import load_images
+from nerfx.data.scenes import MAX_AABB_SCALE, Scene, SceneError
 
 # colmap2nerf.py scales the cameras' mean distance from the centre to 4.0 ("nerf sized").
 NERF_CAMERA_DISTANCE = 4.0

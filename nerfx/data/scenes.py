@@ -22,30 +22,23 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import warnings
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
-from tqdm import tqdm
 
 from nerfx.cameras import LENS_KEYS, focal_from_fov
+from nerfx.data.scene_images import SceneError, load_images
 
 SPLITS = ("train", "val", "test")
 DISTORTION_KEYS = LENS_KEYS[:6]  # k1, k2, k3, k4, p1, p2
 # Instant-NGP's largest scene: NERF_CASCADES() = 8 cascades of 2^k times the unit cube
 # (include/neural-graphics-primitives/nerf_device.cuh), so aabb_scale <= 2^7.
 MAX_AABB_SCALE = 128
-DECODE_THREADS = 8  # at most, and at most the machine's cores
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".PNG", ".JPG", ".JPEG")
-
-
-class SceneError(ValueError):
-    """A scene folder that cannot be read; the message names the file and the problem."""
 
 
 @dataclass
@@ -122,49 +115,6 @@ def _find_image(root: Path, relative: str, source: Path) -> Path | None:
         if candidate.is_file():
             return candidate
     return None
-
-
-def _to_8bit(img: Image.Image) -> Image.Image:
-    """16-bit greyscale (Pillow mode I;16 or I) to 8 bits by the high byte, as Pillow reads
-    16-bit RGB and RGBA PNGs; other modes pass through."""
-    if img.mode.startswith("I;16") or img.mode == "I":
-        values = np.asarray(img).astype(np.int64).clip(0, 65535)
-        return Image.fromarray((values >> 8).astype(np.uint8), "L")
-    return img
-
-
-def load_image(path: Path, downscale: int) -> np.ndarray:
-    """An image file as uint8 [H, W, 3 or 4], box-downscaled; SceneError if unreadable. A JPEG
-    whose sides and the downscale are multiples of 2, 4 or 8 is decoded at that fraction of its
-    size by libjpeg (which scales in its transform: about 2.5x faster on a phone's photo, a mean
-    difference from the full decode under 1 grey level), the rest box-filtered as before."""
-    try:
-        with Image.open(path) as img:
-            size = (max(img.width // downscale, 1), max(img.height // downscale, 1))
-            if img.format == "JPEG":
-                reduce = next((r for r in (8, 4, 2) if downscale % r == 0
-                               and img.width % r == 0 and img.height % r == 0), 1)
-                if reduce > 1:
-                    img.draft(img.mode, (img.width // reduce, img.height // reduce))
-            img.load()
-            img = _to_8bit(img)
-            img = img.convert("RGBA" if img.mode in ("RGBA", "LA", "La", "P", "PA") else "RGB")
-            if img.size != size:
-                img = img.resize(size, Image.Resampling.BOX)
-            return np.asarray(img, dtype=np.uint8)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise SceneError(f"{path}: cannot read the image ({exc})") from None
-
-
-def load_images(paths: list[Path], downscale: int, desc: str = "images") -> list[np.ndarray]:
-    """load_image of each path, decoded in parallel threads (Pillow's decoders and resampling
-    release the GIL), in order; the first unreadable one raises its SceneError."""
-    if len(paths) <= 1:
-        return [load_image(path, downscale) for path in paths]
-    workers = min(len(paths), os.cpu_count() or 1, DECODE_THREADS)
-    with ThreadPoolExecutor(workers) as pool:
-        return list(tqdm(pool.map(lambda path: load_image(path, downscale), paths),
-                         total=len(paths), desc=desc, unit="img", leave=False))
 
 
 def _pose(frame: dict, source: Path, index: int) -> np.ndarray:
@@ -304,6 +254,35 @@ def _read_frames(root: Path, source: Path, meta: dict, frames: list[dict], downs
                  torch.tensor(np.stack(poses), dtype=torch.float32),
                  torch.tensor(intrinsics, dtype=torch.float32), names,
                  point_sampled=sampling == "point" and downscale == 1)
+
+
+def image_size(root: str | Path) -> tuple[int, int]:
+    """(width, height) in pixels of a scene folder's images at full size, from the first image's
+    header (NeRF-synthetic, Instant-NGP) or the first camera (COLMAP); nothing is decoded."""
+    root = Path(root)
+    if is_nerf_synthetic(root) or (root / "transforms.json").is_file():
+        source = root / ("transforms_train.json" if is_nerf_synthetic(root) else
+                         "transforms.json")
+        frames = _read_json(source).get("frames", [])
+        for frame in frames if isinstance(frames, list) else []:
+            path = _find_image(root, str(frame.get("file_path", "")), source) \
+                if isinstance(frame, dict) else None
+            if path is not None:
+                try:
+                    with Image.open(path) as img:
+                        return img.size
+                except (UnidentifiedImageError, OSError) as exc:
+                    raise SceneError(f"{path}: cannot read the image ({exc})") from None
+        raise SceneError(f"{source}: none of its frames' images was found")
+    from nerfx.data import colmap_io  # it builds on this module
+
+    model = colmap_io.find_model(root)
+    if model is None:
+        raise SceneError(f"{root}: no scene found (no transforms JSON, no COLMAP model)")
+    camera = next(iter(colmap_io.read_model(model).cameras.values()), None)
+    if camera is None:
+        raise SceneError(f"{model}: the COLMAP model has no camera")
+    return camera.width, camera.height
 
 
 def is_nerf_synthetic(root: Path) -> bool:

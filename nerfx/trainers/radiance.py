@@ -21,7 +21,7 @@ import torch
 
 from nerfx.data import lego, room
 from nerfx.data.rays import TrainingRays
-from nerfx.data.scenes import Scene, SceneError, load_scene
+from nerfx.data.scenes import Scene, SceneError, image_size, load_scene
 from nerfx.loop import LoopState
 from nerfx.models.ema import EMA
 from nerfx.models.pipelines import (
@@ -40,6 +40,7 @@ CLOCK_MARKS = (1, 5, 15, 60, 300)  # seconds of training at which the paper repo
 CLOCK_VIEWS = 8  # test views evaluated at each clock mark (the final evaluation uses eval_views)
 # Settings every radiance-field preset holds beside its own.
 COMMON_PRESET = dict(precision="auto",  # "auto": mixed (fp16) on a GPU, fp32 on a CPU
+                     max_image_side=None,  # pixels: a larger downscale where images exceed it
                      test_every=8,      # Instant-NGP folders: every 8th image is a test view
                      save_every=250)    # steps between checkpoints
 
@@ -55,16 +56,17 @@ def records_samples_at(step: int) -> bool:
     return step % (10 if step <= 200 else 100 if step <= 2000 else 1000) == 0
 
 
-def find_scene(data: str, downscale: int) -> tuple[Path, int, bool]:
+def find_scene(data: str, downscale: int, max_side: int | None = None
+               ) -> tuple[Path, int, bool]:
     """data: a scene folder, a NeRF-synthetic scene's name, or a built-in scene's name (lego,
     room). -> (folder, downscale to load with, whether it is a built-in scene). The built-in
-    scenes are generated once at the resolution they train at."""
+    scenes are generated once at the resolution they train at; a folder's images are read at
+    `downscale`, doubled while their long side is over max_side pixels (None: no limit)."""
     path = Path(data)
-    if path.is_dir() or len(path.parts) > 1:
-        return path, downscale, False
     real = Path(os.environ.get("NERFX_DATA", "data")) / "nerf_synthetic" / data
-    if (real / "transforms_train.json").is_file():
-        return real, downscale, False
+    if path.is_dir() or len(path.parts) > 1 or (real / "transforms_train.json").is_file():
+        folder = path if path.is_dir() or len(path.parts) > 1 else real
+        return folder, fitted_downscale(folder, downscale, max_side), False
     if data == "room":
         width = max(room.FULL_WIDTH // downscale, 1)
         print(f"nerfx: the built-in room scene ({width} px wide, generated once)", flush=True)
@@ -94,6 +96,22 @@ def camera_config(train_set: Scene, test_set: Scene) -> tuple[dict, dict]:
     return ({"width": test_set.width, "height": test_set.height,
              "intrinsics": test_set.intrinsics[0].tolist()},
             {"radius": radius, "center": center.tolist(), "elevation_deg": 30.0})
+
+
+def fitted_downscale(folder: Path, downscale: int, max_side: int | None) -> int:
+    """downscale, doubled until the folder's images are at most max_side pixels on their long
+    side (said on one line when it changes)."""
+    if max_side is None:
+        return downscale
+    width, height = image_size(folder)
+    fitted = downscale
+    while max(width, height) // fitted > max_side:
+        fitted *= 2
+    if fitted != downscale:
+        print(f"nerfx: images {width}x{height} read at 1/{fitted} ({width // fitted}x"
+              f"{height // fitted}): this preset's images are at most {max_side} px on their "
+              "long side (--downscale N to choose)", flush=True)
+    return fitted
 
 
 def scaled_camera(camera: dict, downscale: int) -> dict:
@@ -289,7 +307,10 @@ def make_task(config: dict, device: torch.device) -> RadianceFieldTask:
     if "scene" in config:        # a resumed run: the folder it trained on
         folder, load_downscale = Path(config["scene"]), config["load_downscale"]
     else:
-        folder, load_downscale, builtin = find_scene(config["data"], settings["downscale"])
+        folder, load_downscale, builtin = find_scene(config["data"], settings["downscale"],
+                                                     settings["max_image_side"])
+        if not builtin:
+            settings["downscale"] = load_downscale     # as fitted to max_image_side
         config.update(scene=str(folder), load_downscale=load_downscale, builtin_scene=builtin)
     if device.type != "cuda":
         sizes = ", ".join(f"{k} {settings[k]}"

@@ -75,10 +75,10 @@ def to_colmap_world(c2w: np.ndarray) -> np.ndarray:
 
 
 def room_as_colmap(room_folder: Path, out: Path, binary: bool, with_points: bool = True,
-                   model: str = "OPENCV") -> Path:
+                   model: str = "OPENCV", point_stride: int = 7) -> Path:
     """A COLMAP capture of the built-in room: its images, its cameras as one OPENCV camera, and
-    sparse points back-projected from a few views' depth maps, all in a world turned, moved and
-    scaled from the room's (to_colmap_world)."""
+    sparse points back-projected from every point_stride-th pixel of a few views' depth maps,
+    all in a world turned, moved and scaled from the room's (to_colmap_world)."""
     import torch
 
     from nerfx.cameras import image_rays
@@ -98,7 +98,7 @@ def room_as_colmap(room_folder: Path, out: Path, binary: bool, with_points: bool
             depth = torch.from_numpy(np.load(room_folder / frame["depth_path"]))
             o, d = image_rays(torch.tensor(pose, dtype=torch.float32), lens, meta["w"],
                               meta["h"])
-            points.append((o + d * depth.reshape(-1, 1))[::7].double().numpy())
+            points.append((o + d * depth.reshape(-1, 1))[::point_stride].double().numpy())
     cloud = np.concatenate(points) if points else np.zeros((0, 3))
     cloud = WORLD_SCALE * cloud @ WORLD_TURN.T + WORLD_SHIFT
     write_model(out / "sparse" / "0", cameras, images, cloud, binary)

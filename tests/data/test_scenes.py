@@ -11,7 +11,8 @@ import pytest
 import torch
 from PIL import Image
 
-from nerfx.data.scenes import SceneError, composite_on, load_image, load_scene
+from nerfx.data.scene_images import load_image
+from nerfx.data.scenes import SceneError, composite_on, image_size, load_scene
 
 
 def pose(z: float = 4.0) -> list[list[float]]:
@@ -154,6 +155,24 @@ def test_a_jpeg_read_small_matches_the_full_decode_box_filtered(tmp_path, downsc
     if downscale == 3 or width % 2:       # nothing for libjpeg to reduce by: the same decode
         np.testing.assert_array_equal(small, full)
     assert np.abs(small.astype(float) - full).mean() < 1.0
+
+
+def test_image_size_reads_headers_of_each_layout(tmp_path):
+    from nerfx.data import room
+    from tests.data.colmap_writer import room_as_colmap
+
+    assert image_size(nerf_synthetic(tmp_path / "synthetic", size=(10, 7))) == (10, 7)
+    assert image_size(instant_ngp(tmp_path / "ngp")) == (8, 6)
+    capture = room_as_colmap(room.generate(24, root=tmp_path / "builtin", progress=False),
+                             tmp_path / "colmap", binary=False, with_points=False)
+    assert image_size(capture) == (24, 18)
+    empty = instant_ngp(tmp_path / "gone")
+    for image in (empty / "images").iterdir():
+        image.unlink()
+    with pytest.raises(SceneError, match="none of its frames"):
+        image_size(empty)
+    with pytest.raises(SceneError, match="no scene found"):
+        image_size(tmp_path / "builtin")
 
 
 def test_not_a_scene(tmp_path):
