@@ -116,6 +116,8 @@ def distort(xy: torch.Tensor, lens: torch.Tensor) -> torch.Tensor:
     radial = 1 + r2 * (k1 + r2 * (k2 + r2 * (k3 + r2 * k4)))
     ox = x * radial + 2 * p1 * x * y + p2 * (r2 + 2 * x * x)
     oy = y * radial + 2 * p2 * x * y + p1 * (r2 + 2 * y * y)
+    if lens.dim() == 1 and not bool(fisheye > 0.5):   # one lens, not a fisheye: done
+        return torch.stack([ox, oy], -1)
     # Equidistant fisheye (instant-ngp opencv_fisheye_lens_distortion_delta); theta_d / r -> 1
     # as r -> 0.
     r = r2.sqrt()

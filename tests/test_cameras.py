@@ -53,6 +53,9 @@ def test_distort_is_the_textbook_model(fisheye):
     want = torch.tensor([textbook(*p.tolist(), c.tolist()) for p, c in zip(xy, lens, strict=True)],
                         dtype=torch.float64)
     torch.testing.assert_close(got, want, atol=1e-12, rtol=0)
+    for camera in lens[:4]:                    # one lens for all points: the same numbers
+        torch.testing.assert_close(distort(xy, camera), distort(xy, camera.expand(50, 7)),
+                                   atol=0, rtol=0)
     # A zero lens is the pinhole for the radial-tangential model, not for the fisheye.
     zero = torch.zeros(7, dtype=torch.float64)
     torch.testing.assert_close(distort(xy, zero), xy)

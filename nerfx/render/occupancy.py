@@ -233,9 +233,12 @@ class OccupancyGrid(nn.Module):
             intrinsics = torch.tensor(pinhole).expand(len(world_to_camera), 4)
         intrinsics = intrinsics.float().to(device)
         for w2c, camera in zip(world_to_camera, intrinsics, strict=True):
-            pixel, depth = project(points, w2c, camera)  # [n_points, 2], [n_points]
+            # Only the corners no camera has seen yet: after the first few views, a small part.
+            todo = (~corner_seen).nonzero().squeeze(1)  # [n_todo]
+            pixel, depth = project(points[todo], w2c, camera)  # [n_todo, 2], [n_todo]
             x, y = pixel.unbind(-1)
-            corner_seen |= (depth > near) & (x >= 0) & (x < size[0]) & (y >= 0) & (y < size[1])
+            inside = (depth > near) & (x >= 0) & (x < size[0]) & (y >= 0) & (y < size[1])
+            corner_seen[todo[inside]] = True
         # A cell is seen when any of its corners is: OR over the 2x2x2 lattice points around it.
         lattice = corner_seen.view(self.cascades, 1, r + 1, r + 1, r + 1).float()
         seen = torch.nn.functional.max_pool3d(lattice, kernel_size=2, stride=1)  # [c, 1, r, r, r]

@@ -99,6 +99,33 @@ def test_an_untouched_grid_marches_every_visible_cell():
     assert grid.visible.any() and not grid.visible.all()
 
 
+def test_a_cell_is_seen_when_any_corner_lands_in_any_view():
+    """Against the definition, corner by corner and camera by camera, through a lens."""
+    from nerfx.cameras import look_at, project
+
+    grid = OccupancyGrid(AABB, resolution=8, cascades=2)
+    gen = torch.Generator().manual_seed(3)
+    eyes = (torch.rand(5, 3, generator=gen) * 2 - 1) * 4
+    poses = torch.stack([torch.tensor(look_at(tuple(e.tolist())), dtype=torch.float32)
+                         for e in eyes])
+    lens = torch.tensor([60.0, 57.0, 15.0, 11.0, -0.1, 0.02, 0, 0, 0.001, -0.002, 0])
+    intrinsics = lens.expand(5, 11)
+    grid.mark_unseen_empty(poses, (0.0, 0.0), (0.0, 0.0), (30, 24), intrinsics=intrinsics)
+    corners = grid._lattice_points(torch.device("cpu"))   # [2, 9, 9, 9, 3]
+    seen = torch.zeros(corners.shape[:-1], dtype=torch.bool)
+    for pose in poses:
+        pixel, depth = project(corners.reshape(-1, 3), torch.linalg.inv(pose), lens)
+        x, y = pixel.unbind(-1)
+        seen |= ((depth > 0) & (x >= 0) & (x < 30) & (y >= 0) & (y < 24)).view(seen.shape)
+    cells = torch.zeros(2, 8, 8, 8, dtype=torch.bool)
+    for dx in (0, 1):
+        for dy in (0, 1):
+            for dz in (0, 1):
+                cells |= seen[:, dx:dx + 8, dy:dy + 8, dz:dz + 8]
+    assert torch.equal(grid.visible, cells.reshape(-1))
+    assert grid.visible.any() and not grid.visible.all()
+
+
 def test_updates_run_on_instant_ngps_schedule():
     """Every step until step 32, then every step // 16 steps, every 16 from step 256
     (instant-ngp src/testbed.cu: n_prep_to_skip = clamp(step / 16, 1, 16))."""
