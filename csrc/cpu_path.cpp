@@ -26,6 +26,13 @@ bool use_avx2() {
   return avx2_available();
 }
 
-const char* path_name() { return use_avx2() ? "avx2" : "portable"; }
+const char* path_name() {  // never raises: build_info reports a bad value instead
+  const char* forced = std::getenv("NERFX_CPU_PATH");
+  if (forced != nullptr && std::strcmp(forced, "portable") == 0) return "portable";
+  if (forced != nullptr && forced[0] != '\0' && std::strcmp(forced, "auto") != 0) {
+    return "none: NERFX_CPU_PATH must be auto or portable";
+  }
+  return avx2_available() ? "avx2" : "portable";
+}
 
 }  // namespace nerfx::cpu

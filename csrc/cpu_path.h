@@ -26,7 +26,8 @@ bool avx2_available();
 // NERFX_CPU_PATH (read on every call; any value but "", "auto" or "portable" raises).
 bool use_avx2();
 
-// "avx2" or "portable": what use_avx2() chooses now, for build_info and the tests.
+// "avx2" or "portable": what use_avx2() chooses now, for build_info and the tests (a line
+// saying what is wrong where NERFX_CPU_PATH has a value use_avx2() refuses).
 const char* path_name();
 
 }  // namespace nerfx::cpu

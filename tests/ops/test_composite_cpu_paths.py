@@ -43,6 +43,7 @@ def test_cpu_path_is_chosen_as_asked(monkeypatch):
     monkeypatch.setenv("NERFX_CPU_PATH", "portable")
     assert _ext.build_info()["cpu_path"] == "portable"
     monkeypatch.setenv("NERFX_CPU_PATH", "avx512")
+    assert _ext.build_info()["cpu_path"].startswith("none: NERFX_CPU_PATH must be")
     with pytest.raises(RuntimeError, match='NERFX_CPU_PATH must be "auto" or "portable", '
                                            'got "avx512"'):
         composite_rays(*packed([2], dtype=torch.float32), backend="cpu")
