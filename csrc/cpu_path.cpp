@@ -7,6 +7,29 @@
 #include <cstring>
 
 namespace nerfx::cpu {
+namespace {
+
+// NERFX_CPU_PATH as a choice; nullptr's place for a value it does not know.
+enum class Asked { kAuto, kAvx2, kPortable, kUnknown };
+
+Asked asked(const char** value) {
+  const char* v = std::getenv("NERFX_CPU_PATH");
+  *value = v;
+  if (v == nullptr || v[0] == '\0' || std::strcmp(v, "auto") == 0) return Asked::kAuto;
+  if (std::strcmp(v, "avx2") == 0) return Asked::kAvx2;
+  if (std::strcmp(v, "portable") == 0) return Asked::kPortable;
+  return Asked::kUnknown;
+}
+
+Asked checked_asked() {
+  const char* value = nullptr;
+  const Asked a = asked(&value);
+  TORCH_CHECK(a != Asked::kUnknown, "NERFX_CPU_PATH must be \"auto\", \"avx2\" or \"portable\", "
+              "got \"", value, "\"");
+  return a;
+}
+
+}  // namespace
 
 bool avx2_available() {
 #if NERFX_CPU_AVX2_BUILT
@@ -18,21 +41,17 @@ bool avx2_available() {
 #endif
 }
 
-bool use_avx2() {
-  const char* forced = std::getenv("NERFX_CPU_PATH");
-  if (forced != nullptr && std::strcmp(forced, "portable") == 0) return false;
-  TORCH_CHECK(forced == nullptr || forced[0] == '\0' || std::strcmp(forced, "auto") == 0,
-              "NERFX_CPU_PATH must be \"auto\" or \"portable\", got \"", forced, "\"");
-  return avx2_available();
-}
+bool use_avx2() { return checked_asked() != Asked::kPortable && avx2_available(); }
+
+bool avx2_forced() { return checked_asked() == Asked::kAvx2 && avx2_available(); }
 
 const char* path_name() {  // never raises: build_info reports a bad value instead
-  const char* forced = std::getenv("NERFX_CPU_PATH");
-  if (forced != nullptr && std::strcmp(forced, "portable") == 0) return "portable";
-  if (forced != nullptr && forced[0] != '\0' && std::strcmp(forced, "auto") != 0) {
-    return "none: NERFX_CPU_PATH must be auto or portable";
+  const char* value = nullptr;
+  switch (asked(&value)) {
+    case Asked::kUnknown: return "none: NERFX_CPU_PATH must be auto, avx2 or portable";
+    case Asked::kPortable: return "portable";
+    default: return avx2_available() ? "avx2" : "portable";
   }
-  return avx2_available() ? "avx2" : "portable";
 }
 
 }  // namespace nerfx::cpu

@@ -131,6 +131,37 @@ inline void store8(void* p, int64_t i, __m256 v) {
 
 constexpr int64_t kLanes = 8;
 
+// Lanes j < n set (for the first n of 8 values: a ray's last, partial block).
+inline __m256i first_lanes(int64_t n) {
+  return _mm256_cmpgt_epi32(_mm256_set1_epi32(int(n)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+
+// The first n of the 8 values at p + i (n may lie outside [0, 8]: all or none of them), 0 past
+// them; masked loads and stores read and write nothing past them. Half values go through a small
+// buffer (AVX2 has no masked 16-bit loads).
+template <bool half>
+inline __m256 load_first(const void* p, int64_t i, int64_t n) {
+  if constexpr (half) {
+    alignas(16) uint16_t part[kLanes] = {};
+    n = n < 0 ? 0 : (n > kLanes ? kLanes : n);
+    std::memcpy(part, static_cast<const uint16_t*>(p) + i, n * sizeof(uint16_t));
+    return load8<true>(part, 0);
+  } else {
+    return _mm256_maskload_ps(static_cast<const float*>(p) + i, first_lanes(n));
+  }
+}
+template <bool half>
+inline void store_first(void* p, int64_t i, int64_t n, __m256 v) {
+  if constexpr (half) {
+    alignas(16) uint16_t part[kLanes];
+    n = n < 0 ? 0 : (n > kLanes ? kLanes : n);
+    store8<true>(part, 0, v);
+    std::memcpy(static_cast<uint16_t*>(p) + i, part, n * sizeof(uint16_t));
+  } else {
+    _mm256_maskstore_ps(static_cast<float*>(p) + i, first_lanes(n), v);
+  }
+}
+
 // One block's inputs: 8 samples, or the n < 8 of a ray's end padded with sigma 0, t 0, rgb 0
 // (survival 1, weight 0: nothing moves the ray's sums or transmittance).
 struct Block {
@@ -153,17 +184,11 @@ struct Loader {
   }
 
   Block partial(int64_t i, int64_t n) const {
-    constexpr size_t sigma_size = half_sigmas ? 2 : 4, rgb_size = half_rgbs ? 2 : 4;
-    alignas(32) unsigned char sigma[kLanes * 4] = {}, rgb[3 * kLanes * 4] = {};
-    alignas(32) float t0[kLanes] = {}, t1[kLanes] = {};
-    std::memcpy(sigma, static_cast<const unsigned char*>(sigmas) + i * sigma_size,
-                n * sigma_size);
-    std::memcpy(rgb, static_cast<const unsigned char*>(rgbs) + 3 * i * rgb_size,
-                3 * n * rgb_size);
-    std::memcpy(t0, t_start + i, n * sizeof(float));
-    std::memcpy(t1, t_end + i, n * sizeof(float));
-    return {load8<half_sigmas>(sigma, 0), _mm256_load_ps(t0), _mm256_load_ps(t1),
-            {load8<half_rgbs>(rgb, 0), load8<half_rgbs>(rgb, 8), load8<half_rgbs>(rgb, 16)}};
+    return {load_first<half_sigmas>(sigmas, i, n), load_first<false>(t_start, i, n),
+            load_first<false>(t_end, i, n),
+            {load_first<half_rgbs>(rgbs, 3 * i, 3 * n),
+             load_first<half_rgbs>(rgbs, 3 * i + 8, 3 * n - 8),
+             load_first<half_rgbs>(rgbs, 3 * i + 16, 3 * n - 16)}};
   }
 };
 
@@ -207,9 +232,7 @@ void forward_rays(const VectorRays& in, const VectorForward& out, int64_t r_begi
       if (n == kLanes) {
         _mm256_storeu_ps(out.weights + i, w);
       } else {
-        alignas(32) float part[kLanes];
-        _mm256_store_ps(part, w);
-        std::memcpy(out.weights + i, part, n * sizeof(float));
+        store_first<false>(out.weights, i, n, w);
       }
       opacity = _mm256_add_ps(opacity, w);
       depth = _mm256_fmadd_ps(w, _mm256_add_ps(b.t_start, b.t_end), depth);  // halved below
@@ -284,9 +307,7 @@ void backward_rays(const VectorRays& in, const VectorBackward& io, int64_t r_beg
         if (n == kLanes) {
           gw = _mm256_loadu_ps(io.grad_weights + i);
         } else {
-          alignas(32) float part[kLanes] = {};
-          std::memcpy(part, io.grad_weights + i, n * sizeof(float));
-          gw = _mm256_load_ps(part);
+          gw = load_first<false>(io.grad_weights, i, n);
         }
         value = _mm256_add_ps(value, gw);
       }
@@ -308,13 +329,10 @@ void backward_rays(const VectorRays& in, const VectorBackward& io, int64_t r_beg
         store8<half_sigmas>(io.grad_sigmas, i, g_sigma);
         for (int k = 0; k < 3; ++k) store8<half_rgbs>(io.grad_rgbs, 3 * i + 8 * k, g_rgbs[k]);
       } else {
-        alignas(32) unsigned char sigma[kLanes * 4], rgb[3 * kLanes * 4];
-        store8<half_sigmas>(sigma, 0, g_sigma);
-        for (int k = 0; k < 3; ++k) store8<half_rgbs>(rgb, 8 * k, g_rgbs[k]);
-        std::memcpy(static_cast<unsigned char*>(io.grad_sigmas) + i * sigma_size, sigma,
-                    n * sigma_size);
-        std::memcpy(static_cast<unsigned char*>(io.grad_rgbs) + 3 * i * rgb_size, rgb,
-                    3 * n * rgb_size);
+        store_first<half_sigmas>(io.grad_sigmas, i, n, g_sigma);
+        for (int k = 0; k < 3; ++k) {
+          store_first<half_rgbs>(io.grad_rgbs, 3 * i + 8 * k, 3 * n - 8 * k, g_rgbs[k]);
+        }
       }
       carry = last_lane(light.after);
       prefix = last_lane(prefix);
