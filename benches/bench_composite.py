@@ -21,9 +21,10 @@ RAYS = {"cpu": 2**14, "cuda": 2**18}
 SAMPLES = 64
 # "<backend>+fp16-rgbs": half colours read as they are (what a mixed-precision field gives);
 # "<backend>+cast-rgbs": the same half colours widened to float32 first (the copy the kernels'
-# half reads avoid).
-IMPLS = ["torch", "torch-padded", "cpu", "cuda", "cpu+fp16-rgbs", "cuda+fp16-rgbs",
-         "cuda+cast-rgbs", "nerfacc", "copy"]
+# half reads avoid). "cpu-portable...": the cpu backend's portable loops (NERFX_CPU_PATH=portable)
+# beside its AVX2 ones ("cpu...", where the CPU has them).
+IMPLS = ["torch", "torch-padded", "cpu", "cpu-portable", "cuda", "cpu+fp16-rgbs",
+         "cpu-portable+fp16-rgbs", "cuda+fp16-rgbs", "cuda+cast-rgbs", "nerfacc", "copy"]
 BYTES_PER_SAMPLE = {"fwd": 4 + 4 + 4 + 12 + 4, "fwd+bwd": 28 + 24 + 4 + 12}  # fp32, see above
 HALF_RGB_SAVES = {"fwd": 6, "fwd+bwd": 18}  # bytes a sample: rgb read (and drgb written) in half
 
@@ -77,8 +78,11 @@ def implementation(impl: str, device: str, n_rays: int):
 @pytest.mark.parametrize("device", devices())
 @pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("mode", ["fwd", "fwd+bwd"])
-def test_composite_rays(benchmark, device, impl, mode):
+def test_composite_rays(benchmark, device, impl, mode, monkeypatch):
     n_rays = RAYS[device]
+    if impl.startswith("cpu-portable"):
+        monkeypatch.setenv("NERFX_CPU_PATH", "portable")
+        impl = impl.replace("cpu-portable", "cpu")
     nbytes = BYTES_PER_SAMPLE[mode] * n_rays * SAMPLES
     benchmark.extra_info["bytes"] = nbytes
     group = f"composite_rays {mode} {device} {n_rays}x{SAMPLES}"

@@ -6,6 +6,7 @@
 
 #include "adam/adam.h"
 #include "composite/composite.h"
+#include "cpu_path.h"
 #include "hashgrid/hashgrid.h"
 #include "raymarch/raymarch.h"
 
@@ -29,7 +30,10 @@ std::string build_info() {
 #else
   info += "false";
 #endif
-  info += "}";
+  // The CPU loops the launchers take now (NERFX_CPU_PATH, the CPU's features): cpu_path.h.
+  info += ", \"cpu_path\": \"";
+  info += nerfx::cpu::path_name();
+  info += "\"}";
   return info;
 }
 

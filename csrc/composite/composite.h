@@ -67,6 +67,31 @@ using BackwardLauncher = void (*)(const Packed& in, double threshold, const Outp
                                   const Outputs& grads, at::Tensor& grad_sigmas,
                                   at::Tensor& grad_rgbs);
 
+// The CPU launchers' AVX2 loops (composite_cpu_avx2.cpp), for float32 positions: raw pointers
+// to the contiguous tensors above, rays [r_begin, r_end) per call; sigmas and rgbs in float32 or,
+// where half_sigmas / half_rgbs, IEEE half (read with F16C, gradients rounded to nearest even).
+struct VectorRays {
+  const int64_t* offsets;             // [n_rays + 1], every range valid (checked before)
+  const void *sigmas, *rgbs;          // [S], [S, 3]
+  bool half_sigmas, half_rgbs;
+  const float *t_start, *t_end;       // [S] each
+  float threshold;
+};
+struct VectorForward {
+  float *color, *opacity, *depth;     // [n_rays, 3], [n_rays], [n_rays] (written)
+  float* weights;                     // [S] (written)
+};
+struct VectorBackward {
+  const float *color, *opacity, *depth, *weights;  // the forward's outputs
+  const float *grad_color, *grad_opacity, *grad_depth;
+  const float* grad_weights;          // [S] or nullptr (no gradient)
+  void *grad_sigmas, *grad_rgbs;      // [S], [S, 3] in the sigmas' and rgbs' types (written)
+};
+void forward_rays_avx2(const VectorRays& in, const VectorForward& out, int64_t r_begin,
+                       int64_t r_end);
+void backward_rays_avx2(const VectorRays& in, const VectorBackward& io, int64_t r_begin,
+                        int64_t r_end);
+
 void forward_cpu(const Packed& in, double threshold, Outputs& out);
 void backward_cpu(const Packed& in, double threshold, const Outputs& saved,
                   const Outputs& grads, at::Tensor& grad_sigmas, at::Tensor& grad_rgbs);

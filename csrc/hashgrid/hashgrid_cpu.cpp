@@ -6,7 +6,12 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <cstdint>
 #include <vector>
+
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
 
 #include "hashgrid/hashgrid.h"
 
@@ -15,24 +20,109 @@ namespace {
 
 constexpr int64_t kBatch = 16;  // points whose rows are in flight together
 
+// Points per chunk of the backward: its per-level input gradients ([L, kChunk, D]) and its rows
+// of grad_out stay small.
+constexpr int64_t kChunk = 4096;
+
 // Locates points [i0, i0 + n) at one level into cells[], prefetching every corner's row of the
-// table to read (read_table) and of the table to write (write_table), each where not null.
+// table to read (read_table) and of the table to write (write_table), each where not null; of
+// the table to write only rows in [write_rows_begin, write_rows_end) (the rows this thread owns:
+// a prefetch for writing would pull another thread's lines away from it).
 template <int D, int NF, typename scalar_t, typename param_t>
 inline void locate_batch(const scalar_t* xs, int64_t i0, int64_t n, const Levels& levels,
                          int level, const param_t* read_table, scalar_t* write_table,
-                         Cell<D, scalar_t>* cells) {
+                         Cell<D, scalar_t>* cells, uint32_t write_rows_begin = 0,
+                         uint32_t write_rows_end = UINT32_MAX) {
   for (int64_t b = 0; b < n; ++b) {
     locate_cell<D>(xs + (i0 + b) * D, levels, level, cells[b]);
     for (int c = 0; c < Cell<D, scalar_t>::kCorners; ++c) {
-      const int64_t row = int64_t(cells[b].rows[c]) * NF;
-      if (read_table != nullptr) __builtin_prefetch(read_table + row, 0);
-      if (write_table != nullptr) __builtin_prefetch(write_table + row, 1);
+      const uint32_t row = cells[b].rows[c];
+      if (read_table != nullptr) __builtin_prefetch(read_table + int64_t(row) * NF, 0);
+      if (write_table != nullptr && row >= write_rows_begin && row < write_rows_end) {
+        __builtin_prefetch(write_table + int64_t(row) * NF, 1);
+      }
     }
   }
 }
 
-// Points per chunk of the backward: its per-level input gradients, [L, kChunk, D], stay small.
-constexpr int64_t kChunk = 4096;
+// Asks Linux for 2 MiB pages under a large buffer about to be written for the first time: a
+// dense gradient table of T = 2^19 (49 MB) is fresh memory every step, and its 4 KiB page
+// faults cost as much as a fifth of the backward. Advice only (ignored where unsupported).
+void advise_huge_pages(void* data, size_t bytes) {
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+  constexpr uintptr_t kHuge = uintptr_t(1) << 21;
+  const uintptr_t begin = (reinterpret_cast<uintptr_t>(data) + kHuge - 1) & ~(kHuge - 1);
+  const uintptr_t end = (reinterpret_cast<uintptr_t>(data) + bytes) & ~(kHuge - 1);
+  if (end > begin) madvise(reinterpret_cast<void*>(begin), end - begin, MADV_HUGEPAGE);
+#else
+  (void)data;
+  (void)bytes;
+#endif
+}
+
+// The parameter gradient alone (no input gradient), in one parallel region. The work is split
+// into tasks of one level's rows [begin, end): a task zeroes its rows, then walks every point
+// (chunk by chunk, see below) and adds the contributions of the corners that fall in them, in
+// point order. A row has one
+// owner, so there are no atomics and no barrier between chunks of points, and every row sums
+// the same terms in the same order whatever the thread count: the same bits as one thread.
+// Levels are split into row ranges only where the threads outnumber half the levels (each
+// range then locates every point again), and tasks are dealt to the threads round-robin so
+// that each gets coarse (dense, cache-resident) and fine (hashed) levels alike.
+template <int D, int NF, typename scalar_t, typename param_t>
+void backward_params(const scalar_t* xs, const scalar_t* gout, int64_t n_points,
+                     const Levels& levels, scalar_t* gparams) {
+  const int L = levels.n_levels;
+  const int threads = at::get_num_threads();
+  const int parts = std::max(1, (2 * threads + L - 1) / L);
+  struct Task {
+    int level;
+    uint32_t begin, end;  // rows of the level
+  };
+  std::vector<Task> tasks;
+  for (int l = 0; l < L; ++l) {
+    const uint32_t rows = uint32_t(levels.offsets[l + 1] - levels.offsets[l]);
+    for (int p = 0; p < parts; ++p) {
+      tasks.push_back({l, uint32_t(uint64_t(rows) * p / parts),
+                       uint32_t(uint64_t(rows) * (p + 1) / parts)});
+    }
+  }
+  const int64_t n_tasks = int64_t(tasks.size());
+  const int64_t stride = std::min<int64_t>(threads, n_tasks);
+  // A thread takes its tasks chunk by chunk of points (each at its own pace: no barrier), so
+  // the chunk's rows of grad_out ([kChunk, L * F], read at every level) stay in its cache.
+  at::parallel_for(0, stride, 1, [&](int64_t first, int64_t last) {
+    Cell<D, scalar_t> cells[kBatch];
+    for (int64_t slot = first; slot < last; ++slot) {
+      for (int64_t chunk = 0; chunk < n_points; chunk += kChunk) {
+        const int64_t chunk_end = std::min(n_points, chunk + kChunk);
+        for (int64_t k = slot; k < n_tasks; k += stride) {
+          const Task task = tasks[k];
+          const int l = task.level;
+          scalar_t* gtable = gparams + levels.offsets[l] * NF;
+          scalar_t* const own_begin = gtable + int64_t(task.begin) * NF;
+          scalar_t* const own_end = gtable + int64_t(task.end) * NF;
+          if (chunk == 0) std::fill(own_begin, own_end, scalar_t(0));
+          const auto add = [own_begin, own_end](scalar_t* row, const scalar_t* values) {
+            if (row < own_begin || row >= own_end) return;  // another task's row
+            for (int f = 0; f < NF; ++f) row[f] += values[f];
+          };
+          for (int64_t i0 = chunk; i0 < chunk_end; i0 += kBatch) {
+            const int64_t n = std::min(kBatch, chunk_end - i0);
+            locate_batch<D, NF>(xs, i0, n, levels, l, (const param_t*)nullptr, gtable, cells,
+                                task.begin, task.end);
+            for (int64_t b = 0; b < n; ++b) {
+              backward_cell<D, NF>(cells[b], (const param_t*)nullptr, levels.resolutions[l],
+                                   gout + ((i0 + b) * L + l) * NF, gtable, add,
+                                   (scalar_t*)nullptr);
+            }
+          }
+        }
+      }
+    }
+  });
+}
+
 
 }  // namespace
 
@@ -63,8 +153,8 @@ void forward_cpu(const at::Tensor& x, const at::Tensor& params, const Levels& le
            });
 }
 
-// One pass: each (point, level) cell is located once and gives both gradients (each only where
-// its tensor is defined). Chunk by chunk of points, levels run in parallel: a level owns its
+// With an input gradient: one pass, each (point, level) cell located once gives both gradients
+// (the parameter gradient only where its tensor is defined). Chunk by chunk of points, levels run in parallel: a level owns its
 // gradient rows, so its thread scatters without atomics (and zeroes the rows first: grad_params
 // arrives uninitialised), and writes its input gradients to its slice of a [L, chunk, D] buffer
 // that is then summed over levels in order. Deterministic: no atomics, fixed summation order.
@@ -81,6 +171,13 @@ void backward_cpu(const at::Tensor& grad_out, const at::Tensor& x, const at::Ten
              const int L = levels.n_levels;
              scalar_t* gparams = grad_params.defined() ? grad_params.data_ptr<scalar_t>() : nullptr;
              scalar_t* gx = grad_x.defined() ? grad_x.data_ptr<scalar_t>() : nullptr;
+             if (gparams != nullptr && grad_params.nbytes() >= (size_t(4) << 20)) {
+               advise_huge_pages(gparams, grad_params.nbytes());
+             }
+             if (gx == nullptr) {  // the parameter gradient alone: see backward_params
+               backward_params<D, NF, scalar_t, param_t>(xs, gout, n_points, levels, gparams);
+               return;
+             }
              // [L, kChunk, D]: level l's input gradient of the chunk's points
              std::vector<scalar_t> gx_levels(gx != nullptr ? size_t(L * kChunk * D) : 0);
              const auto add = [](scalar_t* row, const scalar_t* values) {

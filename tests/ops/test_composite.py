@@ -40,7 +40,8 @@ def packed(counts: list[int], dtype=torch.float64, device="cpu", seed=0, density
 # --- hand-computed cases ----------------------------------------------------------------------
 
 @pytest.mark.parametrize("backend,device", BACKENDS)
-def test_hand_computed_rays(backend, device):
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_hand_computed_rays(backend, device, dtype, cpu_path):
     """Five rays: one sample; two samples; an opaque first sample; no samples; a faint one."""
     sigmas = torch.tensor([1.0, 2.0, 0.5, 1e4, 1.0, 0.1], dtype=torch.float64)
     rgbs = torch.tensor([[1, 0, 0], [0, 1, 0], [0, 0, 1], [1, 1, 1], [1, 0, 0], [0.5, 0.5, 0.5]],
@@ -48,7 +49,8 @@ def test_hand_computed_rays(backend, device):
     t_start = torch.tensor([1.0, 1.0, 1.5, 2.0, 2.5, 0.0], dtype=torch.float64)
     t_end = torch.tensor([1.5, 1.5, 2.5, 2.5, 3.0, 1.0], dtype=torch.float64)
     offsets = torch.tensor([0, 1, 3, 5, 5, 6])
-    out = composite_rays(*(t.to(device) for t in (sigmas, rgbs, t_start, t_end, offsets)),
+    inputs = (sigmas, rgbs, t_start, t_end)
+    out = composite_rays(*(t.to(device, dtype) for t in inputs), offsets.to(device),
                          backend=backend)
     # Ray 0: T = 1, alpha = 1 - e^-0.5.
     a0 = 1 - math.exp(-0.5)
@@ -60,11 +62,11 @@ def test_hand_computed_rays(backend, device):
     want_weights = [a0, a1, t2 * a2, 1.0, 0.0, a4]
     want_color = [[a0, 0, 0], [0, a1, t2 * a2], [1, 1, 1], [0, 0, 0], [0.5 * a4] * 3]
     want_depth = [1.25 * a0, 1.25 * a1 + 2.0 * t2 * a2, 2.25, 0.0, 0.5 * a4]
-    torch.testing.assert_close(out.weights.cpu(), torch.tensor(want_weights, dtype=torch.float64))
-    torch.testing.assert_close(out.color.cpu(), torch.tensor(want_color, dtype=torch.float64))
-    torch.testing.assert_close(out.depth.cpu(), torch.tensor(want_depth, dtype=torch.float64))
+    torch.testing.assert_close(out.weights.cpu(), torch.tensor(want_weights, dtype=dtype))
+    torch.testing.assert_close(out.color.cpu(), torch.tensor(want_color, dtype=dtype))
+    torch.testing.assert_close(out.depth.cpu(), torch.tensor(want_depth, dtype=dtype))
     want_opacity = [a0, a1 + t2 * a2, 1.0, 0.0, a4]
-    torch.testing.assert_close(out.opacity.cpu(), torch.tensor(want_opacity, dtype=torch.float64))
+    torch.testing.assert_close(out.opacity.cpu(), torch.tensor(want_opacity, dtype=dtype))
 
 
 @pytest.mark.parametrize("backend,device", BACKENDS)
@@ -92,7 +94,7 @@ def run_with_grads(fn, sigmas, rgbs, t0, t1, offsets, seed=3):
 @pytest.mark.parametrize("backend,device", BACKENDS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("n_rays", [0, 1, 1023])
-def test_matches_reference(backend, device, dtype, n_rays):
+def test_matches_reference(backend, device, dtype, n_rays, cpu_path):
     gen = torch.Generator().manual_seed(n_rays)
     counts = torch.randint(0, 70, (n_rays,), generator=gen).tolist()
     inputs = packed(counts, dtype=dtype, device=device, seed=n_rays)
@@ -143,8 +145,9 @@ def test_packed_equals_padded():
 
 
 @pytest.mark.parametrize("backend,device", BACKENDS)
-def test_early_termination_gives_no_gradient_past_it(backend, device):
-    sigmas, rgbs, t0, t1, offsets = packed([40], device=device, density=200.0)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_early_termination_gives_no_gradient_past_it(backend, device, dtype, cpu_path):
+    sigmas, rgbs, t0, t1, offsets = packed([40], dtype=dtype, device=device, density=200.0)
     got = run_with_grads(lambda *a: composite_rays(*a, backend=backend), sigmas, rgbs, t0, t1,
                          offsets)
     weights, grad_sigmas = got[3], got[4]
@@ -154,12 +157,13 @@ def test_early_termination_gives_no_gradient_past_it(backend, device):
 
 
 @pytest.mark.parametrize("backend,device", BACKENDS)
-def test_every_output_entry_is_written(backend, device):
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_every_output_entry_is_written(backend, device, dtype, cpu_path):
     """The kernels allocate their outputs and gradients unfilled: with torch's deterministic mode
     every unfilled entry starts as NaN, so one a kernel forgets (an empty ray, a sample past the
     threshold) shows."""
     counts = [5, 0, 40, 1, 0, 17]
-    inputs = packed(counts, device=device, seed=3, density=200.0)  # the 40 terminate early
+    inputs = packed(counts, dtype=dtype, device=device, seed=3, density=200.0)  # 40: ends early
     want = run_with_grads(lambda *a: ref.composite_rays(*a), *inputs)
     fill = torch.utils.deterministic.fill_uninitialized_memory
     torch.use_deterministic_algorithms(True, warn_only=True)
@@ -171,8 +175,9 @@ def test_every_output_entry_is_written(backend, device):
         torch.use_deterministic_algorithms(False)
         torch.utils.deterministic.fill_uninitialized_memory = fill
     assert (got[3] == 0).any(), "some samples should lie past the threshold"
+    tol = 1e-5 if dtype == torch.float32 else 1e-10
     for a, b in zip(got, want, strict=True):
-        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+        torch.testing.assert_close(a, b, rtol=tol, atol=tol)
 
 
 HALF = torch.float16
@@ -183,7 +188,7 @@ F32 = torch.float32
 @pytest.mark.parametrize("sigmas_dtype,rgbs_dtype", [(F32, HALF), (HALF, F32), (HALF, HALF)],
                          ids=["half-rgbs", "half-sigmas", "both-half"])
 def test_half_densities_and_colours_beside_float_positions(backend, device, sigmas_dtype,
-                                                           rgbs_dtype):
+                                                           rgbs_dtype, cpu_path):
     """A mixed-precision field's half outputs go in as they are: the outputs are float32, each
     gradient comes back in its input's type, all within twice the error of the reference on the
     same inputs against float64."""
@@ -204,10 +209,13 @@ def test_half_densities_and_colours_beside_float_positions(backend, device, sigm
             raise AssertionError(f"{name}: {exc}") from None
 
 
-def test_cpu_half_inputs_are_the_float_kernel_on_their_exact_widening():
-    """The cpu kernel widens half densities and colours to float up front and rounds the half
-    gradients once from float: bit for bit the float kernel on the widened inputs, its gradients
-    rounded to half."""
+@pytest.mark.parametrize("path", ["avx2", "portable"])
+def test_cpu_half_inputs_are_the_float_kernel_on_their_exact_widening(path, monkeypatch):
+    """The cpu kernel reads half densities and colours as their exact widening to float (the
+    portable loops widen them up front, the AVX2 ones on load) and rounds the half gradients
+    once from float: bit for bit the float kernel on the widened inputs, its gradients rounded
+    to half."""
+    monkeypatch.setenv("NERFX_CPU_PATH", path)
     counts = torch.randint(0, 70, (257,), generator=torch.Generator().manual_seed(5)).tolist()
     sigmas, rgbs, t0, t1, offsets = packed(counts, dtype=F32, device="cpu", seed=5, density=8.0)
     sigmas, rgbs = sigmas.half(), rgbs.half()

@@ -1,0 +1,66 @@
+"""The hash grid's cpu backend beside the reference and torch.compile of it, in paired, alternating
+rounds (see benches/paired_composite.py for why): benches/bench_hashgrid.py's "fwd+bwd" work
+(N=2^16 points, L=16, F=2, the parameter gradient through autograd) at T=2^17 (the CPU recipe's)
+and T=2^19 (the paper's); each round times the three once, in a rotating order, and the figures
+are medians over rounds of the per-round ratios.
+
+    OMP_NUM_THREADS=1 python -m benches.paired_hashgrid [--rounds 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from nerfx import ref
+from nerfx.ops import HashGridEncoding, hash_encode
+
+
+def variants(log2_t: int, n: int):
+    enc = HashGridEncoding(log2_hashmap_size=log2_t)
+    x = torch.rand(n, 3, generator=torch.Generator().manual_seed(0))
+    params = enc.params.detach().clone().requires_grad_()
+    compiled = torch.compile(lambda a, p: ref.hash_encode(a, p, **enc.config))
+    fns = {"cpu": lambda a, p: hash_encode(a, p, backend="cpu", **enc.config),
+           "torch": lambda a, p: ref.hash_encode(a, p, **enc.config),
+           "torch-compile": compiled}
+
+    def fwd_bwd(fn):
+        def run():
+            out = fn(x, params)
+            torch.autograd.grad(out.float().square().sum(), params)
+        return run
+    return {name: fwd_bwd(fn) for name, fn in fns.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--points", type=int, default=2**16)
+    args = parser.parse_args()
+    print(f"threads {torch.get_num_threads()}, N={args.points}, {args.rounds} rounds; medians")
+    for log2_t in (17, 19):
+        runs = variants(log2_t, args.points)
+        names = list(runs)
+        for name in names:  # warm up (torch.compile compiles here)
+            runs[name]()
+        times: dict[str, list[float]] = {name: [] for name in names}
+        for r in range(args.rounds):
+            for name in names[r % len(names):] + names[:r % len(names)]:
+                start = time.perf_counter()
+                runs[name]()
+                times[name].append(time.perf_counter() - start)
+
+        def speedup(over: str, t=times) -> float:
+            return statistics.median(a / b for a, b in zip(t[over], t["cpu"], strict=True))
+
+        ms = ", ".join(f"{n} {statistics.median(times[n]) * 1e3:.1f} ms" for n in names)
+        print(f"  T=2^{log2_t}: {ms}; cpu {speedup('torch'):.1f}x the reference, "
+              f"{speedup('torch-compile'):.1f}x torch.compile of it")
+
+
+if __name__ == "__main__":
+    main()
