@@ -14,6 +14,7 @@ training time to RUN/accuracy.csv.
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from contextlib import nullcontext
@@ -28,7 +29,12 @@ from nerfx.data.image_datasets import ImageDataset
 from nerfx.images import save_grid, to_uint8, write_png
 from nerfx.loop import BatchStream
 from nerfx.models.vit import ViT, vit_config
-from nerfx.trainers.image_data import AugmentedBatches, load_image_data, training_batches
+from nerfx.trainers.image_data import (
+    AugmentedBatches,
+    Prefetched,
+    load_image_data,
+    training_batches,
+)
 
 MODEL = "vit"
 DEFAULT_DATA = "shapes"  # nerfx's procedural shapes (nerfx.data)
@@ -75,7 +81,8 @@ class Trainer:
     """nerfx.loop.Task for the ViT: one step is one batch of label-smoothed cross-entropy."""
 
     def __init__(self, settings: dict, train_set: ImageDataset, test_set: ImageDataset,
-                 device: torch.device, seed: int, batches: AugmentedBatches | None = None):
+                 device: torch.device, seed: int,
+                 batches: AugmentedBatches | Prefetched | None = None):
         self.settings, self.device, self.test_set = settings, device, test_set
         self.classes = train_set.classes
         self.items_per_step = settings["batch_size"]
@@ -84,6 +91,9 @@ class Trainer:
         self.optimizer = torch.optim.AdamW(self.model.param_groups(settings["weight_decay"]),
                                            lr=settings["lr"],
                                            betas=tuple(settings.get("betas", (0.9, 0.999))))
+        # With ema (a decay per step), an exponential moving average of the weights is what
+        # predict() evaluates (Polyak averaging; DeiT's and timm's model EMA).
+        self.ema = copy.deepcopy(self.model).requires_grad_(False) if settings.get("ema") else None
         self.batches = batches or BatchStream(train_set, settings["batch_size"], seed, device)
         self.train_seconds = 0.0     # in train_step, for the accuracy curve
         self.autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda"
@@ -118,19 +128,24 @@ class Trainer:
         if self.settings.get("grad_clip"):   # global gradient norm (the paper's: 1)
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.settings["grad_clip"])
         self.optimizer.step()
+        if self.ema is not None:
+            torch._foreach_lerp_(list(self.ema.parameters()), list(self.model.parameters()),
+                                 1.0 - self.settings["ema"])
         return {"loss": loss.detach(), "acc": (logits.argmax(1) == labels).float().mean()}
 
     @torch.no_grad()
     def predict(self, chunk: int = 256, n: int | None = None) -> torch.Tensor:
-        """Predicted classes [N] of the test split (its first n images), in chunks."""
-        self.model.eval()
+        """Predicted classes [N] of the test split (its first n images), in chunks, by the
+        weights' moving average when there is one."""
+        model = self.ema if self.ema is not None else self.model
+        model.eval()
         out = []
         for i in range(0, min(len(self.test_set), n or len(self.test_set)), chunk):
             images = self.test_set.as_float(
                 index=slice(i, min(i + chunk, n or len(self.test_set)))).to(self.device)
             with self.autocast:
-                out.append(self.model(images).argmax(1).cpu())
-        self.model.train()
+                out.append(model(images).argmax(1).cpu())
+        model.train()
         return torch.cat(out)
 
     def snapshot(self, run: Path, step: int) -> None:
@@ -165,11 +180,16 @@ class Trainer:
                 f"images (chance {metrics['chance']:.1%})")
 
     def state_dict(self) -> dict:
-        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "batches": self.batches.state_dict(), "train_seconds": self.train_seconds}
+        state = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                 "batches": self.batches.state_dict(), "train_seconds": self.train_seconds}
+        if self.ema is not None:
+            state["ema"] = self.ema.state_dict()
+        return state
 
     def load_state_dict(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
+        if self.ema is not None:
+            self.ema.load_state_dict(state.get("ema", state["model"]))
         self.optimizer.load_state_dict(state["optimizer"])
         self.batches.load_state_dict(state["batches"])
         self.train_seconds = float(state.get("train_seconds", 0.0))
