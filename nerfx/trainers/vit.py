@@ -100,12 +100,18 @@ class Trainer:
                          else nullcontext())
 
     def learning_rate(self, step: int) -> float:
-        """Linear warm-up to lr, then cosine decay to 0 at the last step."""
+        """Linear warm-up to lr, then cosine decay to 0 at the end of the run: at the last step,
+        or with max_seconds, when the training time runs out if that comes first (one process
+        only; under torchrun the steps alone, so every process keeps the same rate)."""
         s = self.settings
         if step < s["warmup_steps"]:
             return s["lr"] * (step + 1) / s["warmup_steps"]
-        progress = (step - s["warmup_steps"]) / max(1, s["steps"] - s["warmup_steps"])
-        return s["lr"] * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+        done = step / s["steps"]                              # fraction of the run done
+        if s.get("max_seconds") and distributed.world_size() == 1:
+            done = max(done, self.train_seconds / s["max_seconds"])
+        warm = s["warmup_steps"] / s["steps"]
+        progress = (done - warm) / max(1e-9, 1 - warm)
+        return s["lr"] * 0.5 * (1 + math.cos(math.pi * min(max(progress, 0.0), 1.0)))
 
     def train_step(self, step: int) -> dict[str, torch.Tensor]:
         started = time.perf_counter()
