@@ -62,12 +62,14 @@ PRESETS = {
     # norm 1 (Dosovitskiy et al. 2021, appendix B.1); a 400-step (25.6k-image) warm-up. The
     # cosine ends at 7,000 steps or at 250 s of training, whichever comes first (about 7,000
     # steps on 2 idle cores, estimated): the whole command stays under 5 minutes on a slower
-    # machine too. How each was chosen: benches/RESULTS.md, "ViT on the built-in shapes".
+    # machine too. prefetch: the next 2 batches drawn in a background thread (data are about a
+    # sixth of this small model's step). How each was chosen: benches/RESULTS.md, "ViT on the
+    # built-in shapes".
     "cpu-fast": dict(size="Ti", dim=64, heads=2, depth=4, patch_size=4, image_size=16,
                      batch_size=64, lr=2e-3, betas=(0.9, 0.99), grad_clip=1.0,
                      weight_decay=0.05, warmup_steps=400, steps=7000, max_seconds=250.0,
                      label_smoothing=0.1, drop_path=0.0, save_every=1000, snapshot_every=500,
-                     curve_images=512, test_images=2000, **_AUGMENT),
+                     curve_images=512, test_images=2000, prefetch=2, **_AUGMENT),
 }
 PRESETS["gpu-fast"] = PRESETS["cpu-fast"]  # a short run: the same on either device
 
