@@ -60,11 +60,11 @@ PRESETS = {
     # Adam beta2 0.99 (between DeiT's 0.999, Adam's default, and MAE's 0.95 [He et al. 2022,
     # Table 8]; it measured better than 0.999 here); the paper's gradient clipping at global
     # norm 1 (Dosovitskiy et al. 2021, appendix B.1); a 400-step (25.6k-image) warm-up. The
-    # cosine ends at 7,000 steps or at 250 s of training, whichever comes first (about 7,000
-    # steps on 2 idle cores, estimated): the whole command stays under 5 minutes on a slower
-    # machine too. prefetch: the next 2 batches drawn in a background thread (data are about a
-    # sixth of this small model's step). How each was chosen: benches/RESULTS.md, "ViT on the
-    # built-in shapes".
+    # cosine ends at 7,000 steps or at 250 s of training, whichever comes first (6,000 to
+    # 7,000 steps on 2 idle cores, estimated): the whole command stays under 5 minutes on a
+    # slower machine too. prefetch: the next 2 batches drawn in a background thread (data are
+    # about a sixth of this small model's step). How each was chosen: benches/RESULTS.md, "ViT
+    # on the built-in shapes".
     "cpu-fast": dict(size="Ti", dim=64, heads=2, depth=4, patch_size=4, image_size=16,
                      batch_size=64, lr=2e-3, betas=(0.9, 0.99), grad_clip=1.0,
                      weight_decay=0.05, warmup_steps=400, steps=7000, max_seconds=250.0,
