@@ -7,9 +7,15 @@ Settings read here (absent ones keep the behaviour runs had before them):
                    the endless training stream as training goes; other data use their train split
     crop_scale     (lo, hi): random resized crop's area fraction (DeiT; (1, 1) is no crop)
     flips          True: the flips that keep the dataset's classes (nerfx.data.augment)
+    prefetch       n > 0: a background thread makes the next n batches while the model trains
+                   on this one (the same batches in the same order; drawing and augmenting them
+                   is about 7 % of a fast ViT step on one core)
 """
 
 from __future__ import annotations
+
+import queue
+import threading
 
 import torch
 
@@ -100,13 +106,65 @@ class AugmentedBatches:
         self.stream.load_state_dict(state)
 
 
+class Prefetched:
+    """The batches of an AugmentedBatches, made `depth` ahead by a background thread (numpy and
+    torch release the GIL while they draw and resample). The same batches in the same order; the
+    state is the inner stream's after the last batch handed out, so resume is unchanged."""
+
+    def __init__(self, inner: AugmentedBatches, depth: int = 2):
+        self.inner, self.depth = inner, depth
+        self.stream, self.augmentation = inner.stream, inner.augmentation
+        self._state = inner.state_dict()
+        self._queue: queue.Queue | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _work(self, out: queue.Queue, stop: threading.Event) -> None:
+        while not stop.is_set():
+            item = self.inner.next()
+            out.put((item, self.inner.state_dict()))
+
+    def next(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """-> (augmented images [B, C, H, W], labels [B]): the inner stream's next batch."""
+        if self._thread is None:
+            self._queue, self._stop = queue.Queue(self.depth), threading.Event()
+            self._thread = threading.Thread(target=self._work, args=(self._queue, self._stop),
+                                            daemon=True)
+            self._thread.start()
+        item, self._state = self._queue.get()
+        return item
+
+    def close(self) -> None:
+        """Stop the thread (batches made ahead are dropped; the state stays the last handed)."""
+        if self._thread is not None:
+            self._stop.set()
+            while self._thread.is_alive():
+                try:
+                    self._queue.get(timeout=0.01)          # unblock a waiting put
+                except queue.Empty:
+                    pass
+            self._thread = None
+            self.inner.load_state_dict(self._state)
+
+    def state_dict(self) -> dict:
+        return dict(self._state)
+
+    def load_state_dict(self, state: dict) -> None:
+        self.close()
+        self.inner.load_state_dict(state)
+        self._state = self.inner.state_dict()
+
+
 def training_batches(config: dict, train: ImageDataset, batch_size: int, device: torch.device,
-                     value_range: tuple[float, float] = (-1.0, 1.0)) -> AugmentedBatches:
+                     value_range: tuple[float, float] = (-1.0, 1.0)
+                     ) -> AugmentedBatches | Prefetched:
     """The run's training batches: fresh shapes or the train set's seeded epochs, through the
-    settings' crop and the flips the dataset allows."""
+    settings' crop and the flips the dataset allows, made ahead when prefetch is set."""
     settings, seed = config["settings"], config["seed"]
     stream = (FreshShapes(train.resolution, batch_size, seed, device, value_range)
               if fresh(config) else BatchStream(train, batch_size, seed, device, value_range))
     augmentation = augmentation_for(config["data"], tuple(settings.get("crop_scale", (1, 1))),
                                     flips=bool(settings.get("flips", False)))
-    return AugmentedBatches(stream, augmentation, seed)
+    batches = AugmentedBatches(stream, augmentation, seed)
+    depth = int(settings.get("prefetch", 0))
+    return Prefetched(batches, depth) if depth > 0 else batches

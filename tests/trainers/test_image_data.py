@@ -6,7 +6,13 @@ from __future__ import annotations
 import torch
 
 from nerfx.data import load_image_dataset
-from nerfx.trainers.image_data import FreshShapes, fresh, load_image_data, training_batches
+from nerfx.trainers.image_data import (
+    FreshShapes,
+    Prefetched,
+    fresh,
+    load_image_data,
+    training_batches,
+)
 
 CPU = torch.device("cpu")
 
@@ -68,3 +74,21 @@ def test_augmentation_repeats_on_resume_and_across_processes():
         part.stream.global_batch, part.stream.rank = 8, rank
         halves.append(part.next()[0])
     torch.testing.assert_close(torch.cat(halves), one)
+
+
+def test_prefetched_batches_are_the_same_batches_and_resume_alike():
+    cfg = config(fresh_images=True, flips=True, crop_scale=[0.5, 1.0])
+    train, _ = load_image_data(cfg)
+    plain = training_batches(cfg, train, 8, CPU)
+    ahead = training_batches({**cfg, "settings": {**cfg["settings"], "prefetch": 2}}, train, 8,
+                             CPU)
+    assert isinstance(ahead, Prefetched)
+    for _ in range(3):
+        torch.testing.assert_close(ahead.next(), plain.next(), rtol=0, atol=0)
+    assert ahead.state_dict() == plain.state_dict()       # the batches handed out, not made
+    resumed = training_batches(cfg, train, 8, CPU)
+    resumed.load_state_dict(ahead.state_dict())
+    torch.testing.assert_close(ahead.next(), resumed.next(), rtol=0, atol=0)
+    ahead.load_state_dict(plain.state_dict())              # back one batch, mid-stream
+    torch.testing.assert_close(ahead.next(), plain.next(), rtol=0, atol=0)
+    ahead.close()

@@ -21,7 +21,7 @@ TOY = {
     "vit": dict(size="Ti", patch_size=8, image_size=16, batch_size=4, lr=1e-3,
                 weight_decay=0.05, warmup_steps=2, steps=4, label_smoothing=0.1, drop_path=0.1,
                 save_every=2, snapshot_every=2, curve_images=4, fresh_images=True,
-                crop_scale=(0.6, 1.0), flips=True, test_images=8),
+                crop_scale=(0.6, 1.0), flips=True, test_images=8, ema=0.9, prefetch=2),
     "ldm": dict(image_size=16, batch_size=4, ae_batch_size=4,
                 ae=dict(ch=8, ch_mult=(1, 2, 2), num_res_blocks=1, z_channels=3, num_groups=4),
                 ae_steps=2, ae_lr=1e-3,
