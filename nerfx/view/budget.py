@@ -1,8 +1,9 @@
 """How much the viewer may render, and at what size.
 
 While a model trains, the viewer renders between training steps and spends a budget earned by
-training time: a frame that follows a moving camera (or refines it when it stops) may take
-`moving_share` of the wall time, the periodic refresh of a still camera `still_share`. Credit is
+training time: a frame that follows a moving camera may take `moving_share` of the wall time,
+the sharp frame of a camera that has stopped `refine_share` (for the seconds it takes), the
+periodic refresh of a still camera `still_share`. Credit is
 a token bucket in seconds: each step adds its training time times share / (1 - share), each
 chunk of rays takes the seconds it took (so an overshoot is paid back by the next steps), and
 unused credit is capped so that a long idle spell never turns into a long stall.
@@ -25,12 +26,13 @@ from nerfx.view.frames import height_for
 
 @dataclass
 class RenderBudget:
-    moving_share: float = 0.33     # of wall time while a camera moves or a frame refines
+    moving_share: float = 0.33     # of wall time while a camera moves
+    refine_share: float = 0.5      # of wall time while a stopped camera's sharp frame renders
     still_share: float = 0.05      # of wall time for refreshing still cameras
     moving_fps: float = 12.0       # frames a second wanted while a camera moves
     moving_step_scale: float = 2.0  # a moving camera's frames march this times the step
     refresh_seconds: float = 2.0   # a still camera's frame shows weights at most this old
-    refine_seconds: float = 3.0    # while training, a still camera's sharp frame within this
+    refine_seconds: float = 2.5    # while training, a still camera's sharp frame within this
     floor: int = 64                # pixels: the smallest frame height
     cap: int = 1024                # pixels: the largest frame height
     chunk_seconds: float = 0.03    # one uninterruptible piece of rendering
@@ -79,7 +81,8 @@ class RenderBudget:
     def share(self, kind: str, training: bool) -> float:
         if not training:
             return 1.0
-        return self.still_share if kind == "refresh" else self.moving_share
+        return {"refresh": self.still_share, "refine": self.refine_share}.get(
+            kind, self.moving_share)
 
     def height(self, kind: str, camera: ViewCamera, training: bool) -> int:
         """The frame height for a request of this kind."""

@@ -202,6 +202,16 @@ def test_moving_frames_keep_their_own_rate():
     assert budget.chunk_rays(1.0, "moving") > budget.chunk_rays(1.0, "refine")
 
 
+def test_a_stopped_camera_refines_on_a_larger_share_while_training():
+    budget = RenderBudget(rays_per_second=1e5)
+    camera = camera_at((0, -4, 0), 960, 540)
+    shares = {k: budget.share(k, True) for k in ("moving", "refine", "refresh")}
+    assert shares["refresh"] < shares["moving"] < shares["refine"] <= 0.5
+    assert budget.share("refine", False) == 1.0             # nothing trains: all of it
+    # The sharp frame: what its share renders in refine_seconds (1e5 * 1.25 rays, 16:9).
+    assert budget.height("refine", camera, True) == int((1e5 * 1.25 * 540 / 960) ** 0.5)
+
+
 def test_budget_credit_follows_the_share():
     budget = RenderBudget(max_credit=10.0)
     budget.earn(0.9, 0.1)
