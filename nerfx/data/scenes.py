@@ -260,6 +260,8 @@ def image_size(root: str | Path) -> tuple[int, int]:
     """(width, height) in pixels of a scene folder's images at full size, from the first image's
     header (NeRF-synthetic, Instant-NGP) or the first camera (COLMAP); nothing is decoded."""
     root = Path(root)
+    if not root.is_dir():
+        raise SceneError(f"{root}: no such scene folder")
     if is_nerf_synthetic(root) or (root / "transforms.json").is_file():
         source = root / ("transforms_train.json" if is_nerf_synthetic(root) else
                          "transforms.json")

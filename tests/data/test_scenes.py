@@ -173,6 +173,8 @@ def test_image_size_reads_headers_of_each_layout(tmp_path):
         image_size(empty)
     with pytest.raises(SceneError, match="no scene found"):
         image_size(tmp_path / "builtin")
+    with pytest.raises(SceneError, match="no such scene folder"):
+        image_size(tmp_path / "missing")
 
 
 def test_not_a_scene(tmp_path):
