@@ -281,7 +281,10 @@ def image_size(root: str | Path) -> tuple[int, int]:
     model = colmap_io.find_model(root)
     if model is None:
         raise SceneError(f"{root}: no scene found (no transforms JSON, no COLMAP model)")
-    camera = next(iter(colmap_io.read_model(model).cameras.values()), None)
+    # The cameras file alone: the images and points are read once, by load_scene.
+    binary = (model / "cameras.bin").is_file()
+    read = colmap_io.read_cameras_bin if binary else colmap_io.read_cameras_txt
+    camera = next(iter(read(model / f"cameras{'.bin' if binary else '.txt'}").values()), None)
     if camera is None:
         raise SceneError(f"{model}: the COLMAP model has no camera")
     return camera.width, camera.height
