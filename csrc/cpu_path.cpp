@@ -43,6 +43,8 @@ bool avx2_available() {
 
 bool use_avx2() { return checked_asked() != Asked::kPortable && avx2_available(); }
 
+bool avx2_auto() { return checked_asked() == Asked::kAuto && avx2_available(); }
+
 bool avx2_forced() { return checked_asked() == Asked::kAvx2 && avx2_available(); }
 
 const char* path_name() {  // never raises: build_info reports a bad value instead

@@ -29,6 +29,11 @@ bool avx2_available();
 // raises).
 bool use_avx2();
 
+// Whether NERFX_CPU_PATH leaves the choice to the launchers (unset, empty or "auto") and the CPU
+// has the AVX2 loops: where a launcher also has wider loops (Adam's AVX-512 one), it takes them
+// only then ("avx2" asks for the AVX2 loops themselves).
+bool avx2_auto();
+
 // Whether NERFX_CPU_PATH=avx2 asks for the AVX2 loops whatever the launcher would prefer (and the
 // CPU has them).
 bool avx2_forced();

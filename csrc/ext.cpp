@@ -33,6 +33,8 @@ std::string build_info() {
   // The CPU loops the launchers take now (NERFX_CPU_PATH, the CPU's features): cpu_path.h.
   info += ", \"cpu_path\": \"";
   info += nerfx::cpu::path_name();
+  info += "\", \"adam_cpu_loop\": \"";  // Adam's float loop, which may be wider (adam.h)
+  info += nerfx::adam::cpu_loop_name();
   info += "\"}";
   return info;
 }

@@ -203,8 +203,9 @@ def has_kernel(op: str, dispatch_key: str) -> bool:
 
 
 def build_info() -> dict:
-    """{'cuda', 'cuda_archs', 'openmp', 'cpu_path'} of the loaded build ('cpu_path': the CPU
-    loops taken now, "avx2" or "portable"), with what the build recorded:
+    """{'cuda', 'cuda_archs', 'openmp', 'cpu_path', 'adam_cpu_loop'} of the loaded build
+    ('cpu_path': the CPU loops taken now, "avx2" or "portable"; 'adam_cpu_loop': the float Adam
+    step's, which may be "avx512" where the CPU has it), with what the build recorded:
     'how' (built at install / compiled at first use), 'reason' (why CUDA was or was not built)."""
     module = load()
     info = json.loads(torch.ops.nerfx.build_info())

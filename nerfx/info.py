@@ -35,8 +35,9 @@ def report() -> str:
         if info.get("reason"):
             why = f"            CUDA {'built' if info['cuda'] else 'left out'}: {info['reason']}"
             lines.append(why + (f"; to get it: {info['fix']}" if info.get("fix") else ""))
-        lines.append(f"cpu loops:  {info.get('cpu_path', 'portable')} (NERFX_CPU_PATH=portable "
-                     "forces the portable ones)")
+        lines.append(f"cpu loops:  {info.get('cpu_path', 'portable')}, Adam "
+                     f"{info.get('adam_cpu_loop', 'portable')} (NERFX_CPU_PATH=portable forces "
+                     "the portable ones)")
     lines.append(f"threads:    {torch.get_num_threads()} (torch.get_num_threads)")
     try:
         import triton

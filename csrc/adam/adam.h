@@ -28,6 +28,9 @@ struct State {
 using Launcher = void (*)(const State& state, double lr, double beta1, double beta2, double eps);
 
 void step_cpu(const State& state, double lr, double beta1, double beta2, double eps);
+// The loop step_cpu takes now for float tables: "avx512", "avx2" or "portable" (NERFX_CPU_PATH and
+// the CPU's features, cpu_path.h), or cpu::path_name()'s line about a bad NERFX_CPU_PATH.
+const char* cpu_loop_name();
 #ifdef NERFX_WITH_CUDA
 void step_cuda(const State& state, double lr, double beta1, double beta2, double eps);
 #endif

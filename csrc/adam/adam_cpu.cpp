@@ -34,6 +34,8 @@
 #include <type_traits>
 
 #include "adam/adam.h"
+#include "adam/adam_cpu_avx512.h"
+#include "cpu_path.h"
 
 #ifdef NERFX_ADAM_SIMD
 namespace nerfx {
@@ -287,6 +289,23 @@ __attribute__((target("avx2"), flatten)) void step_batches_avx2(int64_t begin, i
   step_batches<Bytes>(begin, end, a, s, table, tables, inv_scale);
 }
 
+// Float entries [begin, end) through the AVX-512 loop (adam_cpu_avx512.cpp), the entries after its
+// whole lines one by one; false (nothing done) for other types.
+template <typename param_t, typename state_t>
+bool step_lines(int64_t begin, int64_t end, const Arrays<param_t, state_t>& a,
+                const Settings<state_t>& s, const BiasTable<state_t>& table,
+                const StepTables<state_t>& tables, state_t inv_scale) {
+  if constexpr (std::is_same_v<param_t, float> && std::is_same_v<state_t, float>) {
+    const Line line{a.param, a.grad, a.exp_avg, a.exp_avg_sq, a.step};
+    const int64_t rest =
+        step_lines_avx512(begin, end, line, s, tables.pairs, tables.last, inv_scale);
+    for (int64_t i = rest; i < end; ++i) step_entry(i, a, s, table, inv_scale);
+    return true;
+  } else {
+    return false;
+  }
+}
+
 bool has_avx2() {
   static const bool yes = __builtin_cpu_supports("avx2");
   return yes;
@@ -295,6 +314,16 @@ bool has_avx2() {
 #endif  // NERFX_ADAM_SIMD
 
 }  // namespace
+
+const char* cpu_loop_name() {
+  if (std::strcmp(cpu::path_name(), "avx2") != 0) return cpu::path_name();
+#ifdef NERFX_ADAM_SIMD
+  if (cpu::avx2_auto() && avx512_available()) return "avx512";
+  return has_avx2() ? "avx2" : "portable";
+#else
+  return "portable";
+#endif
+}
 
 void step_cpu(const State& state, double lr, double beta1, double beta2, double eps) {
   // A mixed-precision step's scalars live on the host here: read them once.
@@ -323,6 +352,9 @@ void step_cpu(const State& state, double lr, double beta1, double beta2, double 
     }
     const StepTables<state_t> tables{step_size.data(), table.bc2_sqrt.data(), pairs.data(),
                                      int32_t(step_size.size()) - 1};
+    // The loops NERFX_CPU_PATH and the CPU allow (read once: a bad value raises here).
+    const bool wide = cpu::avx2_auto() && avx512_available();
+    const bool avx2 = cpu::use_avx2() && has_avx2();
 #endif
     const int64_t n_chunks = (n + kChunk - 1) / kChunk;
     at::parallel_for(0, n_chunks, 1, [&](int64_t chunk_begin, int64_t chunk_end) {
@@ -330,7 +362,9 @@ void step_cpu(const State& state, double lr, double beta1, double beta2, double 
 #ifdef NERFX_ADAM_SIMD
       if (!table.saturated) {  // betas within ~1e-5 of 1: counts past the table computed
         for (int64_t i = begin; i < end; ++i) step_entry(i, a, s, table, inv);
-      } else if (has_avx2()) {
+      } else if (wide && step_lines(begin, end, a, s, table, tables, inv)) {
+        // stepped by the AVX-512 loop
+      } else if (avx2) {
         step_batches_avx2<32>(begin, end, a, s, table, tables, inv);
       } else {
         step_batches<16>(begin, end, a, s, table, tables, inv);
