@@ -350,26 +350,24 @@ void backward_rays(const VectorRays& in, const VectorBackward& io, int64_t r_beg
 
 }  // namespace
 
+// Calls fn.template operator()<half sigmas, half rgbs>() for the storage of the call's inputs.
+template <typename Fn>
+void by_storage(const VectorRays& in, Fn&& fn) {
+  if (in.half_sigmas) {
+    in.half_rgbs ? fn.template operator()<true, true>() : fn.template operator()<true, false>();
+  } else {
+    in.half_rgbs ? fn.template operator()<false, true>() : fn.template operator()<false, false>();
+  }
+}
+
 void forward_rays_avx2(const VectorRays& in, const VectorForward& out, int64_t r_begin,
                        int64_t r_end) {
-  if (in.half_sigmas) {
-    in.half_rgbs ? forward_rays<true, true>(in, out, r_begin, r_end)
-                 : forward_rays<true, false>(in, out, r_begin, r_end);
-  } else {
-    in.half_rgbs ? forward_rays<false, true>(in, out, r_begin, r_end)
-                 : forward_rays<false, false>(in, out, r_begin, r_end);
-  }
+  by_storage(in, [&]<bool HS, bool HR>() { forward_rays<HS, HR>(in, out, r_begin, r_end); });
 }
 
 void backward_rays_avx2(const VectorRays& in, const VectorBackward& io, int64_t r_begin,
                         int64_t r_end) {
-  if (in.half_sigmas) {
-    in.half_rgbs ? backward_rays<true, true>(in, io, r_begin, r_end)
-                 : backward_rays<true, false>(in, io, r_begin, r_end);
-  } else {
-    in.half_rgbs ? backward_rays<false, true>(in, io, r_begin, r_end)
-                 : backward_rays<false, false>(in, io, r_begin, r_end);
-  }
+  by_storage(in, [&]<bool HS, bool HR>() { backward_rays<HS, HR>(in, io, r_begin, r_end); });
 }
 
 }  // namespace nerfx::composite
