@@ -5,7 +5,8 @@ Shapes on a GPU: ViT-B/16 (B=256, H=12, N=197, D=64), a diffusion U-Net's 32 x 3
 attention (B=32, H=8, N=1024, D=64), long sequences (B=8, H=8, N=4096, D=64, also causal) and
 D=128 (B=16, H=16, N=1024); a small ViT-like shape on the CPU (the Triton interpreter is not
 benchmarked). Throughput is in TFLOP/s counted as flash-attention does (4·B·H·N²·D forward,
-3.5x that forward+backward, half when causal). Also a ViT training step per attention backend.
+3.5x that forward+backward, half when causal). Also a ViT training step per attention backend,
+in bf16 autocast and in fp32 on a GPU, beside timm's ViT of the same size.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from benches.helpers import devices, run_benchmark
+from benches.helpers import PRECISIONS, autocast, devices, require_precision, run_benchmark
 from nerfx.ops import BackendError, attention, use_backend
 from nerfx.ops.attention import BACKENDS
 
@@ -98,32 +99,55 @@ def test_attention(benchmark, device, impl, mode, shape):
 
 # --- a ViT training step per attention backend -----------------------------------------------
 
+def timm_vit(config):
+    """timm's VisionTransformer of nerfx's configuration (patch size, width, depth, heads, MLP
+    ratio, qkv bias, class token, pre-norm blocks, stochastic depth), or a skip saying why timm
+    cannot be imported. Its attention is SDPA (timm's fused_attn)."""
+    try:
+        from timm.models.vision_transformer import VisionTransformer
+    except Exception as exc:  # noqa: BLE001 (missing, or a torchvision built for another torch)
+        pytest.skip(f"timm cannot be imported ({exc}): pip install timm")
+    return VisionTransformer(img_size=config.image_size, patch_size=config.patch_size,
+                             in_chans=config.in_channels, num_classes=config.num_classes,
+                             embed_dim=config.dim, depth=config.depth, num_heads=config.heads,
+                             mlp_ratio=config.mlp_ratio, qkv_bias=config.qkv_bias,
+                             drop_rate=config.dropout, drop_path_rate=config.drop_path)
+
+
 @pytest.mark.parametrize("device", devices())
-@pytest.mark.parametrize("impl", ["triton", "sdpa", "torch"])
-def test_vit_train_step(benchmark, device, impl):
-    """ViT-B/16 at 224 x 224, batch 64, bf16 autocast on a GPU; a 2-layer ViT-Ti/16 at 64 x 64,
-    batch 8, fp32 on the CPU. Images per second of forward, backward and AdamW step."""
+@pytest.mark.parametrize("impl", ["triton", "sdpa", "torch", "timm"])
+@pytest.mark.parametrize("precision", PRECISIONS)
+def test_vit_train_step(benchmark, device, impl, precision):
+    """ViT-B/16 at 224 x 224, batch 64, on a GPU in bf16 autocast and in fp32; a 2-layer
+    ViT-Ti/16 at 64 x 64, batch 8, fp32 on the CPU. Images per second of forward, backward and
+    AdamW step: nerfx's ViT per attention backend, and timm's of the same size (`timm`)."""
     from nerfx.models.vit import ViT, vit_config
 
-    skip_unless_runnable(impl, device)
+    require_precision(device, precision)
     if device == "cuda":
         config, batch = vit_config("B/16"), 64
     else:
         config, batch = vit_config("Ti/16", image_size=64, depth=2), 8
-    model = ViT(config).to(device)
-    opt = torch.optim.AdamW(model.param_groups(0.05), lr=1e-4)
+    if impl == "timm":
+        model = timm_vit(config).to(device)
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.05)
+        context = contextlib.nullcontext
+    else:
+        skip_unless_runnable(impl, device)
+        model = ViT(config).to(device)
+        opt = torch.optim.AdamW(model.param_groups(0.05), lr=1e-4)
+        context = lambda: use_backend(impl)  # noqa: E731
     images = torch.randn(batch, 3, config.image_size, config.image_size, device=device)
     labels = torch.randint(0, config.num_classes, (batch,), device=device)
-    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device == "cuda"
-                else contextlib.nullcontext())
 
     def step():
-        with use_backend(impl), autocast:
+        with context(), autocast(device, precision):
             loss = F.cross_entropy(model(images), labels)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
 
-    run_benchmark(benchmark, step, device, group=f"vit train step {device} "
-                  f"({'B/16 224px bf16' if device == 'cuda' else 'Ti/16 2 layers 64px'}, "
+    benchmark.extra_info["params"] = sum(p.numel() for p in model.parameters())
+    size = "B/16 224px" if device == "cuda" else "Ti/16 2 layers 64px"
+    run_benchmark(benchmark, step, device, group=f"vit train step {device} ({size} {precision}, "
                   f"batch {batch})", items=batch, unit="images")

@@ -13,8 +13,9 @@ configuration, not a copy of nerfx's: each row's parameter count is in its extra
 
 - Training step: x_t from nerfx's q_sample, ε-MSE, backward, Adam; the same step for every model.
   GPU: the paper's CIFAR-10 model (UNetConfig.cifar10(), 35.7M parameters) at 32 x 32, batch 128,
-  bf16 autocast (its single-head attention has head dim 256, beyond the triton kernels' 128:
-  that row skips with the reason). CPU: UNetConfig.tiny() at 16 x 16, batch 16, fp32.
+  in bf16 autocast and in fp32, a row each (its single-head attention has head dim 256, beyond
+  the triton kernels' 128: that row skips with the reason). CPU: UNetConfig.tiny() at 16 x 16,
+  batch 16, fp32.
 - DDIM sampling, 50 steps, η = 0, no_grad, eval mode: nerfx's DDIMSampler per attention backend;
   `diffusers-scheduler`: the same nerfx model (auto backend) stepped by diffusers' DDIMScheduler
   (the samplers' overhead side by side); `diffusers`: UNet2DModel with DDIMScheduler;
@@ -29,7 +30,7 @@ import importlib
 import pytest
 import torch
 
-from benches.helpers import devices, run_benchmark
+from benches.helpers import PRECISIONS, autocast, devices, require_precision, run_benchmark
 from nerfx.models.ddim import DDIMConfig, DDIMSampler
 from nerfx.models.ddpm import DiffusionConfig, GaussianDiffusion
 from nerfx.models.unet import UNet, UNetConfig
@@ -46,13 +47,8 @@ GPU_BATCH, CPU_BATCH, CPU_SAMPLE_BATCH = 128, 16, 2
 def setting(device: str) -> tuple[UNetConfig, str]:
     """The U-Net benchmarked on this device and its label."""
     if device == "cuda":
-        return UNetConfig.cifar10(), "cifar10 32px bf16"
-    return UNetConfig.tiny(), "tiny 16px fp32"
-
-
-def autocast(device: str):
-    return (torch.autocast("cuda", dtype=torch.bfloat16) if device == "cuda"
-            else contextlib.nullcontext())
+        return UNetConfig.cifar10(), "cifar10 32px"
+    return UNetConfig.tiny(), "tiny 16px"
 
 
 def head_dims(c: UNetConfig) -> set[int]:
@@ -61,11 +57,11 @@ def head_dims(c: UNetConfig) -> set[int]:
     return {w // c.attn_heads for w in {*widths, c.ch * c.ch_mult[-1]}}
 
 
-def require_nerfx_backend(impl: str, device: str, dims: set[int]) -> None:
+def require_nerfx_backend(impl: str, device: str, dims: set[int],
+                          dtype: torch.dtype) -> None:
     """Skips (with the dispatcher's reason) when the attention backend cannot serve these sizes."""
     if impl == "triton" and device == "cpu":
         pytest.skip("the Triton interpreter is a test tool, not a benchmark")
-    dtype = torch.bfloat16 if device == "cuda" else torch.float32
     for d in sorted(dims):
         try:
             ATTENTION_BACKENDS.select(impl, torch.device(device), (dtype,), (d,))
@@ -128,10 +124,12 @@ def nerfx_context(impl: str):
 
 @pytest.mark.parametrize("device", devices())
 @pytest.mark.parametrize("impl", [*NERFX_IMPLS, *PEERS])
-def test_ddpm_train_step(benchmark, device, impl):
+@pytest.mark.parametrize("precision", PRECISIONS)
+def test_ddpm_train_step(benchmark, device, impl, precision):
+    dtype = require_precision(device, precision)
     config, label = setting(device)
     if impl in NERFX_IMPLS:
-        require_nerfx_backend(impl, device, head_dims(config))
+        require_nerfx_backend(impl, device, head_dims(config), dtype)
     model, predict = build(impl, config, device)
     model.train()
     opt = torch.optim.Adam(model.parameters(), lr=2e-4)  # [DDPM: Adam 2e-4]
@@ -144,15 +142,15 @@ def test_ddpm_train_step(benchmark, device, impl):
     t = torch.randint(0, diffusion.num_timesteps, (batch,), generator=gen, device=device)
 
     def step():
-        with nerfx_context(impl), autocast(device):
+        with nerfx_context(impl), autocast(device, precision):
             loss = diffusion.loss(predict, x0, t, noise)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
 
     benchmark.extra_info["params"] = sum(p.numel() for p in model.parameters())
-    run_benchmark(benchmark, step, device, group=f"ddpm unet train step {device} ({label}, "
-                  f"batch {batch})", items=batch, unit="images")
+    run_benchmark(benchmark, step, device, group=f"ddpm unet train step {device} "
+                  f"({label} {precision}, batch {batch})", items=batch, unit="images")
 
 
 def ddim_scheduler():
@@ -169,13 +167,15 @@ def ddim_scheduler():
 
 @pytest.mark.parametrize("device", devices())
 @pytest.mark.parametrize("impl", [*NERFX_IMPLS, "diffusers-scheduler", *PEERS])
-def test_ddim_sample(benchmark, device, impl):
+@pytest.mark.parametrize("precision", PRECISIONS)
+def test_ddim_sample(benchmark, device, impl, precision):
+    dtype = require_precision(device, precision)
     config, label = setting(device)
     batch = GPU_BATCH if device == "cuda" else CPU_SAMPLE_BATCH
     shape = (batch, config.in_channels, config.resolution, config.resolution)
     gen = torch.Generator(device).manual_seed(0)
     if impl in NERFX_IMPLS:
-        require_nerfx_backend(impl, device, head_dims(config))
+        require_nerfx_backend(impl, device, head_dims(config), dtype)
     if impl == "diffusers-scheduler":
         require_peer("diffusers")
     model, predict = build("sdpa" if impl == "diffusers-scheduler" else impl, config, device)
@@ -185,7 +185,7 @@ def test_ddim_sample(benchmark, device, impl):
         sampler = DDIMSampler(GaussianDiffusion(DiffusionConfig()), DDIMConfig(steps=STEPS))
 
         def sample():
-            with nerfx_context(impl), autocast(device):
+            with nerfx_context(impl), autocast(device, precision):
                 return sampler.sample(predict, shape, gen, device)
     elif impl == "ddpm-pytorch":
         from denoising_diffusion_pytorch import GaussianDiffusion as PeerDiffusion
@@ -195,14 +195,14 @@ def test_ddim_sample(benchmark, device, impl):
                              beta_schedule="linear", ddim_sampling_eta=0.0).to(device)
 
         def sample():
-            with torch.no_grad(), autocast(device):
+            with torch.no_grad(), autocast(device, precision):
                 return peer.sample(batch_size=batch)
     else:  # diffusers' DDIMScheduler loop, around diffusers' U-Net or nerfx's
         scheduler = ddim_scheduler()
 
         def sample():
             x = torch.randn(shape, generator=gen, device=device)
-            with torch.no_grad(), autocast(device):
+            with torch.no_grad(), autocast(device, precision):
                 for t in scheduler.timesteps:
                     eps = predict(x, t.to(device))
                     x = scheduler.step(eps, t, x, eta=0.0).prev_sample
@@ -210,4 +210,4 @@ def test_ddim_sample(benchmark, device, impl):
 
     benchmark.extra_info["params"] = sum(p.numel() for p in model.parameters())
     run_benchmark(benchmark, sample, device, group=f"ddim sample {STEPS} steps {device} "
-                  f"({label}, batch {batch})", items=batch, unit="images")
+                  f"({label} {precision}, batch {batch})", items=batch, unit="images")

@@ -5,9 +5,9 @@ size (skipped when diffusers is not installed: `pip install diffusers`).
 The models are the ldm trainer's presets (nerfx.trainers.ldm.PRESETS), 10 classes: on a GPU
 "gpu" (32 x 32 images, KL-f4 to 8 x 8 x 3 latents; U-Net 256 channels, multipliers 1,2,4, two
 blocks per level, spatial transformers with 32-channel heads at every level and the middle,
-class embedding 512) at batch 128 in bf16 autocast; on the CPU "cpu" (16 x 16 images, 4 x 4 x 4
-latents; U-Net 32 channels, 1,2, one block, 16-channel heads, class embedding 64) at batch 64
-for training, 4 for sampling, fp32.
+class embedding 512) at batch 128, in bf16 autocast and in fp32 (a row each); on the CPU "cpu"
+(16 x 16 images, 4 x 4 x 4 latents; U-Net 32 channels, 1,2, one block, 16-channel heads, class
+embedding 64) at batch 64 for training, 4 for sampling, fp32.
 
 Rows: `torch`, `sdpa`, `triton` are nerfx's LatentUNet with that attention backend
 (nerfx.ops.use_backend; `torch` is the reference row). `diffusers` is UNet2DConditionModel with
@@ -33,7 +33,7 @@ import pytest
 import torch
 from torch import nn
 
-from benches.helpers import devices, run_benchmark
+from benches.helpers import PRECISIONS, autocast, devices, require_precision, run_benchmark
 from nerfx.models.guidance import drop_labels
 from nerfx.models.ldm import LDMConfig
 from nerfx.ops import BackendError, use_backend
@@ -49,19 +49,14 @@ CPU_SAMPLE_BATCH = 4
 def setting(device: str) -> tuple[dict, int, str]:
     """(trainer preset, training batch, label) of this device."""
     if device == "cuda":
-        return PRESETS["gpu"], PRESETS["gpu"]["batch_size"], "gpu preset 8x8x3 latents bf16"
-    return PRESETS["cpu"], PRESETS["cpu"]["batch_size"], "cpu preset 4x4x4 latents fp32"
+        return PRESETS["gpu"], PRESETS["gpu"]["batch_size"], "gpu preset 8x8x3 latents"
+    return PRESETS["cpu"], PRESETS["cpu"]["batch_size"], "cpu preset 4x4x4 latents"
 
 
-def autocast(device: str):
-    return (torch.autocast("cuda", dtype=torch.bfloat16) if device == "cuda"
-            else contextlib.nullcontext())
-
-
-def require_nerfx_backend(impl: str, device: str, head_dim: int) -> None:
+def require_nerfx_backend(impl: str, device: str, head_dim: int,
+                          dtype: torch.dtype) -> None:
     if impl == "triton" and device == "cpu":
         pytest.skip("the Triton interpreter is a test tool, not a benchmark")
-    dtype = torch.bfloat16 if device == "cuda" else torch.float32
     try:
         ATTENTION_BACKENDS.select(impl, torch.device(device), (dtype,), (head_dim,))
     except BackendError as exc:
@@ -96,11 +91,12 @@ class DiffusersLatentUNet(nn.Module):
         return self.unet(x, t, encoder_hidden_states=self.class_embed(y)[:, None]).sample
 
 
-def build(impl: str, device: str):
+def build(impl: str, device: str, precision: str):
     """(LatentDiffusion, the U-Net trained/sampled in this row)."""
+    dtype = require_precision(device, precision)
     settings, _, _ = setting(device)
     if impl in NERFX_IMPLS:
-        require_nerfx_backend(impl, device, settings["head_channels"])
+        require_nerfx_backend(impl, device, settings["head_channels"], dtype)
     ldm = build_model(settings, 3, settings["image_size"], NUM_CLASSES).to(device)
     ldm.autoencoder.eval().requires_grad_(False)
     if impl == "diffusers":
@@ -118,8 +114,9 @@ def nerfx_context(impl: str):
 
 @pytest.mark.parametrize("device", devices())
 @pytest.mark.parametrize("impl", [*NERFX_IMPLS, "diffusers"])
-def test_ldm_train_step(benchmark, device, impl):
-    ldm, unet = build(impl, device)
+@pytest.mark.parametrize("precision", PRECISIONS)
+def test_ldm_train_step(benchmark, device, impl, precision):
+    ldm, unet = build(impl, device, precision)
     _, batch, label = setting(device)
     unet.train()
     opt = torch.optim.AdamW(unet.parameters(), lr=1e-4)
@@ -137,7 +134,7 @@ def test_ldm_train_step(benchmark, device, impl):
         return diffusion.loss(unet, z0, t, noise, model_kwargs={"y": labels})
 
     def step():
-        with nerfx_context(impl), autocast(device):
+        with nerfx_context(impl), autocast(device, precision):
             value = loss()
         opt.zero_grad(set_to_none=True)
         value.backward()
@@ -146,13 +143,14 @@ def test_ldm_train_step(benchmark, device, impl):
 
     benchmark.extra_info["params"] = sum(p.numel() for p in unet.parameters())
     run_benchmark(benchmark, step, device, group=f"ldm latent unet train step {device} "
-                  f"({label}, batch {batch})", items=batch, unit="images")
+                  f"({label} {precision}, batch {batch})", items=batch, unit="images")
 
 
 @pytest.mark.parametrize("device", devices())
 @pytest.mark.parametrize("impl", [*NERFX_IMPLS, "diffusers"])
-def test_ldm_sample(benchmark, device, impl):
-    ldm, unet = build(impl, device)
+@pytest.mark.parametrize("precision", PRECISIONS)
+def test_ldm_sample(benchmark, device, impl, precision):
+    ldm, unet = build(impl, device, precision)
     _, batch, label = setting(device)
     batch = batch if device == "cuda" else CPU_SAMPLE_BATCH
     unet.eval()
@@ -185,7 +183,7 @@ def test_ldm_sample(benchmark, device, impl):
             return z
 
     def sample() -> torch.Tensor:
-        with autocast(device):
+        with autocast(device, precision):
             return ldm.decode(latents())
 
     benchmark.extra_info["params"] = sum(p.numel() for p in unet.parameters())

@@ -11,6 +11,7 @@ python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
   --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
   --platform manylinux2014_x86_64 -d .whl \
   nerfacc==0.5.3 diffusers==0.42.1 denoising-diffusion-pytorch==2.3.4 \
-  ema-pytorch pytorch-fid importlib-metadata
+  ema-pytorch pytorch-fid importlib-metadata \
+  timm==1.0.31 torchvision==0.26.0  # timm's ViT row; torchvision 0.26 is torch 2.11's
 ls -l .whl
 du -sh .whl

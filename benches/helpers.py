@@ -6,9 +6,11 @@ or samples per call); benches/conftest.py prints the groups side by side at the 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 
+import pytest
 import torch
 
 REFERENCE = "torch"  # the implementation every group is compared with
@@ -22,6 +24,26 @@ def devices() -> list[str]:
     found = ["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"]
     wanted = os.environ.get(DEVICES_VAR)
     return [d for d in found if d in wanted.split(",")] if wanted else found
+
+
+# The image models' precisions: bf16 autocast (the GPU's training precision) and fp32 beside it.
+# The CPU benchmarks fp32 only: bf16 autocast made a ViT step slower on this project's AVX-512
+# CPU (benches/RESULTS.md, ViT), so a CPU bf16 row would time a setting nobody should use.
+PRECISIONS = ["bf16", "fp32"]
+
+
+def require_precision(device: str, precision: str) -> torch.dtype:
+    """The compute dtype of a precision row, or a skip where the device does not run it."""
+    if device == "cpu" and precision == "bf16":
+        pytest.skip("bf16 rows are the GPU's; the CPU benchmarks fp32")
+    return torch.bfloat16 if precision == "bf16" else torch.float32
+
+
+def autocast(device: str, precision: str):
+    """bf16 autocast for a bf16 row; nothing (fp32) otherwise."""
+    if precision == "bf16":
+        return torch.autocast(device, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
 
 
 def synchronize(device: str) -> None:
