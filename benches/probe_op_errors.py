@@ -29,7 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -228,10 +228,13 @@ def main() -> int:
             if (c != REHEARSAL or d == "cpu") and args.only in c]
     if not args.no_pytest:
         jobs.append((PYTEST_ADAM, "-", "fresh"))
-    with ThreadPoolExecutor(args.jobs) as pool:
-        results = list(pool.map(lambda j: (j, *run_case(*j, limit=args.limit)), jobs))
-    for (case, device, state), line, _ in results:
-        print(f"{case:34s} {device:4s} {state:16s} {line}", flush=True)
+    results = []
+    with ThreadPoolExecutor(args.jobs) as pool:  # each line printed as its case ends
+        futures = {pool.submit(run_case, *job, limit=args.limit): job for job in jobs}
+        for future in as_completed(futures):
+            (case, device, state), (line, text) = futures[future], future.result()
+            results.append((futures[future], line, text))
+            print(f"{case:34s} {device:4s} {state:16s} {line}", flush=True)
     print(f"-- linkage ({time.monotonic() - t0:.0f} s so far)")
     linkage_report(args.limit)
 
