@@ -51,8 +51,12 @@ failed=0
 note() { echo "$*" | tee -a "$out/summary.txt"; }
 left() { echo $((total - (SECONDS - start))); }
 pack() {  # every finished phase's log into OUT_DIR/logs.tar.gz (atomically: rename in place)
-  tar -czf "$out/.logs.tar.gz.part" -C "$work" . 2>/dev/null && \
-    mv -f "$out/.logs.tar.gz.part" "$out/logs.tar.gz"
+  tar -czf "$out/.logs.tar.gz.part" -C "$work" . 2>/dev/null
+  if [ "$(stat -c %s "$out/.logs.tar.gz.part" 2>/dev/null || echo 0)" -gt 15000000 ]; then
+    # A file over 16 MiB does not come back: the profile's trace and the video go first.
+    tar -czf "$out/.logs.tar.gz.part" -C "$work" --exclude=trace.json --exclude='*.mp4' .
+  fi
+  mv -f "$out/.logs.tar.gz.part" "$out/logs.tar.gz"
 }
 # phase NAME BUDGET COMMAND...: runs COMMAND into OUT_DIR/current.log for at most BUDGET seconds
 # (and what is left of TOTAL_S), SIGINT first (pytest still writes its summary); then the log
@@ -87,7 +91,7 @@ $((SECONDS - t0))s (total $((SECONDS - start))s of ${total}s)"
   python3 -c 'import sys, torch; print("python", sys.version.split()[0], "torch", torch.__version__,
 "cuda", torch.version.cuda, "gpu", torch.cuda.is_available())'; } >"$out/summary.txt" 2>&1
 cat "$out/summary.txt"
-export rehearse work
+export rehearse work PATH=$PATH:/usr/local/cuda/bin:/usr/local/cuda/compute-sanitizer
 if [ "$rehearse" = 1 ]; then
   dev=cpu; export OMP_NUM_THREADS=1 NERFX_BENCH_ROUNDS=1 TRITON_INTERPRET=1
 else
@@ -135,9 +139,9 @@ if [ "$mode" = run1 ]; then
     if python3 -c 'import xdist' 2>/dev/null; then
       python3 -X faulthandler -m pytest -v -n 4 -p no:cacheprovider -rfEs --durations=15 \
         tests/ops/test_at_scale.py
-      python3 -X faulthandler -m pytest -v -n 4 -p no:cacheprovider -rfEs --durations=15 -k cuda \
-        $files
-      return
+      [ -n "$files" ] && python3 -X faulthandler -m pytest -v -n 4 -p no:cacheprovider -rfEs \
+        --durations=15 -k cuda $files
+      return 0
     fi
     echo "no pytest-xdist: one pytest process a file, 4 at once"
     mkdir -p "$work/tests"
@@ -186,7 +190,6 @@ if [ "$mode" = run1 ]; then
       "${cmd[@]}" python3 "$script"
     fi
   }
-  export PATH=$PATH:/usr/local/cuda/bin:/usr/local/cuda/compute-sanitizer
   if [ "$rehearse" = 0 ] && ! command -v compute-sanitizer >/dev/null; then
     note "compute-sanitizer: not on PATH nor in /usr/local/cuda: the sanitizer phases fail"
   fi
@@ -229,13 +232,14 @@ if [ "$mode" = run2 ]; then
   not_nerfacc="and not nerfacc"
   if [ "$rehearse" = 1 ]; then
     note "nerfacc: rehearsal, its CUDA build is not tried; rows left out"
-  elif phase nerfacc_build 90 python3 -c 'from nerfacc.cuda._backend import _C; print("built", _C)'
+  elif phase nerfacc_build 90 python3 -c 'from nerfacc.cuda._backend import _C
+assert _C is not None, "nerfacc: no CUDA module (no nvcc on PATH?)"; print("built", _C)'
   then not_nerfacc=""
   else note "nerfacc: did not build (nerfacc_build.log); its rows are left out"
   fi
   # The scene: the gpu-fast preset trains at 400 px (downscale 2); generated on the GPU, where
   # 64M rays take seconds (on this machine's CPU, minutes of the budget).
-  export NERFX_DATA=$work/data
+  export NERFX_DATA=${work}_data  # beside the logs, not in them (the 400 px scene is large)
   size=$([ "$rehearse" = 1 ] && echo 25 || echo 400)
   train_size=()
   phase scene 60 python3 -c "import time, torch; from nerfx.data import lego; t = time.time()
@@ -259,15 +263,17 @@ print(lego.generate($size, progress=False), 'on', 'cuda' if torch.cuda.is_availa
     --benchmark-json="$work/bench.json" "${files[@]}"
   { cat "$work/bench.md" 2>/dev/null || tail -5 "$work/bench.log"; } | tee -a "$out/summary.txt"
   # The main job, and its peak GPU memory (the checkpoint stays behind: too big to bring back).
-  run=$work/run
-  phase train 165 python3 benches/peak_memory.py nerfx.train --scene lego --fast --out "$run.tmp" \
+  run=$work/run  # what comes back; the run folder itself (checkpoint included) stays beside
+  phase train 165 python3 benches/peak_memory.py nerfx.train --scene lego --fast --out "${work}_run" \
     --video-frames 24 --profile-step "$([ "$rehearse" = 1 ] && echo 10 || echo 300)" \
     "${train_size[@]}"
   mkdir -p "$run"
-  cp "$run.tmp/metrics.json" "$run.tmp/config.json" "$run.tmp"/turntable.* "$run/" 2>/dev/null
-  find "$run.tmp/renders" -name 'test_*.png' 2>/dev/null | sort | head -3 | xargs -r cp -t "$run/"
-  cp -r "$run.tmp/profile" "$run/" 2>/dev/null  # a few profiled steps: trace, operators, syncs
-  rm -rf "$run.tmp"
+  cp "${work}_run/metrics.json" "${work}_run/config.json" "${work}_run"/turntable.* "$run/" \
+    2>/dev/null
+  find "${work}_run/renders" -name 'test_*.png' 2>/dev/null | sort | head -3 | \
+    xargs -r cp -t "$run/"
+  cp -r "${work}_run/profile" "$run/" 2>/dev/null  # a few profiled steps: trace, operators, syncs
+  rm -rf "${work}_run" "${work}_data"
   tr '\r' '\n' <"$work/train.log" | grep -E "PSNR|peak GPU memory|nerfx:" | tail -6 | \
     tee -a "$out/summary.txt"
   python3 - "$run/metrics.json" <<'PY' 2>&1 | tee -a "$out/summary.txt"
