@@ -222,8 +222,13 @@ fi
 if [ "$mode" = run2 ]; then
   # --- the peers (not on the machine): from .whl, carried by the call -------------------------
   if ls .whl/*.whl >/dev/null 2>&1; then
+    # The wheels this Python can install (the GPU machine's 3.12 takes them all).
+    pv=$(python3 -c 'import sys; print("%d%d" % sys.version_info[:2])')
+    mapfile -t whls < <(ls .whl/*.whl | grep -E -- "-py3-none-|-cp$pv-")
+    [ "${#whls[@]}" -lt "$(ls .whl/*.whl | wc -l)" ] && note "peers: not for python $pv:" \
+      "$(ls .whl/*.whl | grep -vE -- "-py3-none-|-cp$pv-" | tr '\n' ' ')"
     phase peers 30 python3 -m pip install --no-index --no-deps --no-compile --no-cache-dir \
-      --upgrade --target /tmp/peers .whl/*.whl && export PYTHONPATH=$PYTHONPATH:/tmp/peers
+      --upgrade --target /tmp/peers "${whls[@]}" && export PYTHONPATH=$PYTHONPATH:/tmp/peers
   else
     note "peers: no .whl in the tree (run benches/fetch_peer_wheels.sh and carry .whl)"
   fi
