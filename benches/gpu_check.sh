@@ -136,6 +136,8 @@ if [ "$mode" = run1 ]; then
     files=$(python3 -m pytest --collect-only -q -p no:cacheprovider -k cuda tests 2>/dev/null | \
       grep '::' | cut -d: -f1 | sort -u | grep -v test_at_scale)
     echo "files with -k cuda tests: $(echo "$files" | wc -w)"
+    # pytest-timeout (on the GPU image): a hung test costs 90 s, not the phase.
+    python3 -c 'import pytest_timeout' 2>/dev/null && export PYTEST_ADDOPTS="--timeout 90"
     if python3 -c 'import xdist' 2>/dev/null; then
       python3 -X faulthandler -m pytest -v -n 4 -p no:cacheprovider -rfEs --durations=15 \
         tests/ops/test_at_scale.py
@@ -162,7 +164,8 @@ if [ "$mode" = run1 ]; then
   }
   export -f one_file
   phase tests 120 cuda_tests $((110 * scale))
-  grep -E "^RESULT|^(FAILED|ERROR) |Fatal Python|Segmentation" "$work/tests.log" | head -40 | \
+  grep -E "^RESULT|^(FAILED|ERROR) |Fatal Python|Segmentation|node down|crashed worker" \
+    "$work/tests.log" | head -40 | \
     tee -a "$out/summary.txt"
   grep -hE "^=+ .*(passed|failed|error|skipped).* in [0-9.]+s.* =+$" "$work/tests.log" | \
     awk '{gsub(/,/, ""); for (i = 2; i <= NF; i++) if ($i ~ /^(passed|failed|skipped|errors?|deselected)$/) \
