@@ -6,12 +6,12 @@
 #   is left of TOTAL_S; a phase with under 10 s left is skipped, and says so):
 #     build 150   pip install -e . with the CUDA kernels for the visible card (-fmad=false); a
 #                 warm machine keeps the build of the same sources. Usually under 60 s.
-#     probe 50    benches/probe_op_errors.py: the crash probe (controls, the four ops, adam_step
+#     probe 70    benches/probe_op_errors.py: the crash probe (controls, the four ops, adam_step
 #                 under inference_mode, test_adam.py alone in a fresh process), its VERDICT line
-#     tests 120   the CUDA tests, CUDA first: tests/ops/test_at_scale.py whole, then `-k cuda`
+#     tests 110   the CUDA tests, CUDA first: tests/ops/test_at_scale.py whole, then `-k cuda`
 #                 over tests/, OMP_NUM_THREADS=2, 4 at once (pytest-xdist -n 4 where installed,
 #                 else one process per file, so a crash costs one file); peak GPU memory by test
-#     memcheck 45, initcheck 45   compute-sanitizer on benches/sanitize_kernels.py, filtered to
+#     memcheck 40, initcheck 40   compute-sanitizer on benches/sanitize_kernels.py, filtered to
 #                 nerfx's kernels (--kernel-name kns=nerfx)
 #     attention 35  compute-sanitizer racecheck on benches/sanitize_attention.py (Triton kernels:
 #                 shared memory), filtered to their names
@@ -29,7 +29,8 @@
 #   CPU tensors): a script error must never cost GPU time.
 #   OUT_DIR receives summary.txt (a line a phase, the key results), logs.tar.gz (every phase's
 #   log, re-packed as each phase ends) and, while a phase runs, current.log: 3 files at most.
-#   Environment: TOTAL_S; NERFX_COMMIT (the commit, where the tree has no .git).
+#   Environment: TOTAL_S; BUDGET_SCALE (every budget times this: 4 in rehearsal, else 1);
+#   NERFX_COMMIT (the commit, where the tree has no .git).
 set -uo pipefail
 mode=${1:?usage: benches/gpu_check.sh run1|run2 OUT_DIR [--rehearse]}
 out=$(realpath -m "${2:?usage: benches/gpu_check.sh run1|run2 OUT_DIR [--rehearse]}")
@@ -95,13 +96,14 @@ export rehearse work PATH=$PATH:/usr/local/cuda/bin:/usr/local/cuda/compute-sani
 if [ "$rehearse" = 1 ]; then
   dev=cpu; export OMP_NUM_THREADS=1 NERFX_BENCH_ROUNDS=1 TRITON_INTERPRET=1
 else
-  dev=cuda; export OMP_NUM_THREADS=2 MAX_JOBS=${MAX_JOBS:-16}
+  dev=cuda; export OMP_NUM_THREADS=2 MAX_JOBS=${MAX_JOBS:-16} NERFX_BUILD_CUDA=1
+  # The card's architecture only (no GPU to ask: the build fails, and says so).
+  TORCH_CUDA_ARCH_LIST=$(python3 -c 'import torch; print("%d.%d" % torch.cuda.get_device_capability())')
+  export TORCH_CUDA_ARCH_LIST
 fi
 
 build() {  # the CUDA build for the visible card, kept between calls on a warm machine
-  local cap digest stamp=build/gpu_check.digest
-  cap=$(python3 -c 'import torch; print("%d.%d" % torch.cuda.get_device_capability())') || return 1
-  export TORCH_CUDA_ARCH_LIST=$cap NERFX_BUILD_CUDA=1
+  local digest stamp=build/gpu_check.digest
   digest=$(python3 -c 'from pathlib import Path; from nerfx import _build
 print(_build.sources_digest(Path("csrc")))')
   if [ -f nerfx/_C.build.json ] && [ "$(cat "$stamp" 2>/dev/null)" = "$digest" ] && python3 -c \
@@ -124,7 +126,7 @@ grep -E "^(backend|auto|cuda|built)|CUDA" "$work/build.log" | head -8
 
 if [ "$mode" = run1 ]; then
   # --- the crash probe: controls, each op, inference_mode, test_adam.py alone ------------------
-  phase probe 50 python3 benches/probe_op_errors.py --jobs "$([ "$rehearse" = 1 ] && echo 2 || echo 8)" \
+  phase probe 70 python3 benches/probe_op_errors.py --jobs "$([ "$rehearse" = 1 ] && echo 2 || echo 8)" \
     --limit 40
   grep -E "CRASHED|TIMED OUT|SKIPPED|VERDICT|fresh process" "$work/probe.log" | tee -a "$out/summary.txt"
 
@@ -163,7 +165,7 @@ if [ "$mode" = run1 ]; then
     echo "RESULT $f rc=$rc: $(grep -E '(passed|failed|skipped|error|no tests ran)' "$log" | tail -1)"
   }
   export -f one_file
-  phase tests 120 cuda_tests $((110 * scale))
+  phase tests 110 cuda_tests $((100 * scale))
   grep -E "^RESULT|^(FAILED|ERROR) |Fatal Python|Segmentation|node down|crashed worker" \
     "$work/tests.log" | head -40 | \
     tee -a "$out/summary.txt"
@@ -201,7 +203,7 @@ if [ "$mode" = run1 ]; then
     attn_filter=(--kernel-regex 'kns=_(forward|delta|backward)_kernel')
   fi
   for tool in memcheck initcheck; do
-    phase "sanitize_$tool" 45 san "$tool" benches/sanitize_kernels.py --kernel-name kns=nerfx
+    phase "sanitize_$tool" 40 san "$tool" benches/sanitize_kernels.py --kernel-name kns=nerfx
     grep -E "ERROR SUMMARY|every kernel ran|Error|error:" "$work/sanitize_$tool.log" | tail -3 | \
       sed "s/^/$tool: /" | tee -a "$out/summary.txt"
   done
