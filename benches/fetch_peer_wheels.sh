@@ -5,7 +5,7 @@
 # usage: benches/fetch_peer_wheels.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
-grep -qx '/.whl/' .git/info/exclude 2>/dev/null || echo /.whl/ >>.git/info/exclude
+# .whl/ is in .gitignore (.git is a file in a worktree: no info/exclude to write there).
 # The peers, and what they import that the device image lacks (KINDS.md's package list).
 python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
   --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \

@@ -1,140 +1,299 @@
 #!/usr/bin/env bash
-# On a GPU machine: build nerfx for the visible GPU, then, in phases that each stop at a time
-# budget and keep what they wrote, write to OUT_DIR:
-#   check:    info.txt (card, build, backends), build.log; probe_op_errors.log (do the compiled
-#             ops' argument checks raise or crash?); tests.log (the whole suite, the CUDA tests
-#             and tests/ops/test_at_scale.py's training sizes included, slowest listed);
-#             sanitize_*.log (benches/sanitize_kernels.py under compute-sanitizer's memcheck,
-#             racecheck and initcheck)
-#   bench:    bench.md / bench.json / bench.log: the CUDA benchmarks side by side, the NeRF
-#             kernels' first (their targets are issue 9's), then the image models'
-#   train:    `python -m nerfx.train --scene lego --fast` on the GPU: train.log, metrics.json
-#             (test PSNR over time, samples per ray by step), a few test renders, the turntable,
-#             and run/profile/ (steps 300-302 profiled: trace.json, ops.txt, and syncs.txt, each
-#             host synchronisation inside a step by its line of Python)
-# usage: benches/gpu_check.sh OUT_DIR [all|check|bench|train|bench+train]
-#   all (default) runs the three. One device command may run 10 minutes, a session has 15 of
-#   device time (starts included), and a machine idle for 30 s goes back (a fresh one rebuilds):
-#   make two calls back to back, `gpu_check.sh OUT check` then `gpu_check.sh OUT2 bench+train`
-#   (the second keeps the first's build while the machine is warm). Run
-#   benches/fetch_peer_wheels.sh here first and carry `.whl`: the peers (nerfacc, diffusers,
-#   denoising-diffusion-pytorch) are not on the machine. Phase budgets in seconds,
-#   from the environment: TESTS_S (default 170), SANITIZE_S (100, split over the three tools),
-#   BENCH_S (200), TRAIN_S (240). Past timings of each phase: benches/RESULTS.md, GPU.
+# The GPU check of issue 22, in two device calls; each phase stops at its budget and, as it ends,
+# packs its log into OUT_DIR, so a call cut off still returns every phase before the cut.
+# usage: benches/gpu_check.sh run1|run2 OUT_DIR [--rehearse]
+#   run1 (TOTAL_S=450; the call that must succeed), budgets in seconds (each also capped by what
+#   is left of TOTAL_S; a phase with under 10 s left is skipped, and says so):
+#     build 150   pip install -e . with the CUDA kernels for the visible card (-fmad=false); a
+#                 warm machine keeps the build of the same sources. Usually under 60 s.
+#     probe 70    benches/probe_op_errors.py: the crash probe (controls, the four ops, adam_step
+#                 under inference_mode, test_adam.py alone in a fresh process), its VERDICT line
+#     tests 110   the CUDA tests, CUDA first: tests/ops/test_at_scale.py whole, then `-k cuda`
+#                 over tests/, OMP_NUM_THREADS=2, 4 at once (pytest-xdist -n 4 where installed,
+#                 else one process per file, so a crash costs one file); peak GPU memory by test
+#     memcheck 40, initcheck 40   compute-sanitizer on benches/sanitize_kernels.py, filtered to
+#                 nerfx's kernels (--kernel-name kns=nerfx)
+#     attention 35  compute-sanitizer racecheck on benches/sanitize_attention.py (Triton kernels:
+#                 shared memory), filtered to their names
+#     bench (the rest)  the CUDA rows, fwd+bwd, of the hash-grid, march and compositing benchmarks
+#   run2 (TOTAL_S=300; only when run 1 left >= 5 minutes): build (kept when warm); the peers from
+#     .whl (benches/fetch_peer_wheels.sh; carry `.whl`); nerfacc's first-use CUDA build, 90 s at
+#     most, its rows left out if it fails; the scene: the built-in lego at 400 px (the gpu-fast
+#     preset's size) generated on the GPU, 60 s; the remaining benchmarks beside the peers (their
+#     time capped so the main job keeps 170 s); the main job `python -m nerfx.train --scene lego
+#     --fast` with its peak GPU memory.
+#   Not in either run yet: the -fmad=false before/after bench row (build the parent of the commit
+#   that added the flag in a second tree and run bench_hashgrid/bench_composite -k cuda from both).
+#   --rehearse (or REHEARSE=1): the same phases on the CPU with tiny sizes and the same output
+#   layout, no build (the CPU extension in place), no compute-sanitizer (the scripts run bare on
+#   CPU tensors): a script error must never cost GPU time.
+#   OUT_DIR receives summary.txt (a line a phase, the key results), logs.tar.gz (every phase's
+#   log, re-packed as each phase ends) and, while a phase runs, current.log: 3 files at most.
+#   Environment: TOTAL_S; BUDGET_SCALE (every budget times this: 4 in rehearsal, else 1);
+#   NERFX_COMMIT (the commit, where the tree has no .git).
 set -uo pipefail
-out=$(realpath -m "${1:?usage: benches/gpu_check.sh OUT_DIR [all|check|bench|train|bench+train]}")
-what=${2:-all}
+mode=${1:?usage: benches/gpu_check.sh run1|run2 OUT_DIR [--rehearse]}
+out=$(realpath -m "${2:?usage: benches/gpu_check.sh run1|run2 OUT_DIR [--rehearse]}")
+[ "${3:-}" = --rehearse ] && REHEARSE=1
+rehearse=${REHEARSE:-0}
+case $mode in run1) total=${TOTAL_S:-450} ;; run2) total=${TOTAL_S:-300} ;;
+  *) echo "unknown mode $mode (run1 or run2)"; exit 2 ;; esac
+# The 2-core development machine is slower than the GPU machine's 16 cores at the same steps:
+# the rehearsal stretches every budget (BUDGET_SCALE, default 4 there, 1 on the GPU).
+scale=${BUDGET_SCALE:-$([ "$rehearse" = 1 ] && echo 4 || echo 1)}
+total=$((total * scale))
 mkdir -p "$out"
 cd "$(dirname "$0")/.."
-export PYTHONUNBUFFERED=1
-export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}  # the checkout's nerfx, however it was built
+export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
+work=$(mktemp -d /tmp/gpu_check.XXXXXX)
 start=$SECONDS
 failed=0
-# The benchmark peers the machine lacks, where the call carried them (benches/fetch_peer_wheels.sh).
-if ls .whl/*.whl >/dev/null 2>&1; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-    --target /tmp/peers .whl/*.whl && export PYTHONPATH=$PYTHONPATH:/tmp/peers
-  echo "peers from .whl: $(ls .whl | tr '\n' ' ')"
-fi
 
-wants() { [ "$what" = all ] || [[ "+$what+" == *"+$1+"* ]]; }
-
-# phase NAME SECONDS LOG COMMAND...: runs COMMAND into LOG, interrupted (SIGINT, so pytest
-# still writes its summary) once it has run SECONDS; a failure or a timeout is counted.
+note() { echo "$*" | tee -a "$out/summary.txt"; }
+left() { echo $((total - (SECONDS - start))); }
+pack() {  # every finished phase's log into OUT_DIR/logs.tar.gz (atomically: rename in place)
+  tar -czf "$out/.logs.tar.gz.part" -C "$work" . 2>/dev/null
+  if [ "$(stat -c %s "$out/.logs.tar.gz.part" 2>/dev/null || echo 0)" -gt 15000000 ]; then
+    # A file over 16 MiB does not come back: the profile's trace and the video go first.
+    tar -czf "$out/.logs.tar.gz.part" -C "$work" --exclude=trace.json --exclude='*.mp4' .
+  fi
+  mv -f "$out/.logs.tar.gz.part" "$out/logs.tar.gz"
+}
+# phase NAME BUDGET COMMAND...: runs COMMAND into OUT_DIR/current.log for at most BUDGET seconds
+# (and what is left of TOTAL_S), SIGINT first (pytest still writes its summary); then the log
+# moves to NAME.log in the tarball and one line goes to summary.txt.
 phase() {
-  local name=$1 seconds=$2 log=$3
-  shift 3
-  local t0=$SECONDS
-  timeout -s INT -k 20 "$seconds" "$@" >"$log" 2>&1
-  local rc=$?
-  [ $rc -eq 124 ] && echo "$name: stopped at its budget of $seconds s (partial results kept)"
+  local name=$1 budget=$(($2 * scale)) rc t0=$SECONDS
+  shift 2
+  local cap=$(($(left) - 5))
+  [ "$budget" -gt "$cap" ] && budget=$cap
+  if [ "$budget" -lt 10 ]; then
+    note "$name: SKIPPED, ${cap}s left of ${total}s"; return 99
+  fi
+  if declare -F "$1" >/dev/null; then  # a function of this script (exported): in a child bash
+    export -f "$1"
+    timeout -s INT -k 15 "$budget" bash -c '"$@"' _ "$@" >"$out/current.log" 2>&1
+  else
+    timeout -s INT -k 15 "$budget" "$@" >"$out/current.log" 2>&1
+  fi
+  rc=$?
+  mv -f "$out/current.log" "$work/$name.log"
   [ $rc -ne 0 ] && failed=1
-  echo "$name: rc=$rc, $((SECONDS - t0)) s (total $((SECONDS - start)) s)"
+  note "$name: rc=$rc$([ $rc -eq 124 ] && echo " (stopped at its budget, ${budget}s)"), \
+$((SECONDS - t0))s (total $((SECONDS - start))s of ${total}s)"
+  pack
   return $rc
 }
 
-if wants check || wants bench; then
-  cap=$(python3 -c 'import torch; print("%d.%d" % torch.cuda.get_device_capability())')
-  export TORCH_CUDA_ARCH_LIST=$cap NERFX_BUILD_CUDA=1 MAX_JOBS=${MAX_JOBS:-16}
-  { nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv
-    git rev-parse HEAD 2>/dev/null || echo "commit: unknown"; date -u; } >"$out/info.txt" 2>&1
-  # A build of the same sources stays between calls on a warm machine (the copied tree has new
-  # file times, so the sources' digest decides, not their times).
+{ echo "gpu_check $mode$([ "$rehearse" = 1 ] && echo ' REHEARSAL (CPU)'), $(date -u)"
+  echo "commit: $(git rev-parse HEAD 2>/dev/null || echo "${NERFX_COMMIT:-unknown}")"
+  nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv 2>&1 | \
+    tail -n +2 || true
+  python3 -c 'import sys, torch; print("python", sys.version.split()[0], "torch", torch.__version__,
+"cuda", torch.version.cuda, "gpu", torch.cuda.is_available())'; } >"$out/summary.txt" 2>&1
+cat "$out/summary.txt"
+export rehearse work PATH=$PATH:/usr/local/cuda/bin:/usr/local/cuda/compute-sanitizer
+if [ "$rehearse" = 1 ]; then
+  dev=cpu; export OMP_NUM_THREADS=1 NERFX_BENCH_ROUNDS=1 TRITON_INTERPRET=1
+else
+  dev=cuda; export OMP_NUM_THREADS=2 MAX_JOBS=${MAX_JOBS:-16} NERFX_BUILD_CUDA=1
+  # The card's architecture only (no GPU to ask: the build fails, and says so).
+  TORCH_CUDA_ARCH_LIST=$(python3 -c 'import torch; print("%d.%d" % torch.cuda.get_device_capability())')
+  export TORCH_CUDA_ARCH_LIST
+fi
+
+build() {  # the CUDA build for the visible card, kept between calls on a warm machine
+  local digest stamp=build/gpu_check.digest
   digest=$(python3 -c 'from pathlib import Path; from nerfx import _build
 print(_build.sources_digest(Path("csrc")))')
-  stamp=build/gpu_check.digest
   if [ -f nerfx/_C.build.json ] && [ "$(cat "$stamp" 2>/dev/null)" = "$digest" ] && python3 -c \
       'from nerfx import _ext; _ext.load(); assert _ext.build_info()["cuda"]' 2>/dev/null; then
-    echo "build: kept from the previous call"
+    echo "build: kept from the previous call (sources digest $digest)"
   else
-    if ! python3 -m pip install --no-build-isolation --no-deps -e . >"$out/build.log" 2>&1; then
-      # An environment pip may not write to: build in place and import from the checkout.
-      echo "pip install failed; building in place" | tee -a "$out/build.log"
-      if ! python3 setup.py build_ext --inplace >>"$out/build.log" 2>&1; then
-        tail -40 "$out/build.log"; echo "build failed"; exit 1
-      fi
-    fi
+    python3 -m pip install --no-build-isolation --no-deps -e . || {
+      echo "pip install failed; building in place"; python3 setup.py build_ext --inplace; } || return 1
     mkdir -p build && echo "$digest" >"$stamp"
   fi
-  echo "build: $((SECONDS - start)) s"
-  python3 -m nerfx.info >>"$out/info.txt" 2>&1
-  cat "$out/info.txt"
+  python3 -m nerfx.info
+}
+if [ "$rehearse" = 1 ]; then
+  phase build 150 python3 -m nerfx.info  # the CPU extension in place; nothing is built
+else
+  phase build 150 build || { note "build FAILED: nothing else can run"; tail -30 "$work/build.log"
+                             pack; exit 1; }
 fi
+grep -E "^(backend|auto|cuda|built)|CUDA" "$work/build.log" | head -8
 
-if wants check; then
-  # Which compiled argument checks crash instead of raising (benches/RESULTS.md, GPU).
-  phase probe 90 "$out/probe_op_errors.log" python3 benches/probe_op_errors.py
-  cat "$out/probe_op_errors.log"
+if [ "$mode" = run1 ]; then
+  # --- the crash probe: controls, each op, inference_mode, test_adam.py alone ------------------
+  phase probe 70 python3 benches/probe_op_errors.py --jobs "$([ "$rehearse" = 1 ] && echo 2 || echo 8)" \
+    --limit 40
+  grep -E "CRASHED|TIMED OUT|SKIPPED|VERDICT|fresh process" "$work/probe.log" | tee -a "$out/summary.txt"
 
-  xdist=$(python3 -c 'import xdist' 2>/dev/null && echo "-n 8")
-  per_test=$(python3 -c 'import pytest_timeout' 2>/dev/null && echo "--timeout 120")
-  # shellcheck disable=SC2086
-  phase tests "${TESTS_S:-170}" "$out/tests.log" python3 -X faulthandler -m pytest tests -q -rs \
-    -p no:cacheprovider $xdist $per_test --durations=25
-  grep -E "FAILED|ERROR|crashed|Segmentation|Timeout" "$out/tests.log" | head -20
-  tail -3 "$out/tests.log"
+  # --- the CUDA tests, CUDA first ---------------------------------------------------------------
+  export NERFX_PEAK_MEMORY_LOG=$work/peak_memory
+  cuda_tests() {
+    local files
+    deadline=$(($(date +%s) + $1))
+    files=$(python3 -m pytest --collect-only -q -p no:cacheprovider -k cuda tests 2>/dev/null | \
+      grep '::' | cut -d: -f1 | sort -u | grep -v test_at_scale)
+    echo "files with -k cuda tests: $(echo "$files" | wc -w)"
+    # pytest-timeout (on the GPU image): a hung test costs 90 s, not the phase.
+    python3 -c 'import pytest_timeout' 2>/dev/null && export PYTEST_ADDOPTS="--timeout 90"
+    if python3 -c 'import xdist' 2>/dev/null; then
+      python3 -X faulthandler -m pytest -v -n 4 -p no:cacheprovider -rfEs --durations=15 \
+        tests/ops/test_at_scale.py
+      [ -n "$files" ] && python3 -X faulthandler -m pytest -v -n 4 -p no:cacheprovider -rfEs \
+        --durations=15 -k cuda $files
+      return 0
+    fi
+    echo "no pytest-xdist: one pytest process a file, 4 at once"
+    mkdir -p "$work/tests"
+    export -f one_file; export deadline work
+    printf '%s\n' tests/ops/test_at_scale.py $files | xargs -P 4 -n 1 bash -c 'one_file "$1"' _
+    for f in "$work"/tests/*.log; do echo "=== $f"; cat "$f"; done
+  }
+  one_file() {  # pytest on one file (test_at_scale whole, the others -k cuda), within the deadline
+    local f=$1 k=(-k cuda) log rc now
+    [ "$f" = tests/ops/test_at_scale.py ] && k=()
+    now=$(date +%s)
+    if [ $((deadline - now)) -lt 5 ]; then echo "RESULT $f SKIPPED: the phase's time is up"; return; fi
+    log=$work/tests/$(echo "$f" | tr / _).log
+    timeout -s INT -k 10 $((deadline - now)) python3 -X faulthandler -m pytest -v \
+      -p no:cacheprovider -rfEs --durations=5 "${k[@]}" "$f" >"$log" 2>&1
+    rc=$?
+    echo "RESULT $f rc=$rc: $(grep -E '(passed|failed|skipped|error|no tests ran)' "$log" | tail -1)"
+  }
+  export -f one_file
+  phase tests 110 cuda_tests $((100 * scale))
+  grep -E "^RESULT|^(FAILED|ERROR) |Fatal Python|Segmentation|node down|crashed worker" \
+    "$work/tests.log" | head -40 | \
+    tee -a "$out/summary.txt"
+  grep -hE "^=+ .*(passed|failed|error|skipped).* in [0-9.]+s.* =+$" "$work/tests.log" | \
+    awk '{gsub(/,/, ""); for (i = 2; i <= NF; i++) if ($i ~ /^(passed|failed|skipped|errors?|deselected)$/) \
+      s[$i] += $(i - 1)} END {for (k in s) printf "%s %d  ", k, s[k]; print ""}' | \
+    sed 's/^/tests total: /' | tee -a "$out/summary.txt"
+  cat "$NERFX_PEAK_MEMORY_LOG".* 2>/dev/null | sort -rn | head -15 | \
+    awk -F'\t' '{printf "%8.1f MiB  %s\n", $1 / 1048576, $2}' >"$work/peak_memory.txt"
+  [ -s "$work/peak_memory.txt" ] || echo "no CUDA test recorded a peak (no CUDA)" \
+    >"$work/peak_memory.txt"
+  { echo "peak GPU memory, largest tests:"; head -5 "$work/peak_memory.txt"; } | \
+    tee -a "$out/summary.txt"
+  unset NERFX_PEAK_MEMORY_LOG
+  pack
 
-  # compute-sanitizer over each kernel at small sizes; each allocation its own (no caching).
-  if command -v compute-sanitizer >/dev/null; then
-    for tool in memcheck racecheck initcheck; do
-      PYTORCH_NO_CUDA_MEMORY_CACHING=1 phase "sanitize $tool" $(( ${SANITIZE_S:-100} / 3 )) \
-        "$out/sanitize_$tool.log" compute-sanitizer --tool "$tool" --error-exitcode 9 \
-        python3 benches/sanitize_kernels.py
-      grep -E "ERROR SUMMARY|error|every kernel ran" "$out/sanitize_$tool.log" | tail -3
-    done
-  else
-    echo "compute-sanitizer: not on PATH"
+  # --- compute-sanitizer, filtered to nerfx's kernels; the Triton attention kernels ------------
+  export PYTORCH_NO_CUDA_MEMORY_CACHING=1
+  san() {  # san TOOL SCRIPT FILTER...: the script under the tool (bare on the CPU in rehearsal)
+    local tool=$1 script=$2
+    shift 2
+    local cmd=(compute-sanitizer --tool "$tool" --error-exitcode 9 --print-limit 20 "$@")
+    if [ "$rehearse" = 1 ]; then
+      echo "rehearsal: would run: ${cmd[*]} python3 $script"
+      python3 "$script" --device cpu
+    else
+      "${cmd[@]}" python3 "$script"
+    fi
+  }
+  if [ "$rehearse" = 0 ] && ! command -v compute-sanitizer >/dev/null; then
+    note "compute-sanitizer: not on PATH nor in /usr/local/cuda: the sanitizer phases fail"
   fi
+  attn_filter=(--kernel-name kns=_kernel)
+  if [ "$rehearse" = 0 ] && compute-sanitizer --help 2>&1 | grep -q -- --kernel-regex; then
+    attn_filter=(--kernel-regex 'kns=_(forward|delta|backward)_kernel')
+  fi
+  for tool in memcheck initcheck; do
+    phase "sanitize_$tool" 40 san "$tool" benches/sanitize_kernels.py --kernel-name kns=nerfx
+    grep -E "ERROR SUMMARY|every kernel ran|Error|error:" "$work/sanitize_$tool.log" | tail -3 | \
+      sed "s/^/$tool: /" | tee -a "$out/summary.txt"
+  done
+  phase sanitize_attention_racecheck 35 san racecheck benches/sanitize_attention.py \
+    "${attn_filter[@]}"
+  grep -E "RACECHECK SUMMARY|ERROR SUMMARY|every kernel ran|Error" \
+    "$work/sanitize_attention_racecheck.log" | tail -3 | sed "s/^/attention racecheck: /" | \
+    tee -a "$out/summary.txt"
+  unset PYTORCH_NO_CUDA_MEMORY_CACHING
+
+  # --- as time allows: the three NeRF kernels' rows on this device ------------------------------
+  if [ "$rehearse" = 1 ]; then k="(fwd+bwd and cpu-cpu) or (march_rays and cpu-cpu)"
+  else k="fwd+bwd or march_rays"; fi
+  NERFX_BENCH_DEVICES=$dev NERFX_BENCH_MD=$work/bench.md phase bench 200 \
+    python3 -m pytest -q -p no:cacheprovider --benchmark-only -k "$k" \
+    --benchmark-json="$work/bench.json" benches/bench_hashgrid.py benches/bench_raymarch.py \
+    benches/bench_composite.py
+  { cat "$work/bench.md" 2>/dev/null || tail -5 "$work/bench.log"; } | tee -a "$out/summary.txt"
 fi
 
-if wants bench; then
-  NERFX_BENCH_DEVICES=cuda NERFX_BENCH_MD="$out/bench.md" phase bench "${BENCH_S:-200}" \
-    "$out/bench.log" python3 -m pytest -q -p no:cacheprovider --benchmark-only \
-    --benchmark-json="$out/bench.json" --durations=15 benches/bench_hashgrid.py \
-    benches/bench_composite.py benches/bench_raymarch.py benches/bench_adam.py \
-    benches/bench_train.py benches/bench_attention.py benches/bench_diffusion.py \
-    benches/bench_ldm.py
-  cat "$out/bench.md" 2>/dev/null || tail -30 "$out/bench.log"
-fi
-
-if wants train; then
-  # The main job on the GPU (the checkpoint stays behind: it is too big to bring back).
-  run=$(mktemp -d)/lego-fast
-  NERFX_DATA=${NERFX_DATA:-$(mktemp -d)} phase train "${TRAIN_S:-240}" "$out/train.log" \
-    python3 -m nerfx.train --scene lego --fast --out "$run" --video-frames 24 --profile-step 300
-  tr '\r' '\n' <"$out/train.log" | grep -v '%|' | tail -8
-  mkdir -p "$out/run"
-  cp "$run/metrics.json" "$run/config.json" "$run"/turntable.* "$out/run/" 2>/dev/null
-  cp $(ls "$run"/renders/test_*.png 2>/dev/null | head -3) "$out/run/" 2>/dev/null
-  cp -r "$run/profile" "$out/run/" 2>/dev/null  # steps 300-302: trace, operators, host syncs
-  cat "$out/run/profile/syncs.txt" 2>/dev/null; head -30 "$out/run/profile/ops.txt" 2>/dev/null
-  python3 - "$run/metrics.json" <<'PY' 2>/dev/null | tee "$out/samples_per_ray.txt"
+if [ "$mode" = run2 ]; then
+  # --- the peers (not on the machine): from .whl, carried by the call -------------------------
+  if ls .whl/*.whl >/dev/null 2>&1; then
+    # The wheels this Python can install (the GPU machine's 3.12 takes them all).
+    pv=$(python3 -c 'import sys; print("%d%d" % sys.version_info[:2])')
+    mapfile -t whls < <(ls .whl/*.whl | grep -E -- "-py3-none-|-cp$pv-")
+    [ "${#whls[@]}" -lt "$(ls .whl/*.whl | wc -l)" ] && note "peers: not for python $pv:" \
+      "$(ls .whl/*.whl | grep -vE -- "-py3-none-|-cp$pv-" | tr '\n' ' ')"
+    phase peers 30 python3 -m pip install --no-index --no-deps --no-compile --no-cache-dir \
+      --upgrade --target /tmp/peers "${whls[@]}" && export PYTHONPATH=$PYTHONPATH:/tmp/peers
+  else
+    note "peers: no .whl in the tree (run benches/fetch_peer_wheels.sh and carry .whl)"
+  fi
+  # nerfacc builds its CUDA code at first use (about 40 s; may fail with CUDA 13): at most 90 s
+  # here, and its rows are left out unless it built.
+  not_nerfacc="and not nerfacc"
+  if [ "$rehearse" = 1 ]; then
+    note "nerfacc: rehearsal, its CUDA build is not tried; rows left out"
+  elif phase nerfacc_build 90 python3 -c 'from nerfacc.cuda._backend import _C
+assert _C is not None, "nerfacc: no CUDA module (no nvcc on PATH?)"; print("built", _C)'
+  then not_nerfacc=""
+  else note "nerfacc: did not build (nerfacc_build.log); its rows are left out"
+  fi
+  # The scene: the gpu-fast preset trains at 400 px (downscale 2); generated on the GPU, where
+  # 64M rays take seconds (on this machine's CPU, minutes of the budget).
+  export NERFX_DATA=${work}_data  # beside the logs, not in them (the 400 px scene is large)
+  size=$([ "$rehearse" = 1 ] && echo 25 || echo 400)
+  train_size=()
+  phase scene 60 python3 -c "import time, torch; from nerfx.data import lego; t = time.time()
+print(lego.generate($size, progress=False), 'on', 'cuda' if torch.cuda.is_available() else 'cpu',
+      f'in {time.time() - t:.1f} s')" || train_size=(--downscale 8)
+  [ ${#train_size[@]} -gt 0 ] && note "scene: not generated; the main job trains at the CPU" \
+    "preset's 100 px instead (--downscale 8)"
+  [ "$rehearse" = 1 ] && train_size=(--downscale 32 --steps 30 --max-seconds 20 --eval-views 2)
+  # The remaining benchmarks beside the peers, capped so that the main job keeps 170 s.
+  if [ "$rehearse" = 1 ]; then
+    k="(march_rays and torch-cpu) or (adam and cpu)"; files=(benches/bench_raymarch.py
+      benches/bench_adam.py)
+  else
+    k="(nerfacc $not_nerfacc) or attention or adam or train or diffusion or ldm or fwd-"
+    files=(benches/bench_attention.py benches/bench_raymarch.py benches/bench_composite.py
+      benches/bench_hashgrid.py benches/bench_adam.py benches/bench_train.py
+      benches/bench_diffusion.py benches/bench_ldm.py)
+  fi
+  NERFX_BENCH_DEVICES=$dev NERFX_BENCH_MD=$work/bench.md phase bench $((($(left) - 170 * scale) / scale)) \
+    python3 -m pytest -q -p no:cacheprovider --benchmark-only -k "$k" \
+    --benchmark-json="$work/bench.json" "${files[@]}"
+  { cat "$work/bench.md" 2>/dev/null || tail -5 "$work/bench.log"; } | tee -a "$out/summary.txt"
+  # The main job, and its peak GPU memory (the checkpoint stays behind: too big to bring back).
+  run=$work/run  # what comes back; the run folder itself (checkpoint included) stays beside
+  phase train 165 python3 benches/peak_memory.py nerfx.train --scene lego --fast --out "${work}_run" \
+    --video-frames 24 --profile-step "$([ "$rehearse" = 1 ] && echo 10 || echo 300)" \
+    "${train_size[@]}"
+  mkdir -p "$run"
+  cp "${work}_run/metrics.json" "${work}_run/config.json" "${work}_run"/turntable.* "$run/" \
+    2>/dev/null
+  find "${work}_run/renders" -name 'test_*.png' 2>/dev/null | sort | head -3 | \
+    xargs -r cp -t "$run/"
+  cp -r "${work}_run/profile" "$run/" 2>/dev/null  # a few profiled steps: trace, operators, syncs
+  rm -rf "${work}_run" "${work}_data"
+  tr '\r' '\n' <"$work/train.log" | grep -E "PSNR|peak GPU memory|nerfx:" | tail -6 | \
+    tee -a "$out/summary.txt"
+  python3 - "$run/metrics.json" <<'PY' 2>&1 | tee -a "$out/summary.txt"
 import json, sys
 m = json.load(open(sys.argv[1]))
 print("test PSNR at seconds:", m.get("test_psnr_at_seconds"))
 print("samples per ray at step (trained):", m.get("samples_per_ray_at_step"))
-print("samples per ray at step (marched, before compaction):", m.get("marched_per_ray_at_step"))
 PY
+  pack
 fi
-echo "gpu_check $what: $((SECONDS - start)) s, $([ $failed -eq 0 ] && echo ok || echo 'something failed')"
+rm -f "$out/.logs.tar.gz.part"
+note "gpu_check $mode: $((SECONDS - start))s, $([ $failed -eq 0 ] && echo ok || echo 'something failed')"
 exit $failed

@@ -65,4 +65,6 @@ def run_benchmark(benchmark, fn, device: str, group: str, items: int, unit: str)
     once = time.perf_counter() - start
     # About a second of rounds per benchmark (5 to 30), so a shared machine's hiccups average out.
     rounds = int(min(max(1.0 / max(once, 1e-6), 5), 30))
+    # NERFX_BENCH_ROUNDS: a fixed count (gpu_check.sh's CPU rehearsal runs each row once).
+    rounds = int(os.environ.get("NERFX_BENCH_ROUNDS") or rounds)
     benchmark.pedantic(timed, rounds=rounds, iterations=1, warmup_rounds=1)

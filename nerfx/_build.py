@@ -233,7 +233,11 @@ def build_flags(csrc: Path, with_cuda: bool, toolkit: Toolkit, search_path: Iter
     flags = BuildFlags(sources, [str(csrc), str(csrc / "include")])
     if with_cuda:
         flags.macros = {"NERFX_WITH_CUDA": None, "NERFX_CUDA_ARCHS": f'"{archs}"'}
-        flags.nvcc = ["-O3", "--expt-relaxed-constexpr"]
+        # -fmad=false: nvcc contracts a * b + c into one FMA by default; the CPU build does not
+        # (-ffp-contract=off above), so the shared headers' math (the hash grid's fractional
+        # weights, compositing) would differ by an ulp between the backends, and a weight could
+        # come out one ulp negative. Its cost is a bench row of the GPU check (RESULTS.md, GPU).
+        flags.nvcc = ["-O3", "--expt-relaxed-constexpr", "-fmad=false"]
         # Headers of the CUDA libraries torch's pip dependencies ship (the toolkit may lack some).
         flags.include_dirs += wheel_cuda_dirs(search_path, "include")
         assert toolkit.cudart is not None

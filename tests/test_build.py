@@ -247,3 +247,20 @@ def test_string_macros_survive_the_first_use_builds_shell(tmp_path):
                             text=True, check=True).stdout.splitlines()
     assert '-DNERFX_CUDA_ARCHS="8.0;9.0+PTX"' in echoed
     assert echoed == flags.define_args()  # the shell hands the compiler the unquoted list
+
+
+def test_no_fma_contraction_on_either_side(tmp_path):
+    """The shared headers' math must round the same on the CPU and the GPU: g++ gets
+    -ffp-contract=off and nvcc -fmad=false (nvcc fuses a * b + c by default), in setup.py's and
+    the first-use build's flags alike (both come from build_flags), and in CMakeLists.txt."""
+    root = Path(__file__).parents[1]
+    toolkit = found(tmp_path, {"CUDA_HOME": str(make_toolkit(tmp_path / "cuda"))})
+    csrc = root / "csrc" if (root / "csrc").is_dir() else Path(_build.__file__).parent / "_csrc"
+    flags = _build.build_flags(csrc, True, toolkit, [], "9.0", tmp_path / "cudart")
+    assert "-ffp-contract=off" in flags.cxx and "-fmad=false" in flags.nvcc
+    cpu_only = _build.build_flags(csrc, False, toolkit, [], "9.0", tmp_path / "cudart")
+    assert "-ffp-contract=off" in cpu_only.cxx and not cpu_only.nvcc
+    cmake = root / "CMakeLists.txt"
+    if cmake.exists():
+        text = cmake.read_text()
+        assert "-ffp-contract=off" in text and "COMPILE_LANGUAGE:CUDA>:-fmad=false" in text
