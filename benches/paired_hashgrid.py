@@ -2,14 +2,16 @@
 rounds (see benches/paired_composite.py for why): benches/bench_hashgrid.py's "fwd+bwd" work
 (N=2^16 points, L=16, F=2, the parameter gradient through autograd) at T=2^17 (the CPU recipe's)
 and T=2^19 (the paper's); each round times the three once, in a rotating order, and the figures
-are medians over rounds of the per-round ratios.
+are medians over rounds of the per-round ratios. --portable adds the cpu backend's portable loops
+(NERFX_CPU_PATH=portable for its calls) beside its default ones (AVX2 where the CPU has them).
 
-    OMP_NUM_THREADS=1 python -m benches.paired_hashgrid [--rounds 5]
+    OMP_NUM_THREADS=1 python -m benches.paired_hashgrid [--rounds 5] [--portable]
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 
@@ -19,7 +21,22 @@ from nerfx import ref
 from nerfx.ops import HashGridEncoding, hash_encode
 
 
-def variants(log2_t: int, n: int):
+def with_cpu_path(path: str, fn):
+    """fn with NERFX_CPU_PATH=path while it runs (the launchers read it on every call)."""
+    def run(*args):
+        before = os.environ.get("NERFX_CPU_PATH")
+        os.environ["NERFX_CPU_PATH"] = path
+        try:
+            return fn(*args)
+        finally:
+            if before is None:
+                del os.environ["NERFX_CPU_PATH"]
+            else:
+                os.environ["NERFX_CPU_PATH"] = before
+    return run
+
+
+def variants(log2_t: int, n: int, portable: bool = False):
     enc = HashGridEncoding(log2_hashmap_size=log2_t)
     x = torch.rand(n, 3, generator=torch.Generator().manual_seed(0))
     params = enc.params.detach().clone().requires_grad_()
@@ -33,17 +50,22 @@ def variants(log2_t: int, n: int):
             out = fn(x, params)
             torch.autograd.grad(out.float().square().sum(), params)
         return run
-    return {name: fwd_bwd(fn) for name, fn in fns.items()}
+    runs = {name: fwd_bwd(fn) for name, fn in fns.items()}
+    if portable:  # forward and backward alike
+        runs["cpu-portable"] = with_cpu_path("portable", fwd_bwd(fns["cpu"]))
+    return runs
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--points", type=int, default=2**16)
+    parser.add_argument("--portable", action="store_true",
+                        help="also time the cpu backend's portable loops")
     args = parser.parse_args()
     print(f"threads {torch.get_num_threads()}, N={args.points}, {args.rounds} rounds; medians")
     for log2_t in (17, 19):
-        runs = variants(log2_t, args.points)
+        runs = variants(log2_t, args.points, args.portable)
         names = list(runs)
         for name in names:  # warm up (torch.compile compiles here)
             runs[name]()
@@ -59,7 +81,8 @@ def main() -> None:
 
         ms = ", ".join(f"{n} {statistics.median(times[n]) * 1e3:.1f} ms" for n in names)
         print(f"  T=2^{log2_t}: {ms}; cpu {speedup('torch'):.1f}x the reference, "
-              f"{speedup('torch-compile'):.1f}x torch.compile of it")
+              f"{speedup('torch-compile'):.1f}x torch.compile of it"
+              + (f", {speedup('cpu-portable'):.2f}x its portable loops" if args.portable else ""))
 
 
 if __name__ == "__main__":

@@ -3,7 +3,8 @@
 //
 // NERFX_CPU_PATH: unset, empty or "auto" lets each launcher take its AVX2 loops where the CPU
 // has them and where they pay (compositing: rays of 16 samples or more on average; for shorter
-// rays its portable loops are faster); "avx2" takes them on every call the CPU allows (tests run
+// rays its portable loops are faster; the hash grid: float32 x and tables, D = 3, F = 2, always,
+// with the portable loops' bits); "avx2" takes them on every call the CPU allows (tests run
 // both loops through it); "portable" never (a user whose results must match another machine's
 // bit for bit can set it). The AVX2 loops are compiled only for x86-64 with GCC or Clang
 // (function-level target attributes, so the rest of the build stays baseline x86-64); elsewhere

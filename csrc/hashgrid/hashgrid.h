@@ -33,6 +33,19 @@ using BackwardLauncher = void (*)(const at::Tensor& grad_out, const at::Tensor& 
                                   const at::Tensor& params, const Levels& levels, int64_t F,
                                   at::Tensor& grad_params, at::Tensor& grad_x);
 
+// The CPU launchers' AVX2 loops (hashgrid_cpu_avx2.cpp) for float32 x and parameters, D = 3,
+// F = 2: the points [begin, end) at one level, 8 at a time, bit for bit the results of the
+// portable loops over the header's math. Called only where cpu::use_avx2() allows.
+// xs: [N, 3]; table: the level's rows [n_rows, 2]; point i's 2 outputs written at
+// outs + i * out_stride.
+void forward_level_avx2(const float* xs, const float* table, const Levels& levels, int level,
+                        int64_t begin, int64_t end, float* outs, int64_t out_stride);
+// gout: [N, L * 2]; gtable: the level's gradient rows [n_rows, 2]: weight * grad_out added, in
+// point order then corner order, to the rows in [row_begin, row_end) (the task's own) alone.
+void backward_params_level_avx2(const float* xs, const float* gout, const Levels& levels,
+                                int level, int64_t begin, int64_t end, float* gtable,
+                                uint32_t row_begin, uint32_t row_end);
+
 void forward_cpu(const at::Tensor& x, const at::Tensor& params, const Levels& levels, int64_t F,
                  at::Tensor& out);
 void backward_cpu(const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& params,

@@ -1,4 +1,7 @@
 // Hash-grid encoding on the CPU: loops over the shared math, parallel with at::parallel_for.
+// For float32 x and parameters, D = 3 and F = 2 (the training case) the points of a level go 8
+// at a time through the AVX2 loops (hashgrid_cpu_avx2.cpp) where cpu::use_avx2() allows (same
+// bits); every other case, and NERFX_CPU_PATH=portable, takes the portable loops.
 //
 // Table reads are random and mostly miss the cache, so points go in batches: locate the cells
 // of a batch and prefetch their rows first, then gather (or scatter) once the rows are on their
@@ -7,12 +10,16 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstring>
+#include <memory>
+#include <type_traits>
 #include <vector>
 
 #if defined(__linux__)
 #include <sys/mman.h>
 #endif
 
+#include "cpu_path.h"
 #include "hashgrid/hashgrid.h"
 
 namespace nerfx::hashgrid {
@@ -45,6 +52,27 @@ inline void locate_batch(const scalar_t* xs, int64_t i0, int64_t n, const Levels
   }
 }
 
+// Whether a kernel instantiation has AVX2 loops: float32 x and parameters, D = 3, F = 2.
+template <typename scalar_t, typename param_t, int D, int NF>
+constexpr bool kHasAvx2Loops = std::is_same_v<scalar_t, float> && std::is_same_v<param_t, float> &&
+                               D == 3 && NF == 2;
+
+// Whether this call takes the AVX2 loops (where its instantiation has them): the CPU and
+// NERFX_CPU_PATH allow, and every level's rows and resolution fit the loops' int32 lanes.
+bool vectorised(const at::Tensor& x, const at::Tensor& params, const Levels& levels, int64_t F) {
+  if (x.scalar_type() != at::kFloat || params.scalar_type() != at::kFloat || x.size(1) != 3 ||
+      F != 2 || !cpu::use_avx2()) {
+    return false;
+  }
+  for (int l = 0; l < levels.n_levels; ++l) {
+    if (levels.offsets[l + 1] - levels.offsets[l] > INT32_MAX ||
+        levels.resolutions[l] > uint32_t(INT32_MAX)) {
+      return false;
+    }
+  }
+  return true;
+}
+
 // Asks Linux for 2 MiB pages under a large buffer about to be written for the first time: a
 // dense gradient table of T = 2^19 (49 MB) is fresh memory every step, and its 4 KiB page
 // faults cost as much as a fifth of the backward. Advice only (ignored where unsupported).
@@ -71,7 +99,7 @@ void advise_huge_pages(void* data, size_t bytes) {
 // that each gets coarse (dense, cache-resident) and fine (hashed) levels alike.
 template <int D, int NF, typename scalar_t, typename param_t>
 void backward_params(const scalar_t* xs, const scalar_t* gout, int64_t n_points,
-                     const Levels& levels, scalar_t* gparams) {
+                     const Levels& levels, scalar_t* gparams, bool avx2) {
   const int L = levels.n_levels;
   const int threads = at::get_num_threads();
   const int parts = std::max(1, (2 * threads + L - 1) / L);
@@ -91,11 +119,16 @@ void backward_params(const scalar_t* xs, const scalar_t* gout, int64_t n_points,
   const int64_t stride = std::min<int64_t>(threads, n_tasks);
   // A thread takes its tasks chunk by chunk of points (each at its own pace: no barrier), so
   // the chunk's rows of grad_out ([kChunk, L * F], read at every level) stay in its cache.
+  // The AVX2 loops take every point in one chunk: a task's gradient rows (1 MB for a level of
+  // T = 2^17) then see all their adds in one pass, and the strided reads of grad_out keep the
+  // hardware prefetcher busy instead (measured 1.5-3x faster than chunks of 4096 points there;
+  // the portable loops gain from it too, less: see benches/RESULTS.md).
+  const int64_t points_per_chunk = avx2 ? std::max<int64_t>(n_points, 1) : kChunk;
   at::parallel_for(0, stride, 1, [&](int64_t first, int64_t last) {
     Cell<D, scalar_t> cells[kBatch];
     for (int64_t slot = first; slot < last; ++slot) {
-      for (int64_t chunk = 0; chunk < n_points; chunk += kChunk) {
-        const int64_t chunk_end = std::min(n_points, chunk + kChunk);
+      for (int64_t chunk = 0; chunk < n_points; chunk += points_per_chunk) {
+        const int64_t chunk_end = std::min(n_points, chunk + points_per_chunk);
         for (int64_t k = slot; k < n_tasks; k += stride) {
           const Task task = tasks[k];
           const int l = task.level;
@@ -107,6 +140,13 @@ void backward_params(const scalar_t* xs, const scalar_t* gout, int64_t n_points,
             if (row < own_begin || row >= own_end) return;  // another task's row
             for (int f = 0; f < NF; ++f) row[f] += values[f];
           };
+          if constexpr (kHasAvx2Loops<scalar_t, param_t, D, NF>) {
+            if (avx2) {
+              backward_params_level_avx2(xs, gout, levels, l, chunk, chunk_end, gtable,
+                                         task.begin, task.end);
+              continue;
+            }
+          }
           for (int64_t i0 = chunk; i0 < chunk_end; i0 += kBatch) {
             const int64_t n = std::min(kBatch, chunk_end - i0);
             locate_batch<D, NF>(xs, i0, n, levels, l, (const param_t*)nullptr, gtable, cells,
@@ -124,11 +164,36 @@ void backward_params(const scalar_t* xs, const scalar_t* gout, int64_t n_points,
 }
 
 
+// The forward on the AVX2 loops, level by level as the portable one; each level's outputs go
+// to a level-major buffer ([L, N, 2], written in order) first, then to out in one pass:
+// writing a level's 8 bytes straight into each point's row of out ([N, L * 2]) would move
+// every line of out through the cache once per level.
+void forward_avx2(const float* xs, const float* params, const Levels& levels, int64_t n_points,
+                  float* outs) {
+  const int L = levels.n_levels;
+  const std::unique_ptr<float[]> by_level(new float[size_t(L) * n_points * 2]);  // uninitialised
+  for (int l = 0; l < L; ++l) {
+    at::parallel_for(0, n_points, 1024, [&](int64_t begin, int64_t end) {
+      forward_level_avx2(xs, params + levels.offsets[l] * 2, levels, l, begin, end,
+                         by_level.get() + int64_t(l) * n_points * 2, 2);
+    });
+  }
+  at::parallel_for(0, n_points, 1024, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      for (int l = 0; l < L; ++l) {
+        std::memcpy(outs + (i * L + l) * 2, by_level.get() + (int64_t(l) * n_points + i) * 2,
+                    2 * sizeof(float));
+      }
+    }
+  });
+}
+
 }  // namespace
 
 void forward_cpu(const at::Tensor& x, const at::Tensor& params, const Levels& levels, int64_t F,
                  at::Tensor& out) {
   const int64_t n_points = x.size(0);
+  const bool avx2 = vectorised(x, params, levels, F);
   dispatch(x.scalar_type(), params.scalar_type(), x.size(1), F,
            [&]<typename scalar_t, typename param_t, int D, int NF>(
                Kernel<scalar_t, param_t, D, NF>) {
@@ -136,6 +201,9 @@ void forward_cpu(const at::Tensor& x, const at::Tensor& params, const Levels& le
              const param_t* params_all = params.data_ptr<param_t>();
              scalar_t* outs = out.data_ptr<scalar_t>();
              const int L = levels.n_levels;
+             if constexpr (kHasAvx2Loops<scalar_t, param_t, D, NF>) {
+               if (avx2) return forward_avx2(xs, params_all, levels, n_points, outs);
+             }
              // Level by level, so one level's table stays in cache while every point reads it.
              for (int l = 0; l < L; ++l) {
                const param_t* table = params_all + levels.offsets[l] * NF;
@@ -162,6 +230,7 @@ void backward_cpu(const at::Tensor& grad_out, const at::Tensor& x, const at::Ten
                   const Levels& levels, int64_t F, at::Tensor& grad_params, at::Tensor& grad_x) {
   const int64_t n_points = x.size(0);
   if (!grad_params.defined() && !grad_x.defined()) return;
+  const bool avx2 = !grad_x.defined() && vectorised(x, params, levels, F);
   dispatch(x.scalar_type(), params.scalar_type(), x.size(1), F,
            [&]<typename scalar_t, typename param_t, int D, int NF>(
                Kernel<scalar_t, param_t, D, NF>) {
@@ -175,7 +244,8 @@ void backward_cpu(const at::Tensor& grad_out, const at::Tensor& x, const at::Ten
                advise_huge_pages(gparams, grad_params.nbytes());
              }
              if (gx == nullptr) {  // the parameter gradient alone: see backward_params
-               backward_params<D, NF, scalar_t, param_t>(xs, gout, n_points, levels, gparams);
+               backward_params<D, NF, scalar_t, param_t>(xs, gout, n_points, levels, gparams,
+                                                         avx2);
                return;
              }
              // [L, kChunk, D]: level l's input gradient of the chunk's points
