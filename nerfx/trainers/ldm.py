@@ -30,6 +30,7 @@ from nerfx import distributed
 from nerfx.data.image_datasets import ImageDataset
 from nerfx.images import save_grid
 from nerfx.models.autoencoder import AutoencoderConfig, KLAutoencoder
+from nerfx.models.ddpm import DiffusionConfig
 from nerfx.models.ldm import LatentDiffusion, LDMConfig, class_grid_labels
 from nerfx.models.unet import UNetConfig
 from nerfx.runs import RunError, read_run_checkpoint, read_run_config
@@ -94,10 +95,13 @@ def ldm_config(settings: dict, ae: AutoencoderConfig, num_classes: int) -> LDMCo
     unet = UNetConfig(**{**settings["unet"],
                          "resolution": ae.latent_resolution, "in_channels": ae.z_channels,
                          "out_channels": ae.z_channels})
+    # settings["diffusion"]: DiffusionConfig fields over LDMConfig's (schedule, beta_start,
+    # beta_end, min_snr_gamma, ...); latents are unbounded, so x̂_0 is never clipped.
+    diffusion = DiffusionConfig(**{"clip_denoised": False, **settings.get("diffusion", {})})
     return LDMConfig(num_classes=num_classes, context_dim=settings["context_dim"],
                      head_channels=settings["head_channels"],
                      transformer_depth=settings["transformer_depth"],
-                     p_uncond=settings["p_uncond"], unet=unet)
+                     p_uncond=settings["p_uncond"], unet=unet, diffusion=diffusion)
 
 
 def build_model(settings: dict, channels: int, size: int, num_classes: int) -> LatentDiffusion:
