@@ -101,7 +101,9 @@ def ldm_config(settings: dict, ae: AutoencoderConfig, num_classes: int) -> LDMCo
     return LDMConfig(num_classes=num_classes, context_dim=settings["context_dim"],
                      head_channels=settings["head_channels"],
                      transformer_depth=settings["transformer_depth"],
-                     p_uncond=settings["p_uncond"], unet=unet, diffusion=diffusion)
+                     p_uncond=settings["p_uncond"],
+                     label_in_time=settings.get("label_in_time", False), unet=unet,
+                     diffusion=diffusion)
 
 
 def build_model(settings: dict, channels: int, size: int, num_classes: int) -> LatentDiffusion:
