@@ -133,6 +133,21 @@ def class_accuracy(net: FeatureNet, images: Tensor, labels: Tensor, chunk: int =
     return round(float((predicted == labels.cpu()).float().mean()), 4)
 
 
+@torch.no_grad()
+def per_class_accuracy(net: FeatureNet, images: Tensor, labels: Tensor, num_classes: int,
+                       chunk: int = 256) -> list[float | None]:
+    """How often the classifier names each class c for the images [N, C, H, W] whose label [N]
+    is c, to 4 places; None for a class with no images."""
+    device = next(net.parameters()).device
+    predicted = torch.cat([net(c.to(device)).argmax(1).cpu() for c in images.split(chunk)])
+    labels = labels.cpu()
+    out: list[float | None] = []
+    for c in range(num_classes):
+        mine = labels == c
+        out.append(round(float((predicted[mine] == c).float().mean()), 4) if mine.any() else None)
+    return out
+
+
 def score_samples(net: FeatureNet, images: Tensor, reference: tuple[Tensor, Tensor],
                   labels: Tensor | None = None) -> dict[str, float]:
     """A batch of samples against reference statistics (statistics() of the real images):

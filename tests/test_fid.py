@@ -57,6 +57,13 @@ def test_score_samples_against_reference_statistics():
     score = fid.score_samples(net, images, fid.statistics(net, images.flip(-1)), labels)
     assert score["class_accuracy"] == fid.class_accuracy(net, images, labels) == 0.75
     assert score["frechet"] > 1e-4                            # mirrored: other statistics
+    labels = torch.arange(40) % 3
+    per_class = fid.per_class_accuracy(net, images, labels, 4)
+    for c in range(3):                      # the share of class c's images named c
+        mine = labels == c
+        assert per_class[c] == pytest.approx(float((predicted[mine] == c).float().mean()),
+                                             abs=1e-4)
+    assert per_class[3] is None             # no images of class 3
 
 
 @pytest.mark.slow

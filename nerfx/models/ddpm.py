@@ -35,14 +35,15 @@ __all__ = ["DiffusionConfig", "Denoiser", "GaussianDiffusion", "beta_schedule", 
 
 Denoiser = Callable[..., Tensor]  # (x_t [B, ...], t [B] int64, **kwargs) -> [B, ...]
 OBJECTIVES = ("eps", "x0", "v")
-SCHEDULES = ("linear", "cosine")
+SCHEDULES = ("linear", "scaled_linear", "cosine")
 VARIANCES = ("fixed_large", "fixed_small")
 
 
 @dataclass
 class DiffusionConfig:
     timesteps: int = 1000  # T                                              [DDPM §4: 1000]
-    schedule: str = "linear"  # "linear" (DDPM) or "cosine" (Nichol & Dhariwal 2021, eq. 17)
+    schedule: str = "linear"  # "linear" (DDPM), "scaled_linear" (latent diffusion's code) or
+    #                           "cosine" (Nichol & Dhariwal 2021, eq. 17)
     beta_start: float = 1e-4  # β_1                                         [DDPM §4: 1e-4]
     beta_end: float = 0.02  # β_T                                           [DDPM §4: 0.02]
     objective: str = "eps"  # what the model predicts: "eps" [DDPM eq. 11], "x0" or "v"
@@ -71,6 +72,10 @@ def beta_schedule(name: str, timesteps: int, beta_start: float = 1e-4,
     """β_t [T] in float64."""
     if name == "linear":  # [DDPM §4; official diffusion_utils_2.get_beta_schedule 'linear']
         return torch.linspace(beta_start, beta_end, timesteps, dtype=torch.float64)
+    if name == "scaled_linear":  # √β evenly spaced [CompVis latent-diffusion ldm/modules/
+        # diffusionmodules/util.py make_beta_schedule 'linear'; diffusers 'scaled_linear']
+        return torch.linspace(beta_start ** 0.5, beta_end ** 0.5, timesteps,
+                              dtype=torch.float64) ** 2
     if name == "cosine":  # [Nichol & Dhariwal 2021, eq. 17, s = 0.008, β clipped at 0.999]
         s = 0.008
         steps = torch.arange(timesteps + 1, dtype=torch.float64) / timesteps

@@ -28,7 +28,7 @@ Two stages:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch import Tensor, nn
@@ -50,6 +50,9 @@ class LDMConfig:
     head_channels: int = 32  # channels per head        [cin-ldm-vq-f8.yaml: num_head_channels 32]
     transformer_depth: int = 1  # blocks per spatial transformer  [cin config: 1]
     p_uncond: float = 0.1  # label dropout for classifier-free guidance  [Ho & Salimans §4: 0.1]
+    label_in_time: bool = False  # also add a learned class embedding to the time embedding, so
+    #   every residual block sees the class (as class-conditional DDPM/ADM U-Nets do); the
+    #   paper's class-conditional model conditions by cross-attention alone [cin config]
     unet: UNetConfig = field(default_factory=lambda: UNetConfig(
         # [cin-ldm-vq-f8.yaml: model_channels 256, channel_mult (1,2,4), num_res_blocks 2,
         #  attention at downsampling factors 4, 2, 1 of a 32x32 latent, i.e. 32, 16, 8]
@@ -57,8 +60,11 @@ class LDMConfig:
         num_res_blocks=2, attn_resolutions=(32, 16, 8), dropout=0.0))
     diffusion: DiffusionConfig = field(default_factory=lambda: DiffusionConfig(
         # T 1000, ε-prediction [cin config: timesteps 1000, parameterization eps]. Latents are
-        # not bounded, so x̂_0 is not clipped. The official "linear" schedule is sqrt-spaced
-        # 0.0015 -> 0.0155; GaussianDiffusion offers DDPM's linear 1e-4 -> 0.02, used here.
+        # not bounded, so x̂_0 is not clipped. The paper names no β schedule; the official
+        # configs use make_beta_schedule "linear", √β evenly spaced (schedule="scaled_linear"
+        # here): β 0.0015 -> 0.0195 [cin-ldm-vq-f8.yaml], 0.0015 -> 0.0155 [the KL-f8
+        # configs]; Stable Diffusion v1 0.00085 -> 0.012 [v1-inference.yaml]. The default here
+        # is DDPM's linear 1e-4 -> 0.02 (the trainer's settings["diffusion"] picks another).
         clip_denoised=False))
 
     def __post_init__(self) -> None:
@@ -86,7 +92,8 @@ class LDMConfig:
 
 class LatentUNet(UNet):
     """nerfx's DDPM U-Net with a spatial transformer in every attention slot (down, middle, up)
-    and a learned class embedding as their one-token context.
+    and a learned class embedding as their one-token context (with label_in_time, a second
+    one added to the time embedding).
 
     forward(z [B, z_ch, r, r], t [B], y [B] labels in 0..num_classes (num_classes: null))
     -> ε̂ [B, z_ch, r, r]."""
@@ -96,6 +103,8 @@ class LatentUNet(UNet):
         if unet.num_classes is not None or unet.context_dim is not None:
             raise ValueError("LDMConfig.unet: leave num_classes and context_dim unset; the "
                              "latent U-Net conditions through its spatial transformers")
+        if config.label_in_time:     # the U-Net's own label embedding, null label included
+            unet = replace(unet, num_classes=config.num_classes)
         super().__init__(unet)
         self.ldm_config = config
         # [ldm/modules/encoders/modules.py ClassEmbedder: nn.Embedding(n_classes, embed_dim),
@@ -120,7 +129,8 @@ class LatentUNet(UNet):
             if y is None:
                 raise ValueError("LatentUNet: pass class labels y [B] (num_classes for none)")
             context = self.class_embed(y)[:, None]  # [B, 1, context_dim]
-        return super().forward(x, t, context=context)
+        return super().forward(x, t, y=y if self.label_emb is not None else None,
+                               context=context)
 
 
 class LatentDiffusion(nn.Module):

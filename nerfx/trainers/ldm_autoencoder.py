@@ -8,6 +8,7 @@ The ldm trainer (nerfx/trainers/ldm.py) drives it; its checkpoint entries are "a
 
 from __future__ import annotations
 
+import math
 from contextlib import AbstractContextManager
 
 import torch
@@ -43,7 +44,17 @@ class AutoencoderPhase:
         self.batches = BatchStream(train_set, settings.get("ae_batch_size",
                                                            settings["batch_size"]), seed, device)
 
+    def learning_rate(self, step: int) -> float:
+        """ae_lr, constant [autoencoder.py: no schedule], or with settings["ae_lr_decay"] ==
+        "cosine" a cosine from ae_lr to 0 over the ae_steps."""
+        s = self.settings
+        if s.get("ae_lr_decay", "none") != "cosine":
+            return s["ae_lr"]
+        return s["ae_lr"] * 0.5 * (1 + math.cos(math.pi * min(1.0, step / max(1, s["ae_steps"]))))
+
     def step(self, step: int) -> dict[str, torch.Tensor]:
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.learning_rate(step)
         ae = self.model.autoencoder.train()
         x, _ = self.batches.next()
         noise = torch.randn((x.shape[0], *self.model.latent_shape), generator=self.noise)

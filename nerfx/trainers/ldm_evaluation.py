@@ -22,10 +22,12 @@ def guidance_evaluation(run: Path, sample: Callable[..., torch.Tensor],
                         test_set: ImageDataset, scales: Sequence[float], n: int, seed: int,
                         device: torch.device) -> dict:
     """n test images are the reference; per scale g, n samples sample(labels, g, seed=...) with
-    labels 0, 1, .., classes-1, 0, 1, .. ("guidance {g}": Fréchet distance and class accuracy).
-    Beside them: chance (1/classes), the classifier's accuracy on the test images and on their
-    reconstructions by the autoencoder, and the floor (n training images against the
-    reference). The classifier is nerfx.fid's, trained on the run's dataset (cached)."""
+    labels 0, 1, .., classes-1, 0, 1, .. ("guidance {g}": Fréchet distance, class accuracy and
+    "per_class", the class accuracy of each class in train_set.classes' order). Beside them:
+    chance (1/classes), the classifier's accuracy on the test images and on their
+    reconstructions by the autoencoder (in all and per class), and the floor (n training
+    images against the reference). The classifier is nerfx.fid's, trained on the run's
+    dataset (cached)."""
     config = read_run_config(run)
     net = fid.feature_net_for(config["data"], train_set.resolution, fid.default_cache(),
                               config["seed"], device)    # trained (with gradients) once
@@ -40,11 +42,16 @@ def guidance_evaluation(run: Path, sample: Callable[..., torch.Tensor],
                                      for c in test.split(256)])
         out: dict = {"n": n, "chance": round(1 / classes, 4),
                      "test_accuracy": fid.class_accuracy(net, test, test_labels),
+                     "test_per_class": fid.per_class_accuracy(net, test, test_labels, classes),
                      "reconstruction_accuracy": fid.class_accuracy(net, reconstructions,
                                                                    test_labels),
+                     "reconstruction_per_class": fid.per_class_accuracy(
+                         net, reconstructions, test_labels, classes),
                      "floor": fid.score_samples(net, train, reference)["frechet"]}
         for g in scales:
             images = torch.cat([sample(labels[i:i + 256], g, seed=seed + 10 + i)
                                 for i in range(0, n, 256)])
-            out[f"guidance {g:g}"] = fid.score_samples(net, images, reference, labels)
+            out[f"guidance {g:g}"] = {**fid.score_samples(net, images, reference, labels),
+                                      "per_class": fid.per_class_accuracy(net, images, labels,
+                                                                          classes)}
     return out

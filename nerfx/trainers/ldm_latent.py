@@ -9,6 +9,7 @@ The ldm trainer (nerfx/trainers/ldm.py) drives it; its checkpoint entries are "o
 
 from __future__ import annotations
 
+import math
 from contextlib import AbstractContextManager
 
 import torch
@@ -76,10 +77,22 @@ class LatentPhase:
         if self.batches_state is not None:
             self.batches.load_state_dict(self.batches_state)
 
+    def learning_rate(self, step: int) -> float:
+        """A linear warm-up over warmup_steps, then constant (the official code's
+        configuration for class-conditional ImageNet has no schedule), or with
+        settings["lr_decay"] == "cosine" a cosine to 0 at the last latent step."""
+        s = self.settings
+        lr = s["lr"] * min(1.0, (step + 1) / s["warmup_steps"])
+        if s.get("lr_decay", "none") == "cosine":
+            total = max(1, s["steps"] - s.get("ae_steps", 0) - s["warmup_steps"])
+            progress = min(1.0, max(0, step - s["warmup_steps"]) / total)
+            lr *= 0.5 * (1 + math.cos(math.pi * progress))
+        return lr
+
     def step(self, step: int) -> dict[str, torch.Tensor]:
         assert self.batches is not None
-        for group in self.optimizer.param_groups:  # linear warm-up
-            group["lr"] = self.settings["lr"] * min(1.0, (step + 1) / self.settings["warmup_steps"])
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.learning_rate(step)
         moments, y = self.batches.next()
         eps = torch.randn((moments.shape[0], *self.model.latent_shape), generator=self.noise)
         z0 = self.model.scale_factor * DiagonalGaussian(moments).sample(noise=eps)

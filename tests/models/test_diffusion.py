@@ -30,6 +30,18 @@ def test_linear_schedule_and_alpha_bar():
     assert d.alphas_cumprod[-1].item() == pytest.approx(4.036e-5, rel=1e-3)  # DDPM: ~0 at T
 
 
+def test_scaled_linear_schedule_is_latent_diffusions_linear():
+    """latent-diffusion's make_beta_schedule('linear') spaces √β evenly: β_t = (√β_1 + t
+    (√β_T - √β_1) / (T - 1))²; its ImageNet configuration's ends 0.0015 and 0.0195."""
+    betas = beta_schedule("scaled_linear", 1000, 0.0015, 0.0195)
+    for t in (0, 1, 500, 999):
+        root = 0.0015 ** 0.5 + t * (0.0195 ** 0.5 - 0.0015 ** 0.5) / 999
+        assert betas[t].item() == pytest.approx(root ** 2, rel=1e-12)
+    d = GaussianDiffusion(DiffusionConfig(schedule="scaled_linear", beta_start=0.0015,
+                                          beta_end=0.0195))
+    assert d.betas.dtype == torch.float64 and d.alphas_cumprod[-1].item() < 1e-3
+
+
 def test_cosine_schedule():
     T, s = 1000, 0.008
     betas = beta_schedule("cosine", T)

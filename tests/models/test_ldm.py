@@ -80,6 +80,26 @@ def test_class_label_changes_the_prediction():
         ldm.unet(z, t)
 
 
+def test_label_in_time_adds_a_class_embedding_to_the_time_embedding():
+    """label_in_time: the U-Net's own label embedding (null label included) conditions every
+    residual block; with the spatial transformers still at their zero start, the label reaches
+    the prediction through it alone."""
+    plain, timed = tiny_ldm(), tiny_ldm(label_in_time=True)
+    assert plain.unet.label_emb is None
+    assert timed.unet.label_emb.num_embeddings == 5                # 4 classes and the null one
+    for name, p in timed.unet.named_parameters():  # zero starts moved, the transformers' kept
+        if not p.any() and "proj_out" not in name:
+            torch.nn.init.normal_(p, std=0.1)
+    torch.nn.init.normal_(timed.unet.label_emb.weight)
+    z, t = torch.randn(2, 3, 4, 4), torch.tensor([10, 500])
+    a = timed.unet(z, t, torch.tensor([0, 1]))
+    assert not torch.allclose(a, timed.unet(z, t, torch.tensor([2, 4])))
+    torch.nn.init.zeros_(timed.unet.label_emb.weight)
+    torch.testing.assert_close(timed.unet(z, t, torch.tensor([0, 1])),
+                               timed.unet(z, t, torch.tensor([2, 4])))    # no other path yet
+    assert timed.sample(torch.tensor([0, 4]), 3.0, steps=2).shape == (2, 3, 16, 16)
+
+
 # ---------------------------------------------------------------------------------------------
 # classifier-free guidance
 

@@ -112,9 +112,44 @@ def test_guidance_evaluation(tmp_path, toy, monkeypatch):
     assert table["n"] == 8 and table["chance"] == 0.125
     for key in ("guidance 1", "guidance 3"):
         assert table[key]["frechet"] >= 0 and 0 <= table[key]["class_accuracy"] <= 1
+        assert len(table[key]["per_class"]) == 8           # 8 samples: one per class
+        assert all(a in (0.0, 1.0) for a in table[key]["per_class"])
+    assert len(table["test_per_class"]) == len(table["reconstruction_per_class"]) == 8
     assert 0 <= table["test_accuracy"] <= 1 and table["floor"] >= 0
     saved = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert saved["guidance_eval"] == table
+
+
+def test_latent_learning_rate_and_diffusion_settings():
+    """The latent phase's lr: a linear warm-up, then constant or (lr_decay "cosine") a cosine to
+    0 at the run's last step; settings["diffusion"] reaches the model's DiffusionConfig."""
+    from nerfx.trainers import ldm, ldm_latent
+
+    settings = dict(TOY, steps=110, ae_steps=10, warmup_steps=10, lr=1e-3)
+    phase = ldm_latent.LatentPhase.__new__(ldm_latent.LatentPhase)
+    phase.settings = settings
+    assert phase.learning_rate(0) == pytest.approx(1e-4)
+    assert phase.learning_rate(9) == phase.learning_rate(99) == pytest.approx(1e-3)
+    settings["lr_decay"] = "cosine"                  # 100 latent steps, 10 of warm-up
+    assert phase.learning_rate(9) == pytest.approx(1e-3)
+    assert phase.learning_rate(55) == pytest.approx(0.5e-3)
+    assert phase.learning_rate(99) < 1e-6
+    from nerfx.trainers.ldm_autoencoder import AutoencoderPhase
+
+    ae_phase = AutoencoderPhase.__new__(AutoencoderPhase)
+    ae_phase.settings = dict(settings, ae_lr=2e-3)
+    assert ae_phase.learning_rate(0) == ae_phase.learning_rate(9) == 2e-3   # constant
+    ae_phase.settings["ae_lr_decay"] = "cosine"                              # over ae_steps 10
+    assert ae_phase.learning_rate(0) == pytest.approx(2e-3)
+    assert ae_phase.learning_rate(5) == pytest.approx(1e-3)
+    model = ldm.build_model(dict(TOY, diffusion=dict(schedule="scaled_linear", beta_start=0.001,
+                                                     beta_end=0.01, min_snr_gamma=5.0)),
+                            3, 16, 8)
+    config = model.config.diffusion
+    assert (config.schedule, config.min_snr_gamma, config.clip_denoised) == \
+        ("scaled_linear", 5.0, False)
+    assert model.diffusion.betas[-1].item() == pytest.approx(0.01)
+    assert ldm.build_model(dict(TOY), 3, 16, 8).config.diffusion.schedule == "linear"
 
 
 @pytest.mark.slow
