@@ -23,6 +23,8 @@ def main(device: str) -> int:
     if device == "cuda" and not torch.cuda.is_available():
         print("sanitize_attention: no CUDA device")
         return 1
+    from sanitize_kernels import finished, report  # benches/ is this script's folder
+
     from nerfx.ops import attention, attention_varlen
 
     gen = torch.Generator(device).manual_seed(0)
@@ -33,10 +35,6 @@ def main(device: str) -> int:
 
     def rand(*shape, dtype):
         return torch.randn(*shape, generator=gen, device=device).to(dtype).requires_grad_()
-
-    def report(name, *tensors):
-        total = sum(float(t.detach().double().abs().sum()) for t in tensors if t.numel())
-        print(f"{name:52s} checksum {total:.6g}", flush=True)
 
     for shape, dtype, causal in cases:
         q, k, v = (rand(*shape, dtype=dtype) for _ in range(3))
@@ -53,10 +51,7 @@ def main(device: str) -> int:
     grads = torch.autograd.grad(out.float().square().sum(), (q, k, v))
     report(f"attention_varlen fwd+bwd lens={lens} {dtype}", out, *grads)
 
-    if device == "cuda":
-        torch.cuda.synchronize()
-    print("sanitize_attention: every kernel ran")
-    return 0
+    return finished(device, "sanitize_attention")
 
 
 if __name__ == "__main__":

@@ -20,6 +20,20 @@ import sys
 import torch
 
 
+def report(name: str, *tensors: torch.Tensor) -> None:
+    """One line per call: its name and a checksum of what it returned (the run's record)."""
+    total = sum(float(t.detach().double().abs().sum()) for t in tensors if t.numel())
+    print(f"{name:52s} checksum {total:.6g}", flush=True)
+
+
+def finished(device: str, script: str) -> int:
+    """Waits for the device's last kernel (so an error is reported here), says so, returns 0."""
+    if device == "cuda":
+        torch.cuda.synchronize()
+    print(f"{script}: every kernel ran")
+    return 0
+
+
 def main(device: str) -> int:
     if device == "cuda" and not torch.cuda.is_available():
         print("sanitize_kernels: no CUDA device")
@@ -34,10 +48,6 @@ def main(device: str) -> int:
     from nerfx.render import OccupancyGrid
 
     gen = torch.Generator(device).manual_seed(0)
-
-    def report(name: str, *tensors: torch.Tensor) -> None:
-        total = sum(float(t.detach().double().abs().sum()) for t in tensors if t.numel())
-        print(f"{name:48s} checksum {total:.6g}", flush=True)
 
     # Hash grid: a small grid with dense and hashed levels, N = 1000 (not a multiple of a block).
     for dtype in (torch.float32, torch.float16, torch.float64):
@@ -91,10 +101,7 @@ def main(device: str) -> int:
             opt.step()
         report(f"adam_step {dtype}", table.detach())
 
-    if device == "cuda":
-        torch.cuda.synchronize()
-    print("sanitize_kernels: every kernel ran")
-    return 0
+    return finished(device, "sanitize_kernels")
 
 
 if __name__ == "__main__":
