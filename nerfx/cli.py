@@ -10,12 +10,8 @@ from contextlib import contextmanager
 
 import torch
 
-from nerfx.data import ImageDataError, SceneError
-from nerfx.ops import BackendError, backend_names
-from nerfx.runs import RunError
-
-# Errors whose message names the file or setting at fault: the command ends with that message.
-USER_ERRORS: tuple[type[Exception], ...] = (SceneError, ImageDataError, RunError, BackendError)
+from nerfx.ops import backend_names
+from nerfx.trainers import USER_ERRORS
 
 
 def add_backend_option(parser: argparse.ArgumentParser) -> None:

@@ -1,6 +1,7 @@
-"""Data-parallel training under torchrun: process group, data shards, gradient averaging.
+"""Data-parallel training: process group, data shards, gradient averaging.
 
     torchrun --nproc_per_node 8 -m nerfx.train --model ddpm --data cifar10:PATH
+    python -m nerfx.train --model vit --fast --processes 2     # nerfx starts them itself (CPU)
 
 Every process holds the whole model and trains on its own slice of each global batch (the batch
 size setting is per process); after each backward the gradients are averaged over the processes
@@ -8,17 +9,30 @@ with one all-reduce per bucket, so every process takes the same optimiser step a
 stay identical. This is DistributedDataParallel's math without its forward hook, which sees only
 `model(...)` calls and not methods such as `VAE.loss`. Process 0 writes checkpoints, pictures and
 metrics. Nothing here does anything in a single process.
+
+On a CPU, a small model gains more from W processes of one thread each than from one process of
+W threads (no thread team waits for its slowest thread at every operator); nerfx then starts the
+processes itself (`LocalWorkers`): they meet through a file in a private temporary folder, and
+gloo talks over 127.0.0.1 only, so no port is open to other machines.
 """
 
 from __future__ import annotations
 
+import multiprocessing
 import os
-from collections.abc import Iterable
+import shutil
+import tempfile
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 
+from nerfx.runs import RunError
+from nerfx.threads import free_cores
+
 BUCKET_ELEMENTS = 1 << 22      # gradients are all-reduced in flat buckets of up to 4M elements
+LOOPBACK = "127.0.0.1"         # where the processes nerfx starts itself talk
 
 
 def launched() -> bool:
@@ -26,10 +40,27 @@ def launched() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
-def setup(device_type: str) -> torch.device | None:
-    """Joins the process group torchrun describes (NCCL on GPUs, gloo on CPUs); returns this
-    process's device on GPUs (cuda:LOCAL_RANK), None on CPUs or without a launcher."""
-    if not launched() or dist.is_initialized():
+@dataclass(frozen=True)
+class LocalGroup:
+    """This process's place among the `world` CPU processes nerfx started itself."""
+
+    rank: int
+    world: int
+    store_path: str              # the file through which they meet (torch's FileStore)
+
+
+def setup(device_type: str, local: LocalGroup | None = None) -> torch.device | None:
+    """Joins the process group torchrun describes (NCCL on GPUs, gloo on CPUs), or the local
+    one; returns this process's device on GPUs (cuda:LOCAL_RANK), None on CPUs or alone."""
+    if dist.is_initialized():
+        return None
+    if local is not None:
+        options = dist.ProcessGroupGloo._Options()
+        options._devices = [dist.ProcessGroupGloo.create_device(hostname=LOOPBACK)]
+        dist.init_process_group("gloo", store=dist.FileStore(local.store_path, local.world),
+                                rank=local.rank, world_size=local.world, pg_options=options)
+        return None
+    if not launched():
         return None
     if device_type == "cuda":
         local = int(os.environ.get("LOCAL_RANK", "0"))
@@ -67,15 +98,68 @@ def cleanup() -> None:
         dist.destroy_process_group()
 
 
-def any_process(flag: bool) -> bool:
-    """Whether flag holds on any process (so all take the same decision, e.g. to stop)."""
+def max_over_processes(value: float) -> float:
+    """The largest of each process's value (all get the same number, e.g. a shared clock)."""
     if world_size() == 1:
-        return flag
+        return value
     device = torch.device("cuda", torch.cuda.current_device()) \
         if dist.get_backend() == "nccl" else torch.device("cpu")
-    value = torch.tensor([float(flag)], device=device)
-    dist.all_reduce(value, op=dist.ReduceOp.MAX)
-    return bool(value.item())
+    reduced = torch.tensor([value], dtype=torch.float64, device=device)
+    dist.all_reduce(reduced, op=dist.ReduceOp.MAX)
+    return reduced.item()
+
+
+def any_process(flag: bool) -> bool:
+    """Whether flag holds on any process (so all take the same decision, e.g. to stop)."""
+    return max_over_processes(float(flag)) > 0
+
+
+def local_processes(setting: int | str | None, device_type: str, threads: int | None) -> int:
+    """How many processes nerfx itself starts for a run: the setting ("auto": as many as the free
+    cores hold, of `threads` threads each, default 1), and 1 on a GPU or under a launcher."""
+    if setting not in (None, "auto") and (isinstance(setting, bool)
+                                          or not isinstance(setting, int) or setting < 1):
+        raise RunError(f"processes is a count of processes or \"auto\", not {setting!r}")
+    if setting in (None, 1) or device_type != "cpu" or launched():
+        return 1
+    if setting == "auto":
+        return max(1, free_cores() // max(1, threads or 1))
+    return setting
+
+
+class LocalWorkers:
+    """Processes 1 to world - 1 of a LocalGroup, each running target(*args, its LocalGroup) in a
+    fresh interpreter; the calling process is process 0 (`group`). Use as a context manager:
+    leaving it waits for the workers, stops any still running after `timeout` seconds and
+    removes the meeting folder; a worker that failed while process 0 did not is an error."""
+
+    def __init__(self, world: int, target: Callable, args: tuple, timeout: float = 120.0):
+        self.folder = tempfile.mkdtemp(prefix="nerfx-group-")     # private: mode 0700
+        store = os.path.join(self.folder, "store")
+        self.group, self.timeout = LocalGroup(0, world, store), timeout
+        spawn = multiprocessing.get_context("spawn")
+        self.workers = [spawn.Process(target=target, args=(*args, LocalGroup(r, world, store)),
+                                      daemon=True, name=f"nerfx process {r}")
+                        for r in range(1, world)]
+        for worker in self.workers:
+            worker.start()
+
+    def __enter__(self) -> LocalWorkers:
+        return self
+
+    def __exit__(self, kind, error, trace) -> None:
+        if kind is not None:
+            cleanup()             # closes this process's connections: a waiting worker stops
+        for worker in self.workers:
+            worker.join(self.timeout if kind is None else 5.0)
+            if worker.is_alive():
+                worker.terminate()
+                worker.join()
+        shutil.rmtree(self.folder, ignore_errors=True)
+        failed = [f"{w.name} ended with exit code {w.exitcode}" for w in self.workers
+                  if w.exitcode != 0]
+        if failed and kind is None:
+            raise RuntimeError("; ".join(failed))
 
 
 @torch.no_grad()

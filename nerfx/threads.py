@@ -49,6 +49,20 @@ def runnable_elsewhere() -> int | None:
     return max(running - mine, 0)
 
 
+def free_cores(readings: int = 4, interval: float = 0.05) -> int:
+    """The cores that other processes leave free now (averaged over `readings` readings
+    `interval` seconds apart); every available core without /proc."""
+    counts = []
+    for i in range(readings):
+        others = runnable_elsewhere()
+        if others is None:
+            return available_cores()
+        counts.append(others)
+        if i + 1 < readings:
+            time.sleep(interval)
+    return max(1, round(available_cores() - sum(counts) / len(counts)))
+
+
 class FreeCores:
     """Call `update()` between steps; it sets torch's intra-op threads to the free cores.
 

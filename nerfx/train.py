@@ -28,8 +28,9 @@ from nerfx.runs import RunError
 from nerfx.view.__main__ import add_serve_options, announce, wait_for_interrupt
 
 # Flags that override a preset setting of the same name (the model must have it).
-SETTING_FLAGS = ("steps", "max_seconds", "batch_samples", "batch_rays", "downscale", "precision",
-                 "eval_views", "video_frames", "test_every", "batch_size", "lr", "image_size")
+SETTING_FLAGS = ("steps", "max_seconds", "processes", "batch_samples", "batch_rays", "downscale",
+                 "precision", "eval_views", "video_frames", "test_every", "batch_size", "lr",
+                 "image_size")
 
 
 def add_run_options(p: argparse.ArgumentParser) -> None:
@@ -72,6 +73,10 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, help="run folder (default runs/<data>-<model>-<time>)")
     p.add_argument("--resume", type=Path, help="run folder to continue")
+    p.add_argument("--processes", type=processes_option, metavar="N|auto",
+                   help="CPU, models that have the setting (vit): train in N processes on this "
+                        "machine, gradients averaged, each of --threads threads (default 1); "
+                        "auto: one per free core (vit --fast's default)")
     p.add_argument("--threads", type=int, metavar="N",
                    help="CPU threads to train with (default: the cores other processes leave "
                         "free, followed as they change)")
@@ -82,6 +87,15 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
                       help="serve a page that shows the scene while it trains, and afterwards "
                            "until Ctrl-C")
     add_serve_options(view)
+
+
+def processes_option(text: str) -> int | str:
+    """--processes: a count of at least 1, or auto."""
+    if text == "auto":
+        return text
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"a count of processes (1 or more) or auto, not {text!r}")
+    return int(text)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -166,7 +180,7 @@ def main(argv: list[str] | None = None) -> dict:
         except BaseException as exc:
             for viewer in viewers:
                 viewer.close()
-            if viewers and isinstance(exc, KeyboardInterrupt):   # Ctrl-C while viewing
+            if isinstance(exc, KeyboardInterrupt):       # Ctrl-C
                 print("nerfx.train: interrupted; --resume RUN continues from the last "
                       "checkpoint", file=sys.stderr, flush=True)
                 raise SystemExit(130) from None

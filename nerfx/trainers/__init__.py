@@ -25,9 +25,10 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
+import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from functools import cache
 from pathlib import Path
@@ -36,7 +37,8 @@ from types import ModuleType
 import torch
 
 from nerfx import distributed, loop
-from nerfx.ops import chosen_backends
+from nerfx.data import ImageDataError, SceneError
+from nerfx.ops import BackendError, chosen_backends
 from nerfx.run_format import FORMAT_VERSION
 from nerfx.runs import (
     CHECKPOINT,
@@ -49,8 +51,14 @@ from nerfx.runs import (
 )
 
 PRESET_NAMES = ("gpu", "cpu", "gpu-fast", "cpu-fast")
+# A user's mistakes, whose message names the file or setting at fault: a command ends with that
+# message instead of a traceback (nerfx.cli.user_errors).
+USER_ERRORS: tuple[type[Exception], ...] = (SceneError, ImageDataError, RunError, BackendError)
 # Settings every model takes whether or not its presets name them.
 COMMON_SETTINGS = ("steps", "max_seconds")
+# Settings a resumed run takes from the command (the others are the run's own): how long, and
+# on how many processes (a data-parallel run resumes on any number: nerfx.loop.BatchStream).
+RESUME_SETTINGS = (*COMMON_SETTINGS, "processes")
 
 
 @cache
@@ -125,17 +133,46 @@ def run_folder_name(config: dict) -> str:
     return f"{data_name(config['data'])}-{config['model']}-{datetime.now():%Y%m%d-%H%M%S}"
 
 
-def train(request: TrainRequest) -> dict:
-    """Trains (or resumes), evaluates, writes the run folder; returns metrics.json's contents."""
+def train(request: TrainRequest, local: distributed.LocalGroup | None = None) -> dict:
+    """Trains (or resumes), evaluates, writes the run folder; returns metrics.json's contents.
+    On a CPU, with a "processes" setting, it first starts the other processes of the run
+    (nerfx.distributed.LocalWorkers; `local` is how each of those enters here)."""
     if request.resume is not None:
         run = request.resume
         config = read_run_config(run, models())
         config["settings"].update({k: v for k, v in request.settings.items()
-                                   if k in COMMON_SETTINGS})
+                                   if k in COMMON_SETTINGS
+                                   or (k in RESUME_SETTINGS and k in config["settings"])})
     else:
         config, run = new_config(request), request.out
+    world = 1 if local is not None else distributed.local_processes(
+        config["settings"].get("processes"), torch.device(request.device).type, request.threads)
+    if world == 1:
+        return train_in_group(request, config, run, local)
+    run = run or Path("runs") / run_folder_name(config)     # every process the same folder
+    request = replace(request, out=run, threads=request.threads or 1)
+    with distributed.LocalWorkers(world, local_worker, (replace(request, observe=None),)
+                                  ) as workers:
+        return train_in_group(request, config, run, workers.group)
+
+
+def local_worker(request: TrainRequest, local: distributed.LocalGroup) -> None:
+    """A process that nerfx.distributed.LocalWorkers started: trains its share, quietly."""
+    try:
+        train(request, local)
+    except KeyboardInterrupt:          # Ctrl-C reaches every process; process 0 reports it
+        raise SystemExit(130) from None
+    except USER_ERRORS as error:       # bad input: one line (process 0 meets and reports it too)
+        print(f"nerfx.train (process {local.rank}): {error}", file=sys.stderr, flush=True)
+        raise SystemExit(1) from None
+
+
+def train_in_group(request: TrainRequest, config: dict, run: Path | None,
+                   local: distributed.LocalGroup | None) -> dict:
+    """train() in one process of the run's group (or alone)."""
     module = trainer(config["model"])
-    device = distributed.setup(torch.device(request.device).type) or torch.device(request.device)
+    device = (distributed.setup(torch.device(request.device).type, local)
+              or torch.device(request.device))
     torch.manual_seed(config["seed"])       # the same initial weights in every process
     task = module.make_task(config, device)
     torch.manual_seed(distributed.process_seed(config["seed"]))   # then each its own stream

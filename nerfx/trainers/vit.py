@@ -63,13 +63,16 @@ PRESETS = {
     # cosine ends at 7,000 steps or at 250 s of training, whichever comes first (6,000 to
     # 7,000 steps on 2 idle cores, estimated): the whole command stays under 5 minutes on a
     # slower machine too. prefetch: the next 2 batches drawn in a background thread (data are
-    # about a sixth of this small model's step). How each was chosen: benches/RESULTS.md, "ViT
-    # on the built-in shapes".
+    # about a sixth of this small model's step). processes: on a CPU, one process of one thread
+    # per free core, gradients averaged (a global batch of 64 per process): this small model's
+    # operators are too short for a team of threads (2 idle cores: 2,590 images/s against one
+    # process's ~1,200). How each was chosen: benches/RESULTS.md, "ViT on the built-in shapes".
     "cpu-fast": dict(size="Ti", dim=64, heads=2, depth=4, patch_size=4, image_size=16,
                      batch_size=64, lr=2e-3, betas=(0.9, 0.99), grad_clip=1.0,
                      weight_decay=0.05, warmup_steps=400, steps=7000, max_seconds=250.0,
                      label_smoothing=0.1, drop_path=0.0, save_every=1000, snapshot_every=500,
-                     curve_images=512, test_images=2000, prefetch=2, **_AUGMENT),
+                     curve_images=512, test_images=2000, prefetch=2, processes="auto",
+                     **_AUGMENT),
 }
 PRESETS["gpu-fast"] = PRESETS["cpu-fast"]  # a short run: the same on either device
 
@@ -108,14 +111,15 @@ class Trainer:
 
     def learning_rate(self, step: int) -> float:
         """Linear warm-up to lr, then cosine decay to 0 at the end of the run: at the last step,
-        or with max_seconds, when the training time runs out if that comes first (one process
-        only; under torchrun the steps alone, so every process keeps the same rate)."""
+        or with max_seconds, when the training time runs out if that comes first (the slowest
+        process's time, so that every process keeps the same rate)."""
         s = self.settings
         if step < s["warmup_steps"]:
             return s["lr"] * (step + 1) / s["warmup_steps"]
         done = step / s["steps"]                              # fraction of the run done
-        if s.get("max_seconds") and distributed.world_size() == 1:
-            done = max(done, self.train_seconds / s["max_seconds"])
+        if s.get("max_seconds"):
+            seconds = distributed.max_over_processes(self.train_seconds)
+            done = max(done, seconds / s["max_seconds"])
         warm = s["warmup_steps"] / s["steps"]
         progress = (done - warm) / max(1e-9, 1 - warm)
         return s["lr"] * 0.5 * (1 + math.cos(math.pi * min(max(progress, 0.0), 1.0)))

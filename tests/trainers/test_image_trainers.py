@@ -170,7 +170,8 @@ def free_port() -> str:
 @pytest.mark.slow
 def test_two_processes_match_one_with_the_doubled_batch(tmp_path):
     """torchrun with 2 CPU processes (gloo), 4 images each, reaches the weights of 1 process
-    with 8 images per step: each process its slice of the batch, gradients averaged."""
+    with 8 images per step: each process its slice of the batch, gradients averaged; the 2
+    processes nerfx starts itself (--processes 2) reach torchrun's weights exactly."""
     import os
     import subprocess
     import sys
@@ -180,17 +181,25 @@ def test_two_processes_match_one_with_the_doubled_batch(tmp_path):
               "--set", "heads=2", "--set", "drop_path=0", "--set", "train_images=64",
               "--set", "test_images=8", "--set", "warmup_steps=1"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    for name, launcher, batch in (("two", ["-m", "torch.distributed.run", "--nproc_per_node",
-                                           "2", "--master_port", free_port()], 4),
-                                  ("one", [], 8)):
-        done = subprocess.run([sys.executable, *launcher, *common, "--batch-size", str(batch),
+    torchrun = ["-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+                free_port()]
+    for name, launcher, options in (("two", torchrun, ["--batch-size", "4"]),
+                                    ("one", [], ["--batch-size", "8", "--processes", "1"]),
+                                    ("spawned", [], ["--batch-size", "4", "--processes", "2",
+                                                     "--threads", "1"])):
+        done = subprocess.run([sys.executable, *launcher, *common, *options,
                                "--out", str(tmp_path / name)], env=env, capture_output=True,
                               text=True, timeout=600)
         assert done.returncode == 0, done.stderr[-3000:]
     two = torch.load(tmp_path / "two" / "checkpoint.pt", weights_only=True)
     one = torch.load(tmp_path / "one" / "checkpoint.pt", weights_only=True)
-    assert two["step"] == one["step"] == 3
-    assert json.loads((tmp_path / "two" / "metrics.json").read_text())["processes"] == 2
+    spawned = torch.load(tmp_path / "spawned" / "checkpoint.pt", weights_only=True)
+    assert two["step"] == one["step"] == spawned["step"] == 3
+    for name in ("two", "spawned"):
+        assert json.loads((tmp_path / name / "metrics.json").read_text())["processes"] == 2
+    for key, value in two["task"]["model"].items():
+        torch.testing.assert_close(spawned["task"]["model"][key], value, rtol=0, atol=0,
+                                   msg=key)
     # Adam's first steps are about lr * sign(gradient): where a gradient is ~0, rounding in the
     # all-reduce can flip the sign, so a few entries may differ by up to lr per step (1e-3).
     diff = torch.cat([(two["task"]["model"][k] - v).abs().flatten()
@@ -218,7 +227,8 @@ def test_resume_with_another_number_of_processes(tmp_path):
     state = torch.load(run / "checkpoint.pt", weights_only=True)
     assert state["task"]["batches"]["position"] == 3 * 8          # 3 global batches of 2 x 4
     one = subprocess.run([sys.executable, "-m", "nerfx.train", "--resume", str(run),
-                          "--steps", "5"], env=env, capture_output=True, text=True, timeout=600)
+                          "--steps", "5", "--processes", "1"], env=env, capture_output=True,
+                         text=True, timeout=600)
     assert one.returncode == 0, one.stderr[-3000:]
     state = torch.load(run / "checkpoint.pt", weights_only=True)
     assert state["step"] == 5 and state["task"]["batches"]["position"] == 3 * 8 + 2 * 4
