@@ -95,3 +95,16 @@ def test_a_user_error_ends_every_process_with_its_message(tmp_path):
     assert done.returncode == 1
     assert "Traceback" not in done.stderr, done.stderr[-3000:]
     assert "nerfx.train: " in done.stderr and "no class subfolders" in done.stderr
+
+
+def test_models_that_average_gradients_take_the_processes_setting():
+    from nerfx import trainers
+    from nerfx.runs import RunError
+
+    for model in ("ddpm", "vae", "ldm"):
+        config = trainers.new_config(trainers.TrainRequest(model=model, fast=True))
+        assert config["settings"]["processes"] == 1
+    vit = trainers.new_config(trainers.TrainRequest(model="vit", fast=True))
+    assert vit["settings"]["processes"] == "auto"
+    with pytest.raises(RunError, match="processes: not a setting of ngp"):
+        trainers.new_config(trainers.TrainRequest(model="ngp", settings={"processes": 2}))

@@ -7,6 +7,8 @@ nerfx/models), with no list to edit. It holds
     DEFAULT_DATA  what it trains on without --data ("lego", "shapes")
     PRESETS    settings as data: "gpu", "cpu", "gpu-fast" and "cpu-fast" (--fast), each a dict
     OPS        the nerfx.ops the model runs (metrics.json records the backend each ran on)
+    DATA_PARALLEL  (optional) True where its steps average gradients over processes
+               (nerfx.distributed): its runs take the "processes" setting (default 1)
     make_task(config, device) -> a nerfx.loop Task: loads the data, builds the model, and adds to
                config what the run folder must keep to rebuild it (classes, cameras, ...)
     load_trained(config, task_state, device) -> the trained model (EMA weights where kept)
@@ -111,7 +113,8 @@ class TrainRequest:
 def merged_settings(module: ModuleType, preset: str, settings: dict, extra: dict) -> dict:
     """The preset's settings with the overrides; an override of a setting the model does not
     have is refused (extra may add settings)."""
-    merged = {**module.PRESETS[preset], "preset": preset}
+    defaults = {"processes": 1} if getattr(module, "DATA_PARALLEL", False) else {}
+    merged = {**defaults, **module.PRESETS[preset], "preset": preset}
     unknown = sorted(k for k in settings if k not in merged and k not in COMMON_SETTINGS)
     if unknown:
         raise RunError(f"{', '.join(unknown)}: not a setting of {module.MODEL} (its settings: "

@@ -24,6 +24,7 @@ DEFAULT_DATA = "shapes"  # nerfx's procedural shapes (nerfx.data)
 # The options of `python -m nerfx.sample` that only some models take, this one's:
 SAMPLE_OPTIONS: tuple[str, ...] = ("interpolate",)
 OPS: tuple[str, ...] = ("attention",)  # the nerfx.ops it runs
+DATA_PARALLEL = True  # gradients averaged over processes (nerfx.distributed)
 # gpu: the paper's CIFAR-10 run [DDPM §4, App. B; official run_cifar.py]: 35.7M-parameter U-Net,
 # linear β schedule, ε-prediction, Adam 2e-4 with 5000 warm-up steps, batch 128, grad-norm
 # clip 1, EMA 0.9999, 800k steps.

@@ -44,6 +44,7 @@ DEFAULT_DATA = "shapes"  # nerfx's procedural shapes (nerfx.data)
 # The options of `python -m nerfx.sample` that only some models take, this one's:
 SAMPLE_OPTIONS: tuple[str, ...] = ("guidance", "label", "per_class")
 OPS: tuple[str, ...] = ("attention",)  # the nerfx.ops it runs
+DATA_PARALLEL = True  # gradients averaged over processes (nerfx.distributed)
 # gpu: the paper's components at 32x32 [KL-f4: configs/autoencoder/autoencoder_kl_64x64x3.yaml
 # (ch 128, ch_mult 1,2,4, 2 blocks, z 3 channels, kl_weight 1e-6, Adam betas (0.5, 0.9), lr
 # 4.5e-6 x batch as main.py scales base_learning_rate); latent U-Net as

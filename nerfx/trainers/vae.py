@@ -19,6 +19,7 @@ DEFAULT_DATA = "shapes"  # nerfx's procedural shapes (nerfx.data)
 # The options of `python -m nerfx.sample` that only some models take, this one's:
 SAMPLE_OPTIONS: tuple[str, ...] = ()
 OPS: tuple[str, ...] = ()  # it runs no nerfx.ops
+DATA_PARALLEL = True  # gradients averaged over processes (nerfx.distributed)
 # Adam as in the paper's experiments [K&W §5: AdaGrad/Adam-style SGD, minibatches of 100];
 # lr 1e-3 is the usual Adam setting for this model. Bernoulli likelihood on images in [0, 1].
 PRESETS = {

@@ -39,6 +39,7 @@ from nerfx.trainers.image_data import (
 MODEL = "vit"
 DEFAULT_DATA = "shapes"  # nerfx's procedural shapes (nerfx.data)
 OPS: tuple[str, ...] = ("attention",)  # the nerfx.ops it runs
+DATA_PARALLEL = True  # gradients averaged over processes (nerfx.distributed)
 # size: ViT-Ti/S/B/L [paper Table 1; Ti and S from DeiT]; patch 4 suits 16-32 px images.
 # Augmentation (DeiT, Touvron et al. 2021): RandomResizedCrop takes area fractions in
 # (0.08, 1) on ImageNet; here (0.7, 1) (fraction of the image's area), as a shape may sit near an
@@ -60,16 +61,18 @@ PRESETS = {
     # Adam beta2 0.99 (between DeiT's 0.999, Adam's default, and MAE's 0.95 [He et al. 2022,
     # Table 8]; it measured better than 0.999 here); the paper's gradient clipping at global
     # norm 1 (Dosovitskiy et al. 2021, appendix B.1); a 400-step (25.6k-image) warm-up. The
-    # cosine ends at 7,000 steps or at 250 s of training, whichever comes first (6,000 to
-    # 7,000 steps on 2 idle cores, estimated): the whole command stays under 5 minutes on a
-    # slower machine too. prefetch: the next 2 batches drawn in a background thread (data are
-    # about a sixth of this small model's step). processes: on a CPU, one process of one thread
-    # per free core, gradients averaged (a global batch of 64 per process): this small model's
-    # operators are too short for a team of threads (2 idle cores: 2,590 images/s against one
-    # process's ~1,200). How each was chosen: benches/RESULTS.md, "ViT on the built-in shapes".
+    # cosine is laid over 7,000 steps and training stops at 270 s if that comes first (about
+    # 5,000 steps of 2 processes on 2 idle cores, the lr still at a fifth of its peak): the whole
+    # command stays under 5 minutes on a slower machine too. On 2 processes this measured 2 to 3
+    # points better than a cosine ending with the clock (cosine_seconds). prefetch: the next 2
+    # batches drawn in a background thread (data are about a sixth of this small model's step).
+    # processes: on a CPU, one process of one thread per free core, gradients averaged (a
+    # global batch of 64 per process): this small model's operators are too short for a team
+    # of threads (2 idle cores: 2,550 images/s against one process's ~1,200). How each was
+    # chosen: benches/RESULTS.md, "ViT on the built-in shapes".
     "cpu-fast": dict(size="Ti", dim=64, heads=2, depth=4, patch_size=4, image_size=16,
                      batch_size=64, lr=2e-3, betas=(0.9, 0.99), grad_clip=1.0,
-                     weight_decay=0.05, warmup_steps=400, steps=7000, max_seconds=250.0,
+                     weight_decay=0.05, warmup_steps=400, steps=7000, max_seconds=270.0,
                      label_smoothing=0.1, drop_path=0.0, save_every=1000, snapshot_every=500,
                      curve_images=512, test_images=2000, prefetch=2, processes="auto",
                      **_AUGMENT),
@@ -98,9 +101,12 @@ class Trainer:
         self.items_per_step = settings["batch_size"]
         self.model = build_vit(settings, train_set.channels, train_set.resolution,
                                len(self.classes)).to(device)
+        # fused: one kernel over all 56 tensors (0.4 ms a step on one CPU thread against 1.7 ms
+        # for torch's per-tensor loop, which CPU tensors otherwise get).
         self.optimizer = torch.optim.AdamW(self.model.param_groups(settings["weight_decay"]),
                                            lr=settings["lr"],
-                                           betas=tuple(settings.get("betas", (0.9, 0.999))))
+                                           betas=tuple(settings.get("betas", (0.9, 0.999))),
+                                           fused=device.type in ("cpu", "cuda"))
         # With ema (a decay per step), an exponential moving average of the weights is what
         # predict() evaluates (Polyak averaging; DeiT's and timm's model EMA).
         self.ema = copy.deepcopy(self.model).requires_grad_(False) if settings.get("ema") else None
@@ -110,16 +116,16 @@ class Trainer:
                          else nullcontext())
 
     def learning_rate(self, step: int) -> float:
-        """Linear warm-up to lr, then cosine decay to 0 at the end of the run: at the last step,
-        or with max_seconds, when the training time runs out if that comes first (the slowest
-        process's time, so that every process keeps the same rate)."""
+        """Linear warm-up to lr, then cosine decay to 0 at the last step or, with
+        cosine_seconds, after that much training time if it comes first (the slowest process's
+        time, so that every process keeps the same rate). max_seconds only stops the run."""
         s = self.settings
         if step < s["warmup_steps"]:
             return s["lr"] * (step + 1) / s["warmup_steps"]
         done = step / s["steps"]                              # fraction of the run done
-        if s.get("max_seconds"):
+        if s.get("cosine_seconds"):
             seconds = distributed.max_over_processes(self.train_seconds)
-            done = max(done, seconds / s["max_seconds"])
+            done = max(done, seconds / s["cosine_seconds"])
         warm = s["warmup_steps"] / s["steps"]
         progress = (done - warm) / max(1e-9, 1 - warm)
         return s["lr"] * 0.5 * (1 + math.cos(math.pi * min(max(progress, 0.0), 1.0)))
