@@ -123,3 +123,53 @@ def write_video(frames: list[np.ndarray] | list[torch.Tensor], stem: str | os.Pa
         imageio.mimwrite(tmp, even, fps=fps, macro_block_size=1)
     tmp.replace(path)  # written whole or not at all
     return path
+
+
+CHART_COLOURS = ((31, 119, 180), (214, 39, 40), (44, 160, 44), (148, 103, 189), (255, 127, 14))
+
+
+def line_chart(curves: dict[str, list[tuple[float, float]]], x_label: str, y_label: str,
+               y_range: tuple[float, float] = (0.0, 1.0), size: tuple[int, int] = (480, 300)
+               ) -> np.ndarray:
+    """A line chart as a uint8 RGB picture [H, W, 3]: one coloured line per named curve of
+    (x, y) points, x from 0 to the largest x, y over y_range, grid lines at tenths of y_range,
+    a legend of the names. For pictures a run writes (accuracy against time, ...)."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    width, height = size
+    left, right, top, bottom = 48, 12, 12, 36         # margins, pixels
+    image = Image.new("RGB", size, "white")
+    draw, font = ImageDraw.Draw(image), ImageFont.load_default()
+    x_max = max((x for points in curves.values() for x, _ in points), default=1.0) or 1.0
+    y_low, y_high = y_range
+
+    def at(x: float, y: float) -> tuple[float, float]:
+        y = min(max(y, y_low), y_high)
+        return (left + x / x_max * (width - left - right),
+                height - bottom - (y - y_low) / (y_high - y_low) * (height - top - bottom))
+
+    for i in range(11):                                 # grid and y ticks
+        y = y_low + i / 10 * (y_high - y_low)
+        _, py = at(0.0, y)
+        draw.line([(left, py), (width - right, py)], fill=(225, 225, 225))
+        if i % 2 == 0:
+            draw.text((4, py - 6), f"{y:g}", fill="black", font=font)
+    draw.rectangle([left, top, width - right, height - bottom], outline="black")
+    for i in range(5):                                  # x ticks
+        x = i / 4 * x_max
+        px, _ = at(x, y_low)
+        draw.text((px - 8, height - bottom + 4), f"{x:.0f}", fill="black", font=font)
+    draw.text((width // 2 - 3 * len(x_label), height - 16), x_label, fill="black", font=font)
+    draw.text((left + 6, top + 4), y_label, fill="black", font=font)
+    for k, (name, points) in enumerate(curves.items()):
+        colour = CHART_COLOURS[k % len(CHART_COLOURS)]
+        if len(points) > 1:
+            draw.line([at(x, y) for x, y in points], fill=colour, width=2)
+        for x, y in points:
+            px, py = at(x, y)
+            draw.ellipse([px - 2, py - 2, px + 2, py + 2], fill=colour)
+        ly = height - bottom - 16 * (len(curves) - k)
+        draw.line([(width - right - 120, ly + 6), (width - right - 100, ly + 6)], fill=colour,
+                  width=2)
+        draw.text((width - right - 94, ly), name, fill="black", font=font)
+    return np.asarray(image)

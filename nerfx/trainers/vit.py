@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 from nerfx import distributed
 from nerfx.data.image_datasets import ImageDataset
-from nerfx.images import save_grid, to_uint8, write_png
+from nerfx.images import line_chart, save_grid, to_uint8, write_png
 from nerfx.loop import BatchStream
 from nerfx.models.vit import ViT, vit_config
 from nerfx.trainers.image_data import (
@@ -96,7 +96,7 @@ class Trainer:
     def __init__(self, settings: dict, train_set: ImageDataset, test_set: ImageDataset,
                  device: torch.device, seed: int,
                  batches: AugmentedBatches | Prefetched | None = None):
-        self.settings, self.device, self.test_set = settings, device, test_set
+        self.settings, self.device, self.test_set, self.seed = settings, device, test_set, seed
         self.classes = train_set.classes
         self.items_per_step = settings["batch_size"]
         self.model = build_vit(settings, train_set.channels, train_set.resolution,
@@ -189,6 +189,11 @@ class Trainer:
         per_class = {name: round((confusion[i, i] / confusion[i].sum().clamp(min=1)).item(), 4)
                      for i, name in enumerate(self.classes)}
         write_png(run / "confusion.png", confusion_picture(confusion))
+        curve = read_accuracy_curve(run)
+        if curve:
+            write_png(run / "accuracy.png", line_chart(
+                {f"seed {self.seed}": [(seconds, accuracy) for seconds, accuracy, _ in curve]},
+                "seconds of training", f"test accuracy ({curve[0][2]} images)"))
         save_grid(prediction_borders(self.test_set.as_float(index=slice(0, 64)),
                                      predicted[:64] == truth[:64]),
                   run / "predictions.png", nrow=8)
@@ -216,6 +221,16 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.batches.load_state_dict(state["batches"])
         self.train_seconds = float(state.get("train_seconds", 0.0))
+
+
+def read_accuracy_curve(run: Path) -> list[tuple[float, float, int]]:
+    """RUN/accuracy.csv's points: (seconds of training, test accuracy, test images); [] when
+    the run logged none."""
+    path = run / "accuracy.csv"
+    if not path.is_file():
+        return []
+    rows = path.read_text().splitlines()[1:]
+    return [(float(s), float(a), int(n)) for _, s, a, n in (r.split(",") for r in rows if r)]
 
 
 def confusion_picture(confusion: torch.Tensor, cell: int = 24) -> np.ndarray:

@@ -65,6 +65,7 @@ def test_trains_writes_the_run_folder_and_resumes(tmp_path, toy_presets, model):
         assert curve[0] == "step,train_seconds,test_accuracy,test_images"
         assert [line.split(",")[0] for line in curve[1:]] == ["2", "4"]
         assert all(line.endswith(",4") for line in curve[1:])
+        assert (run / "accuracy.png").stat().st_size > 0                # the curve, drawn
     state = torch.load(run / "checkpoint.pt", weights_only=True)
     assert state["step"] == 4
     resumed = train.main(["--resume", str(run), "--steps", "6"])
