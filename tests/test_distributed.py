@@ -101,10 +101,10 @@ def test_models_that_average_gradients_take_the_processes_setting():
     from nerfx import trainers
     from nerfx.runs import RunError
 
-    for model in ("ddpm", "vae", "ldm"):
+    for model, processes in (("ddpm", 1), ("vae", 1), ("ldm", "auto"), ("vit", "auto")):
         config = trainers.new_config(trainers.TrainRequest(model=model, fast=True))
-        assert config["settings"]["processes"] == 1
-    vit = trainers.new_config(trainers.TrainRequest(model="vit", fast=True))
-    assert vit["settings"]["processes"] == "auto"
+        assert config["settings"]["processes"] == processes, model
+    ddpm = trainers.new_config(trainers.TrainRequest(model="ddpm", settings={"processes": 2}))
+    assert ddpm["settings"]["processes"] == 2
     with pytest.raises(RunError, match="processes: not a setting of ngp"):
         trainers.new_config(trainers.TrainRequest(model="ngp", settings={"processes": 2}))
