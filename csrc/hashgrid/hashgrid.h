@@ -40,11 +40,12 @@ using BackwardLauncher = void (*)(const at::Tensor& grad_out, const at::Tensor& 
 // outs + i * out_stride.
 void forward_level_avx2(const float* xs, const float* table, const Levels& levels, int level,
                         int64_t begin, int64_t end, float* outs, int64_t out_stride);
-// gout: [N, L * 2]; gtable: the level's gradient rows [n_rows, 2]: weight * grad_out added, in
-// point order then corner order, to the rows in [row_begin, row_end) (the task's own) alone.
-void backward_params_level_avx2(const float* xs, const float* gout, const Levels& levels,
-                                int level, int64_t begin, int64_t end, float* gtable,
-                                uint32_t row_begin, uint32_t row_end);
+// gout: this level's grad_out, point i's 2 values at gout + i * gout_stride; gtable: the
+// level's gradient rows [n_rows, 2]: weight * grad_out added, in point order then corner order,
+// to the rows in [row_begin, row_end) (the task's own) alone.
+void backward_params_level_avx2(const float* xs, const float* gout, int64_t gout_stride,
+                                const Levels& levels, int level, int64_t begin, int64_t end,
+                                float* gtable, uint32_t row_begin, uint32_t row_end);
 
 void forward_cpu(const at::Tensor& x, const at::Tensor& params, const Levels& levels, int64_t F,
                  at::Tensor& out);

@@ -31,6 +31,10 @@ constexpr int64_t kBatch = 16;  // points whose rows are in flight together
 // of grad_out stay small.
 constexpr int64_t kChunk = 4096;
 
+// The most bytes of grad_out the backward copies level-major for the AVX2 loops (2^19 points at
+// L = 16, F = 2); beyond it they read grad_out in place.
+constexpr int64_t kLevelMajorBytes = int64_t(64) << 20;
+
 // Locates points [i0, i0 + n) at one level into cells[], prefetching every corner's row of the
 // table to read (read_table) and of the table to write (write_table), each where not null; of
 // the table to write only rows in [write_rows_begin, write_rows_end) (the rows this thread owns:
@@ -124,6 +128,23 @@ void backward_params(const scalar_t* xs, const scalar_t* gout, int64_t n_points,
   // hardware prefetcher busy instead (measured 1.5-3x faster than chunks of 4096 points there;
   // the portable loops gain from it too, less: see benches/RESULTS.md).
   const int64_t points_per_chunk = avx2 ? std::max<int64_t>(n_points, 1) : kChunk;
+  // The AVX2 loops read grad_out level by level: read in place ([N, L * 2]), each level's pass
+  // would bring every 128-byte line of it through the cache for 8 bytes. Copied level-major
+  // ([L, N, 2]) first where that copy is at most kLevelMajorBytes, each pass reads its own
+  // contiguous slice (the same values: the same bits).
+  std::unique_ptr<scalar_t[]> gout_by_level;
+  if (avx2 && n_points * L * NF * int64_t(sizeof(scalar_t)) <= kLevelMajorBytes) {
+    gout_by_level.reset(new scalar_t[size_t(n_points) * L * NF]);  // uninitialised
+    at::parallel_for(0, n_points, 1024, [&](int64_t begin, int64_t end) {
+      for (int l = 0; l < L; ++l) {
+        for (int64_t i = begin; i < end; ++i) {
+          for (int f = 0; f < NF; ++f) {
+            gout_by_level[(int64_t(l) * n_points + i) * NF + f] = gout[(i * L + l) * NF + f];
+          }
+        }
+      }
+    });
+  }
   at::parallel_for(0, stride, 1, [&](int64_t first, int64_t last) {
     Cell<D, scalar_t> cells[kBatch];
     for (int64_t slot = first; slot < last; ++slot) {
@@ -142,8 +163,14 @@ void backward_params(const scalar_t* xs, const scalar_t* gout, int64_t n_points,
           };
           if constexpr (kHasAvx2Loops<scalar_t, param_t, D, NF>) {
             if (avx2) {
-              backward_params_level_avx2(xs, gout, levels, l, chunk, chunk_end, gtable,
-                                         task.begin, task.end);
+              if (gout_by_level) {
+                backward_params_level_avx2(xs, gout_by_level.get() + int64_t(l) * n_points * NF,
+                                           NF, levels, l, chunk, chunk_end, gtable, task.begin,
+                                           task.end);
+              } else {
+                backward_params_level_avx2(xs, gout + l * NF, int64_t(L) * NF, levels, l, chunk,
+                                           chunk_end, gtable, task.begin, task.end);
+              }
               continue;
             }
           }

@@ -233,11 +233,10 @@ void forward_level_avx2(const float* xs, const float* table, const Levels& level
       });
 }
 
-void backward_params_level_avx2(const float* xs, const float* gout, const Levels& levels,
-                                int level, int64_t begin, int64_t end, float* gtable,
-                                uint32_t row_begin, uint32_t row_end) {
+void backward_params_level_avx2(const float* xs, const float* gout, int64_t gout_stride,
+                                const Levels& levels, int level, int64_t begin, int64_t end,
+                                float* gtable, uint32_t row_begin, uint32_t row_end) {
   const Level geometry(levels, level);
-  const int64_t stride = int64_t(levels.n_levels) * 2;
   const uint32_t span = row_end - row_begin;
   pipelined(
       xs, geometry, begin, end,
@@ -254,7 +253,7 @@ void backward_params_level_avx2(const float* xs, const float* gout, const Levels
         // backward_cell's parameter gradient: weight * grad_out added to each corner's row,
         // point by point, corner by corner (the header's order).
         for (int64_t j = 0; j < n; ++j) {
-          const float* g = gout + (i + j) * stride + level * 2;
+          const float* g = gout + (i + j) * gout_stride;
           const float g0 = g[0], g1 = g[1];
           for (int c = 0; c < kCorners; ++c) {
             const uint32_t row = cells.rows[c][j];
@@ -281,11 +280,11 @@ void backward_params_level_avx2(const float* xs, const float* gout, const Levels
 namespace nerfx::hashgrid {
 
 void forward_level_avx2(const float*, const float*, const Levels&, int, int64_t, int64_t,
-                        float*) {
+                        float*, int64_t) {
   TORCH_CHECK(false, "hash_encode: this build has no AVX2 loops");
 }
-void backward_params_level_avx2(const float*, const float*, const Levels&, int, int64_t, int64_t,
-                                float*, uint32_t, uint32_t) {
+void backward_params_level_avx2(const float*, const float*, int64_t, const Levels&, int, int64_t,
+                                int64_t, float*, uint32_t, uint32_t) {
   TORCH_CHECK(false, "hash_encode_backward: this build has no AVX2 loops");
 }
 

@@ -127,3 +127,20 @@ def test_cpu_parameter_gradient_alone_is_the_same_bits_on_any_thread_count(cpu_p
     leaf = params.clone().requires_grad_()
     (ref_grad,) = torch.autograd.grad(ref.hash_encode(x, leaf, **cfg), leaf, grad_out)
     torch.testing.assert_close(want, ref_grad, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.skipif(not cpu_has_avx2(), reason="this CPU has no AVX2 loops")
+def test_the_avx2_gradient_reads_a_large_grad_out_in_place(monkeypatch):
+    """Up to 64 MB the AVX2 parameter gradient reads a level-major copy of grad_out; past it
+    (here 2^19 + 5 points at 16 levels: 64 MB + 640 B) it reads grad_out in place: the same
+    bits as the portable loops either way (the copy's side: the tests above)."""
+    cfg = config(2, n_levels=16, log2_hashmap_size=10, base_resolution=4, per_level_scale=1.3)
+    n = 2**19 + 5
+    x, params = make_inputs(n, 3, cfg, seed=8)
+    x, params = x.detach(), params.detach()
+    grad_out = torch.randn(n, 32, generator=torch.Generator().manual_seed(9))
+    grads = {}
+    for path in ("avx2", "portable"):
+        monkeypatch.setenv("NERFX_CPU_PATH", path)
+        grads[path], _ = raw_backward("cpu", grad_out, x, params, cfg, False, True)
+    assert torch.equal(grads["avx2"], grads["portable"])
