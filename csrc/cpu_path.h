@@ -20,6 +20,22 @@
 #endif
 #endif
 
+// Between NERFX_AVX2_FUNCTIONS_BEGIN and NERFX_AVX2_FUNCTIONS_END, every function is compiled
+// for AVX2, FMA and F16C (function-level target attributes; the rest of the build stays
+// baseline x86-64). The loops there are called only where cpu::use_avx2() says the CPU has
+// them. Nothing inline from another header may be instantiated between the two (only the
+// compiler's intrinsics), so no AVX2 copy of a shared inline function can reach the portable
+// code through the linker.
+#if defined(__clang__)
+#define NERFX_AVX2_FUNCTIONS_BEGIN \
+  _Pragma("clang attribute push(__attribute__((target(\"avx2,fma,f16c\"))), apply_to = function)")
+#define NERFX_AVX2_FUNCTIONS_END _Pragma("clang attribute pop")
+#else
+#define NERFX_AVX2_FUNCTIONS_BEGIN \
+  _Pragma("GCC push_options") _Pragma("GCC target(\"avx2,fma,f16c\")")
+#define NERFX_AVX2_FUNCTIONS_END _Pragma("GCC pop_options")
+#endif
+
 namespace nerfx::cpu {
 
 // Whether the CPU running this process has AVX2, FMA and F16C and this build has the loops.

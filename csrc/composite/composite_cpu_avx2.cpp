@@ -9,10 +9,7 @@
 // sample of the ray is too (weight 0, gradient 0), in both passes alike, which compute the
 // transmittance with the same instructions.
 //
-// Compiled with function-level target attributes (the rest of the build stays baseline x86-64)
-// and called only where cpu::use_avx2() says the CPU has AVX2, FMA and F16C. Nothing inline from
-// another header is instantiated between the pragmas (only the compiler's intrinsics), so no
-// AVX2 copy of a shared inline function can reach the portable code through the linker.
+// Compiled for AVX2 between NERFX_AVX2_FUNCTIONS_BEGIN and _END (cpu_path.h says how).
 #include "composite/composite.h"
 #include "cpu_path.h"
 
@@ -22,12 +19,7 @@
 #include <cstdint>
 #include <cstring>
 
-#if defined(__clang__)
-#pragma clang attribute push(__attribute__((target("avx2,fma,f16c"))), apply_to = function)
-#else
-#pragma GCC push_options
-#pragma GCC target("avx2,fma,f16c")
-#endif
+NERFX_AVX2_FUNCTIONS_BEGIN
 
 namespace nerfx::composite {
 namespace {
@@ -372,11 +364,7 @@ void backward_rays_avx2(const VectorRays& in, const VectorBackward& io, int64_t 
 
 }  // namespace nerfx::composite
 
-#if defined(__clang__)
-#pragma clang attribute pop
-#else
-#pragma GCC pop_options
-#endif
+NERFX_AVX2_FUNCTIONS_END
 
 #else  // no AVX2 loops in this build: cpu::use_avx2() is false, so these are never called
 

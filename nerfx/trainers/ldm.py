@@ -86,9 +86,8 @@ PRESETS = {
     # the official code's β schedule [cin-ldm-vq-f8.yaml: make_beta_schedule "linear", √β
     # evenly spaced, β 0.0015 -> 0.0195 over 1000 steps; the paper names none];
     # DDIM 25 steps (as accurate as 50 here); one process of one thread per free core
-    # (processes "auto": each its batch, gradients averaged; on 2 idle cores twice the images
-    # of one process in the same time); sized for 10 minutes on 2 cores, evaluation included
-    # (benches/RESULTS.md, latent diffusion on the built-in shapes).
+    # (processes "auto": each its batch, gradients averaged); sized for 10 minutes on 2 cores,
+    # evaluation included (benches/RESULTS.md, latent diffusion on the built-in shapes).
     "cpu-fast": _CPU | dict(ae=dict(ch=16, ch_mult=(1, 2), num_res_blocks=1, z_channels=4,
                                     num_groups=8),
                             ae_steps=1500,

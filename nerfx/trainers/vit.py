@@ -63,13 +63,12 @@ PRESETS = {
     # norm 1 (Dosovitskiy et al. 2021, appendix B.1); a 400-step (25.6k-image) warm-up. The
     # cosine is laid over 7,000 steps and training stops at 270 s if that comes first (about
     # 5,000 steps of 2 processes on 2 idle cores, the lr still at a fifth of its peak): the whole
-    # command stays under 5 minutes on a slower machine too. On 2 processes this measured 2 to 3
-    # points better than a cosine ending with the clock (cosine_seconds). prefetch: the next 2
-    # batches drawn in a background thread (data are about a sixth of this small model's step).
-    # processes: on a CPU, one process of one thread per free core, gradients averaged (a
-    # global batch of 64 per process): this small model's operators are too short for a team
-    # of threads (2 idle cores: 2,550 images/s against one process's ~1,200). How each was
-    # chosen: benches/RESULTS.md, "ViT on the built-in shapes".
+    # command stays under 5 minutes on a slower machine too (a cosine ending with the clock
+    # instead: cosine_seconds). prefetch: the next 2 batches drawn in a background thread (data
+    # are about a sixth of this small model's step). processes: on a CPU, one process of one
+    # thread per free core, gradients averaged (a batch of 64 per process): this small model's
+    # operators are too short for a team of threads. How each was chosen: benches/RESULTS.md,
+    # "ViT on the built-in shapes".
     "cpu-fast": dict(size="Ti", dim=64, heads=2, depth=4, patch_size=4, image_size=16,
                      batch_size=64, lr=2e-3, betas=(0.9, 0.99), grad_clip=1.0,
                      weight_decay=0.05, warmup_steps=400, steps=7000, max_seconds=270.0,
@@ -101,8 +100,8 @@ class Trainer:
         self.items_per_step = settings["batch_size"]
         self.model = build_vit(settings, train_set.channels, train_set.resolution,
                                len(self.classes)).to(device)
-        # fused: one kernel over all 56 tensors (0.4 ms a step on one CPU thread against 1.7 ms
-        # for torch's per-tensor loop, which CPU tensors otherwise get).
+        # fused: one kernel over all the tensors, where CPU tensors would otherwise get torch's
+        # per-tensor loop.
         self.optimizer = torch.optim.AdamW(self.model.param_groups(settings["weight_decay"]),
                                            lr=settings["lr"],
                                            betas=tuple(settings.get("betas", (0.9, 0.999))),
