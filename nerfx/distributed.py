@@ -21,7 +21,10 @@ from __future__ import annotations
 import multiprocessing
 import os
 import shutil
+import sys
 import tempfile
+import threading
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
@@ -131,23 +134,52 @@ class LocalWorkers:
     """Processes 1 to world - 1 of a LocalGroup, each running target(*args, its LocalGroup) in a
     fresh interpreter; the calling process is process 0 (`group`). Use as a context manager:
     leaving it waits for the workers, stops any still running after `timeout` seconds and
-    removes the meeting folder; a worker that failed while process 0 did not is an error."""
+    removes the meeting folder; a worker that failed while process 0 did not is an error.
 
-    def __init__(self, world: int, target: Callable, args: tuple, timeout: float = 120.0):
+    Nobody waits for a process that is gone: a worker that fails while process 0 is still inside
+    the block for `patience` seconds more (blocked, e.g. waiting in the group for it) ends the
+    run — the other workers stopped, the folder removed, process 0 exiting with status 1 (130
+    if the worker was interrupted); a
+    worker whose process 0 has gone (killed) removes the folder and exits within a second."""
+
+    def __init__(self, world: int, target: Callable, args: tuple, timeout: float = 120.0,
+                 patience: float = 15.0):
         self.folder = tempfile.mkdtemp(prefix="nerfx-group-")     # private: mode 0700
         store = os.path.join(self.folder, "store")
         self.group, self.timeout = LocalGroup(0, world, store), timeout
         spawn = multiprocessing.get_context("spawn")
-        self.workers = [spawn.Process(target=target, args=(*args, LocalGroup(r, world, store)),
-                                      daemon=True, name=f"nerfx process {r}")
+        self.workers = [spawn.Process(target=_worker, daemon=True, name=f"nerfx process {r}",
+                                      args=(os.getpid(), target, (*args,
+                                                                  LocalGroup(r, world, store))))
                         for r in range(1, world)]
         for worker in self.workers:
             worker.start()
+        self._leaving = threading.Event()
+        threading.Thread(target=self._watch, args=(patience,), daemon=True,
+                         name="nerfx workers watch").start()
+
+    def _watch(self, patience: float) -> None:
+        while not self._leaving.wait(0.5):
+            failed = [w for w in self.workers if w.exitcode not in (None, 0)]
+            if not failed or self._leaving.wait(patience):
+                continue      # all well, or process 0 noticed and is leaving on its own
+            code = failed[0].exitcode
+            print(f"nerfx.train: {failed[0].name} ended with exit code {code} and the run "
+                  "cannot go on without it; stopping", file=sys.stderr, flush=True)
+            for worker in self.workers:
+                if worker.is_alive():
+                    worker.terminate()
+            shutil.rmtree(self.folder, ignore_errors=True)
+            sys.stdout.flush()
+            # Process 0 may be blocked in C++ (gloo), where nothing else reaches it; an
+            # interrupted worker (Ctrl-C) passes on its status 130.
+            os._exit(130 if code == 130 else 1)
 
     def __enter__(self) -> LocalWorkers:
         return self
 
     def __exit__(self, kind, error, trace) -> None:
+        self._leaving.set()
         if kind is not None:
             cleanup()             # closes this process's connections: a waiting worker stops
         for worker in self.workers:
@@ -160,6 +192,21 @@ class LocalWorkers:
                   if w.exitcode != 0]
         if failed and kind is None:
             raise RuntimeError("; ".join(failed))
+
+
+def _worker(parent: int, target: Callable, args: tuple) -> None:
+    """A LocalWorkers process: target(*args), leaving (and removing the meeting folder) as soon
+    as process 0, its parent, is gone."""
+    folder = os.path.dirname(args[-1].store_path)
+
+    def exit_with_parent() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        shutil.rmtree(folder, ignore_errors=True)
+        os._exit(1)
+
+    threading.Thread(target=exit_with_parent, daemon=True, name="nerfx parent watch").start()
+    target(*args)
 
 
 @torch.no_grad()

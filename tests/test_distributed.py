@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -108,3 +109,62 @@ def test_models_that_average_gradients_take_the_processes_setting():
     assert ddpm["settings"]["processes"] == 2
     with pytest.raises(RunError, match="processes: not a setting of ngp"):
         trainers.new_config(trainers.TrainRequest(model="ngp", settings={"processes": 2}))
+
+
+STRANDED = '''
+import os, signal, sys, time
+from nerfx import distributed
+
+def die(local):
+    raise SystemExit(3)
+
+def meet(local):
+    distributed.setup("cpu", local)
+
+if __name__ == "__main__":
+    if sys.argv[1] == "worker-dies":      # process 0 waits in the group for a worker that died
+        with distributed.LocalWorkers(2, die, (), patience=1.0) as workers:
+            distributed.setup("cpu", workers.group)
+        print("process 0 went on", flush=True)
+    else:                                 # process 0 is killed before the group meets
+        workers = distributed.LocalWorkers(2, meet, ())
+        time.sleep(2.0)
+        print(workers.workers[0].pid, workers.folder, flush=True)
+        os.kill(os.getpid(), signal.SIGKILL)
+'''
+
+
+def _run_stranded(tmp_path, case: str) -> subprocess.CompletedProcess:
+    script = tmp_path / "stranded.py"
+    script.write_text(STRANDED)
+    return subprocess.run([sys.executable, str(script), case], capture_output=True, text=True,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=240)
+
+
+def test_process_0_does_not_wait_for_a_worker_that_died(tmp_path):
+    """Without the watch, process 0 would wait in init_process_group for gloo's timeout."""
+    start = time.monotonic()
+    done = _run_stranded(tmp_path, "worker-dies")
+    assert done.returncode == 1, done.stderr[-2000:]
+    assert "nerfx process 1 ended with exit code 3" in done.stderr
+    assert "process 0 went on" not in done.stdout
+    assert time.monotonic() - start < 120
+
+
+def test_workers_leave_when_process_0_is_killed(tmp_path):
+    done = _run_stranded(tmp_path, "parent-killed")
+    assert done.returncode == -9
+    pid, folder = done.stdout.split()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and (_alive(int(pid)) or os.path.exists(folder)):
+        time.sleep(0.2)
+    assert not _alive(int(pid)) and not os.path.exists(folder)
+
+
+def _alive(pid: int) -> bool:
+    """Whether pid is a process that has not ended (a zombie counts as ended)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
