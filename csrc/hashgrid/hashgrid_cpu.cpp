@@ -194,18 +194,18 @@ void backward_params(const scalar_t* xs, const scalar_t* gout, int64_t n_points,
 // The forward on the AVX2 loops, level by level as the portable one; each level's outputs go
 // to a level-major buffer ([L, N, 2], written in order) first, then to out in one pass:
 // writing a level's 8 bytes straight into each point's row of out ([N, L * 2]) would move
-// every line of out through the cache once per level.
+// every line of out through the cache once per level. One parallel region: each thread takes
+// the same range of points at every level and then moves those points' rows to out, so no
+// thread waits for another between levels.
 void forward_avx2(const float* xs, const float* params, const Levels& levels, int64_t n_points,
                   float* outs) {
   const int L = levels.n_levels;
   const std::unique_ptr<float[]> by_level(new float[size_t(L) * n_points * 2]);  // uninitialised
-  for (int l = 0; l < L; ++l) {
-    at::parallel_for(0, n_points, 1024, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, n_points, 1024, [&](int64_t begin, int64_t end) {
+    for (int l = 0; l < L; ++l) {
       forward_level_avx2(xs, params + levels.offsets[l] * 2, levels, l, begin, end,
                          by_level.get() + int64_t(l) * n_points * 2, 2);
-    });
-  }
-  at::parallel_for(0, n_points, 1024, [&](int64_t begin, int64_t end) {
+    }
     for (int64_t i = begin; i < end; ++i) {
       for (int l = 0; l < L; ++l) {
         std::memcpy(outs + (i * L + l) * 2, by_level.get() + (int64_t(l) * n_points + i) * 2,
