@@ -232,10 +232,11 @@ void forward_cpu(const at::Tensor& x, const at::Tensor& params, const Levels& le
                if (avx2) return forward_avx2(xs, params_all, levels, n_points, outs);
              }
              // Level by level, so one level's table stays in cache while every point reads it.
-             for (int l = 0; l < L; ++l) {
-               const param_t* table = params_all + levels.offsets[l] * NF;
-               at::parallel_for(0, n_points, 1024, [&](int64_t begin, int64_t end) {
-                 Cell<D, scalar_t> cells[kBatch];
+             // One parallel region: each thread its range of points at every level.
+             at::parallel_for(0, n_points, 1024, [&](int64_t begin, int64_t end) {
+               Cell<D, scalar_t> cells[kBatch];
+               for (int l = 0; l < L; ++l) {
+                 const param_t* table = params_all + levels.offsets[l] * NF;
                  for (int64_t i0 = begin; i0 < end; i0 += kBatch) {
                    const int64_t n = std::min(kBatch, end - i0);
                    locate_batch<D, NF>(xs, i0, n, levels, l, table, (scalar_t*)nullptr, cells);
@@ -243,8 +244,8 @@ void forward_cpu(const at::Tensor& x, const at::Tensor& params, const Levels& le
                      gather_cell<D, NF>(cells[b], table, outs + ((i0 + b) * L + l) * NF);
                    }
                  }
-               });
-             }
+               }
+             });
            });
 }
 
