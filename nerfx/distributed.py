@@ -139,8 +139,8 @@ class LocalWorkers:
     Nobody waits for a process that is gone: a worker that fails while process 0 is still inside
     the block for `patience` seconds more (blocked, e.g. waiting in the group for it) ends the
     run — the other workers stopped, the folder removed, process 0 exiting with status 1 (130
-    if the worker was interrupted); a
-    worker whose process 0 has gone (killed) removes the folder and exits within a second."""
+    if the worker was interrupted); a worker whose process 0 has gone (killed) removes the
+    folder and exits within a second."""
 
     def __init__(self, world: int, target: Callable, args: tuple, timeout: float = 120.0,
                  patience: float = 15.0):
