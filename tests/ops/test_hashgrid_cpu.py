@@ -1,7 +1,7 @@
 """The cpu backend's hash grid beyond what every backend is held to (tests/ops/test_hashgrid.py):
 its two sets of loops (AVX2 for float32 x and parameters, D = 3, F = 2; portable for the rest)
 against the reference and against each other, and the parameter gradient alone, split into
-row-owning tasks, the same bits on any thread count."""
+row-owning tasks, and the forward, the same bits on any thread count."""
 
 from __future__ import annotations
 
@@ -144,3 +144,24 @@ def test_the_avx2_gradient_reads_a_large_grad_out_in_place(monkeypatch):
         monkeypatch.setenv("NERFX_CPU_PATH", path)
         grads[path], _ = raw_backward("cpu", grad_out, x, params, cfg, False, True)
     assert torch.equal(grads["avx2"], grads["portable"])
+
+
+@pytest.mark.parametrize("grid", ["small", "hashed"])
+def test_cpu_forward_is_the_same_bits_on_any_thread_count(cpu_path, grid):
+    """The forward splits the points between the threads in one parallel region (each thread
+    its range at every level, then, on the AVX2 loops, its rows moved to out): at a point count
+    that spans several ranges and no step of 8 (5003), the outputs are the same bits on 1 to 9
+    threads and match the reference."""
+    cfg = GRIDS[grid]
+    x, params = make_inputs(5003, 3, cfg, seed=11)
+    x, params = x.detach(), params.detach()
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        want = hash_encode(x, params, backend="cpu", **cfg)
+        for n in (2, 3, 9):
+            torch.set_num_threads(n)
+            assert torch.equal(hash_encode(x, params, backend="cpu", **cfg), want), f"{n} threads"
+    finally:
+        torch.set_num_threads(threads)
+    torch.testing.assert_close(want, ref.hash_encode(x, params, **cfg), rtol=1e-5, atol=1e-5)
