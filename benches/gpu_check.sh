@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU check of issue 22, in two device calls; each phase stops at its budget and, as it ends,
 # packs its log into OUT_DIR, so a call cut off still returns every phase before the cut.
-# usage: benches/gpu_check.sh run1|run2 OUT_DIR [--rehearse]
+# usage: benches/gpu_check.sh run1|run2|recheck OUT_DIR [--rehearse]
 #   run1 (TOTAL_S=450; the call that must succeed), budgets in seconds (each also capped by what
 #   is left of TOTAL_S; a phase with under 10 s left is skipped, and says so):
 #     build 150   pip install -e . with the CUDA kernels for the visible card (-fmad=false); a
@@ -22,6 +22,10 @@
 #     preset's size) generated on the GPU, 60 s; the remaining benchmarks beside the peers (their
 #     time capped so the main job keeps 170 s); the main job `python -m nerfx.train --scene lego
 #     --fast` with its peak GPU memory.
+#   recheck (TOTAL_S=320; after a run 1 that found faults, on a fresh machine): build; the
+#     extension's linkage (readelf NEEDED, libstdc++ symbols it defines); the probe; every CUDA
+#     test in one `pytest -n 8 -k cuda`; initcheck on the hash grid alone, with its tensors'
+#     addresses; the nerfx kernels' CUDA rows at the issue's sizes (no reference rows).
 #   Not in either run yet: the -fmad=false before/after bench row (build the parent of the commit
 #   that added the flag in a second tree and run bench_hashgrid/bench_composite -k cuda from both).
 #   --rehearse (or REHEARSE=1): the same phases on the CPU with tiny sizes and the same output
@@ -32,12 +36,14 @@
 #   Environment: TOTAL_S; BUDGET_SCALE (every budget times this: 4 in rehearsal, else 1);
 #   NERFX_COMMIT (the commit, where the tree has no .git).
 set -uo pipefail
-mode=${1:?usage: benches/gpu_check.sh run1|run2 OUT_DIR [--rehearse]}
-out=$(realpath -m "${2:?usage: benches/gpu_check.sh run1|run2 OUT_DIR [--rehearse]}")
+usage="usage: benches/gpu_check.sh run1|run2|recheck OUT_DIR [--rehearse]"
+mode=${1:?$usage}
+out=$(realpath -m "${2:?$usage}")
 [ "${3:-}" = --rehearse ] && REHEARSE=1
 rehearse=${REHEARSE:-0}
 case $mode in run1) total=${TOTAL_S:-450} ;; run2) total=${TOTAL_S:-300} ;;
-  *) echo "unknown mode $mode (run1 or run2)"; exit 2 ;; esac
+  recheck) total=${TOTAL_S:-320} ;; *) echo "unknown mode $mode (run1, run2 or recheck)"; exit 2 ;;
+esac
 # The 2-core development machine is slower than the GPU machine's 16 cores at the same steps:
 # the rehearsal stretches every budget (BUDGET_SCALE, default 4 there, 1 on the GPU).
 scale=${BUDGET_SCALE:-$([ "$rehearse" = 1 ] && echo 4 || echo 1)}
@@ -102,8 +108,23 @@ else
   export TORCH_CUDA_ARCH_LIST
 fi
 
+toolchain() {  # which compiler links nerfx._C, and which libstdc++ it would link
+  type -a c++ g++ 2>&1 | head -4; c++ --version 2>&1 | head -1
+  echo "c++ -print-file-name: libstdc++.so=$(c++ -print-file-name=libstdc++.so)" \
+    "libstdc++.a=$(c++ -print-file-name=libstdc++.a)"
+  python3 -c 'import sysconfig as s; print("LDSHARED", s.get_config_var("LDSHARED"))'
+  echo "CXX=${CXX:-} LDFLAGS=${LDFLAGS:-}"
+}
+linkage() {  # the built extension's libstdc++: shared (NEEDED) and no copy of its own inside
+  local so
+  so=$(python3 -c 'from nerfx import _ext; print(_ext.load().__file__)') || return 1
+  readelf -d "$so" | grep NEEDED
+  echo "std::locale symbols defined inside: $(nm -D --defined-only "$so" | grep -c _ZNSt6locale)"
+  [ "$(nm -D --defined-only "$so" | grep -c _ZNSt6locale)" = 0 ]
+}
 build() {  # the CUDA build for the visible card, kept between calls on a warm machine
   local digest stamp=build/gpu_check.digest
+  toolchain
   digest=$(python3 -c 'from pathlib import Path; from nerfx import _build
 print(_build.sources_digest(Path("csrc")))')
   if [ -f nerfx/_C.build.json ] && [ "$(cat "$stamp" 2>/dev/null)" = "$digest" ] && python3 -c \
@@ -124,7 +145,11 @@ else
 fi
 grep -E "^(backend|auto|cuda|built)|CUDA" "$work/build.log" | head -8
 
-if [ "$mode" = run1 ]; then
+if [ "$mode" = run1 ] || [ "$mode" = recheck ]; then
+  if [ "$mode" = recheck ]; then
+    phase linkage 20 linkage
+    grep -E "NEEDED|defined inside" "$work/linkage.log" | tee -a "$out/summary.txt"
+  fi
   # --- the crash probe: controls, each op, inference_mode, test_adam.py alone ------------------
   phase probe 70 python3 benches/probe_op_errors.py --jobs "$([ "$rehearse" = 1 ] && echo 2 || echo 8)" \
     --limit 40
@@ -140,6 +165,11 @@ if [ "$mode" = run1 ]; then
     echo "files with -k cuda tests: $(echo "$files" | wc -w)"
     # pytest-timeout (on the GPU image): a hung test costs 90 s, not the phase.
     python3 -c 'import pytest_timeout' 2>/dev/null && export PYTEST_ADDOPTS="--timeout 90"
+    if [ "$mode" = recheck ] && python3 -c 'import xdist' 2>/dev/null; then
+      python3 -X faulthandler -m pytest -v -n 8 -p no:cacheprovider -rfEs --durations=10 \
+        -k "cuda or libstdcxx" tests
+      return 0
+    fi
     if python3 -c 'import xdist' 2>/dev/null; then
       python3 -X faulthandler -m pytest -v -n 4 -p no:cacheprovider -rfEs --durations=15 \
         tests/ops/test_at_scale.py
@@ -187,12 +217,13 @@ if [ "$mode" = run1 ]; then
   san() {  # san TOOL SCRIPT FILTER...: the script under the tool (bare on the CPU in rehearsal)
     local tool=$1 script=$2
     shift 2
-    local cmd=(compute-sanitizer --tool "$tool" --error-exitcode 9 --print-limit 20 "$@")
-    if [ "$rehearse" = 1 ]; then
+    local cmd=(compute-sanitizer --tool "$tool" --error-exitcode 9 --print-limit
+               "${SAN_PRINT_LIMIT:-20}" "$@")
+    if [ "$rehearse" = 1 ]; then  # SCRIPT may hold its arguments: split on purpose
       echo "rehearsal: would run: ${cmd[*]} python3 $script"
-      python3 "$script" --device cpu
+      python3 $script --device cpu
     else
-      "${cmd[@]}" python3 "$script"
+      "${cmd[@]}" python3 $script
     fi
   }
   if [ "$rehearse" = 0 ] && ! command -v compute-sanitizer >/dev/null; then
@@ -202,20 +233,29 @@ if [ "$mode" = run1 ]; then
   if [ "$rehearse" = 0 ] && compute-sanitizer --help 2>&1 | grep -q -- --kernel-regex; then
     attn_filter=(--kernel-regex 'kns=_(forward|delta|backward)_kernel')
   fi
-  for tool in memcheck initcheck; do
+  if [ "$mode" = recheck ]; then  # the hash grid's forward, the one kernel initcheck flagged
+    SAN_PRINT_LIMIT=3 phase sanitize_initcheck_hash 30 san initcheck \
+      "benches/sanitize_kernels.py --only hash_encode" --kernel-name kns=nerfx
+    grep -E "ERROR SUMMARY|every kernel ran|Address|at void|^x |^out " \
+      "$work/sanitize_initcheck_hash.log" | head -12 | tee -a "$out/summary.txt"
+  fi
+  for tool in $([ "$mode" = run1 ] && echo memcheck initcheck); do
     phase "sanitize_$tool" 40 san "$tool" benches/sanitize_kernels.py --kernel-name kns=nerfx
     grep -E "ERROR SUMMARY|every kernel ran|Error|error:" "$work/sanitize_$tool.log" | tail -3 | \
       sed "s/^/$tool: /" | tee -a "$out/summary.txt"
   done
-  phase sanitize_attention_racecheck 35 san racecheck benches/sanitize_attention.py \
+  [ "$mode" = run1 ] && phase sanitize_attention_racecheck 35 san racecheck benches/sanitize_attention.py \
     "${attn_filter[@]}"
-  grep -E "RACECHECK SUMMARY|ERROR SUMMARY|every kernel ran|Error" \
+  [ "$mode" = run1 ] && grep -E "RACECHECK SUMMARY|ERROR SUMMARY|every kernel ran|Error" \
     "$work/sanitize_attention_racecheck.log" | tail -3 | sed "s/^/attention racecheck: /" | \
     tee -a "$out/summary.txt"
   unset PYTORCH_NO_CUDA_MEMORY_CACHING
 
   # --- as time allows: the three NeRF kernels' rows on this device ------------------------------
   if [ "$rehearse" = 1 ]; then k="(fwd+bwd and cpu-cpu) or (march_rays and cpu-cpu)"
+  elif [ "$mode" = recheck ]; then  # the kernels at the issue's sizes, the copy beside them
+    k="19-20-fwd+bwd-cuda-cuda or 19-20-fwd+bwd-triton-cuda or fwd+bwd-cuda-cuda or"
+    k="$k fwd+bwd-copy-cuda or fwd+bwd-cuda+fp16-rgbs-cuda or march_rays[cuda-cuda]"
   else k="fwd+bwd or march_rays"; fi
   NERFX_BENCH_DEVICES=$dev NERFX_BENCH_MD=$work/bench.md phase bench 200 \
     python3 -m pytest -q -p no:cacheprovider --benchmark-only -k "$k" \

@@ -9,11 +9,14 @@ for the sanitizer too. The hash grid runs in fp32, fp16 and fp64 with both gradi
 with one and two cascades, constant and cone steps, a ray capped and resumed, compositing with
 empty rays and rays past the transmittance threshold, and the sparse Adam step. Prints each
 kernel it ran and the checksum of its outputs; exits 0 when every call returned.
-`--device cpu` runs the same calls on the cpu backend (a check of this script without a GPU).
+`--device cpu` runs the same calls on the cpu backend (a check of this script without a GPU);
+`--only hash_encode` (or march_rays, composite_rays, adam_step) runs one op's calls. Each hash
+grid call also prints where its inputs lie, so an address in a sanitizer report can be named.
 """
 
 from __future__ import annotations
 
+import argparse
 import math
 import sys
 
@@ -34,7 +37,13 @@ def finished(device: str, script: str) -> int:
     return 0
 
 
-def main(device: str) -> int:
+def where(name: str, tensor: torch.Tensor) -> str:
+    """`name [start, end)`: the bytes a tensor's storage spans, in hex."""
+    start = tensor.untyped_storage().data_ptr()
+    return f"{name} [{start:#x}, {start + tensor.untyped_storage().nbytes():#x})"
+
+
+def main(device: str, only: str | None = None) -> int:
     if device == "cuda" and not torch.cuda.is_available():
         print("sanitize_kernels: no CUDA device")
         return 1
@@ -50,17 +59,20 @@ def main(device: str) -> int:
     gen = torch.Generator(device).manual_seed(0)
 
     # Hash grid: a small grid with dense and hashed levels, N = 1000 (not a multiple of a block).
-    for dtype in (torch.float32, torch.float16, torch.float64):
+    for dtype in (torch.float32, torch.float16, torch.float64) if only in (None, "hash_encode") else ():
         enc = HashGridEncoding(n_levels=5, log2_hashmap_size=10, base_resolution=3,
                                finest_resolution=40, dtype=dtype).to(device)
         x_dtype = torch.float64 if dtype == torch.float64 else torch.float32
         x = torch.rand(1000, 3, generator=gen, device=device, dtype=x_dtype).requires_grad_()
+        print(where("x", x), where("params", enc.params), flush=True)
         out = hash_encode(x, enc.params, backend=device, **enc.config)
+        print(where("out", out), flush=True)
         grads = torch.autograd.grad(out.square().sum(), (x, enc.params))
         report(f"hash_encode fwd+bwd {dtype}", out, *grads)
 
     # March: a random half-full grid, rays from outside, some capped at 7 samples and resumed.
-    for cascades, cone_angle in ((1, 0.0), (2, 0.0), (2, 1 / 64)):
+    for cascades, cone_angle in ((1, 0.0), (2, 0.0), (2, 1 / 64)) if only in (None, "march_rays") \
+            else ():
         grid = OccupancyGrid([-1, -1, -1, 1, 1, 1], resolution=16, cascades=cascades).to(device)
         bits = torch.randint(0, 256, grid.bitfield.shape, generator=gen, device=device)
         grid.bitfield.copy_(bits.to(torch.uint8))
@@ -80,7 +92,7 @@ def main(device: str) -> int:
     n = int(offsets[-1])
     t_start = torch.rand(n, generator=gen, device=device).sort().values * 4 + 2
     t_end = t_start + 0.05
-    for dtype in (torch.float32, torch.float64):
+    for dtype in (torch.float32, torch.float64) if only in (None, "composite_rays") else ():
         sigmas = (torch.rand(n, generator=gen, device=device) * 100).to(dtype).requires_grad_()
         rgbs = torch.rand(n, 3, generator=gen, device=device, dtype=dtype).requires_grad_()
         out = composite_rays(sigmas, rgbs, t_start.to(dtype), t_end.to(dtype), offsets,
@@ -90,7 +102,7 @@ def main(device: str) -> int:
         report(f"composite_rays fwd+bwd {dtype}", *out, *grads)
 
     # Sparse Adam on a table whose gradient is half zeros.
-    for dtype in (torch.float32, torch.float16, torch.float64):
+    for dtype in (torch.float32, torch.float16, torch.float64) if only in (None, "adam_step") else ():
         table = torch.nn.Parameter(torch.randn(1025, generator=gen, device=device).to(dtype))
         opt = SkipZeroAdam([{"params": [table], "skip_zero": True}], lr=1e-2, betas=(0.9, 0.99),
                            eps=1e-15)
@@ -105,4 +117,9 @@ def main(device: str) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[sys.argv.index("--device") + 1] if "--device" in sys.argv else "cuda"))
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--only", choices=["hash_encode", "march_rays", "composite_rays",
+                                           "adam_step"])
+    args = parser.parse_args()
+    sys.exit(main(args.device, args.only))

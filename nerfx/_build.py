@@ -224,13 +224,35 @@ def cudart_link_dir(cudart: str, scratch: Path) -> str:
     return str(scratch)
 
 
+def loaded_libstdcxx(maps: Path = Path("/proc/self/maps")) -> str | None:
+    """The shared libstdc++ this process has loaded (torch's, once torch is imported), or None
+    where there is no /proc or no libstdc++ in it."""
+    try:
+        lines = maps.read_text().splitlines()
+    except OSError:
+        return None
+    for line in lines:  # address perms offset device inode [path]
+        fields = line.split(maxsplit=5)
+        path = fields[5] if len(fields) == 6 else ""
+        if os.path.basename(path).startswith("libstdc++.so") and os.path.exists(path):
+            return path
+    return None
+
+
 def build_flags(csrc: Path, with_cuda: bool, toolkit: Toolkit, search_path: Iterable[str],
-                archs: str, scratch: Path) -> BuildFlags:
+                archs: str, scratch: Path, libstdcxx: str | None = None) -> BuildFlags:
     # sources.txt names them from the checkout's root (csrc/...); csrc may be nerfx/_csrc.
     sources = [str(csrc / Path(s).relative_to("csrc")) for s in read_sources(csrc)]
     if not with_cuda:
         sources = [s for s in sources if not s.endswith(".cu")]
     flags = BuildFlags(sources, [str(csrc), str(csrc / "include")])
+    # The shared libstdc++ torch runs on, named to the linker before the compiler's own
+    # -lstdc++: a toolchain that links libstdc++ statically (the GPU machine's did) puts a second
+    # copy in nerfx._C, whose locale facet ids differ from torch's, and the first error message
+    # that prints a number (TORCH_CHECK(..., x.size(1))) crashes the process (RESULTS.md, GPU).
+    libstdcxx = libstdcxx if libstdcxx is not None else loaded_libstdcxx()
+    if libstdcxx:
+        flags.ldflags.append(libstdcxx)
     if with_cuda:
         flags.macros = {"NERFX_WITH_CUDA": None, "NERFX_CUDA_ARCHS": f'"{archs}"'}
         # -fmad=false: nvcc contracts a * b + c into one FMA by default; the CPU build does not

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import re
+import shutil
 import stat
 from pathlib import Path
 
@@ -264,3 +266,47 @@ def test_no_fma_contraction_on_either_side(tmp_path):
     if cmake.exists():
         text = cmake.read_text()
         assert "-ffp-contract=off" in text and "COMPILE_LANGUAGE:CUDA>:-fmad=false" in text
+
+
+def test_loaded_libstdcxx_is_read_from_the_process_maps(tmp_path):
+    """The shared libstdc++ named to the linker is the one the process has mapped (paths with
+    spaces kept; lines without a path, or a path that is gone, skipped)."""
+    lib = tmp_path / "dir with space" / "libstdc++.so.6.0.33"
+    lib.parent.mkdir()
+    lib.write_bytes(b"")
+    maps = tmp_path / "maps"
+    maps.write_text("7f00-7f01 r--p 00000000 00:00 0 \n"
+                    "7f01-7f02 r-xp 00000000 08:01 12 /gone/libstdc++.so.6.0.30\n"
+                    f"7f02-7f03 r-xp 00001000 08:01 13                 {lib}\n")
+    assert _build.loaded_libstdcxx(maps) == str(lib)
+    assert _build.loaded_libstdcxx(tmp_path / "no such file") is None
+    maps.write_text("7f00-7f01 r--p 00000000 00:00 0                  [heap]\n")
+    assert _build.loaded_libstdcxx(maps) is None
+    root = Path(__file__).parents[1]
+    csrc = root / "csrc" if (root / "csrc").is_dir() else Path(_build.__file__).parent / "_csrc"
+    flags = _build.build_flags(csrc, False, Toolkit(), [], "", tmp_path, libstdcxx=str(lib))
+    assert flags.ldflags[-1] == str(lib)
+
+
+def test_the_extension_links_the_shared_libstdcxx_torch_uses():
+    """A second, static libstdc++ inside nerfx._C has locale facet ids of its own: the first
+    error message that prints a number (`x must have 3 columns, got 4`) then crashes the
+    process instead of raising (it did, on the GPU machine's toolchain)."""
+    import subprocess
+
+    import torch
+
+    from nerfx import _ext
+
+    for tool in ("readelf", "nm"):
+        if shutil.which(tool) is None:
+            pytest.skip(f"{tool} (binutils) is not installed")
+    library = Path(_ext.load().__file__)
+    dynamic = subprocess.run(["readelf", "-d", str(library)], capture_output=True, text=True,
+                             check=True).stdout
+    assert re.search(r"NEEDED.*\[libstdc\+\+\.so", dynamic), dynamic
+    defined = subprocess.run(["nm", "-D", "--defined-only", str(library)], capture_output=True,
+                             text=True, check=True).stdout
+    assert "_ZNSt6locale" not in defined  # std::locale's own members: libstdc++ is inside
+    with pytest.raises(RuntimeError, match="4"):
+        torch.ops.nerfx.hash_encode(torch.zeros(5, 4), torch.zeros(16, 2), [0, 16], [2], 2)

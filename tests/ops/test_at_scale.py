@@ -170,7 +170,8 @@ def test_composite_at_training_size(backend, device, dtype, sigmas_dtype, rgbs_d
         assert a.dtype == {"grad_sigmas": sigmas_dtype, "grad_rgbs": rgbs_dtype}.get(name, dtype)
         scale = c.abs().max().item()
         if dtype == torch.float64:
-            torch.testing.assert_close(a, c, rtol=1e-10, atol=1e-12 * scale, msg=name)
+            torch.testing.assert_close(a, c, rtol=1e-10, atol=1e-12 * scale,
+                                       msg=lambda m, name=name: f"{name}: {m}")
             continue
         try:
             assert_lowprec_close(a, b, c, atol=1e-6 * scale)
