@@ -92,7 +92,8 @@ $((SECONDS - t0))s (total $((SECONDS - start))s of ${total}s)"
 }
 
 { echo "gpu_check $mode$([ "$rehearse" = 1 ] && echo ' REHEARSAL (CPU)'), $(date -u)"
-  echo "commit: $(git rev-parse HEAD 2>/dev/null || echo "${NERFX_COMMIT:-unknown}")"
+  # NERFX_COMMIT first: the device's copy of the tree can carry a stale .git
+  echo "commit: ${NERFX_COMMIT:-$(git rev-parse HEAD 2>/dev/null || echo unknown)}"
   nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv 2>&1 | \
     tail -n +2 || true
   python3 -c 'import sys, torch; print("python", sys.version.split()[0], "torch", torch.__version__,

@@ -56,14 +56,22 @@ def main(device: str, only: str | None = None) -> int:
     )
     from nerfx.render import OccupancyGrid
 
-    gen = torch.Generator(device).manual_seed(0)
+    gen = torch.Generator(device).manual_seed(0)  # the march's jitter, drawn on the device
+    host = torch.Generator().manual_seed(0)
+
+    def random(draw, *args, **kwargs) -> torch.Tensor:
+        """draw(*args) on the host, copied to the device: initcheck then judges nerfx's reads of
+        memory a copy wrote (on an H200 it reported all of torch.rand's own CUDA output as never
+        written when the hash grid read it; RESULTS.md, GPU)."""
+        return draw(*args, generator=host, **kwargs).to(device)
 
     # Hash grid: a small grid with dense and hashed levels, N = 1000 (not a multiple of a block).
-    for dtype in (torch.float32, torch.float16, torch.float64) if only in (None, "hash_encode") else ():
+    hash_dtypes = (torch.float32, torch.float16, torch.float64)
+    for dtype in hash_dtypes if only in (None, "hash_encode") else ():
         enc = HashGridEncoding(n_levels=5, log2_hashmap_size=10, base_resolution=3,
                                finest_resolution=40, dtype=dtype).to(device)
         x_dtype = torch.float64 if dtype == torch.float64 else torch.float32
-        x = torch.rand(1000, 3, generator=gen, device=device, dtype=x_dtype).requires_grad_()
+        x = random(torch.rand, 1000, 3, dtype=x_dtype).requires_grad_()
         print(where("x", x), where("params", enc.params), flush=True)
         out = hash_encode(x, enc.params, backend=device, **enc.config)
         print(where("out", out), flush=True)
@@ -74,10 +82,10 @@ def main(device: str, only: str | None = None) -> int:
     for cascades, cone_angle in ((1, 0.0), (2, 0.0), (2, 1 / 64)) if only in (None, "march_rays") \
             else ():
         grid = OccupancyGrid([-1, -1, -1, 1, 1, 1], resolution=16, cascades=cascades).to(device)
-        bits = torch.randint(0, 256, grid.bitfield.shape, generator=gen, device=device)
+        bits = random(torch.randint, 0, 256, grid.bitfield.shape)
         grid.bitfield.copy_(bits.to(torch.uint8))
-        d = torch.nn.functional.normalize(torch.randn(777, 3, generator=gen, device=device), dim=-1)
-        o = -3 * d + 0.2 * torch.randn(777, 3, generator=gen, device=device)
+        d = torch.nn.functional.normalize(random(torch.randn, 777, 3), dim=-1)
+        o = -3 * d + 0.2 * random(torch.randn, 777, 3)
         kwargs = dict(step_size=math.sqrt(3) / 64, cone_angle=cone_angle)
         full = march_rays(o, d, grid, **kwargs, backend=device, perturb=True, generator=gen)
         capped = march_rays(o, d, grid, **kwargs, backend=device, max_samples=7)
@@ -86,15 +94,15 @@ def main(device: str, only: str | None = None) -> int:
                full.positions, capped.t_start, resumed.t_start)
 
     # Compositing: rays of 0 to 70 samples, dense enough that some end past the threshold.
-    counts = torch.randint(0, 71, (501,), generator=gen, device=device)
+    counts = random(torch.randint, 0, 71, (501,))
     counts[::7] = 0
     offsets = torch.cat([counts.new_zeros(1), counts.cumsum(0)])
     n = int(offsets[-1])
-    t_start = torch.rand(n, generator=gen, device=device).sort().values * 4 + 2
+    t_start = random(torch.rand, n).sort().values * 4 + 2
     t_end = t_start + 0.05
     for dtype in (torch.float32, torch.float64) if only in (None, "composite_rays") else ():
-        sigmas = (torch.rand(n, generator=gen, device=device) * 100).to(dtype).requires_grad_()
-        rgbs = torch.rand(n, 3, generator=gen, device=device, dtype=dtype).requires_grad_()
+        sigmas = (random(torch.rand, n) * 100).to(dtype).requires_grad_()
+        rgbs = random(torch.rand, n, 3, dtype=dtype).requires_grad_()
         out = composite_rays(sigmas, rgbs, t_start.to(dtype), t_end.to(dtype), offsets,
                              backend=device)
         grads = torch.autograd.grad(out.color.sum() + out.depth.sum() + out.weights.sum(),
@@ -102,13 +110,14 @@ def main(device: str, only: str | None = None) -> int:
         report(f"composite_rays fwd+bwd {dtype}", *out, *grads)
 
     # Sparse Adam on a table whose gradient is half zeros.
-    for dtype in (torch.float32, torch.float16, torch.float64) if only in (None, "adam_step") else ():
-        table = torch.nn.Parameter(torch.randn(1025, generator=gen, device=device).to(dtype))
+    adam_dtypes = (torch.float32, torch.float16, torch.float64)
+    for dtype in adam_dtypes if only in (None, "adam_step") else ():
+        table = torch.nn.Parameter(random(torch.randn, 1025).to(dtype))
         opt = SkipZeroAdam([{"params": [table], "skip_zero": True}], lr=1e-2, betas=(0.9, 0.99),
                            eps=1e-15)
         for _ in range(3):
-            grad = torch.randn(1025, generator=gen, device=device).to(dtype)
-            grad[torch.rand(1025, generator=gen, device=device) < 0.5] = 0
+            grad = random(torch.randn, 1025).to(dtype)
+            grad[random(torch.rand, 1025) < 0.5] = 0
             table.grad = grad
             opt.step()
         report(f"adam_step {dtype}", table.detach())

@@ -21,6 +21,11 @@ import triton.language as tl
 from nerfx.specs import GridLayout
 
 BLOCK = 128
+# Launched without floating-point fusion: Triton would contract `pos - corner` (pos = x * N_l)
+# into one FMA over the unrounded product while the corner comes from the rounded one, so the
+# fraction differed from the reference's by up to half an ulp of pos (1e-4 of a cell at N_l =
+# 1751), and could come out negative; csrc builds with -fmad=false for the same reason.
+NO_FUSION = {"enable_fp_fusion": False}
 
 
 @triton.jit
@@ -196,7 +201,7 @@ def forward(x: torch.Tensor, params: torch.Tensor, layout: GridLayout) -> torch.
     offsets, resolutions = _geometry(layout, x.device)
     grid = (triton.cdiv(n, BLOCK), layout.n_levels)
     _forward_kernel[grid](x, params, offsets, resolutions, out, n, layout.n_levels,
-                          D=d, CORNERS=2**d, F=f, BLOCK=BLOCK)
+                          D=d, CORNERS=2**d, F=f, BLOCK=BLOCK, **NO_FUSION)
     return out
 
 
@@ -218,5 +223,6 @@ def backward(grad_out: torch.Tensor, x: torch.Tensor, params: torch.Tensor, layo
                                unused if grad_params is None else grad_params,
                                unused if grad_x is None else grad_x, n, layout.n_levels,
                                NEEDS_PARAMS=needs_params_grad, NEEDS_X=needs_x_grad, D=d,
-                               CORNERS=2**d, F=layout.n_features_per_level, BLOCK=BLOCK)
+                               CORNERS=2**d, F=layout.n_features_per_level, BLOCK=BLOCK,
+                               **NO_FUSION)
     return (None if grad_params is None else grad_params.to(params.dtype)), grad_x

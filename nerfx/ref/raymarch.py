@@ -49,7 +49,8 @@ def march_rays_dense(rays_o: torch.Tensor, rays_d: torch.Tensor, near: torch.Ten
         starts.append(t_start[capped])
         ends.append(t_end[capped])
         counts.append(count)
-    counts_all = torch.cat(counts) if counts else torch.zeros(0, dtype=torch.long)
+    counts_all = (torch.cat(counts) if counts  # no rays: an empty count on their device
+                  else torch.zeros(0, dtype=torch.long, device=rays_o.device))
     offsets = torch.zeros(rays_o.shape[0] + 1, dtype=torch.long, device=rays_o.device)
     offsets[1:] = counts_all.cumsum(0)
     t_start = torch.cat(starts) if starts else rays_o.new_zeros(0)
