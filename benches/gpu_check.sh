@@ -116,6 +116,7 @@ toolchain() {  # which compiler links nerfx._C, and which libstdc++ it would lin
   python3 -c 'import sysconfig as s; print("LDSHARED", s.get_config_var("LDSHARED"))'
   echo "CXX=${CXX:-} LDFLAGS=${LDFLAGS:-}"
 }
+export -f toolchain  # build() runs in a child bash and calls it
 linkage() {  # the built extension's libstdc++: shared (NEEDED) and no copy of its own inside
   local so
   so=$(python3 -c 'from nerfx import _ext; print(_ext.load().__file__)') || return 1
