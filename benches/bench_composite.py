@@ -23,8 +23,9 @@ SAMPLES = 64
 # "<backend>+cast-rgbs": the same half colours widened to float32 first (the copy the kernels'
 # half reads avoid). "cpu-portable...": the cpu backend's portable loops (NERFX_CPU_PATH=portable)
 # beside its AVX2 ones ("cpu...", where the CPU has them).
-IMPLS = ["torch", "torch-padded", "cpu", "cpu-portable", "cuda", "cpu+fp16-rgbs",
-         "cpu-portable+fp16-rgbs", "cuda+fp16-rgbs", "cuda+cast-rgbs", "nerfacc", "copy"]
+IMPLS = ["torch", "torch-padded", "cpu", "cpu-portable", "cuda", "triton", "cpu+fp16-rgbs",
+         "cpu-portable+fp16-rgbs", "cuda+fp16-rgbs", "cuda+cast-rgbs", "triton+fp16-rgbs",
+         "nerfacc", "copy"]
 BYTES_PER_SAMPLE = {"fwd": 4 + 4 + 4 + 12 + 4, "fwd+bwd": 28 + 24 + 4 + 12}  # fp32, see above
 HALF_RGB_SAVES = {"fwd": 6, "fwd+bwd": 18}  # bytes a sample: rgb read (and drgb written) in half
 

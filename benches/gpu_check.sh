@@ -257,7 +257,8 @@ if [ "$mode" = run1 ] || [ "$mode" = recheck ]; then
   if [ "$rehearse" = 1 ]; then k="(fwd+bwd and cpu-cpu) or (march_rays and cpu-cpu)"
   elif [ "$mode" = recheck ]; then  # the kernels at the sizes, the copy beside them
     k="19-20-fwd+bwd-cuda-cuda or 19-20-fwd+bwd-triton-cuda or fwd+bwd-cuda-cuda or"
-    k="$k fwd+bwd-copy-cuda or fwd+bwd-cuda+fp16-rgbs-cuda or march_rays[cuda-cuda]"
+    k="$k fwd+bwd-triton-cuda or fwd+bwd-copy-cuda or fwd+bwd-cuda+fp16-rgbs-cuda or"
+    k="$k fwd+bwd-triton+fp16-rgbs-cuda or march_rays[cuda-cuda]"
   else k="fwd+bwd or march_rays"; fi
   NERFX_BENCH_DEVICES=$dev NERFX_BENCH_MD=$work/bench.md phase bench 200 \
     python3 -m pytest -q -p no:cacheprovider --benchmark-only -k "$k" \

@@ -4,7 +4,9 @@
     out.color [n_rays, 3], out.opacity [n_rays], out.depth [n_rays], out.weights [n_samples]
 
 Backends: `cuda` and `cpu` (nerfx._C; the backward is O(samples), from suffix sums of the saved
-outputs) and `torch` (nerfx.ref.composite). Differentiable w.r.t. sigmas, rgbs and background.
+outputs), `triton` (nerfx.kernels.composite: a ray's samples across neighbouring lanes; CUDA
+tensors, or CPU ones in Triton's interpreter) and `torch` (nerfx.ref.composite).
+Differentiable w.r.t. sigmas, rgbs and background.
 
 Types: the arithmetic and the outputs are in promote_types(sigmas, rgbs, t_start); gradients
 come in each input's own type. The kernels take t_start and t_end in float32 or float64, with
@@ -25,7 +27,13 @@ from nerfx.ops._checks import (
     check_shape,
     check_tensor,
 )
-from nerfx.ops._dispatch import Backend, OpBackends, extension_kernel, register
+from nerfx.ops._dispatch import (
+    Backend,
+    OpBackends,
+    extension_kernel,
+    register,
+    triton_available,
+)
 from nerfx.ops._library import register_op
 from nerfx.ref import composite as ref
 from nerfx.specs import Composited, with_background
@@ -52,13 +60,14 @@ def _setup_context(ctx, inputs, output) -> None:
     ctx.threshold = threshold
 
 
-def _backward(ctx, grad_color, grad_opacity, grad_depth, grad_weights):
+def _backward(ctx, grad_color, grad_opacity, grad_depth, grad_weights, backward_op=None):
     sigmas, rgbs, t_start, t_end, offsets, color, opacity, depth, weights = ctx.saved_tensors
     grad_color = torch.zeros_like(color) if grad_color is None else grad_color
     grad_opacity = torch.zeros_like(opacity) if grad_opacity is None else grad_opacity
     grad_depth = torch.zeros_like(depth) if grad_depth is None else grad_depth
     grad_weights = t_start.new_empty(0) if grad_weights is None else grad_weights
-    grad_sigmas, grad_rgbs = torch.ops.nerfx.composite_rays_backward(
+    backward_op = backward_op or torch.ops.nerfx.composite_rays_backward
+    grad_sigmas, grad_rgbs = backward_op(
         grad_color, grad_opacity, grad_depth, grad_weights, sigmas, rgbs, t_start, t_end,
         offsets, color, opacity, depth, weights, ctx.threshold)
     return grad_sigmas, grad_rgbs, None, None, None, None
@@ -89,6 +98,43 @@ def _run_compiled(sigmas, rgbs, t_start, t_end, offsets, threshold) -> Composite
                                                       threshold))
 
 
+@torch.library.custom_op("nerfx::composite_rays_triton", mutates_args=())
+def _composite_triton(sigmas: torch.Tensor, rgbs: torch.Tensor, t_start: torch.Tensor,
+                      t_end: torch.Tensor, offsets: torch.Tensor, threshold: float
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    from nerfx.kernels import composite as kernels
+
+    return kernels.forward(sigmas, rgbs, t_start, t_end, offsets, threshold)
+
+
+@torch.library.custom_op("nerfx::composite_rays_triton_backward", mutates_args=())
+def _composite_triton_backward(grad_color: torch.Tensor, grad_opacity: torch.Tensor,
+                               grad_depth: torch.Tensor, grad_weights: torch.Tensor,
+                               sigmas: torch.Tensor, rgbs: torch.Tensor, t_start: torch.Tensor,
+                               t_end: torch.Tensor, offsets: torch.Tensor, color: torch.Tensor,
+                               opacity: torch.Tensor, depth: torch.Tensor, weights: torch.Tensor,
+                               threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
+    from nerfx.kernels import composite as kernels
+
+    return kernels.backward(grad_color, grad_opacity, grad_depth, grad_weights, sigmas, rgbs,
+                            t_start, t_end, offsets, color, opacity, depth, weights, threshold)
+
+
+def _backward_triton(ctx, grad_color, grad_opacity, grad_depth, grad_weights):
+    return _backward(ctx, grad_color, grad_opacity, grad_depth, grad_weights,
+                     torch.ops.nerfx.composite_rays_triton_backward)
+
+
+register_op("composite_rays_triton", fake=_fake, setup_context=_setup_context,
+            backward=_backward_triton, backward_op="composite_rays_triton_backward",
+            fake_backward=_fake_backward, label="composite_rays",
+            no_second_order="the triton backend")
+
+
+def _run_triton(sigmas, rgbs, t_start, t_end, offsets, threshold) -> Composited:
+    return Composited(*_composite_triton(sigmas, rgbs, t_start, t_end, offsets, threshold))
+
+
 def _run_reference(sigmas, rgbs, t_start, t_end, offsets, threshold) -> Composited:
     return ref.composite_rays(sigmas, rgbs, t_start, t_end, offsets,
                               transmittance_threshold=threshold)
@@ -98,6 +144,8 @@ BACKENDS = register(OpBackends("composite_rays", [
     Backend("cuda", ("cuda",), KERNEL_DTYPES, _run_compiled, extension_kernel("composite_rays"),
             limits=_kernel_types),
     Backend("cpu", ("cpu",), KERNEL_DTYPES, _run_compiled, extension_kernel("composite_rays"),
+            limits=_kernel_types),
+    Backend("triton", ("cuda", "cpu"), KERNEL_DTYPES, _run_triton, triton_available,
             limits=_kernel_types),
     Backend("torch", ("cuda", "cpu", "mps", "xpu"), FLOATS + (torch.float16, torch.bfloat16),
             _run_reference),

@@ -29,6 +29,7 @@ STEP = math.sqrt(3) / 1024  # Instant-NGP's minimal step for the unit cube (worl
 HASH_BACKENDS = [p for p in BACKEND_DEVICES if p.id in ("cpu", "cuda", "triton-interp",
                                                         "triton-cuda")]
 KERNELS = [p for p in BACKEND_DEVICES if p.id in ("cpu", "cuda")]
+COMPOSITE_KERNELS = [p for p in BACKEND_DEVICES if p.id in ("cpu", "cuda", "triton-cuda")]
 
 
 def seeded(device: str, seed: int) -> torch.Generator:
@@ -146,7 +147,7 @@ def composite_results(backend: str, inputs, grads) -> tuple[torch.Tensor, ...]:
 F32, F64, HALF = torch.float32, torch.float64, torch.float16
 
 
-@pytest.mark.parametrize("backend,device", KERNELS)
+@pytest.mark.parametrize("backend,device", COMPOSITE_KERNELS)
 @pytest.mark.parametrize("dtype,sigmas_dtype,rgbs_dtype",
                          [(F32, F32, F32), (F64, F64, F64), (F32, F32, HALF), (F32, HALF, HALF)],
                          ids=["fp32", "fp64", "fp16-rgbs", "fp16-sigmas-rgbs"])
