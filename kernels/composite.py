@@ -55,9 +55,10 @@ def _samples(sigmas_ptr, t_start_ptr, t_end_ptr, begin, end, step, depth_before,
 
 @triton.jit
 def _forward_kernel(sigmas_ptr, rgbs_ptr, t_start_ptr, t_end_ptr, offsets_ptr, color_ptr,
-                    opacity_ptr, depth_ptr, weights_ptr, n_rays, n_samples, threshold,
+                    opacity_ptr, depth_ptr, weights_ptr, n_rays, n_samples, threshold_ptr,
                     RAYS: tl.constexpr, CHUNK: tl.constexpr):
     rays, live, begin, end = _rays(offsets_ptr, n_rays, n_samples, RAYS)
+    threshold = tl.load(threshold_ptr)
     zero = tl.zeros((RAYS,), dtype=t_start_ptr.dtype.element_ty)
     red, green, blue, opacity, depth, depth_before = zero, zero, zero, zero, zero, zero
     for step in range(0, tl.cdiv(tl.max(end - begin, axis=0), CHUNK)):
@@ -82,11 +83,12 @@ def _forward_kernel(sigmas_ptr, rgbs_ptr, t_start_ptr, t_end_ptr, offsets_ptr, c
 def _backward_kernel(sigmas_ptr, rgbs_ptr, t_start_ptr, t_end_ptr, offsets_ptr, color_ptr,
                      opacity_ptr, depth_ptr, weights_ptr, g_color_ptr, g_opacity_ptr,
                      g_depth_ptr, g_weights_ptr, grad_sigmas_ptr, grad_rgbs_ptr, n_rays,
-                     n_samples, threshold, HAS_G_WEIGHTS: tl.constexpr, RAYS: tl.constexpr,
+                     n_samples, threshold_ptr, HAS_G_WEIGHTS: tl.constexpr, RAYS: tl.constexpr,
                      CHUNK: tl.constexpr):
     """dL/dc_i = w_i grad_color; dL/dsigma_i = delta_i (T_{i+1} v_i - sum_{k>i} w_k v_k) with
     v_k = grad_color . c_k + grad_opacity + grad_depth t_mid_k + grad_weight_k (composite.h)."""
     rays, live, begin, end = _rays(offsets_ptr, n_rays, n_samples, RAYS)
+    threshold = tl.load(threshold_ptr)
     g_red = tl.load(g_color_ptr + rays * 3, mask=live, other=0.0)
     g_green = tl.load(g_color_ptr + rays * 3 + 1, mask=live, other=0.0)
     g_blue = tl.load(g_color_ptr + rays * 3 + 2, mask=live, other=0.0)
@@ -132,6 +134,12 @@ def _backward_kernel(sigmas_ptr, rgbs_ptr, t_start_ptr, t_end_ptr, offsets_ptr, 
         depth_before += tl.sum(tau, 1)
 
 
+def _scalar(value: float, like: torch.Tensor) -> torch.Tensor:
+    """value as a one-entry tensor of like's dtype and device: a float argument would reach the
+    kernel as float32, and the float64 kernels compare transmittance with the exact threshold."""
+    return torch.full((1,), value, dtype=like.dtype, device=like.device)
+
+
 def forward(sigmas: torch.Tensor, rgbs: torch.Tensor, t_start: torch.Tensor, t_end: torch.Tensor,
             offsets: torch.Tensor, threshold: float) -> tuple[torch.Tensor, ...]:
     """sigmas, t_start, t_end [S], rgbs [S, 3], offsets [n_rays + 1] -> (color [n_rays, 3],
@@ -143,8 +151,8 @@ def forward(sigmas: torch.Tensor, rgbs: torch.Tensor, t_start: torch.Tensor, t_e
     if n_rays > 0:
         _forward_kernel[(triton.cdiv(n_rays, RAYS),)](
             sigmas.contiguous(), rgbs.contiguous(), t_start.contiguous(), t_end.contiguous(),
-            offsets.contiguous(), color, opacity, depth, weights, n_rays, n_samples, threshold,
-            RAYS=RAYS, CHUNK=CHUNK)
+            offsets.contiguous(), color, opacity, depth, weights, n_rays, n_samples,
+            _scalar(threshold, t_start), RAYS=RAYS, CHUNK=CHUNK)
     return color, opacity, depth, weights
 
 
@@ -167,6 +175,6 @@ def backward(grad_color: torch.Tensor, grad_opacity: torch.Tensor, grad_depth: t
             weights.contiguous(), grad_color.to(dtype).contiguous(),
             grad_opacity.to(dtype).contiguous(), grad_depth.to(dtype).contiguous(),
             grad_weights.to(dtype).contiguous() if has_g_weights else weights, grad_sigmas,
-            grad_rgbs, n_rays, n_samples, threshold, HAS_G_WEIGHTS=has_g_weights, RAYS=RAYS,
-            CHUNK=CHUNK)
+            grad_rgbs, n_rays, n_samples, _scalar(threshold, t_start),
+            HAS_G_WEIGHTS=has_g_weights, RAYS=RAYS, CHUNK=CHUNK)
     return grad_sigmas, grad_rgbs
