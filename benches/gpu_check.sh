@@ -6,26 +6,27 @@
 #   is left of TOTAL_S; a phase with under 10 s left is skipped, and says so):
 #     build 150   pip install -e . with the CUDA kernels for the visible card (-fmad=false); a
 #                 warm machine keeps the build of the same sources. Usually under 60 s.
-#     probe 70    benches/probe_op_errors.py: the crash probe (controls, the four ops, adam_step
+#     probe 45    benches/probe_op_errors.py: the crash probe (controls, the four ops, adam_step
 #                 under inference_mode, test_adam.py alone in a fresh process), its VERDICT line
-#     tests 110   the CUDA tests, CUDA first: tests/ops/test_at_scale.py whole, then `-k cuda`
-#                 over tests/, OMP_NUM_THREADS=2, 4 at once (pytest-xdist -n 4 where installed,
-#                 else one process per file, so a crash costs one file); peak GPU memory by test
+#     tests 160   the CUDA tests: one `pytest -n 8 -k "cuda or libstdcxx" tests` (pytest-xdist, on
+#                 the GPU image; else one process per file, 4 at once), OMP_NUM_THREADS=2, so a
+#                 crash costs one test; peak GPU memory by test
 #     memcheck 40, initcheck 40   compute-sanitizer on benches/sanitize_kernels.py, filtered to
 #                 nerfx's kernels (--kernel-name kns=nerfx)
-#     attention 35  compute-sanitizer racecheck on benches/sanitize_attention.py (Triton kernels:
+#     attention 45  compute-sanitizer racecheck on benches/sanitize_attention.py (Triton kernels:
 #                 shared memory), filtered to their names
-#     bench (the rest)  the CUDA rows, fwd+bwd, of the hash-grid, march and compositing benchmarks
+#     bench (the rest)  the kernels' CUDA and Triton rows, fwd+bwd, at the issue's sizes (hash
+#                 grid 2^20 points, compositing 2^18 x 64 beside a copy, march 2^18 rays)
 #   run2 (TOTAL_S=300; only when run 1 left >= 5 minutes): build (kept when warm); the peers from
 #     .whl (benches/fetch_peer_wheels.sh; carry `.whl`); nerfacc's first-use CUDA build, 90 s at
 #     most, its rows left out if it fails; the scene: the built-in lego at 400 px (the gpu-fast
-#     preset's size) generated on the GPU, 60 s; the remaining benchmarks beside the peers (their
-#     time capped so the main job keeps 170 s); the main job `python -m nerfx.train --scene lego
-#     --fast` with its peak GPU memory.
+#     preset's size) generated on the GPU, 60 s; the remaining benchmarks beside the peers, the
+#     references and torch.compile (their time capped so the main job keeps 170 s); the main
+#     job `python -m nerfx.train --scene lego --fast` with its peak GPU memory.
 #   recheck (TOTAL_S=320; after a run 1 that found faults, on a fresh machine): build; the
-#     extension's linkage (readelf NEEDED, libstdc++ symbols it defines); the probe; every CUDA
-#     test in one `pytest -n 8 -k cuda`; initcheck on the hash grid alone, with its tensors'
-#     addresses; the nerfx kernels' CUDA rows at the issue's sizes (no reference rows).
+#     extension's linkage (readelf NEEDED, libstdc++ symbols it defines); the probe; the CUDA
+#     tests as in run1; initcheck on the hash grid alone, with its tensors' addresses; the
+#     kernels' rows as in run1.
 #   Not in either run yet: the -fmad=false before/after bench row (build the parent of the commit
 #   that added the flag in a second tree and run bench_hashgrid/bench_composite -k cuda from both).
 #   --rehearse (or REHEARSE=1): the same phases on the CPU with tiny sizes and the same output
@@ -153,8 +154,8 @@ if [ "$mode" = run1 ] || [ "$mode" = recheck ]; then
     grep -E "NEEDED|defined inside" "$work/linkage.log" | tee -a "$out/summary.txt"
   fi
   # --- the crash probe: controls, each op, inference_mode, test_adam.py alone ------------------
-  phase probe 70 python3 benches/probe_op_errors.py --jobs "$([ "$rehearse" = 1 ] && echo 2 || echo 8)" \
-    --limit 40
+  phase probe 45 python3 benches/probe_op_errors.py --jobs "$([ "$rehearse" = 1 ] && echo 2 || echo 8)" \
+    --limit 30
   grep -E "CRASHED|TIMED OUT|SKIPPED|VERDICT|fresh process" "$work/probe.log" | tee -a "$out/summary.txt"
 
   # --- the CUDA tests, CUDA first ---------------------------------------------------------------
@@ -167,16 +168,9 @@ if [ "$mode" = run1 ] || [ "$mode" = recheck ]; then
     echo "files with -k cuda tests: $(echo "$files" | wc -w)"
     # pytest-timeout (on the GPU image): a hung test costs 90 s, not the phase.
     python3 -c 'import pytest_timeout' 2>/dev/null && export PYTEST_ADDOPTS="--timeout 90"
-    if [ "$mode" = recheck ] && python3 -c 'import xdist' 2>/dev/null; then
+    if python3 -c 'import xdist' 2>/dev/null; then  # the GPU image has it: one run, 8 workers
       python3 -X faulthandler -m pytest -v -n 8 -p no:cacheprovider -rfEs --durations=10 \
         -k "cuda or libstdcxx" tests
-      return 0
-    fi
-    if python3 -c 'import xdist' 2>/dev/null; then
-      python3 -X faulthandler -m pytest -v -n 4 -p no:cacheprovider -rfEs --durations=15 \
-        tests/ops/test_at_scale.py
-      [ -n "$files" ] && python3 -X faulthandler -m pytest -v -n 4 -p no:cacheprovider -rfEs \
-        --durations=15 -k cuda $files
       return 0
     fi
     echo "no pytest-xdist: one pytest process a file, 4 at once"
@@ -197,7 +191,7 @@ if [ "$mode" = run1 ] || [ "$mode" = recheck ]; then
     echo "RESULT $f rc=$rc: $(grep -E '(passed|failed|skipped|error|no tests ran)' "$log" | tail -1)"
   }
   export -f one_file
-  phase tests 110 cuda_tests $((100 * scale))
+  phase tests 160 cuda_tests $((150 * scale))
   grep -E "^RESULT|^(FAILED|ERROR) |Fatal Python|Segmentation|node down|crashed worker" \
     "$work/tests.log" | head -40 | \
     tee -a "$out/summary.txt"
@@ -246,7 +240,7 @@ if [ "$mode" = run1 ] || [ "$mode" = recheck ]; then
     grep -E "ERROR SUMMARY|every kernel ran|Error|error:" "$work/sanitize_$tool.log" | tail -3 | \
       sed "s/^/$tool: /" | tee -a "$out/summary.txt"
   done
-  [ "$mode" = run1 ] && phase sanitize_attention_racecheck 35 san racecheck benches/sanitize_attention.py \
+  [ "$mode" = run1 ] && phase sanitize_attention_racecheck 45 san racecheck benches/sanitize_attention.py \
     "${attn_filter[@]}"
   [ "$mode" = run1 ] && grep -E "RACECHECK SUMMARY|ERROR SUMMARY|every kernel ran|Error" \
     "$work/sanitize_attention_racecheck.log" | tail -3 | sed "s/^/attention racecheck: /" | \
@@ -255,11 +249,11 @@ if [ "$mode" = run1 ] || [ "$mode" = recheck ]; then
 
   # --- as time allows: the three NeRF kernels' rows on this device ------------------------------
   if [ "$rehearse" = 1 ]; then k="(fwd+bwd and cpu-cpu) or (march_rays and cpu-cpu)"
-  elif [ "$mode" = recheck ]; then  # the kernels at the issue's sizes, the copy beside them
+  else  # the kernels at the issue's sizes, the copy beside them (references: run 2)
     k="19-20-fwd+bwd-cuda-cuda or 19-20-fwd+bwd-triton-cuda or fwd+bwd-cuda-cuda or"
     k="$k fwd+bwd-triton-cuda or fwd+bwd-copy-cuda or fwd+bwd-cuda+fp16-rgbs-cuda or"
     k="$k fwd+bwd-triton+fp16-rgbs-cuda or march_rays[cuda-cuda]"
-  else k="fwd+bwd or march_rays"; fi
+  fi
   NERFX_BENCH_DEVICES=$dev NERFX_BENCH_MD=$work/bench.md phase bench 200 \
     python3 -m pytest -q -p no:cacheprovider --benchmark-only -k "$k" \
     --benchmark-json="$work/bench.json" benches/bench_hashgrid.py benches/bench_raymarch.py \
@@ -306,7 +300,8 @@ print(lego.generate($size, progress=False), 'on', 'cuda' if torch.cuda.is_availa
     k="(march_rays and torch-cpu) or (adam and cpu)"; files=(benches/bench_raymarch.py
       benches/bench_adam.py)
   else
-    k="(nerfacc $not_nerfacc) or attention or adam or train or diffusion or ldm or fwd-"
+    k="(nerfacc $not_nerfacc) or attention or adam or train or diffusion or ldm or fwd- or"
+    k="$k 19-20-fwd+bwd or fwd+bwd-torch or march_rays"  # + the references and torch.compile
     files=(benches/bench_attention.py benches/bench_raymarch.py benches/bench_composite.py
       benches/bench_hashgrid.py benches/bench_adam.py benches/bench_train.py
       benches/bench_diffusion.py benches/bench_ldm.py)

@@ -264,14 +264,16 @@ def main() -> int:
               "exceptions crash in this process state); the tests must not depend on it")
     elif ops:
         print("VERDICT: only nerfx's ops crash -> nerfx's LINKAGE (see the bindings above: which "
-              "_Unwind_*/__gxx_personality_v0 nerfx._C gets vs libc10's)")
+              "_Unwind_*/__gxx_personality_v0 nerfx._C gets vs libc10's, and whether it holds a "
+              "libstdc++ of its own: on 2026-12-04 a static one crashed every message printing "
+              "a number)")
     elif any(job[0] == PYTEST_ADAM for job, _ in real):
         print("VERDICT: every op raises alone, but test_adam.py crashes alone in a fresh process "
               "-> the crash is inside test_adam.py's own sequence (see its output above)")
     else:
-        print("VERDICT: nothing crashes in a fresh process -> the crash needs the tests that ran "
-              "before it: python benches/bisect_test_order.py --target "
-              "tests/ops/test_adam.py::test_the_kernel_checks_its_arguments_itself")
+        print("VERDICT: nothing crashes in a fresh process (every case raised, test_adam.py "
+              "passed); if the test suite still crashes, the crash needs the tests that ran "
+              "before it: python benches/bisect_test_order.py --target <the crashed test>")
     if timed_out:
         print("timed out (no verdict from these): " + "; ".join(" / ".join(j) for j in timed_out))
     return int(bool(real))
