@@ -301,7 +301,8 @@ print(lego.generate($size, progress=False), 'on', 'cuda' if torch.cuda.is_availa
       benches/bench_adam.py)
   else
     k="(nerfacc $not_nerfacc) or attention or adam or train or diffusion or ldm or fwd- or"
-    k="$k 19-20-fwd+bwd or fwd+bwd-torch or march_rays"  # + the references and torch.compile
+    # + every compositing row, the hash grid's at 2^20 points, the references and torch.compile
+    k="$k composite_rays or 19-20-fwd+bwd or fwd+bwd-torch or march_rays"
     files=(benches/bench_attention.py benches/bench_raymarch.py benches/bench_composite.py
       benches/bench_hashgrid.py benches/bench_adam.py benches/bench_train.py
       benches/bench_diffusion.py benches/bench_ldm.py)
