@@ -163,9 +163,6 @@ if [ "$mode" = run1 ] || [ "$mode" = recheck ]; then
   cuda_tests() {
     local files
     deadline=$(($(date +%s) + $1))
-    files=$(python3 -m pytest --collect-only -q -p no:cacheprovider -k cuda tests 2>/dev/null | \
-      grep '::' | cut -d: -f1 | sort -u | grep -v test_at_scale)
-    echo "files with -k cuda tests: $(echo "$files" | wc -w)"
     # pytest-timeout (on the GPU image): a hung test costs 90 s, not the phase.
     python3 -c 'import pytest_timeout' 2>/dev/null && export PYTEST_ADDOPTS="--timeout 90"
     if python3 -c 'import xdist' 2>/dev/null; then  # the GPU image has it: one run, 8 workers
@@ -174,6 +171,9 @@ if [ "$mode" = run1 ] || [ "$mode" = recheck ]; then
       return 0
     fi
     echo "no pytest-xdist: one pytest process a file, 4 at once"
+    files=$(python3 -m pytest --collect-only -q -p no:cacheprovider -k cuda tests 2>/dev/null | \
+      grep '::' | cut -d: -f1 | sort -u | grep -v test_at_scale)
+    echo "files with -k cuda tests: $(echo "$files" | wc -w)"
     mkdir -p "$work/tests"
     export -f one_file; export deadline work
     printf '%s\n' tests/ops/test_at_scale.py $files | xargs -P 4 -n 1 bash -c 'one_file "$1"' _
