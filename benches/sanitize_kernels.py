@@ -61,8 +61,8 @@ def main(device: str, only: str | None = None) -> int:
 
     def random(draw, *args, **kwargs) -> torch.Tensor:
         """draw(*args) on the host, copied to the device: initcheck then judges nerfx's reads of
-        memory a copy wrote (on an H200 it reported all of torch.rand's own CUDA output as never
-        written when the hash grid read it; RESULTS.md, GPU)."""
+        memory a copy wrote (on an H200 it reported words of torch.rand's own CUDA output as
+        never written when the hash grid read them; RESULTS.md, GPU)."""
         return draw(*args, generator=host, **kwargs).to(device)
 
     # Hash grid: a small grid with dense and hashed levels, N = 1000 (not a multiple of a block).
