@@ -47,6 +47,13 @@ void backward_params_level_avx2(const float* xs, const float* gout, int64_t gout
                                 const Levels& levels, int level, int64_t begin, int64_t end,
                                 float* gtable, uint32_t row_begin, uint32_t row_end);
 
+// Points [begin, end) of a [N, L * 2] float tensor moved to or from its level-major copy
+// ([L, N, 2]): 8-byte pairs, 4 points by 4 levels at a time.
+void level_major_to_points_avx2(const float* by_level, int L, int64_t n_points, int64_t begin,
+                                int64_t end, float* outs);
+void points_to_level_major_avx2(const float* outs, int L, int64_t n_points, int64_t begin,
+                                int64_t end, float* by_level);
+
 void forward_cpu(const at::Tensor& x, const at::Tensor& params, const Levels& levels, int64_t F,
                  at::Tensor& out);
 void backward_cpu(const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& params,

@@ -9,6 +9,7 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstdint>
 #include <cstring>
 #include <memory>
@@ -93,14 +94,15 @@ void advise_huge_pages(void* data, size_t bytes) {
 }
 
 // The parameter gradient alone (no input gradient), in one parallel region. The work is split
-// into tasks of one level's rows [begin, end): a task zeroes its rows, then walks every point
-// (chunk by chunk, see below) and adds the contributions of the corners that fall in them, in
-// point order. A row has one
-// owner, so there are no atomics and no barrier between chunks of points, and every row sums
-// the same terms in the same order whatever the thread count: the same bits as one thread.
-// Levels are split into row ranges only where the threads outnumber half the levels (each
-// range then locates every point again), and tasks are dealt to the threads round-robin so
-// that each gets coarse (dense, cache-resident) and fine (hashed) levels alike.
+// into tasks of one level's rows [begin, end): a task zeroes its rows, then walks every point in
+// one pass and adds the contributions of the corners that fall in them, in point order (a task's
+// gradient rows, 1 MB for a level of T = 2^17, then see all their adds together; measured
+// 1.2-3x faster than walking the points in chunks: benches/RESULTS.md). A row has one owner, so
+// there are no atomics and no barrier, and every row sums the same terms in the same order
+// whatever the thread count: the same bits as one thread. Levels are split into row ranges only
+// where the threads outnumber half the levels (each range then locates every point again).
+// Threads claim tasks one at a time, the largest tables first (their rows miss the cache most),
+// so a thread that drew cheap levels takes more of them instead of waiting at the end.
 template <int D, int NF, typename scalar_t, typename param_t>
 void backward_params(const scalar_t* xs, const scalar_t* gout, int64_t n_points,
                      const Levels& levels, scalar_t* gparams, bool avx2) {
@@ -119,71 +121,55 @@ void backward_params(const scalar_t* xs, const scalar_t* gout, int64_t n_points,
                        uint32_t(uint64_t(rows) * (p + 1) / parts)});
     }
   }
-  const int64_t n_tasks = int64_t(tasks.size());
-  const int64_t stride = std::min<int64_t>(threads, n_tasks);
-  // A thread takes its tasks chunk by chunk of points (each at its own pace: no barrier), so
-  // the chunk's rows of grad_out ([kChunk, L * F], read at every level) stay in its cache.
-  // The AVX2 loops take every point in one chunk: a task's gradient rows (1 MB for a level of
-  // T = 2^17) then see all their adds in one pass, and the strided reads of grad_out keep the
-  // hardware prefetcher busy instead (measured 1.5-3x faster than chunks of 4096 points there;
-  // the portable loops gain from it too, less: see benches/RESULTS.md).
-  const int64_t points_per_chunk = avx2 ? std::max<int64_t>(n_points, 1) : kChunk;
+  std::stable_sort(tasks.begin(), tasks.end(), [](const Task& a, const Task& b) {
+    return a.end - a.begin > b.end - b.begin;
+  });
   // The AVX2 loops read grad_out level by level: read in place ([N, L * 2]), each level's pass
   // would bring every 128-byte line of it through the cache for 8 bytes. Copied level-major
   // ([L, N, 2]) first where that copy is at most kLevelMajorBytes, each pass reads its own
   // contiguous slice (the same values: the same bits).
   std::unique_ptr<scalar_t[]> gout_by_level;
-  if (avx2 && n_points * L * NF * int64_t(sizeof(scalar_t)) <= kLevelMajorBytes) {
-    gout_by_level.reset(new scalar_t[size_t(n_points) * L * NF]);  // uninitialised
-    at::parallel_for(0, n_points, 1024, [&](int64_t begin, int64_t end) {
-      for (int l = 0; l < L; ++l) {
-        for (int64_t i = begin; i < end; ++i) {
-          for (int f = 0; f < NF; ++f) {
-            gout_by_level[(int64_t(l) * n_points + i) * NF + f] = gout[(i * L + l) * NF + f];
+  if constexpr (kHasAvx2Loops<scalar_t, param_t, D, NF>) {
+    if (avx2 && n_points * L * NF * int64_t(sizeof(scalar_t)) <= kLevelMajorBytes) {
+      gout_by_level.reset(new scalar_t[size_t(n_points) * L * NF]);  // uninitialised
+      at::parallel_for(0, n_points, 1024, [&](int64_t begin, int64_t end) {
+        points_to_level_major_avx2(gout, L, n_points, begin, end, gout_by_level.get());
+      });
+    }
+  }
+  std::atomic<int64_t> next_task{0};
+  at::parallel_for(0, threads, 1, [&](int64_t, int64_t) {
+    Cell<D, scalar_t> cells[kBatch];
+    for (int64_t k = next_task++; k < int64_t(tasks.size()); k = next_task++) {
+      const Task task = tasks[size_t(k)];
+      const int l = task.level;
+      scalar_t* gtable = gparams + levels.offsets[l] * NF;
+      scalar_t* const own_begin = gtable + int64_t(task.begin) * NF;
+      scalar_t* const own_end = gtable + int64_t(task.end) * NF;
+      std::fill(own_begin, own_end, scalar_t(0));
+      if constexpr (kHasAvx2Loops<scalar_t, param_t, D, NF>) {
+        if (avx2) {
+          if (gout_by_level) {
+            backward_params_level_avx2(xs, gout_by_level.get() + int64_t(l) * n_points * NF, NF,
+                                       levels, l, 0, n_points, gtable, task.begin, task.end);
+          } else {
+            backward_params_level_avx2(xs, gout + l * NF, int64_t(L) * NF, levels, l, 0,
+                                       n_points, gtable, task.begin, task.end);
           }
+          continue;
         }
       }
-    });
-  }
-  at::parallel_for(0, stride, 1, [&](int64_t first, int64_t last) {
-    Cell<D, scalar_t> cells[kBatch];
-    for (int64_t slot = first; slot < last; ++slot) {
-      for (int64_t chunk = 0; chunk < n_points; chunk += points_per_chunk) {
-        const int64_t chunk_end = std::min(n_points, chunk + points_per_chunk);
-        for (int64_t k = slot; k < n_tasks; k += stride) {
-          const Task task = tasks[k];
-          const int l = task.level;
-          scalar_t* gtable = gparams + levels.offsets[l] * NF;
-          scalar_t* const own_begin = gtable + int64_t(task.begin) * NF;
-          scalar_t* const own_end = gtable + int64_t(task.end) * NF;
-          if (chunk == 0) std::fill(own_begin, own_end, scalar_t(0));
-          const auto add = [own_begin, own_end](scalar_t* row, const scalar_t* values) {
-            if (row < own_begin || row >= own_end) return;  // another task's row
-            for (int f = 0; f < NF; ++f) row[f] += values[f];
-          };
-          if constexpr (kHasAvx2Loops<scalar_t, param_t, D, NF>) {
-            if (avx2) {
-              if (gout_by_level) {
-                backward_params_level_avx2(xs, gout_by_level.get() + int64_t(l) * n_points * NF,
-                                           NF, levels, l, chunk, chunk_end, gtable, task.begin,
-                                           task.end);
-              } else {
-                backward_params_level_avx2(xs, gout + l * NF, int64_t(L) * NF, levels, l, chunk,
-                                           chunk_end, gtable, task.begin, task.end);
-              }
-              continue;
-            }
-          }
-          for (int64_t i0 = chunk; i0 < chunk_end; i0 += kBatch) {
-            const int64_t n = std::min(kBatch, chunk_end - i0);
-            locate_batch<D, NF>(xs, i0, n, levels, l, (const param_t*)nullptr, gtable, cells,
-                                task.begin, task.end);
-            for (int64_t b = 0; b < n; ++b) {
-              backward_cell<D, NF>(cells[b], (const param_t*)nullptr, levels.resolutions[l],
-                                   gout + ((i0 + b) * L + l) * NF, gtable, add,
-                                   (scalar_t*)nullptr);
-            }
-          }
+      const auto add = [own_begin, own_end](scalar_t* row, const scalar_t* values) {
+        if (row < own_begin || row >= own_end) return;  // another task's row
+        for (int f = 0; f < NF; ++f) row[f] += values[f];
+      };
+      for (int64_t i0 = 0; i0 < n_points; i0 += kBatch) {
+        const int64_t n = std::min(kBatch, n_points - i0);
+        locate_batch<D, NF>(xs, i0, n, levels, l, (const param_t*)nullptr, gtable, cells,
+                            task.begin, task.end);
+        for (int64_t b = 0; b < n; ++b) {
+          backward_cell<D, NF>(cells[b], (const param_t*)nullptr, levels.resolutions[l],
+                               gout + ((i0 + b) * L + l) * NF, gtable, add, (scalar_t*)nullptr);
         }
       }
     }
@@ -206,12 +192,7 @@ void forward_avx2(const float* xs, const float* params, const Levels& levels, in
       forward_level_avx2(xs, params + levels.offsets[l] * 2, levels, l, begin, end,
                          by_level.get() + int64_t(l) * n_points * 2, 2);
     }
-    for (int64_t i = begin; i < end; ++i) {
-      for (int l = 0; l < L; ++l) {
-        std::memcpy(outs + (i * L + l) * 2, by_level.get() + (int64_t(l) * n_points + i) * 2,
-                    2 * sizeof(float));
-      }
-    }
+    level_major_to_points_avx2(by_level.get(), L, n_points, begin, end, outs);
   });
 }
 

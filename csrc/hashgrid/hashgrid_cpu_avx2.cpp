@@ -259,6 +259,77 @@ void backward_params_level_avx2(const float* xs, const float* gout, int64_t gout
       });
 }
 
+namespace {
+
+// dst[j * dst_stride + k] = src[k * src_stride + j] for j, k < 4: a 4 x 4 block of 8-byte pairs
+// (one point's 2 features at one level) transposed in registers.
+inline void transpose4(const double* src, int64_t src_stride, double* dst, int64_t dst_stride) {
+  const __m256d a0 = _mm256_loadu_pd(src), a1 = _mm256_loadu_pd(src + src_stride);
+  const __m256d a2 = _mm256_loadu_pd(src + 2 * src_stride);
+  const __m256d a3 = _mm256_loadu_pd(src + 3 * src_stride);
+  const __m256d t0 = _mm256_unpacklo_pd(a0, a1), t1 = _mm256_unpackhi_pd(a0, a1);
+  const __m256d t2 = _mm256_unpacklo_pd(a2, a3), t3 = _mm256_unpackhi_pd(a2, a3);
+  _mm256_storeu_pd(dst, _mm256_permute2f128_pd(t0, t2, 0x20));
+  _mm256_storeu_pd(dst + dst_stride, _mm256_permute2f128_pd(t1, t3, 0x20));
+  _mm256_storeu_pd(dst + 2 * dst_stride, _mm256_permute2f128_pd(t0, t2, 0x31));
+  _mm256_storeu_pd(dst + 3 * dst_stride, _mm256_permute2f128_pd(t1, t3, 0x31));
+}
+
+// Points [begin, end) moved between the layouts [L, N, 2] and [N, L * 2], 4 points by 4 levels
+// at a time (the rest one pair at a time). to_points: from level-major to point-major.
+void transpose_levels(const float* src, float* dst, int L, int64_t n_points, int64_t begin,
+                      int64_t end, bool to_points) {
+  const double* s = reinterpret_cast<const double*>(src);
+  double* d = reinterpret_cast<double*>(dst);
+  // (point i, level l) of the level-major side, of the point-major side
+  const auto by_level = [n_points](int64_t i, int l) { return int64_t(l) * n_points + i; };
+  const auto by_point = [L](int64_t i, int l) { return i * L + l; };
+  const auto move_pair = [&](int64_t i, int l) {
+    if (to_points) std::memcpy(d + by_point(i, l), s + by_level(i, l), sizeof(double));
+    else std::memcpy(d + by_level(i, l), s + by_point(i, l), sizeof(double));
+  };
+  const int L4 = L - L % 4;
+  int64_t i = begin;
+  for (; i + 4 <= end; i += 4) {
+    if (to_points && (i - begin) % 8 == 0) {
+      // Level-major reads are L streams at once, more than the hardware prefetcher follows:
+      // ask for each stream's line 4 lines (32 points) ahead.
+      for (int l = 0; l < L; ++l) {
+        if (i + 32 < end) __builtin_prefetch(s + by_level(i + 32, l), 0);
+      }
+    }
+    for (int l = 0; l < L4; l += 4) {
+      if (to_points) {
+        transpose4(s + by_level(i, l), n_points, d + by_point(i, l), L);
+      } else {
+        transpose4(s + by_point(i, l), L, d + by_level(i, l), n_points);
+      }
+    }
+    for (int l = L4; l < L; ++l) {
+      for (int64_t j = i; j < i + 4; ++j) {
+        move_pair(j, l);
+      }
+    }
+  }
+  for (; i < end; ++i) {
+    for (int l = 0; l < L; ++l) {
+      move_pair(i, l);
+    }
+  }
+}
+
+}  // namespace
+
+void level_major_to_points_avx2(const float* by_level, int L, int64_t n_points, int64_t begin,
+                                int64_t end, float* outs) {
+  transpose_levels(by_level, outs, L, n_points, begin, end, true);
+}
+
+void points_to_level_major_avx2(const float* outs, int L, int64_t n_points, int64_t begin,
+                                int64_t end, float* by_level) {
+  transpose_levels(outs, by_level, L, n_points, begin, end, false);
+}
+
 }  // namespace nerfx::hashgrid
 
 NERFX_AVX2_FUNCTIONS_END
@@ -273,6 +344,12 @@ void forward_level_avx2(const float*, const float*, const Levels&, int, int64_t,
 }
 void backward_params_level_avx2(const float*, const float*, int64_t, const Levels&, int, int64_t,
                                 int64_t, float*, uint32_t, uint32_t) {
+  TORCH_CHECK(false, "hash_encode_backward: this build has no AVX2 loops");
+}
+void level_major_to_points_avx2(const float*, int, int64_t, int64_t, int64_t, float*) {
+  TORCH_CHECK(false, "hash_encode: this build has no AVX2 loops");
+}
+void points_to_level_major_avx2(const float*, int, int64_t, int64_t, int64_t, float*) {
   TORCH_CHECK(false, "hash_encode_backward: this build has no AVX2 loops");
 }
 
