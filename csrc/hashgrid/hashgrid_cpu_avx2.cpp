@@ -147,7 +147,8 @@ inline __m256 pairs(__m256 v) {
 }
 
 // 4 rows of 2 floats (8 bytes each) at table + 2 * rows[k], k < 4, by 8-byte loads: on Zen 3
-// they beat a 4-lane vgatherdpd by 7-12 % of the forward (benches/RESULTS.md, 2026-12-04).
+// the forward took about 9 % less time than with a 4-lane vgatherdpd (benches/RESULTS.md,
+// 2026-12-04).
 inline __m128d load_row(const float* table, uint32_t row) {
   double pair;  // memcpy: the bytes of 2 floats, read without type punning
   std::memcpy(&pair, table + int64_t(row) * 2, sizeof(pair));
