@@ -231,11 +231,17 @@ void forward_level_avx2(const float* xs, const float* table, const Levels& level
       });
 }
 
-void backward_params_level_avx2(const float* xs, const float* gout, int64_t gout_stride,
-                                const Levels& levels, int level, int64_t begin, int64_t end,
-                                float* gtable, uint32_t row_begin, uint32_t row_end) {
-  const Level geometry(levels, level);
-  const uint32_t span = row_end - row_begin;
+namespace {
+
+// The parameter gradient of one level's points [begin, end) into the rows [row_begin, row_begin
+// + span) alone; kWholeLevel: the task owns every row of the level, so no row is checked.
+template <bool kWholeLevel>
+void add_level_gradient(const float* xs, const float* gout, int64_t gout_stride,
+                        const Level& geometry, int64_t begin, int64_t end, float* gtable,
+                        uint32_t row_begin, uint32_t span) {
+  const auto owned = [row_begin, span](uint32_t row) {
+    return kWholeLevel || row - row_begin < span;
+  };
   pipelined(
       xs, geometry, begin, end,
       [&](const Cells& cells, int64_t n) {
@@ -243,7 +249,7 @@ void backward_params_level_avx2(const float* xs, const float* gout, int64_t gout
           for (int64_t j = 0; j < n; ++j) {
             const uint32_t row = cells.rows[c][j];
             // Only this task's rows: a prefetch for writing pulls the line from other cores.
-            if (row - row_begin < span) __builtin_prefetch(gtable + int64_t(row) * 2, 1);
+            if (owned(row)) __builtin_prefetch(gtable + int64_t(row) * 2, 1);
           }
         }
       },
@@ -255,7 +261,7 @@ void backward_params_level_avx2(const float* xs, const float* gout, int64_t gout
           const float g0 = g[0], g1 = g[1];
           for (int c = 0; c < kCorners; ++c) {
             const uint32_t row = cells.rows[c][j];
-            if (row - row_begin >= span) continue;  // another task's row
+            if (!owned(row)) continue;  // another task's row
             const float w = cells.weights[c][j];
             float* dst = gtable + int64_t(row) * 2;
             dst[0] += w * g0;
@@ -263,6 +269,21 @@ void backward_params_level_avx2(const float* xs, const float* gout, int64_t gout
           }
         }
       });
+}
+
+}  // namespace
+
+void backward_params_level_avx2(const float* xs, const float* gout, int64_t gout_stride,
+                                const Levels& levels, int level, int64_t begin, int64_t end,
+                                float* gtable, uint32_t row_begin, uint32_t row_end) {
+  const Level geometry(levels, level);
+  const uint32_t n_rows = uint32_t(levels.offsets[level + 1] - levels.offsets[level]);
+  if (row_begin == 0 && row_end == n_rows) {
+    add_level_gradient<true>(xs, gout, gout_stride, geometry, begin, end, gtable, 0, n_rows);
+  } else {
+    add_level_gradient<false>(xs, gout, gout_stride, geometry, begin, end, gtable, row_begin,
+                              row_end - row_begin);
+  }
 }
 
 namespace {
