@@ -12,15 +12,13 @@
 // not vectorise, and so does the step size lr / bc1, computed once per count and step (the same
 // division, so the same bits). On x86-64 the batch is 16 bytes (SSE2, the build's baseline) or,
 // where the CPU has it, 32 bytes (AVX2, chosen at run time); elsewhere entries go one by one.
+// Float tables on a CPU with AVX2 or AVX-512 take the line loops of adam_cpu_lines.cpp instead.
 // Batches and lone entries do the same IEEE operations (no FMA contraction on x86-64), so an
 // entry's result does not depend on the batch width or the number of threads.
 #if defined(__GNUC__) && defined(__x86_64__)
-#include <immintrin.h>
-#define NERFX_ADAM_SIMD 1
 // GCC notes that 32-byte vectors change the calling convention without AVX: only inlined here.
 #pragma GCC diagnostic ignored "-Wpsabi"
 #endif
-
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
@@ -34,58 +32,12 @@
 #include <type_traits>
 
 #include "adam/adam.h"
-#include "adam/adam_cpu_avx512.h"
+#include "adam/adam_cpu_lines.h"
+#include "adam/adam_simd.h"
 #include "cpu_path.h"
 
 #ifdef NERFX_ADAM_SIMD
 namespace nerfx {
-
-// SIMD batches of state_t, Bytes wide: GCC vectors (elementwise arithmetic, scalar operands
-// broadcast, `mask ? a : b` selects lanes).
-typedef float Floats4 __attribute__((vector_size(16)));
-typedef double Doubles2 __attribute__((vector_size(16)));
-typedef float Floats8 __attribute__((vector_size(32)));
-typedef double Doubles4 __attribute__((vector_size(32)));
-typedef int32_t Ints4 __attribute__((vector_size(16)));  // the counts of a float batch
-typedef int32_t Ints8 __attribute__((vector_size(32)));
-typedef int64_t Longs2 __attribute__((vector_size(16)));  // the lanes of a double compare
-typedef int64_t Longs4 __attribute__((vector_size(32)));
-
-// Whether any lane of a compare's result is set (all ones): one movemask.
-inline bool any_lane(Ints4 mask) { return _mm_movemask_ps(__m128(mask)) != 0; }
-inline bool any_lane(Longs2 mask) { return _mm_movemask_pd(__m128d(mask)) != 0; }
-__attribute__((target("avx2"))) inline bool any_lane(Ints8 mask) {
-  return _mm256_movemask_ps(__m256(mask)) != 0;
-}
-__attribute__((target("avx2"))) inline bool any_lane(Longs4 mask) {
-  return _mm256_movemask_pd(__m256d(mask)) != 0;
-}
-
-// (pairs[2 r], pairs[2 r + 1]) for r = rows[l] of every lane, into firsts and seconds: two
-// gathers of four 8-byte pairs (half the elements of two float gathers), then a deinterleave.
-inline void gather_pairs(const float* pairs, Ints4 rows, Floats4& firsts, Floats4& seconds) {
-  for (int l = 0; l < 4; ++l) {
-    firsts[l] = pairs[2 * rows[l]];
-    seconds[l] = pairs[2 * rows[l] + 1];
-  }
-}
-// 64-bit quarters [0 1 2 3] of v -> [0 2 1 3]
-__attribute__((target("avx2"))) inline __m256 order(__m256 v) {
-  return _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(v), 0xD8));
-}
-__attribute__((target("avx2"))) inline void gather_pairs(const float* pairs, Ints8 rows,
-                                                         Floats8& firsts, Floats8& seconds) {
-  const __m256i all = __m256i(rows);
-  const auto* base = reinterpret_cast<const double*>(pairs);
-  // [f0 s0 f1 s1 | f2 s2 f3 s3] and [f4 s4 f5 s5 | f6 s6 f7 s7]
-  const __m256 low = _mm256_castpd_ps(_mm256_i32gather_pd(base, _mm256_castsi256_si128(all), 8));
-  const __m256 high =
-      _mm256_castpd_ps(_mm256_i32gather_pd(base, _mm256_extracti128_si256(all, 1), 8));
-  // [f0 f1 f4 f5 | f2 f3 f6 f7] -> [f0 f1 f2 f3 | f4 f5 f6 f7], the same for the seconds
-  firsts = Floats8(order(_mm256_shuffle_ps(low, high, 0x88)));
-  seconds = Floats8(order(_mm256_shuffle_ps(low, high, 0xDD)));
-}
-
 // The batch of state_t that is Bytes wide, and its counts: int32 lanes of the same width for a
 // float batch, none (void) for a double batch, whose lanes are twice as wide as a count.
 template <typename state_t, int Bytes>
@@ -95,25 +47,6 @@ struct BatchOf {
                                   std::conditional_t<kFloat, Floats8, Doubles4>>;
   using counts = std::conditional_t<kFloat, std::conditional_t<Bytes == 16, Ints4, Ints8>, void>;
 };
-
-// The vector sqrt the batches need (sqrt_of of a scalar is std::sqrt, which does not vectorise:
-// it may set errno).
-template <>
-inline Floats4 sqrt_of(Floats4 v) {
-  return Floats4(_mm_sqrt_ps(__m128(v)));
-}
-template <>
-inline Doubles2 sqrt_of(Doubles2 v) {
-  return Doubles2(_mm_sqrt_pd(__m128d(v)));
-}
-template <>
-__attribute__((target("avx2"))) inline Floats8 sqrt_of(Floats8 v) {
-  return Floats8(_mm256_sqrt_ps(__m256(v)));
-}
-template <>
-__attribute__((target("avx2"))) inline Doubles4 sqrt_of(Doubles4 v) {
-  return Doubles4(_mm256_sqrt_pd(__m256d(v)));
-}
 
 }  // namespace nerfx
 #endif
@@ -289,16 +222,16 @@ __attribute__((target("avx2"), flatten)) void step_batches_avx2(int64_t begin, i
   step_batches<Bytes>(begin, end, a, s, table, tables, inv_scale);
 }
 
-// Float entries [begin, end) through the AVX-512 loop (adam_cpu_avx512.cpp), the entries after its
-// whole lines one by one; false (nothing done) for other types.
+// Float entries [begin, end) through a line loop (adam_cpu_lines.cpp), AVX-512 where `wide`, else
+// AVX2, the entries after its whole lines one by one; false (nothing done) for other types.
 template <typename param_t, typename state_t>
-bool step_lines(int64_t begin, int64_t end, const Arrays<param_t, state_t>& a,
+bool step_lines(bool wide, int64_t begin, int64_t end, const Arrays<param_t, state_t>& a,
                 const Settings<state_t>& s, const BiasTable<state_t>& table,
                 const StepTables<state_t>& tables, state_t inv_scale) {
   if constexpr (std::is_same_v<param_t, float> && std::is_same_v<state_t, float>) {
     const Line line{a.param, a.grad, a.exp_avg, a.exp_avg_sq, a.step};
-    const int64_t rest =
-        step_lines_avx512(begin, end, line, s, tables.pairs, tables.last, inv_scale);
+    const auto loop = wide ? step_lines_avx512 : step_lines_avx2;
+    const int64_t rest = loop(begin, end, line, s, tables.pairs, tables.last, inv_scale);
     for (int64_t i = rest; i < end; ++i) step_entry(i, a, s, table, inv_scale);
     return true;
   } else {
@@ -362,8 +295,8 @@ void step_cpu(const State& state, double lr, double beta1, double beta2, double 
 #ifdef NERFX_ADAM_SIMD
       if (!table.saturated) {  // betas within ~1e-5 of 1: counts past the table computed
         for (int64_t i = begin; i < end; ++i) step_entry(i, a, s, table, inv);
-      } else if (wide && step_lines(begin, end, a, s, table, tables, inv)) {
-        // stepped by the AVX-512 loop
+      } else if ((wide || avx2) && step_lines(wide, begin, end, a, s, table, tables, inv)) {
+        // a float table, stepped by a line loop
       } else if (avx2) {
         step_batches_avx2<32>(begin, end, a, s, table, tables, inv);
       } else {

@@ -1,7 +1,8 @@
-"""The cpu backend's Adam loops (AVX-512 under NERFX_CPU_PATH=auto where the CPU has it, AVX2
-under "avx2", the baseline batches under "portable"): each against the reference on tables of
-awkward sizes as training touches them, and all of them bit for bit alike (they do the same IEEE
-operations per entry, whatever the batch width)."""
+"""The cpu backend's Adam loops for float tables (the AVX-512 lines under NERFX_CPU_PATH=auto
+where the CPU has it, the AVX2 lines under "avx2" or without it, the baseline batches under
+"portable"): each against the reference on tables of awkward sizes as training touches them, and
+all of them bit for bit alike (they do the same IEEE operations per entry, whatever the batch
+width)."""
 
 from __future__ import annotations
 
@@ -24,33 +25,35 @@ def cpu_has_avx512() -> bool:
         return False
 
 
-def touched_rows(n_rows: int, rate: float, seed: int) -> torch.Tensor:
+def touched_rows(n_rows: int, rate: float, seed: int, by_row: bool = True) -> torch.Tensor:
     """[n_rows * 2] float32 gradient of a hash table's F=2 rows, `rate` of the rows nonzero (a
-    row's two lanes together, as training has them), -0.0 in some untouched lanes."""
+    row's two lanes together, as training has them; with by_row False, each lane on its own, so
+    the two lanes of a row come to different counts), -0.0 in some untouched lanes."""
     gen = torch.Generator().manual_seed(seed)
     rows = torch.randn(n_rows, 2, generator=gen)
     rows = rows + rows.sign() * 0.05
-    rows = rows * (torch.rand(n_rows, 1, generator=gen) < rate)
+    rows = rows * (torch.rand(n_rows, 1 if by_row else 2, generator=gen) < rate)
     rows[::7] = torch.where(rows[::7] == 0, -0.0, rows[::7])
     return rows.reshape(-1)
 
 
 @pytest.mark.parametrize("n_rows", [3, 8, 9, 1000, 4099, 20483])  # lines of 16, chunks of 4096
 @pytest.mark.parametrize("rate", [0.1, 0.5, 1.0])
-def test_every_cpu_loop_equals_the_reference_and_each_other(monkeypatch, n_rows, rate):
+@pytest.mark.parametrize("by_row", [True, False], ids=["rows", "lanes"])
+def test_every_cpu_loop_equals_the_reference_and_each_other(monkeypatch, n_rows, rate, by_row):
     n = 2 * n_rows
     start = table(n, torch.float32, "cpu", seed=n_rows)
     want = clone_all(start)
+    grads = [touched_rows(n_rows, rate, seed=k, by_row=by_row) for k in range(4)]
     results = {}
     for path in PATHS:
         monkeypatch.setenv("NERFX_CPU_PATH", path)
         state = clone_all(start)
-        for k in range(3):
-            adam_step(state[0], touched_rows(n_rows, rate, seed=k), *state[1:], **NGP,
-                      backend="cpu")
+        for grad in grads:
+            adam_step(state[0], grad, *state[1:], **NGP, backend="cpu")
         results[path] = state
-    for k in range(3):
-        ref.adam_step(want[0], touched_rows(n_rows, rate, seed=k), *want[1:], **NGP)
+    for grad in grads:
+        ref.adam_step(want[0], grad, *want[1:], **NGP)
     for path, state in results.items():
         assert torch.equal(state[3], want[3]), path
         for got, expected in zip(state[:3], want[:3], strict=True):
@@ -59,10 +62,12 @@ def test_every_cpu_loop_equals_the_reference_and_each_other(monkeypatch, n_rows,
             assert torch.equal(bits(got), bits(auto)), path
 
 
-def test_untouched_lanes_of_a_touched_line_keep_their_bits(monkeypatch):
-    """The AVX-512 loop writes a line's touched lanes only: every other lane keeps its value,
-    moments and count exactly, including a lane whose gradient is -0.0."""
-    monkeypatch.setenv("NERFX_CPU_PATH", "auto")
+@pytest.mark.parametrize("path", PATHS)
+def test_untouched_lanes_of_a_touched_line_keep_their_bits(monkeypatch, path):
+    """The line loops (masked stores in AVX-512, blends in AVX2) and the batches change a
+    touched line's touched lanes only: every other lane keeps its value, moments and count
+    exactly, including a lane whose gradient is -0.0."""
+    monkeypatch.setenv("NERFX_CPU_PATH", path)
     n = 64
     state = table(n, torch.float32, "cpu", seed=3)
     before = clone_all(state)

@@ -1,17 +1,20 @@
-// The CPU Adam step's AVX-512 loop for float tables (adam_cpu_avx512.h): one cache line of each
-// array a batch, in order, a branch per line.
+// The CPU Adam step's line loops for float tables (adam_cpu_lines.h), AVX-512 and AVX2: one
+// cache line of 16 entries of each array a batch, in order, a branch per line.
 //
 // Why this shape: at the touch rates training has, the line of 16 entries a batch covers is
 // touched more often than not (1 - 0.9^8 = 57 % of lines at 10 % of rows), and the hardware's
 // stream prefetchers pull the untouched lines of every array anyway, so the kernel is bound by
 // the bytes of the arrays it walks, not by their arithmetic (a batch's sqrt and two divisions
-// take a fraction of a line's transfer). What it saves over the AVX2 loop (adam_cpu.cpp): no
-// listing pass, no blends (a masked store writes only the touched lanes, so an untouched lane
-// keeps its bits by not being written), and half the batches.
+// take a fraction of a line's transfer). AVX-512 writes only a line's touched lanes (masked
+// stores, so an untouched lane keeps its bits by not being written). AVX2 steps a touched line in
+// two halves of 8 and puts the old bits back in the untouched lanes (a blend: its masked stores
+// are slow on AMD's cores); its bias-correction lookups take one gather per half where the F = 2
+// rows share their counts, as training's do (on the AMD Zen 3 host of benches/RESULTS.md, the
+// one-thread step spent a quarter of its time in gathers).
 // GCC notes that 64-byte vectors change the calling convention without AVX-512: only inlined.
 #pragma GCC diagnostic ignored "-Wpsabi"
 
-#include "adam/adam_cpu_avx512.h"
+#include "adam/adam_cpu_lines.h"
 
 #include "cpu_path.h"
 
@@ -19,6 +22,8 @@
 #include <immintrin.h>
 
 #include <cstring>
+
+#include "adam/adam_simd.h"
 
 namespace nerfx {
 
@@ -37,7 +42,7 @@ namespace {
 
 // Entries [begin, end) rounded down to whole lines of 16; returns where the lines stopped (the
 // caller steps the rest one by one).
-NERFX_AVX512 int64_t step_lines(int64_t begin, int64_t end, const Line& a,
+NERFX_AVX512 int64_t step_lines_16(int64_t begin, int64_t end, const Line& a,
                                 const Settings<float>& s, const float* pairs, int32_t last,
                                 float inv_scale) {
   const __m512 zero = _mm512_setzero_ps();
@@ -81,6 +86,43 @@ NERFX_AVX512 int64_t step_lines(int64_t begin, int64_t end, const Line& a,
 
 #undef NERFX_AVX512
 
+__attribute__((target("avx2"), flatten)) int64_t step_lines_8(int64_t begin, int64_t end,
+                                                              const Line& arrays,
+                                                              const Settings<float>& settings,
+                                                              const float* pairs, int32_t last,
+                                                              float inv_scale) {
+  // Local copies, which the stores below cannot alias: the values stay in registers.
+  const Line a = arrays;
+  const Settings<float> s = settings;
+  const __m256 zero = _mm256_setzero_ps();
+  const __m256i last_row = _mm256_set1_epi32(last);
+  int64_t j = begin;
+  for (; j + 16 <= end; j += 16) {
+    const __m256 g_line[2] = {_mm256_loadu_ps(a.grad + j), _mm256_loadu_ps(a.grad + j + 8)};
+    // All ones where the gradient is not 0 (-0.0 == 0: untouched)
+    const __m256 touched_line[2] = {_mm256_cmp_ps(g_line[0], zero, _CMP_NEQ_UQ),
+                                    _mm256_cmp_ps(g_line[1], zero, _CMP_NEQ_UQ)};
+    if (_mm256_movemask_ps(_mm256_or_ps(touched_line[0], touched_line[1])) == 0) continue;
+    for (int half = 0; half < 2; ++half) {
+      const int64_t k = j + 8 * half;
+      const __m256 touched = touched_line[half];
+      auto* counts = reinterpret_cast<__m256i*>(a.step + k);
+      const __m256i t = _mm256_sub_epi32(_mm256_loadu_si256(counts), _mm256_castps_si256(touched));
+      _mm256_storeu_si256(counts, t);
+      Floats8 step_size, bc2_sqrt;
+      gather_pairs_by_twos(pairs, Ints8(_mm256_min_epi32(t, last_row)), step_size, bc2_sqrt);
+      const __m256 p_old = _mm256_loadu_ps(a.param + k), m_old = _mm256_loadu_ps(a.exp_avg + k),
+                   v_old = _mm256_loadu_ps(a.exp_avg_sq + k);
+      Floats8 p = Floats8(p_old), m = Floats8(m_old), v = Floats8(v_old);
+      adam_update_by(Floats8(g_line[half]) * inv_scale, step_size, bc2_sqrt, s, p, m, v);
+      _mm256_storeu_ps(a.param + k, _mm256_blendv_ps(p_old, __m256(p), touched));
+      _mm256_storeu_ps(a.exp_avg + k, _mm256_blendv_ps(m_old, __m256(m), touched));
+      _mm256_storeu_ps(a.exp_avg_sq + k, _mm256_blendv_ps(v_old, __m256(v), touched));
+    }
+  }
+  return j;
+}
+
 }  // namespace
 
 bool avx512_available() {
@@ -91,7 +133,13 @@ bool avx512_available() {
 int64_t step_lines_avx512(int64_t begin, int64_t end, const Line& arrays,
                           const Settings<float>& settings, const float* pairs, int32_t last,
                           float inv_scale) {
-  return step_lines(begin, end, arrays, settings, pairs, last, inv_scale);
+  return step_lines_16(begin, end, arrays, settings, pairs, last, inv_scale);
+}
+
+int64_t step_lines_avx2(int64_t begin, int64_t end, const Line& arrays,
+                        const Settings<float>& settings, const float* pairs, int32_t last,
+                        float inv_scale) {
+  return step_lines_8(begin, end, arrays, settings, pairs, last, inv_scale);
 }
 
 }  // namespace adam
@@ -105,6 +153,11 @@ bool avx512_available() { return false; }
 
 int64_t step_lines_avx512(int64_t begin, int64_t, const Line&, const Settings<float>&,
                           const float*, int32_t, float) {
+  return begin;
+}
+
+int64_t step_lines_avx2(int64_t begin, int64_t, const Line&, const Settings<float>&, const float*,
+                        int32_t, float) {
   return begin;
 }
 
