@@ -19,6 +19,7 @@
 // GCC notes that 32-byte vectors change the calling convention without AVX: only inlined here.
 #pragma GCC diagnostic ignored "-Wpsabi"
 #endif
+
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>

@@ -7,10 +7,10 @@
 // the bytes of the arrays it walks, not by their arithmetic (a batch's sqrt and two divisions
 // take a fraction of a line's transfer). AVX-512 writes only a line's touched lanes (masked
 // stores, so an untouched lane keeps its bits by not being written). AVX2 steps a touched line in
-// two halves of 8 and puts the old bits back in the untouched lanes (a blend: its masked stores
-// are slow on AMD's cores); its bias-correction lookups take one gather per half where the F = 2
-// rows share their counts, as training's do (on the AMD Zen 3 host of benches/RESULTS.md, the
-// one-thread step spent a quarter of its time in gathers).
+// two halves of 8 and puts the old bits back in the untouched lanes (a blend before a full store,
+// as the batches of adam_cpu.cpp do); its bias-correction lookups take one gather per half where
+// the F = 2 rows share their counts, as training's do (on the AMD Zen 3 host of
+// benches/RESULTS.md, the one-thread step spent a quarter of its time in gathers).
 // GCC notes that 64-byte vectors change the calling convention without AVX-512: only inlined.
 #pragma GCC diagnostic ignored "-Wpsabi"
 
@@ -43,8 +43,8 @@ namespace {
 // Entries [begin, end) rounded down to whole lines of 16; returns where the lines stopped (the
 // caller steps the rest one by one).
 NERFX_AVX512 int64_t step_lines_16(int64_t begin, int64_t end, const Line& a,
-                                const Settings<float>& s, const float* pairs, int32_t last,
-                                float inv_scale) {
+                                   const Settings<float>& s, const float* pairs, int32_t last,
+                                   float inv_scale) {
   const __m512 zero = _mm512_setzero_ps();
   const __m512i one = _mm512_set1_epi32(1), last_row = _mm512_set1_epi32(last);
   // The even and odd floats of two registers of (step size, bc2_sqrt) pairs.
@@ -86,6 +86,7 @@ NERFX_AVX512 int64_t step_lines_16(int64_t begin, int64_t end, const Line& a,
 
 #undef NERFX_AVX512
 
+// The same in AVX2: a touched line in two halves of 8 lanes, blended.
 __attribute__((target("avx2"), flatten)) int64_t step_lines_8(int64_t begin, int64_t end,
                                                               const Line& arrays,
                                                               const Settings<float>& settings,
