@@ -109,15 +109,27 @@ NERFX_HD inline bool occupied(const uint8_t* bitfield, int64_t index) {
   return (bitfield[index >> 3] >> (index & 7)) & 1;
 }
 
-// Where the ray leaves a cell (the smallest exit distance over the axes it moves along).
-// inv_d: 1 / d per axis (unused where d is 0).
+// Blocks of 2^shift cells a side: block (x >> shift, y >> shift, z >> shift) of a cascade, flat
+// index (c * Rb + bx) * Rb + by) * Rb + bz with Rb = R >> shift, one bit each as the cells'
+// (shift 0: the cell itself, ref.index).
+NERFX_HD inline int64_t block_index(const GridGeometry& g, const CellRef& ref, int shift) {
+  if (shift == 0) return ref.index;
+  const int blocks = g.resolution >> shift;
+  int64_t index = ref.cascade;
+  for (int a = 0; a < 3; ++a) index = index * blocks + (ref.cell[a] >> shift);
+  return index;
+}
+
+// Where the ray leaves a cell, or with shift > 0 the cell's block (the smallest exit distance
+// over the axes it moves along). inv_d: 1 / d per axis (unused where d is 0).
 NERFX_HD inline float cell_exit(const GridGeometry& g, const CellRef& ref, const float* o,
-                                const float* d, const float* inv_d) {
+                                const float* d, const float* inv_d, int shift = 0) {
   const float scale = float(1 << ref.cascade);
   float t = INFINITY;
   for (int a = 0; a < 3; ++a) {
     if (d[a] == 0.0f) continue;
-    const int face = d[a] > 0.0f ? ref.cell[a] + 1 : ref.cell[a];
+    const int first = ref.cell[a] >> shift << shift;  // the block's first cell along a
+    const int face = d[a] > 0.0f ? first + (1 << shift) : first;
     const float u = (float(face) / float(g.resolution) * 2.0f - 1.0f) * scale;
     t = min_of(t, (mul_add(u, g.half_size[a], g.center[a]) - o[a]) * inv_d[a]);
   }
@@ -125,9 +137,17 @@ NERFX_HD inline float cell_exit(const GridGeometry& g, const CellRef& ref, const
 }
 
 // One ray's march: call next() until it returns false.
+//
+// blocks (optional, cone_angle = 0 only): one bit a block of 2^block_shift cells a side (see
+// block_index), set where any of its cells is occupied; R must be a multiple of
+// 4 * 2^block_shift, so that a block lies wholly inside or outside a finer cascade's box. From
+// an empty cell of an empty block the march jumps past the whole block: the candidates it skips
+// all lie in empty cells, so the samples are those of the cell-by-cell march, bit for bit.
 struct RayMarcher {
   const GridGeometry* grid;
   const uint8_t* bitfield;
+  const uint8_t* blocks;
+  int block_shift;
   float o[3], d[3], inv_d[3];
   float t0, t_far, jitter, step, inv_step, cone_angle;
   int64_t k;  // lattice index of the next candidate (cone_angle = 0)
@@ -136,8 +156,9 @@ struct RayMarcher {
 
   NERFX_HD RayMarcher(const GridGeometry& g, const uint8_t* bits, const float* origin,
                       const float* dir, float near, float far, float jitter_, float step_,
-                      float cone_angle_)
-      : grid(&g), bitfield(bits), jitter(jitter_), step(step_), inv_step(1.0f / step_),
+                      float cone_angle_, const uint8_t* blocks_ = nullptr, int block_shift_ = 0)
+      : grid(&g), bitfield(bits), blocks(cone_angle_ > 0.0f ? nullptr : blocks_),
+        block_shift(block_shift_), jitter(jitter_), step(step_), inv_step(1.0f / step_),
         cone_angle(cone_angle_), k(0) {
     float lo[3], hi[3], t_enter, t_exit;
     grid_box(g, lo, hi);
@@ -177,12 +198,17 @@ struct RayMarcher {
         t = t_end;
         return true;
       }
-      // Empty: jump to the first candidate whose midpoint lies past this cell.
-      const float exit = cell_exit(*grid, ref, o, d, inv_d);
+      // Empty: jump to the first candidate whose midpoint lies past this cell, or past its
+      // block where that is empty too.
+      const int shift =
+          blocks != nullptr && !occupied(blocks, block_index(*grid, ref, block_shift))
+              ? block_shift
+              : 0;
+      const float exit = cell_exit(*grid, ref, o, d, inv_d, shift);
       if (cone_angle > 0.0f) {
         t = max_of(t_end, exit - 0.5f * dt);
       } else {
-        k = lattice_skip(ref.index, min_of(exit, t_far));
+        k = lattice_skip(block_index(*grid, ref, shift), min_of(exit, t_far), shift);
       }
     }
     alive = false;
@@ -195,13 +221,13 @@ struct RayMarcher {
   }
 
   // Whether lattice candidate j is a sample to test (midpoint before t_far) whose midpoint lies
-  // in the cell with flat index `index`.
-  NERFX_HD bool lattice_in_cell(int64_t j, int64_t index) const {
+  // in the cell (shift 0) or block with flat index `index`.
+  NERFX_HD bool lattice_in_cell(int64_t j, int64_t index, int shift) const {
     const float mid = lattice_mid(j);
     if (!(mid < t_far)) return false;
     float p[3];
     for (int a = 0; a < 3; ++a) p[a] = mul_add(mid, d[a], o[a]);
-    return locate(*grid, p).index == index;
+    return block_index(*grid, locate(*grid, p), shift) == index;
   }
 
   // The candidate to test after candidate k, found in the empty cell `index` that the ray leaves
@@ -213,10 +239,11 @@ struct RayMarcher {
   // coarse cell lies wholly inside or outside the finer cascade): nothing skipped is occupied,
   // exactly as in the dense march. Rounding moves the estimate by a few steps at most, so the
   // check runs once or twice per empty cell.
-  NERFX_HD int64_t lattice_skip(int64_t index, float exit) const {
+  // (The same for an empty block with flat index `index`, shift > 0: blocks are boxes too.)
+  NERFX_HD int64_t lattice_skip(int64_t index, float exit, int shift) const {
     const float estimate = ceilf((exit - t0) * inv_step - jitter - 0.5f);
     int64_t next = estimate > float(k + 1) ? int64_t(estimate) : k + 1;
-    while (next > k + 1 && !lattice_in_cell(next - 1, index)) --next;
+    while (next > k + 1 && !lattice_in_cell(next - 1, index, shift)) --next;
     return next;
   }
 
