@@ -17,23 +17,29 @@ constexpr int kBlockShift = 2;
 
 // One bit a block of 2^kBlockShift cells a side (RayMarcher's `blocks`), set where any of its
 // cells is occupied; empty where the march cannot use blocks (cone_angle > 0, or a resolution
-// that is not a multiple of 4 * 2^kBlockShift). A pass over the bitfield (R^3 / 8 bytes a
-// cascade, 8 cells along z a byte), each call: the grid changes between calls.
+// that is not a multiple of 4 * 2^kBlockShift). Built each call (the grid changes between calls)
+// in one pass over the bitfield: the 16 rows of cells along z that make a row of blocks are ORed
+// bytewise (vectorised), then each nibble (4 cells along z) gives a block.
 std::vector<uint8_t> block_bits(const MarchParams& p) {
-  const int R = p.grid.resolution;
+  static_assert(kBlockShift == 2, "a block's 4 cells along z are a nibble of the bitfield");
+  const int64_t R = p.grid.resolution;
   if (p.cone_angle > 0.0f || R % (4 << kBlockShift) != 0) return {};
-  const int64_t blocks_a_side = R >> kBlockShift, bytes_a_row = R / 8;
-  std::vector<uint8_t> blocks(
-      size_t((p.grid.cascades * blocks_a_side * blocks_a_side * blocks_a_side + 7) / 8), 0);
-  for (int64_t row = 0; row < int64_t(p.grid.cascades) * R * R; ++row) {  // (cascade, x, y)
-    const int64_t cascade = row / (int64_t(R) * R), x = row / R % R, y = row % R;
-    for (int64_t byte = 0; byte < bytes_a_row; ++byte) {
-      const uint8_t cells = p.bitfield[row * bytes_a_row + byte];
-      for (int bit = 0; bit < 8; ++bit) {
-        if (!((cells >> bit) & 1)) continue;
-        const int64_t z = byte * 8 + bit;
-        const int64_t block = ((cascade * blocks_a_side + (x >> kBlockShift)) * blocks_a_side +
-                               (y >> kBlockShift)) * blocks_a_side + (z >> kBlockShift);
+  const int64_t side = R >> kBlockShift, row_bytes = R / 8;  // blocks a side; bytes a row of cells
+  std::vector<uint8_t> blocks(size_t((p.grid.cascades * side * side * side + 7) / 8), 0);
+  std::vector<uint8_t> merged(static_cast<size_t>(row_bytes));
+  for (int64_t block_row = 0; block_row < p.grid.cascades * side * side; ++block_row) {
+    const int64_t cascade = block_row / (side * side), bx = block_row / side % side,
+                  by = block_row % side;
+    std::fill(merged.begin(), merged.end(), uint8_t(0));
+    for (int64_t x = bx << kBlockShift; x < (bx + 1) << kBlockShift; ++x) {
+      for (int64_t y = by << kBlockShift; y < (by + 1) << kBlockShift; ++y) {
+        const uint8_t* cells = p.bitfield + ((cascade * R + x) * R + y) * row_bytes;
+        for (int64_t b = 0; b < row_bytes; ++b) merged[size_t(b)] |= cells[b];
+      }
+    }
+    for (int64_t bz = 0; bz < side; ++bz) {
+      if ((merged[size_t(bz / 2)] >> (4 * (bz % 2))) & 0xF) {
+        const int64_t block = block_row * side + bz;
         blocks[size_t(block >> 3)] |= uint8_t(1 << (block & 7));
       }
     }
