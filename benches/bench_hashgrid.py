@@ -1,6 +1,9 @@
 """Hash-grid encoding, paper config (L=16, F=2, T=2^19; on the CPU also T=2^17, what the CPU
 recipe trains): every backend beside the reference, torch.compile of the reference and
-tiny-cuda-nn where importable. Forward and forward+backward.
+tiny-cuda-nn where importable. Forward and forward+backward; the backward takes a fixed random
+gradient of the output (as bench_attention.py does), so a row times the op and not a loss: a
+`square().sum()` loss and its gradient on the 8 MB output took 2.8-3.3 ms of the cpu row's
+15-21 ms at T=2^17 (benches/RESULTS.md, 2026-12-04), the same work beside every backend.
 """
 
 from __future__ import annotations
@@ -54,9 +57,11 @@ def test_hash_encode(benchmark, device, impl, mode, log2_n, log2_t):
         with torch.no_grad():
             fn(x)
 
+    with torch.no_grad():
+        grad_out = torch.randn_like(fn(x))  # [n, L * F], the output's dtype
+
     def forward_backward():
-        out = fn(x)
-        torch.autograd.grad(out.float().square().sum(), params)
+        torch.autograd.grad(fn(x), params, grad_out)
 
     run_benchmark(benchmark, forward if mode == "fwd" else forward_backward, device,
                   group=f"hash_encode {mode} {device} N=2^{log2_n} T=2^{log2_t}", items=n,
