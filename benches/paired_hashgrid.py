@@ -5,7 +5,7 @@ of the output) at T=2^17 (the CPU recipe's) and T=2^19 (the paper's); each round
 once, in a rotating order, and the figures are medians over rounds of the per-round ratios.
 --portable adds the cpu backend's portable loops (NERFX_CPU_PATH=portable for its calls) beside its
 default ones (AVX2 where the CPU has them). --loss takes the gradient of out.square().sum()
-instead, as this script did before 2026-12-05 (the loss then adds the same work to every row).
+instead, as this script did until 2026-12-04 (the loss then adds the same work to every row).
 
     OMP_NUM_THREADS=1 python -m benches.paired_hashgrid [--rounds 5] [--portable] [--loss]
 """
