@@ -42,7 +42,7 @@ def test_cpu_source_compiles_for_arm64(source, tmp_path):
 
 def test_arm64_has_no_x86_loops():
     """What makes the arm64 build portable: the macros that turn on the x86 loops are off for
-    an aarch64 target (checked on the preprocessor's output, no compiler needed beyond cpp)."""
+    an aarch64 target (read from the cross compiler's preprocessor output)."""
     if CROSS is None:
         pytest.skip("no aarch64-linux-gnu-g++ (Debian package g++-aarch64-linux-gnu)")
     probe = ('#include "cpu_path.h"\n#include "adam/adam_simd.h"\n'
