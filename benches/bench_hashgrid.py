@@ -2,8 +2,8 @@
 recipe trains): every backend beside the reference, torch.compile of the reference and
 tiny-cuda-nn where importable. Forward and forward+backward; the backward takes a fixed random
 gradient of the output (as bench_attention.py does), so a row times the op and not a loss: a
-`square().sum()` loss and its gradient on the 8 MB output took 2.8-3.3 ms of the cpu row's
-15-21 ms at T=2^17 (benches/RESULTS.md, 2026-12-04), the same work beside every backend.
+`square().sum()` loss and its gradient on the 8 MB output took 13-22 % of the cpu row's time at
+T=2^17 (benches/RESULTS.md, 2026-12-04), the same work beside every backend.
 """
 
 from __future__ import annotations
